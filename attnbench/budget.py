@@ -1,0 +1,169 @@
+"""Error budgets and the one compare used by every suite.
+
+A backend's output in a given dtype is held to two conditions:
+
+1. An analytic, elementwise bound from rounding-error analysis. Inputs are
+   exactly representable (see `problem.make_inputs`), so all error comes from
+   the arithmetic. With u the dtype's unit roundoff and the probabilistic model
+   of Higham & Mary (2019), a length-L sum of products is off by at most
+   LAMBDA * sqrt(L) * u * sum|terms| (LAMBDA = 6 fails with probability about
+   exp(-LAMBDA^2 / 2) ~ 1.5e-8 per element). Per output element (b, h, n, e):
+
+       score error     ds_nm <= LAMBDA u (sqrt(D) + 2) T_nm,
+                       T_nm = scale sum_d |q_nd k_md| + |bias_nm|   (dot, scaling, bias add)
+       softmax/PV      dO_ne = sum_m P_nm ds_nm (v_me - O_ne)       (first-order, exact)
+                       so |dO| <= max_m ds_nm * R_ne,  R_ne = sum_m P_nm |v_me - O_ne|
+                       <= S_ne + |O_ne| (triangle inequality; avoids an (N, M, Dv) array)
+       PV sum, P and exp rounding:  LAMBDA u (sqrt(M) + 2) S_ne,  S_ne = sum_m P_nm |v_me|
+       final rounding: u |O_ne|
+
+   Rows with every key masked have P = 0, so their bound is exactly 0: the
+   output must be exactly zero there.
+
+2. Not much worse than the plain formula in the backend's own dtype (the
+   FlashAttention test rule): max error <= NAIVE_MULTIPLE * (max error of
+   torch matmul-softmax-matmul in that dtype) + floor, with
+
+       floor = (u + sqrt(L) * u_acc) * max|O|
+
+   one rounding of the largest output, plus what summing the length-L
+   reduction (L = M forward) in another order may cost in the accumulation
+   precision u_acc (float32 for float16/bfloat16, as every sane kernel and
+   torch's own naive path accumulate; the dtype itself otherwise). A tiled
+   kernel rescales its accumulator once per key tile, so in float32/float64
+   it is legitimately a few ulps off where the naive error is itself a few
+   ulps; in float16/bfloat16 the floor stays far below the naive error, so a
+   kernel that accumulates in half precision still fails.
+
+Gradients use condition 2 (the naive backward is torch autograd through the
+same plain formula) with the same multiple and floor.
+
+NaN in the expected output (NaN or Inf inputs) must be matched by NaN in the
+actual output; anything else where the expected value is NaN is an error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
+ACCUMULATION_DTYPE = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
+LAMBDA = 6.0
+NAIVE_MULTIPLE = 2.0
+
+
+def naive_floor(dtype: str, reduction_length: int, magnitude: float) -> float:
+    """Absolute error any correct kernel may add beyond the naive one (see condition 2 above)."""
+    u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[dtype]]
+    return (UNIT_ROUNDOFF[dtype] + np.sqrt(reduction_length) * u_acc) * magnitude
+
+
+def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
+    """Elementwise bound (B, H, N, Dv) on |O - O_ref| for q (B, H, N, D), k/v (B, Hkv, M, .).
+
+    `bias` is the float64 additive bias broadcastable to (B, H, N, M) (0/-inf for bool masks and causal).
+    """
+    from attnbench.reference import softmax
+    from attnbench.reference.sdpa import bias_grouped, group_queries, ungroup
+
+    u = UNIT_ROUNDOFF[dtype]
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    qg = group_queries(q, Hkv)
+    bias = bias_grouped(bias, B, H, Hkv, N, M)
+    s = scale * np.einsum("bkgnd,bkmd->bkgnm", qg, k) + bias
+    p = softmax(s, axis=-1)                                                  # (B, Hkv, G, N, M)
+    out = np.einsum("bkgnm,bkme->bkgne", p, v)
+    finite_bias = np.where(np.isfinite(bias), np.abs(bias), 0.0)
+    t = abs(scale) * np.einsum("bkgnd,bkmd->bkgnm", np.abs(qg), np.abs(k)) + finite_bias
+    score_err = LAMBDA * u * (np.sqrt(D) + 2) * np.max(np.where(p > 0, t, 0.0), axis=-1)     # (B, Hkv, G, N)
+    mass = np.einsum("bkgnm,bkme->bkgne", p, np.abs(v))
+    spread = mass + np.sum(p, axis=-1, keepdims=True) * np.abs(out)
+    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out)
+    return ungroup(bound)
+
+
+def lse_bound(q, k, lse_ref, bias, scale: float, dtype: str) -> np.ndarray:
+    """Elementwise bound (B, H, N) on |lse - lse_ref|: the largest score error plus rounding of the sum and log."""
+    from attnbench.reference.sdpa import bias_grouped, group_queries, ungroup
+
+    u = UNIT_ROUNDOFF[dtype]
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    bias = bias_grouped(bias, B, H, Hkv, N, M)
+    t = abs(scale) * np.einsum("bkgnd,bkmd->bkgnm", np.abs(group_queries(q, Hkv)), np.abs(k))
+    t = t + np.where(np.isfinite(bias), np.abs(bias), 0.0)
+    t = np.where(np.isfinite(bias), t, 0.0)
+    score_err = LAMBDA * u * (np.sqrt(D) + 2) * np.max(t, axis=-1)
+    finite = np.isfinite(lse_ref)
+    return np.where(finite, ungroup(score_err) + LAMBDA * u * (np.sqrt(M) + 2) + u * np.abs(np.where(finite, lse_ref, 0)),
+                    0.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of comparing one output tensor against the reference."""
+
+    name: str
+    passed: bool
+    max_error: float
+    worst_index: tuple
+    worst_actual: float
+    worst_expected: float
+    budget_units: float | None  # max of error / elementwise bound (inf where bound is 0 and error isn't); None: no bound
+    naive_error: float | None  # max error of the plain same-dtype formula, if computed
+    naive_limit: float | None  # NAIVE_MULTIPLE * naive_error + floor
+    reason: str
+
+    def describe(self) -> str:
+        idx = ",".join(map(str, self.worst_index))
+        units = f", {self.budget_units:.3g} budget units" if self.budget_units is not None else ""
+        naive = (f"; naive {self.naive_error:.3g}, limit {self.naive_limit:.3g}" if self.naive_error is not None
+                 else "")
+        return (f"{self.name}: {'ok' if self.passed else 'FAIL'} {self.reason} | max error {self.max_error:.3g} at "
+                f"[{idx}] (got {self.worst_actual:.6g}, want {self.worst_expected:.6g}){units}{naive}")
+
+
+def _errors(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """|actual - expected| with NaN==NaN as 0, equal infinities as 0, any other NaN/inf mismatch as inf."""
+    with np.errstate(invalid="ignore"):
+        err = np.abs(actual - expected)
+    same_nonfinite = (np.isnan(actual) & np.isnan(expected)) | ((actual == expected) & ~np.isfinite(expected))
+    return np.where(same_nonfinite, 0.0, np.where(np.isnan(err), np.inf, err))
+
+
+def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, reduction_length: int = 1) -> Verdict:
+    """Compare `actual` with `expected` (same shape) against an elementwise `bound` and/or a `naive` output.
+
+    bound: array broadcastable to expected, or None to skip condition 1.
+    naive: the plain same-dtype formula's output, or None to skip condition 2.
+    reduction_length: the longest sum behind each element (M forward; max(N, M) backward), for the floor.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return Verdict(name, False, np.inf, (), np.nan, np.nan, np.inf, None, None,
+                       f"shape {actual.shape} != expected {expected.shape}")
+    err = _errors(actual, expected)
+    worst = np.unravel_index(int(np.argmax(err)), err.shape) if err.size else ()
+    max_err = float(err[worst]) if err.size else 0.0
+    reasons, units = [], None
+    if bound is not None:
+        bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(err == 0, 0.0, err / bound)
+        units = float(np.max(ratio)) if ratio.size else 0.0
+        if units > 1:
+            reasons.append(f"exceeds the analytic budget ({units:.3g}x)")
+    naive_err = naive_limit = None
+    if naive is not None:
+        naive_err = float(np.max(_errors(np.asarray(naive, dtype=np.float64), expected)))
+        finite = expected[np.isfinite(expected)]
+        scale = float(np.max(np.abs(finite))) if finite.size else 0.0
+        naive_limit = NAIVE_MULTIPLE * naive_err + naive_floor(dtype, reduction_length, scale)
+        if max_err > naive_limit:
+            reasons.append(f"worse than {NAIVE_MULTIPLE:g}x the naive {dtype} formula")
+    return Verdict(name, not reasons, max_err, tuple(int(i) for i in worst),
+                   float(actual[worst]) if err.size else np.nan, float(expected[worst]) if err.size else np.nan,
+                   units, naive_err, naive_limit, "; ".join(reasons) or "within budget")

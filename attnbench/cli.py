@@ -1,0 +1,80 @@
+"""The `attnbench` command line. User mistakes print one line and exit 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from attnbench.reference import AttentionInputError
+
+
+def _cmd_run(args) -> int:
+    from attnbench.perf.main_job import main_job
+
+    run_dir = main_job(Path(args.out), device=args.device)
+    print(f"report written to {run_dir}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from attnbench.check import check_backward, check_forward, failure_message
+    from attnbench.implementations import get_backend
+    from attnbench.problem import Problem
+
+    backend = get_backend(args.backend)
+    problem = Problem.parse(args.problem)
+    reason = backend.why_not(problem, args.device, need_grad=args.backward)
+    if reason:
+        print(f"{backend.name} does not support {problem.id}: {reason}")
+        return 2
+    verdicts = (check_backward if args.backward else check_forward)(backend, problem, args.device)
+    print(failure_message(backend.name, problem, verdicts, args.device, backward=args.backward))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+def _cmd_backends(args) -> int:
+    from attnbench.implementations import all_backends, load_errors
+
+    print(f"{'backend':<22} {'device':<6} {'status':<11} details")
+    for backend in all_backends():
+        for device in backend.devices:
+            reason = backend.unavailable_reason() or backend.device_unavailable_reason(device)
+            caps = None if reason else backend.capabilities(device)
+            details = reason or (f"dtypes={','.join(caps.dtypes)} causal={','.join(caps.causal) or '-'} "
+                                 f"masks={','.join(caps.masks) or '-'} gqa={caps.gqa} grad={caps.grad}")
+            print(f"{backend.name:<22} {device:<6} {'unavailable' if reason else 'available':<11} {details}")
+    for name, error in load_errors().items():
+        print(f"{name:<22} {'-':<6} {'load error':<11} {error}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="check every available backend and time it on a default set; write a report")
+    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    run.add_argument("--out", default="reports", help="directory for the report (default: reports)")
+    run.set_defaults(func=_cmd_run)
+    check = sub.add_parser("check", help="check one backend on one problem against the float64 reference")
+    check.add_argument("backend")
+    check.add_argument("--problem", required=True, help='e.g. "B=2,H=4,N=97,M=113,D=80,dtype=float16,causal=top_left"')
+    check.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    check.add_argument("--backward", action="store_true", help="check dQ, dK, dV instead of the output")
+    check.set_defaults(func=_cmd_check)
+    backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
+    backends.set_defaults(func=_cmd_backends)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (AttentionInputError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"attnbench: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

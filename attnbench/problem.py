@@ -1,0 +1,199 @@
+"""One attention problem, shared by conformance and perf.
+
+A `Problem` is a frozen description (shapes, dtype, causal alignment, mask kind,
+input distribution, memory layout, seed); `make_inputs` turns it into float64
+arrays whose values are exactly representable in the problem's dtype, so the
+reference and the backend see the very same numbers and any disagreement is the
+backend's arithmetic, not input rounding.
+
+Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys,
+D query/key head dim, Dv value head dim.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from attnbench.reference import AttentionInputError, normalize_causal
+
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Mask kinds and the form a backend must accept for each.
+MASK_FORMS = {"bool": "bool", "padding": "bool", "fully_masked": "bool", "bias": "bias"}
+LAYOUTS = ("contiguous", "transposed", "strided")
+
+
+def round_to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float64 -> nearest values representable in `dtype` (round to nearest even), as float64."""
+    if dtype == "float64":
+        return np.asarray(x, dtype=np.float64)
+    import torch  # numpy has no bfloat16; torch rounds every dtype we support the same way
+
+    return torch.from_numpy(np.asarray(x, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
+
+
+# Input distributions: name -> f(rng, shape, role) with role in {"q", "k", "v"}.
+# Standard normal, never uniform [0, 1): uniform positive inputs make every
+# output row close to mean(V), which lets a kernel that ignores the scores pass.
+INPUT_DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, tuple, str], np.ndarray]] = {
+    "normal": lambda rng, shape, role: rng.standard_normal(shape),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Shapes and options of one attention call: q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv).
+
+    Hkv, M and Dv default to H, N and D. `mask` is None or a key of MASK_FORMS;
+    `causal` None, "top_left" or "bottom_right"; `scale` None means 1/sqrt(D).
+    """
+
+    B: int = 1
+    H: int = 2
+    N: int = 64
+    D: int = 64
+    Hkv: int | None = None
+    M: int | None = None
+    Dv: int | None = None
+    dtype: str = "float32"
+    causal: str | None = None
+    mask: str | None = None
+    scale: float | None = None
+    inputs: str = "normal"
+    layout: str = "contiguous"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, default in (("Hkv", self.H), ("M", self.N), ("Dv", self.D)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        object.__setattr__(self, "causal", normalize_causal(self.causal))
+        sizes = {k: getattr(self, k) for k in ("B", "H", "Hkv", "N", "M", "D", "Dv")}
+        bad = {k: v for k, v in sizes.items() if not isinstance(v, (int, np.integer)) or v < 1}
+        if bad:
+            raise AttentionInputError(f"Problem: sizes must be integers >= 1, got {bad}")
+        if self.H % self.Hkv:
+            raise AttentionInputError(f"Problem: H={self.H} must be a multiple of Hkv={self.Hkv}")
+        for name, value, allowed in (("dtype", self.dtype, DTYPES), ("mask", self.mask, (None, *MASK_FORMS)),
+                                     ("inputs", self.inputs, tuple(INPUT_DISTRIBUTIONS)),
+                                     ("layout", self.layout, LAYOUTS)):
+            if value not in allowed:
+                raise AttentionInputError(f"Problem: {name} must be one of {allowed}, got {value!r}")
+
+    @property
+    def mask_form(self) -> str | None:
+        """"bool" or "bias": the form of mask a backend must accept for this problem (None without a mask)."""
+        return MASK_FORMS.get(self.mask)
+
+    @property
+    def id(self) -> str:
+        """Readable test id, e.g. float16-B2-H4-Hkv2-N97-M113-D80-bottom_right."""
+        parts = [self.dtype, f"B{self.B}", f"H{self.H}"]
+        parts += [f"Hkv{self.Hkv}"] if self.Hkv != self.H else []
+        parts += [f"N{self.N}"] + ([f"M{self.M}"] if self.M != self.N else [])
+        parts += [f"D{self.D}"] + ([f"Dv{self.Dv}"] if self.Dv != self.D else [])
+        parts += [p for p in (self.causal, self.mask) if p]
+        parts += [f"scale{self.scale:g}"] if self.scale is not None else []
+        parts += [p for p in (self.inputs, self.layout) if p not in ("normal", "contiguous")]
+        return "-".join(parts + ([f"seed{self.seed}"] if self.seed else []))
+
+    def spec(self) -> str:
+        """`key=value,...`: sizes and dtype always, other fields where not default; `Problem.parse` reads it back."""
+        always = ("B", "H", "Hkv", "N", "M", "D", "Dv", "dtype")
+        fields = [f for f in dataclasses.fields(self)]
+        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields
+                        if f.name in always or getattr(self, f.name) != f.default)
+
+    @classmethod
+    def parse(cls, spec: str) -> "Problem":
+        """Inverse of `spec`: "B=2,H=4,N=97,dtype=float16,causal=top_left" -> Problem."""
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            key, sep, raw = item.partition("=")
+            if not sep or key not in kinds:
+                raise AttentionInputError(f"problem spec: expected key=value with key in {sorted(kinds)}, "
+                                          f"got {item!r}")
+            values[key] = _parse_value(key, raw, kinds[key])
+        return cls(**values)
+
+    def replace(self, **changes) -> "Problem":
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_value(key: str, raw: str, kind: str):
+    if raw in ("None", ""):
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise AttentionInputError(f"problem spec: {key} expects a number, got {raw!r}") from None
+    return raw
+
+
+def apply_layout(x, layout: str, *, contiguous: Callable, zeros: Callable):
+    """Same values as x (B, H, L, D) stored as `layout`, for NumPy arrays and torch tensors alike.
+
+    contiguous: returns a C-contiguous copy; zeros(*shape): a zero array like x.
+    "transposed": stored (B, L, H, D) and viewed back; "strided": every other element of a wider last dim.
+    """
+    if layout == "transposed":
+        return contiguous(x.swapaxes(1, 2)).swapaxes(1, 2)
+    if layout == "strided":
+        wide = zeros(*x.shape[:-1], 2 * x.shape[-1])
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return contiguous(x)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """float64 arrays holding dtype-representable values: q (B, H, N, D), k (B, Hkv, M, D),
+    v (B, Hkv, M, Dv), mask None / bool (B, 1, N|1, M) / float bias (B, 1, N, M)."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    mask: np.ndarray | None
+
+    def reference_kwargs(self, problem: Problem) -> dict:
+        """Keyword arguments for `attnbench.reference.sdpa` on these inputs."""
+        return dict(mask=self.mask, causal=problem.causal, scale=problem.scale)
+
+
+def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:
+    if p.mask is None:
+        return None
+    if p.mask == "padding":                                                  # per-batch valid key length
+        lengths = rng.integers(1, p.M + 1, size=p.B)
+        return (np.arange(p.M)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, M)
+    if p.mask == "bias":
+        return round_to_dtype(rng.standard_normal((p.B, 1, p.N, p.M)), p.dtype)
+    keep = rng.random((p.B, 1, p.N, p.M)) < 0.7
+    keep[..., np.arange(p.N), np.arange(p.N) % p.M] = True                     # every row keeps a key ...
+    if p.mask == "fully_masked":
+        keep[..., sorted({0, p.N // 2}), :] = False                           # ... except these rows
+    return keep
+
+
+def make_inputs(problem: Problem) -> Inputs:
+    """Deterministic inputs for `problem` (same seed, same arrays), rounded to its dtype."""
+    rng = np.random.default_rng(problem.seed)
+    draw = INPUT_DISTRIBUTIONS[problem.inputs]
+    p = problem
+    q = draw(rng, (p.B, p.H, p.N, p.D), "q")
+    k = draw(rng, (p.B, p.Hkv, p.M, p.D), "k")
+    v = draw(rng, (p.B, p.Hkv, p.M, p.Dv), "v")
+    mask = _make_mask(p, rng)
+    return Inputs(*(round_to_dtype(x, p.dtype) for x in (q, k, v)), mask)
+
+
+def make_grad_out(problem: Problem) -> np.ndarray:
+    """A standard-normal upstream gradient dO (B, H, N, Dv), rounded to the problem's dtype."""
+    rng = np.random.default_rng(problem.seed + 7919)
+    return round_to_dtype(rng.standard_normal((problem.B, problem.H, problem.N, problem.Dv)), problem.dtype)

@@ -1,0 +1,41 @@
+"""The fixed conformance problems: each a case a kernel author gets wrong in practice.
+
+Sizes are deliberately odd (N 97, M 113, D 80, ...) so that tiled kernels hit
+partial tiles, and inputs are standard normal (never uniform positive).
+"""
+from attnbench.problem import Problem
+
+SHAPES = [
+    dict(B=2, H=4, N=64, D=64),                                       # self-attention, B and H > 1
+    dict(B=1, H=2, N=97, M=113, D=80),                                # cross-attention, ragged, D 80
+    dict(B=1, H=2, N=113, M=97, D=16),                                # more queries than keys, D 16
+    dict(B=2, H=4, Hkv=2, N=50, D=64),                                # grouped-query
+    dict(B=1, H=4, Hkv=1, N=33, M=65, D=128),                         # multi-query, D 128
+    dict(B=1, H=2, N=64, D=64, Dv=32),                                # value dim != head dim
+    dict(B=1, H=1, N=1, M=1, D=16),                                   # one query, one key
+    dict(B=1, H=2, N=48, D=64, scale=0.3),                            # custom scale
+]
+CAUSAL = [
+    dict(N=64, D=64, causal="top_left"),
+    dict(N=97, M=113, D=80, causal="top_left"),
+    dict(N=97, M=113, D=80, causal="bottom_right"),
+    dict(N=113, M=97, D=32, causal="bottom_right"),                   # first N-M queries see no key
+    dict(H=4, Hkv=2, N=50, M=70, D=64, causal="bottom_right"),
+]
+MASKS = [
+    dict(B=2, N=64, D=64, mask="bool"),
+    dict(B=3, N=40, M=77, D=64, mask="padding"),
+    dict(B=2, N=64, D=64, mask="bias"),
+    dict(B=2, N=64, D=64, mask="fully_masked"),
+    dict(B=2, N=64, M=80, D=64, mask="padding", causal="bottom_right"),
+    dict(B=2, N=64, D=64, mask="bias", causal="top_left"),
+]
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+FORWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
+                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS)]
+# Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
+BACKWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
+                     for dtype in ("float32", "float16")
+                     for i, shape in enumerate([SHAPES[1], SHAPES[3], SHAPES[5], CAUSAL[2], CAUSAL[3], MASKS[1],
+                                                MASKS[2], MASKS[3]])]

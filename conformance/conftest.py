@@ -1,0 +1,53 @@
+"""Parametrize conformance tests over (backend, device, problem) from the registry's capabilities.
+
+A test that takes the fixtures `backend`, `device` and `problem` is generated
+for every registered backend x device x problem in the module's `PROBLEMS`
+(and with `NEEDS_GRAD = True`, only problems checked for gradients). A problem
+a backend does not declare is a skip carrying its reason, so `pytest -ra`
+lists what was not checked and why.
+
+    pytest conformance --backend torch_eager --backend numpy
+    pytest conformance --device cuda
+"""
+from __future__ import annotations
+
+import pytest
+
+from attnbench.implementations import all_backends, get_backend
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("attnbench")
+    group.addoption("--backend", action="append", default=[], help="check only this backend (repeatable)")
+    group.addoption("--device", action="append", default=[],
+                    help="device to check on (repeatable; default: cpu, plus cuda when present)")
+
+
+def selected_backends(config):
+    names = config.getoption("--backend")
+    return [get_backend(n) for n in names] if names else all_backends()
+
+
+def selected_devices(config):
+    devices = config.getoption("--device")
+    if devices:
+        return devices
+    import torch
+
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def pytest_generate_tests(metafunc):
+    if not {"backend", "problem"} <= set(metafunc.fixturenames):
+        return
+    problems = getattr(metafunc.module, "PROBLEMS")
+    need_grad = getattr(metafunc.module, "NEEDS_GRAD", False)
+    params = []
+    for backend in selected_backends(metafunc.config):
+        for device in selected_devices(metafunc.config):
+            for problem in problems:
+                reason = backend.why_not(problem, device, need_grad=need_grad)
+                marks = [pytest.mark.skip(reason=f"{backend.name}: {reason}")] if reason else []
+                params.append(pytest.param(backend, device, problem, marks=marks,
+                                           id=f"{backend.name}-{device}-{problem.id}"))
+    metafunc.parametrize(("backend", "device", "problem"), params)

@@ -1,0 +1,83 @@
+"""Shared plumbing for backends written in PyTorch: conversion, layouts, autograd.
+
+A torch backend subclasses `TorchBackend` and implements one method,
+`attention(q, k, v, *, mask, causal, scale, return_lse)`, on tensors already in
+the problem's dtype, device and memory layout. Conversion happens in `prepare`,
+outside the timed callable.
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from attnbench.problem import Inputs, Problem, apply_layout
+
+from .base import Backend
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """`x` (B, H, L, D) stored as `layout` (see `attnbench.problem.apply_layout`)."""
+    return apply_layout(x, layout, contiguous=torch.Tensor.contiguous,
+                        zeros=lambda *shape: torch.zeros(shape, dtype=x.dtype, device=x.device))
+
+
+def to_tensors(inputs: Inputs, problem: Problem, device: str, *, requires_grad: bool = False):
+    """(q, k, v, mask) as tensors in the problem's dtype/layout on `device`; a float mask in that dtype too."""
+    dtype = torch_dtype(problem.dtype)
+
+    def convert(x: np.ndarray) -> torch.Tensor:
+        t = with_layout(torch.from_numpy(x).to(device=device, dtype=dtype), problem.layout)
+        return t.requires_grad_(requires_grad)
+
+    q, k, v = (convert(x) for x in (inputs.q, inputs.k, inputs.v))
+    mask = None
+    if inputs.mask is not None:
+        m = torch.from_numpy(np.asarray(inputs.mask)).to(device)
+        mask = m if m.dtype == torch.bool else m.to(dtype)
+    return q, k, v, mask
+
+
+class TorchBackend(Backend):
+    """A backend whose `attention` takes and returns torch tensors."""
+
+    @abstractmethod
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
+                  causal: str | None, scale: float | None, return_lse: bool = False):
+        """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv), or (O, lse (B, H, N))."""
+
+    def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
+                return_lse: bool = False) -> Callable[[], Any]:
+        q, k, v, mask = to_tensors(inputs, problem, device)
+        causal, scale = problem.causal, problem.scale
+
+        def run():
+            with torch.no_grad():
+                return self.attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)
+
+        return run
+
+    def prepare_backward(self, inputs: Inputs, problem: Problem, grad_out: np.ndarray, *,
+                         device: str = "cpu") -> Callable[[], Any]:
+        q, k, v, mask = to_tensors(inputs, problem, device, requires_grad=True)
+        g = torch.from_numpy(grad_out).to(device=device, dtype=torch_dtype(problem.dtype))
+        causal, scale = problem.causal, problem.scale
+
+        def run():
+            out = self.attention(q, k, v, mask=mask, causal=causal, scale=scale)
+            return torch.autograd.grad(out, (q, k, v), g)
+
+        return run
+
+    def to_numpy(self, value) -> np.ndarray:
+        return value.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+    def synchronize(self, device: str) -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()

@@ -1,0 +1,130 @@
+"""The backend protocol: what a backend declares and the one call the harness makes.
+
+A backend is an object with a `name`, `Capabilities` per device and a `prepare`
+method that converts float64 inputs into its native form *once* and returns a
+zero-argument callable running the attention; the harness owns timing, memory
+and accuracy, and conversion is never timed. The suites ask capabilities,
+never names: an unsupported problem is a skip with the reason `why_not` gives.
+
+Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys,
+D query/key dim, Dv value dim. Canonical layout (B, H, N, D).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from attnbench.problem import DTYPES, Inputs, Problem
+
+ALL_CAUSAL = ("top_left", "bottom_right")
+ALL_MASKS = ("bool", "bias")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend computes correctly on one device. Anything not declared is skipped, not failed.
+
+    dtypes: input/output dtypes.         causal: supported causal alignments.
+    masks: "bool" (True = attend) and/or "bias" (additive float).
+    mask_with_causal: a mask and causal in the same call.
+    cross: N != M.   gqa: Hkv < H.   dv_differs: Dv != D.   head_dims: inclusive (min, max) D and Dv.
+    grad: dQ, dK, dV through autograd.   lse: returns the log-sum-exp.
+    deterministic: bitwise-identical output for identical inputs.
+    strided: accepts non-contiguous inputs.   max_seq: largest N or M (None: no limit).
+    """
+
+    dtypes: tuple[str, ...] = DTYPES
+    causal: tuple[str, ...] = ALL_CAUSAL
+    masks: tuple[str, ...] = ALL_MASKS
+    mask_with_causal: bool = True
+    cross: bool = True
+    gqa: bool = True
+    dv_differs: bool = True
+    head_dims: tuple[int, int] = (1, 1 << 16)
+    grad: bool = False
+    lse: bool = False
+    deterministic: bool = True
+    strided: bool = True
+    max_seq: int | None = None
+
+    def why_not(self, p: Problem, *, need_grad: bool = False) -> str | None:
+        """The first reason these capabilities do not cover problem `p`, or None if they do."""
+        checks = [
+            (p.dtype not in self.dtypes, f"dtype {p.dtype} not supported (has {', '.join(self.dtypes)})"),
+            (p.causal is not None and p.causal not in self.causal, f"causal alignment {p.causal} not supported"),
+            (p.mask_form is not None and p.mask_form not in self.masks, f"{p.mask_form} masks not supported"),
+            (p.mask is not None and p.causal is not None and not self.mask_with_causal,
+             "mask together with causal not supported"),
+            (p.N != p.M and not self.cross, "N != M (cross-attention) not supported"),
+            (p.Hkv != p.H and not self.gqa, "Hkv < H (grouped-query) not supported"),
+            (p.Dv != p.D and not self.dv_differs, "Dv != D not supported"),
+            (not (self.head_dims[0] <= min(p.D, p.Dv) and max(p.D, p.Dv) <= self.head_dims[1]),
+             f"head dim D={p.D}, Dv={p.Dv} outside supported {self.head_dims[0]}..{self.head_dims[1]}"),
+            (p.layout != "contiguous" and not self.strided, f"{p.layout} (non-contiguous) inputs not supported"),
+            (self.max_seq is not None and max(p.N, p.M) > self.max_seq, f"N/M above max {self.max_seq}"),
+            (need_grad and not self.grad, "no backward (grad) support"),
+        ]
+        return next((reason for failed, reason in checks if failed), None)
+
+    def replace(self, **changes) -> "Capabilities":
+        return dataclasses.replace(self, **changes)
+
+
+class Backend(ABC):
+    """Base class for a backend. Subclass, set `name`, `devices`, `caps`, implement `prepare` and `to_numpy`."""
+
+    name: str = ""
+    devices: tuple[str, ...] = ("cpu",)
+    caps: Capabilities = Capabilities()
+
+    @property
+    def description(self) -> str:
+        """First line of the backend module's or class's docstring."""
+        doc = (type(self).__doc__ or "").strip() or (sys.modules[type(self).__module__].__doc__ or "")
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here at all (missing package, ...), or None."""
+        return None
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        """Why `device` cannot be used by this backend here, or None."""
+        if device not in self.devices:
+            return f"device {device} not supported (has {', '.join(self.devices)})"
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                return "no CUDA device"
+        return None
+
+    def capabilities(self, device: str) -> Capabilities:
+        """What this backend supports on `device` (probed where it varies by device)."""
+        return self.caps
+
+    def why_not(self, problem: Problem, device: str = "cpu", *, need_grad: bool = False) -> str | None:
+        """Reason to skip `problem` on `device`, or None if this backend declares support."""
+        reason = self.unavailable_reason() or self.device_unavailable_reason(device)
+        return reason or self.capabilities(device).why_not(problem, need_grad=need_grad)
+
+    @abstractmethod
+    def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
+                return_lse: bool = False) -> Callable[[], Any]:
+        """Convert inputs once; return a zero-argument callable computing O (B, H, N, Dv), or (O, lse (B, H, N))."""
+
+    def prepare_backward(self, inputs: Inputs, problem: Problem, grad_out: np.ndarray, *,
+                         device: str = "cpu") -> Callable[[], Any]:
+        """A zero-argument callable running forward and backward, returning (dQ, dK, dV)."""
+        raise NotImplementedError(f"{self.name}: no backward")
+
+    @abstractmethod
+    def to_numpy(self, value) -> np.ndarray:
+        """A native output (tensor/array) as float64 NumPy."""
+
+    def synchronize(self, device: str) -> None:
+        """Wait for queued device work (timing calls this)."""

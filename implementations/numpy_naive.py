@@ -1,0 +1,60 @@
+"""numpy: the textbook formula in NumPy, computed in the input dtype.
+
+S = scale * Q K^T + bias, P = softmax(S) with the row max subtracted, O = P V;
+every intermediate is held in the input dtype (float16, float32 or float64;
+NumPy has no bfloat16). Grouped-query heads are handled by reshaping queries
+into (B, Hkv, G, N, D) groups, with no copy of K or V. CPU only, no autograd.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from attnbench.problem import Inputs, Problem, apply_layout
+from attnbench.reference.masks import causal_mask
+
+from .base import Backend, Capabilities
+from .registry import register
+
+
+def numpy_attention(q, k, v, *, mask, causal, scale):
+    """O (B, H, N, Dv) in q's dtype for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv); mask bool or bias."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    dtype = q.dtype
+    scale = dtype.type(1.0 / np.sqrt(D) if scale is None else scale)
+    qg = q.reshape(B, Hkv, H // Hkv, N, D)                                   # (B, Hkv, G, N, D)
+    s = (qg @ np.swapaxes(k, -1, -2)[:, :, None]) * scale                    # (B, Hkv, G, N, M)
+    allowed = np.ones((N, M), dtype=bool) if causal is None else causal_mask(N, M, causal)
+    if mask is not None and mask.dtype == np.bool_:
+        allowed = allowed & mask.reshape(B, -1, 1, *mask.shape[-2:])
+    elif mask is not None:
+        s = s + mask.astype(dtype).reshape(B, -1, 1, *mask.shape[-2:])
+    s = np.where(allowed, s, dtype.type(-np.inf))
+    row_max = s.max(axis=-1, keepdims=True)
+    e = np.exp(s - np.where(row_max == -np.inf, dtype.type(0), row_max))
+    total = e.sum(axis=-1, keepdims=True)
+    p = np.where(total > 0, e / np.where(total > 0, total, dtype.type(1)), dtype.type(0))
+    return (p @ v[:, :, None]).reshape(B, H, N, -1)
+
+
+@register
+class NumpyBackend(Backend):
+    """numpy: the textbook formula in NumPy in the input dtype (no bfloat16, no autograd)."""
+
+    name = "numpy"
+    devices = ("cpu",)
+    caps = Capabilities(dtypes=("float16", "float32", "float64"))
+
+    def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
+                return_lse: bool = False) -> Callable[[], Any]:
+        dtype = np.dtype(problem.dtype)
+        q, k, v = (apply_layout(x.astype(dtype), problem.layout, contiguous=np.ascontiguousarray,
+                                zeros=lambda *shape: np.zeros(shape, dtype)) for x in (inputs.q, inputs.k, inputs.v))
+        mask = inputs.mask
+        causal, scale = problem.causal, problem.scale
+        return lambda: numpy_attention(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def to_numpy(self, value) -> np.ndarray:
+        return np.asarray(value, dtype=np.float64)

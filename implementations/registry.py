@@ -1,0 +1,83 @@
+"""The one registry of backends, shared by both suites.
+
+In-repo backends register with `@register` in their own module under
+`implementations/`; every module there is imported by `discover()`, so a new
+backend is one new file. External packages declare the entry-point group
+`attnbench.backends`, each entry pointing at a module (imported, which runs its
+`@register`) or at a Backend class or instance. A module or plugin that fails to
+import is recorded in `load_errors()` and skipped; discovery never crashes.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+
+from .base import Backend
+
+ENTRY_POINT_GROUP = "attnbench.backends"
+_BACKENDS: dict[str, Backend] = {}
+_LOAD_ERRORS: dict[str, str] = {}
+_discovered = False
+
+
+def register(backend):
+    """Class decorator (or call on an instance): add a backend under its `name`. Names are unique."""
+    instance = backend() if isinstance(backend, type) else backend
+    if not isinstance(instance, Backend) or not instance.name:
+        raise TypeError(f"register: expected a named attnbench Backend, got {backend!r}")
+    existing = _BACKENDS.get(instance.name)
+    if existing is not None and type(existing) is not type(instance):
+        raise ValueError(f"register: backend name {instance.name!r} is already taken by {type(existing).__name__}")
+    _BACKENDS[instance.name] = instance
+    return backend
+
+
+def _import_in_repo_modules() -> None:
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name in ("base", "registry") or module.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{__package__}.{module.name}")
+        except Exception as exc:  # noqa: BLE001 - a broken module is reported, not fatal
+            _LOAD_ERRORS[module.name] = f"{type(exc).__name__}: {exc}"
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if isinstance(obj, Backend) or (isinstance(obj, type) and issubclass(obj, Backend)):
+                register(obj)
+        except Exception as exc:  # noqa: BLE001
+            _LOAD_ERRORS[f"plugin:{ep.name}"] = f"{type(exc).__name__}: {exc}"
+
+
+def discover() -> None:
+    """Import every in-repo backend module and every declared plugin, once."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        _import_in_repo_modules()
+        _load_entry_points()
+
+
+def all_backends() -> list[Backend]:
+    """Every registered backend, available or not, sorted by name."""
+    discover()
+    return [_BACKENDS[name] for name in sorted(_BACKENDS)]
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name`; a KeyError listing the known names otherwise."""
+    discover()
+    if name not in _BACKENDS:
+        raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def load_errors() -> dict[str, str]:
+    """Modules or plugins that failed to load: name -> error."""
+    discover()
+    return dict(_LOAD_ERRORS)

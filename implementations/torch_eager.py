@@ -1,0 +1,59 @@
+"""torch_eager: explicit matmul - softmax - matmul in PyTorch, in the input dtype.
+
+The nanoGPT "slow path": S = scale * Q K^T (B, H, N, M) is materialised, masked,
+softmaxed with the row max subtracted, and multiplied by V. Grouped-query heads
+are a reshape of the queries, not a copy of K/V. Fully masked rows give zeros
+(the denominator is made 1 where the row sum is 0, which keeps autograd free of
+0/0). CPU and CUDA, every dtype, autograd, and the log-sum-exp.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._torch_common import TorchBackend
+from .base import Capabilities
+from .registry import register
+
+
+def causal_keep(n: int, m: int, alignment: str, device) -> torch.Tensor:
+    """Bool (N, M): True where query i may see key j (see `attnbench.reference.masks`)."""
+    offset = 0 if alignment == "top_left" else m - n
+    return torch.arange(m, device=device)[None, :] <= torch.arange(n, device=device)[:, None] + offset
+
+
+def eager_attention(q, k, v, *, mask, causal, scale, return_lse=False):
+    """O (B, H, N, Dv) [and lse (B, H, N)] for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv)."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    qg = q.reshape(B, Hkv, H // Hkv, N, D)                                   # (B, Hkv, G, N, D)
+    s = (qg @ k.transpose(-1, -2).unsqueeze(2)) * scale                      # (B, Hkv, G, N, M)
+    if mask is not None and mask.dtype != torch.bool:
+        s = s + mask.reshape(B, -1, 1, *mask.shape[-2:])
+    keep = None if causal is None else causal_keep(N, M, causal, q.device)
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.reshape(B, -1, 1, *mask.shape[-2:])
+        keep = mask if keep is None else keep & mask
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    row_max = s.amax(dim=-1, keepdim=True)
+    shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max).detach()
+    e = torch.exp(s - shift)
+    total = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(total > 0, total, torch.ones_like(total))
+    out = (p @ v.unsqueeze(2)).reshape(B, H, N, -1)                          # (B, H, N, Dv)
+    if not return_lse:
+        return out
+    return out, (shift + torch.log(total)).reshape(B, H, N)
+
+
+@register
+class TorchEager(TorchBackend):
+    """torch_eager: explicit matmul-softmax-matmul in PyTorch (CPU, CUDA; autograd; lse)."""
+
+    name = "torch_eager"
+    devices = ("cpu", "cuda")
+    caps = Capabilities(grad=True, lse=True)
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        return eager_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)

@@ -1,0 +1,1 @@
+"""attnbench.perf: time and memory of backends, and the reports rendered from them."""

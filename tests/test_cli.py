@@ -1,0 +1,46 @@
+"""The command line: help works, checks exit 0/1, user mistakes exit 2 with one line and no traceback."""
+import pytest
+
+from attnbench.cli import main
+
+
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0 and "run" in capsys.readouterr().out
+
+
+def test_check_passes_on_a_correct_backend(capsys):
+    assert main(["check", "torch_eager", "--problem", "B=2,N=33,M=40,dtype=float16,causal=bottom_right"]) == 0
+    assert "repro: attnbench check torch_eager" in capsys.readouterr().out
+
+
+def test_check_backward(capsys):
+    assert main(["check", "torch_eager", "--backward", "--problem", "N=17,D=16"]) == 0
+    assert "dk: ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "nosuch", "--problem", "N=4"], "unknown backend 'nosuch'"),
+    (["check", "numpy", "--problem", "heads=3"], "expected key=value"),
+    (["check", "numpy", "--problem", "H=3,Hkv=2"], "multiple of Hkv"),
+])
+def test_user_mistakes_exit_2_with_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_unsupported_problem_is_reported_not_crashed(capsys):
+    assert main(["check", "numpy", "--problem", "dtype=bfloat16"]) == 2
+    assert "dtype bfloat16 not supported" in capsys.readouterr().out
+
+
+def test_run_writes_a_report(tmp_path, monkeypatch):
+    from attnbench.perf import main_job
+    from attnbench.problem import Problem
+
+    monkeypatch.setattr(main_job, "DEFAULT_PROBLEMS", [Problem(N=32, D=16)])
+    run_dir = main_job.main_job(tmp_path, problems=main_job.DEFAULT_PROBLEMS, log=lambda *_: None)
+    rows = (run_dir / "results.jsonl").read_text().splitlines()
+    assert len(rows) >= 3 and "torch_eager" in (run_dir / "report.md").read_text()
