@@ -11,9 +11,18 @@ lists what was not checked and why.
 """
 from __future__ import annotations
 
-import pytest
+import os
 
-from attnbench.implementations import all_backends, get_backend
+import torch
+
+# Without CUDA, Triton kernels can only run under the interpreter, which triton.jit picks when a kernel is
+# decorated: set it here, before any backend module (and so triton) is imported. An explicit setting wins.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from attnbench.implementations import all_backends, get_backend  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -32,8 +41,6 @@ def selected_devices(config):
     devices = config.getoption("--device")
     if devices:
         return devices
-    import torch
-
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 

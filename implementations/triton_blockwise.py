@@ -1,0 +1,365 @@
+"""triton_blockwise: FlashAttention-2-style attention written in Triton (forward, backward, lse).
+
+Forward: one program per (query tile, batch x head). It streams K/V tiles with
+the online softmax of `attnbench.reference.blockwise` (running max m_i, running
+sum l_i, accumulator acc rescaled by exp(m_old - m_new) when the max rises),
+never materialises (N, M), and writes O and the log-sum-exp. Scores are kept
+in log2 units (scale * log2(e) folded in) so the kernel can use exp2.
+Backward (FA2): delta = rowsum(dO * O) first; then one kernel per key tile
+(dK, dV, looping over the query heads of its KV group, so grouped-query grads
+are summed without atomics) and one per query tile (dQ), each recomputing P
+from the saved lse.
+
+Supports: float16, bfloat16, float32 (accumulation always float32; float32 dots
+in IEEE precision, not TF32); causal top_left (key j <= i) and bottom_right
+(j <= i + M - N), skipping key tiles a query tile cannot see; N != M;
+grouped/multi-query heads (query head h reads KV head h // (H // Hkv), no copy);
+D and Dv 16..256 incl. non-powers of two (the tile is padded to the next power
+of two with masked loads); any strides; custom scale. Rows that see no key
+(bottom_right with N > M) give O = 0 and lse = -inf, as the reference does.
+Not supported: bool/bias masks, float64.
+
+Devices: "cuda" compiled; "cpu" only under the Triton interpreter, i.e. when
+TRITON_INTERPRET=1 was set before this module (and triton) was imported. The
+interpreter is slow, so there N and M are capped at 256; and it computes
+bfloat16 arithmetic on the raw uint16 bit patterns (a bf16 tl.dot or multiply
+is garbage while load, store and casts are exact; float16/float32 are right),
+so bfloat16 is refused under the interpreter and declared only on CUDA.
+
+Follows the Triton tutorial 06 "fused attention" in reading order: kernels,
+then the host wrappers and the autograd Function, then the backend.
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import torch
+
+from ._torch_common import TorchBackend
+from .base import Capabilities
+from .registry import register
+
+try:
+    import triton
+    import triton.language as tl
+
+    TRITON_MISSING = None
+    jit = triton.jit
+except ImportError as exc:   # the module still imports, and the backend reports itself unavailable
+    TRITON_MISSING = f"triton is not importable ({exc}); pip install 'attnbench[triton]'"
+    tl = types.SimpleNamespace(constexpr=None)
+    jit = lambda fn: fn  # noqa: E731
+
+# triton.jit picks the interpreter when the kernels are decorated, so what counts is the setting at import.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETER_MAX_SEQ = 256
+BF16_INTERPRETER_REASON = ("bfloat16 not supported under the Triton interpreter (TRITON_INTERPRET=1): it does "
+                           "bf16 arithmetic on the uint16 bit patterns, so tl.dot gives garbage; declared on CUDA")
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+@jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b accumulated in float32; IEEE keeps float32 inputs out of TF32."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@jit
+def _fwd_kernel(Q, K, V, O, LSE,
+                sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd, sob, soh, son, sod,
+                H, GROUP, N, M, D, DV, qk_scale, causal_offset,
+                CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """O (B, H, N, Dv) and lse (B*H, N) for one (query tile, b*h) program; K/V read from head h // GROUP."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hkv = h // GROUP
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
+                mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)                  # (BN, BD)
+    k_base = K + b * skb + hkv * skh
+    v_base = V + b * svb + hkv * svh
+    m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    hi = M
+    if CAUSAL:   # the last key any row of this tile may see is (start_n + BLOCK_N - 1) + offset
+        hi = tl.minimum(M, start_n + BLOCK_N + causal_offset)
+    for start_m in range(0, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        kt = tl.load(k_base + offs_m[None, :] * skm + offs_d[:, None] * skd,
+                     mask=(offs_m[None, :] < M) & (offs_d[:, None] < D), other=0.0)             # (BD, BM)
+        s = _dot(q, kt, IEEE) * qk_scale                                                       # (BN, BM), log2 units
+        keep = offs_m[None, :] < M
+        if CAUSAL:
+            keep = keep & (offs_m[None, :] <= offs_n[:, None] + causal_offset)
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)        # a row with nothing seen yet: avoid -inf - -inf
+        p = tl.math.exp2(s - shift[:, None])
+        alpha = tl.math.exp2(m_i - shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_m[:, None] * svm + offs_dv[None, :] * svd,
+                    mask=(offs_m[:, None] < M) & (offs_dv[None, :] < DV), other=0.0)           # (BM, BDV)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        m_i = m_new
+    seen = l_i > 0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]                                     # unseen rows: acc is 0, so O is 0
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_dv[None, :] * sod, out.to(O.dtype.element_ty),
+             mask=(offs_n[:, None] < N) & (offs_dv[None, :] < DV))
+    tl.store(LSE + bh * N + offs_n, lse, mask=offs_n < N)
+
+
+@jit
+def _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
+    """P (BN, BM) from the saved lse (natural log); rows with lse = -inf (saw no key) and masked pairs give 0."""
+    s = _dot(q, kt, IEEE) * qk_scale
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    p = tl.math.exp2(s - lse2[:, None])
+    keep = offs_m[None, :] < M
+    if CAUSAL:
+        keep = keep & (offs_m[None, :] <= offs_n[:, None] + causal_offset)
+    return tl.where(keep, p, 0.0)
+
+
+@jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
+                     sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd,
+                     H, HKV, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset,
+                     CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """dK (B, Hkv, M, D), dV (B, Hkv, M, Dv) for one (key tile, b*hkv), summed over the GROUP query heads.
+
+    dO, lse, delta, dK, dV are contiguous (the wrapper makes them so).
+    """
+    start_m = tl.program_id(0) * BLOCK_M
+    bk = tl.program_id(1)
+    b = bk // HKV
+    hkv = bk % HKV
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    kt = tl.load(K + b * skb + hkv * skh + offs_m[None, :] * skm + offs_d[:, None] * skd,
+                 mask=(offs_m[None, :] < M) & (offs_d[:, None] < D), other=0.0)                 # (BD, BM)
+    vt = tl.load(V + b * svb + hkv * svh + offs_m[None, :] * svm + offs_dv[:, None] * svd,
+                 mask=(offs_m[None, :] < M) & (offs_dv[:, None] < DV), other=0.0)              # (BDV, BM)
+    dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    lo = 0
+    if CAUSAL:   # the first query that may see key start_m is start_m - offset
+        lo = tl.maximum(0, start_m - causal_offset)
+    for g in range(0, GROUP):
+        h = hkv * GROUP + g
+        bh = b * H + h
+        for start_n in range(lo, N, BLOCK_N):
+            offs_n = start_n + offs_n0
+            row_ok = offs_n < N
+            q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
+                        mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)                # (BN, BD)
+            do = tl.load(DO + (bh * N + offs_n[:, None]) * DV + offs_dv[None, :],
+                         mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)            # (BN, BDV)
+            lse = tl.load(LSE + bh * N + offs_n, mask=row_ok, other=float("-inf"))
+            delta = tl.load(DELTA + bh * N + offs_n, mask=row_ok, other=0.0)
+            p = _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL, IEEE)  # (BN, BM)
+            dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
+            dp = _dot(do, vt, IEEE)                                                            # (BN, BM)
+            ds = p * (dp - delta[:, None])
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+    dk = dk * sm_scale
+    out_rows = (bk * M + offs_m)[:, None]
+    tl.store(DK + out_rows * D + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_d[None, :] < D))
+    tl.store(DVO + out_rows * DV + offs_dv[None, :], dv.to(DVO.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_dv[None, :] < DV))
+
+
+@jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                   sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd,
+                   H, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset,
+                   CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """dQ (B, H, N, D) for one (query tile, b*h): sum over key tiles of dS K, dS = P * (dP - delta)."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hkv = h // GROUP
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_n < N
+    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+    do = tl.load(DO + (bh * N + offs_n[:, None]) * DV + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    lse = tl.load(LSE + bh * N + offs_n, mask=row_ok, other=float("-inf"))
+    delta = tl.load(DELTA + bh * N + offs_n, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    hi = M
+    if CAUSAL:
+        hi = tl.minimum(M, start_n + BLOCK_N + causal_offset)
+    for start_m in range(0, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        kt = tl.load(K + b * skb + hkv * skh + offs_m[None, :] * skm + offs_d[:, None] * skd,
+                     mask=(offs_m[None, :] < M) & (offs_d[:, None] < D), other=0.0)             # (BD, BM)
+        vt = tl.load(V + b * svb + hkv * svh + offs_m[None, :] * svm + offs_dv[:, None] * svd,
+                     mask=(offs_m[None, :] < M) & (offs_dv[:, None] < DV), other=0.0)          # (BDV, BM)
+        p = _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL, IEEE)
+        ds = p * (_dot(do, vt, IEEE) - delta[:, None])
+        dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE)
+    dq = dq * sm_scale
+    tl.store(DQ + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d[None, :] < D))
+
+
+# ----------------------------------------------------------------------------------------------- host side
+
+def tile_sizes(d: int, dv: int) -> dict:
+    """Tile shape for head dims D, Dv: D padded to a power of two; smaller tiles for big heads (shared memory)."""
+    block = 64 if max(d, dv) <= 128 else 32
+    return dict(BLOCK_N=block, BLOCK_M=block, BLOCK_D=max(16, triton.next_power_of_2(d)),
+                BLOCK_DV=max(16, triton.next_power_of_2(dv)))
+
+
+def causal_offset(causal: str | None, n: int, m: int) -> int:
+    """Key j is visible from query i when j <= i + offset: 0 for top_left, M - N for bottom_right."""
+    return m - n if causal == "bottom_right" else 0
+
+
+def _common_args(q, k, v, causal, scale) -> dict:
+    B, H, N, D = q.shape
+    Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
+    sm_scale = D ** -0.5 if scale is None else float(scale)
+    return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale, offset=causal_offset(causal, N, M),
+                consts=dict(CAUSAL=causal is not None, IEEE=q.dtype == torch.float32, **tile_sizes(D, Dv)))
+
+
+def triton_forward(q, k, v, causal, scale):
+    """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv) in q's dtype, lse (B, H, N) float32."""
+    a = _common_args(q, k, v, causal, scale)
+    c = a["consts"]
+    o = torch.empty((a["B"], a["H"], a["N"], a["Dv"]), dtype=q.dtype, device=q.device)
+    lse = torch.empty((a["B"], a["H"], a["N"]), dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(a["N"], c["BLOCK_N"]), a["B"] * a["H"])
+    _fwd_kernel[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+                      a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["offset"],
+                      **c)
+    return o, lse
+
+
+def triton_backward(q, k, v, o, lse, do, causal, scale):
+    """(dQ, dK, dV) shaped like q, k, v, from the forward's O and lse and the upstream dO (B, H, N, Dv)."""
+    a = _common_args(q, k, v, causal, scale)
+    c = a["consts"]
+    do = do.contiguous()
+    delta = (do.float() * o.float()).sum(-1)                     # (B, H, N): the FA2 preprocess rowsum(dO * O)
+    dq = torch.empty((a["B"], a["H"], a["N"], a["D"]), dtype=q.dtype, device=q.device)
+    dk = torch.empty((a["B"], a["Hkv"], a["M"], a["D"]), dtype=k.dtype, device=k.device)
+    dv = torch.empty((a["B"], a["Hkv"], a["M"], a["Dv"]), dtype=v.dtype, device=v.device)
+    sizes = (a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["sm_scale"], a["offset"])
+    strides = (*q.stride(), *k.stride(), *v.stride())
+    grid_kv = (triton.cdiv(a["M"], c["BLOCK_M"]), a["B"] * a["Hkv"])
+    _bwd_dkdv_kernel[grid_kv](q, k, v, do, lse, delta, dk, dv, *strides,
+                              a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes, **c)
+    grid_q = (triton.cdiv(a["N"], c["BLOCK_N"]), a["B"] * a["H"])
+    _bwd_dq_kernel[grid_q](q, k, v, do, lse, delta, dq, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **c)
+    return dq, dk, dv
+
+
+class TritonAttention(torch.autograd.Function):
+    """O, lse = TritonAttention.apply(q, k, v, causal, scale); lse is not differentiable."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        o, lse = triton_forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.causal, ctx.scale = causal, scale
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        return (*triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale), None, None)
+
+
+# ----------------------------------------------------------------------------------------------- backend
+
+CAPS = Capabilities(dtypes=("float16", "bfloat16", "float32"), masks=(), mask_with_causal=False,
+                    head_dims=(16, 256), grad=True, lse=True)
+
+
+@register
+class TritonBlockwise(TorchBackend):
+    """triton_blockwise: FlashAttention-2-style Triton kernel (CUDA; CPU under TRITON_INTERPRET=1; grad; lse)."""
+
+    name = "triton_blockwise"
+    devices = ("cpu", "cuda")
+    caps = CAPS
+
+    def unavailable_reason(self) -> str | None:
+        return TRITON_MISSING
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        reason = super().device_unavailable_reason(device)
+        if reason is None and device == "cpu" and not INTERPRETED:
+            reason = "CPU runs need TRITON_INTERPRET=1 (the Triton interpreter)"
+        if reason is None and device == "cuda" and INTERPRETED:
+            reason = "kernels were built for the Triton interpreter (TRITON_INTERPRET=1); unset it for CUDA runs"
+        return reason
+
+    def capabilities(self, device: str) -> Capabilities:
+        if device == "cpu":
+            return CAPS.replace(dtypes=("float16", "float32"), max_seq=INTERPRETER_MAX_SEQ)
+        return CAPS
+
+    def why_not(self, problem, device: str = "cpu", *, need_grad: bool = False) -> str | None:
+        reason = super().why_not(problem, device, need_grad=need_grad)
+        if reason and device == "cpu" and problem.dtype == "bfloat16" and reason.startswith("dtype"):
+            return BF16_INTERPRETER_REASON
+        if reason and device == "cpu" and reason.startswith("N/M above"):
+            return f"{reason}: the Triton interpreter is slow (N 1024, D 64 takes about 13 s)"
+        return reason
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        self._refuse_unsupported(q, k, v, mask)
+        o, lse = TritonAttention.apply(q, k, v, causal, scale)
+        return (o, lse) if return_lse else o
+
+    def _refuse_unsupported(self, q, k, v, mask) -> None:
+        if TRITON_MISSING:
+            raise NotImplementedError(f"{self.name}: {TRITON_MISSING}")
+        if mask is not None:
+            raise NotImplementedError(f"{self.name}: masks (bool/bias) are not supported; only causal=")
+        device = q.device.type
+        reason = self.device_unavailable_reason(device)
+        if reason:
+            raise NotImplementedError(f"{self.name}: {reason}")
+        dtype = str(q.dtype).removeprefix("torch.")
+        if device == "cpu" and dtype == "bfloat16":
+            raise NotImplementedError(f"{self.name}: {BF16_INTERPRETER_REASON}")
+        if dtype not in self.capabilities(device).dtypes or not (q.dtype == k.dtype == v.dtype):
+            raise NotImplementedError(f"{self.name}: dtype {q.dtype}/{k.dtype}/{v.dtype} not supported "
+                                      f"(has {', '.join(self.capabilities(device).dtypes)}, all three the same)")
+        lo, hi = CAPS.head_dims
+        if not (lo <= min(q.shape[-1], v.shape[-1]) and max(q.shape[-1], v.shape[-1]) <= hi):
+            raise ValueError(f"{self.name}: head dim D={q.shape[-1]}, Dv={v.shape[-1]} outside {lo}..{hi}")
+        if q.shape[1] % k.shape[1]:
+            raise ValueError(f"{self.name}: H={q.shape[1]} must be a multiple of Hkv={k.shape[1]}")
