@@ -36,6 +36,8 @@ class _RecordedGrad(torch.autograd.Function):
         with torch.enable_grad():
             leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
             out, _ = backend.blockwise(*leaves, **options)
+        # The recorded graph is kept on ctx (not save_for_backward): it is replayed once, by backward, and holds
+        # non-tensor state (the backend) that save_for_backward cannot.
         ctx.graph = (out, leaves, backend, options)
         return out.detach()
 
@@ -43,8 +45,8 @@ class _RecordedGrad(torch.autograd.Function):
     def backward(ctx, grad_out):
         out, leaves, backend, options = ctx.graph
         dq, dk, dv = torch.autograd.grad(out, leaves, grad_out)
-        return (*backend.corrupt_grads(dq, dk, dv, scale=backend.effective_scale(leaves[0].shape[-1],
-                                                                                 options["scale"])), None, None)
+        scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
+        return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
 
 
 class BlockwiseTwin(TorchBackend):
