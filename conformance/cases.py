@@ -30,10 +30,22 @@ MASKS = [
     dict(B=2, N=64, M=80, D=64, mask="padding", causal="bottom_right"),
     dict(B=2, N=64, D=64, mask="bias", causal="top_left"),
 ]
+# Non-contiguous inputs: a kernel that assumes contiguous (B, H, L, D) storage reads the wrong elements.
+LAYOUTS = [
+    dict(B=2, H=4, Hkv=2, N=64, M=80, D=64, layout="transposed"),    # stored (B, L, H, D), as after a projection
+    dict(B=1, H=2, N=97, M=113, D=80, Dv=48, layout="strided"),      # every other element of a wider last dim
+]
+# Large logits, S ~ N(0, 80^2): exp(S) without the row max subtracted overflows in float32 (and in the float32
+# accumulator of a half-precision kernel). Not float64: exp overflows only past 709 there, and at this size the
+# score rounding a tiled kernel does in another order already costs about 2x the naive error (see the report).
+LARGE_LOGITS = [dict(B=1, H=2, N=64, M=96, D=64, scale=10.0)]
+LARGE_LOGIT_DTYPES = ("float32", "float16", "bfloat16")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 FORWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
-                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS)]
+                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
+FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
+                     for dtype in LARGE_LOGIT_DTYPES for i, shape in enumerate(LARGE_LOGITS)]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
 BACKWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")

@@ -8,6 +8,7 @@ lists what was not checked and why.
 
     pytest conformance --backend torch_eager --backend numpy
     pytest conformance --device cuda
+    pytest conformance --mutant no_rescale    # a deliberately wrong backend (conformance/mutants) alone
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from attnbench.implementations import all_backends, get_backend  # noqa: E402
+from attnbench.implementations.registry import register  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -30,9 +32,18 @@ def pytest_addoption(parser):
     group.addoption("--backend", action="append", default=[], help="check only this backend (repeatable)")
     group.addoption("--device", action="append", default=[],
                     help="device to check on (repeatable; default: cpu, plus cuda when present)")
+    group.addoption("--mutant", default=None,
+                    help="register this deliberately wrong backend from conformance/mutants (or 'twin') and check "
+                         "only it: the meta-test's way to prove the suite catches bugs")
 
 
 def selected_backends(config):
+    mutant = config.getoption("--mutant")
+    if mutant:
+        from .mutants import make_backend
+
+        register(make_backend(mutant))
+        return [get_backend(mutant)]
     names = config.getoption("--backend")
     return [get_backend(n) for n in names] if names else all_backends()
 

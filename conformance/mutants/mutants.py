@@ -1,0 +1,191 @@
+"""Mutants: the correct blockwise twin with exactly one realistic bug each.
+
+Every class overrides one step of `BlockwiseTwin`; its docstring's first line
+names the bug. A conformance suite that passes any of these is too weak
+(`tests/test_mutation_score.py` checks that each one is killed).
+
+Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys,
+D query/key dim, Dv value dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .twin import KEY_TILE, NEG_INF, BlockwiseTwin
+
+
+class MeanV(BlockwiseTwin):
+    """mean_v: uniform weights, O = mean of V over the keys, ignoring Q, K and every mask."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        B, H, N, _ = q.shape
+        mean = v[:, self.kv_heads(H, k.shape[1], q.device)].mean(dim=-2, keepdim=True)  # (B, H, 1, Dv)
+        return mean.expand(B, H, N, v.shape[-1]), torch.zeros(B, H, N, dtype=q.dtype, device=q.device)
+
+
+class ScaleMissing(BlockwiseTwin):
+    """scale_missing: forgets 1/sqrt(D), softmax(Q K^T)."""
+
+    def effective_scale(self, D, scale):
+        return 1.0
+
+
+class ScaleTwice(BlockwiseTwin):
+    """scale_twice: applies the scale twice (once in Q, once in the scores)."""
+
+    def effective_scale(self, D, scale):
+        return super().effective_scale(D, scale) ** 2
+
+
+class ScaleAfterSoftmax(BlockwiseTwin):
+    """scale_after_softmax: softmax of the unscaled scores, the scale multiplied into the output instead."""
+
+    def scores(self, q, k_tile, bias_tile, scale):
+        return super().scores(q, k_tile, bias_tile, 1.0)
+
+    def finish(self, m, l, acc, scale):
+        out, lse = super().finish(m, l, acc, scale)
+        return out * scale, lse
+
+
+class CausalOffByOne(BlockwiseTwin):
+    """causal_off_by_one: j < i instead of j <= i (each query loses its own key)."""
+
+    def causal_keep(self, n, m, alignment, device):
+        offset = 0 if alignment == "top_left" else m - n
+        return torch.arange(m, device=device)[None, :] < torch.arange(n, device=device)[:, None] + offset
+
+
+class CausalAlwaysTopLeft(BlockwiseTwin):
+    """causal_always_top_left: top-left alignment where bottom-right was asked (differs only when N != M)."""
+
+    def causal_keep(self, n, m, alignment, device):
+        return super().causal_keep(n, m, "top_left", device)
+
+
+class CausalAlwaysBottomRight(BlockwiseTwin):
+    """causal_always_bottom_right: bottom-right alignment where top-left was asked (differs only when N != M)."""
+
+    def causal_keep(self, n, m, alignment, device):
+        return super().causal_keep(n, m, "bottom_right", device)
+
+
+class DropsLastPartialTile(BlockwiseTwin):
+    """drops_last_partial_tile: loops over M // KEY_TILE full tiles, skipping the ragged tail of the keys."""
+
+    def key_tiles(self, M):
+        return [slice(j, j + KEY_TILE) for j in range(0, M - M % KEY_TILE, KEY_TILE)]
+
+
+class NoRescale(BlockwiseTwin):
+    """no_rescale: online softmax that does not rescale l and acc by exp(m - m') when the running max grows."""
+
+    def online_update(self, m, l, acc, s, v_tile):
+        m_new, _, _ = super().online_update(m, l, acc, s, v_tile)
+        shift = torch.where(m_new == NEG_INF, torch.zeros_like(m_new), m_new).detach()
+        p = torch.exp(s - shift)
+        return m_new, l + p.sum(dim=-1, keepdim=True), acc + p @ v_tile
+
+
+class NoMaxSubtraction(BlockwiseTwin):
+    """no_max_subtraction: exp(S) without subtracting the row max, which overflows to inf on large logits."""
+
+    def online_update(self, m, l, acc, s, v_tile):
+        p = torch.exp(s)
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+        return m_new, l + p.sum(dim=-1, keepdim=True), acc + p @ v_tile
+
+    def finish(self, m, l, acc, scale):
+        out = acc / torch.where(l > 0, l, torch.ones_like(l))
+        return out, torch.log(l).squeeze(-1)   # no shift was taken out, so none is added back
+
+
+class MaskedRowsNaN(BlockwiseTwin):
+    """masked_rows_nan: O = acc / l with no guard, so a row whose every key is masked gives 0 / 0 = NaN."""
+
+    def finish(self, m, l, acc, scale):
+        _, lse = super().finish(m, l, acc, scale)
+        return acc / l, lse
+
+
+class GqaModulo(BlockwiseTwin):
+    """gqa_modulo: query head h reads KV head h % Hkv instead of h // (H / Hkv)."""
+
+    def kv_heads(self, H, Hkv, device):
+        return torch.arange(H, device=device) % Hkv
+
+
+class IgnoresStrides(BlockwiseTwin):
+    """ignores_strides: reads each input's storage as if it were contiguous (B, H, L, D)."""
+
+    def read(self, x):
+        return torch.as_strided(x, x.shape, torch.empty(x.shape, device="meta").stride(), x.storage_offset())
+
+
+class SoftmaxOverQueries(BlockwiseTwin):
+    """softmax_over_queries: normalises each key's column over the queries instead of each query's row over the keys.
+
+    Not expressible tile by tile over keys, so this one computes the scores densely (one tile of all M keys).
+    """
+
+    def key_tiles(self, M):
+        return [slice(0, M)]
+
+    def online_update(self, m, l, acc, s, v_tile):
+        p = torch.softmax(s, dim=-2).nan_to_num(0.0)            # dim -2 is N: the bug
+        return s.amax(dim=-1, keepdim=True), torch.ones_like(l), p @ v_tile
+
+
+class LseOffByLogScale(BlockwiseTwin):
+    """lse_off_by_log_scale: returns the log-sum-exp shifted by log(scale), as if taken before scaling."""
+
+    def finish(self, m, l, acc, scale):
+        out, lse = super().finish(m, l, acc, scale)
+        return out, lse + math.log(scale)
+
+
+class LseFiniteWhenMasked(BlockwiseTwin):
+    """lse_finite_when_masked: lse = m + log(max(l, tiny)) with m taken as 0, finite where every key is masked."""
+
+    def finish(self, m, l, acc, scale):
+        out, _ = super().finish(m, l, acc, scale)
+        shift = torch.where(m == NEG_INF, torch.zeros_like(m), m)
+        return out, (shift + torch.log(l.clamp_min(torch.finfo(l.dtype).tiny))).squeeze(-1)
+
+
+class DkDvSwapped(BlockwiseTwin):
+    """dk_dv_swapped: the backward returns (dQ, dV, dK); shapes agree, so it runs, whenever Dv == D."""
+
+    def corrupt_grads(self, dq, dk, dv, *, scale):
+        return dq, dv, dk
+
+
+class DqMissingScale(BlockwiseTwin):
+    """dq_missing_scale: the backward forgets the scale in dQ = scale dS K."""
+
+    def corrupt_grads(self, dq, dk, dv, *, scale):
+        return dq / scale, dk, dv
+
+
+class Nondeterministic(BlockwiseTwin):
+    """nondeterministic: every other call reduces the key tiles in reverse order (as split-KV atomics might).
+
+    Each result is within budget; only bitwise run-to-run equality can tell.
+    """
+
+    calls = 0
+
+    def tile_order(self, tiles):
+        self.calls += 1
+        return tiles[::-1] if self.calls % 2 == 0 else tiles
+
+
+class BiasSignFlipped(BlockwiseTwin):
+    """bias_sign_flipped: subtracts the additive float mask instead of adding it."""
+
+    def bias(self, mask, causal, B, N, M, dtype, device):
+        if mask is not None and mask.dtype != torch.bool:
+            mask = -mask
+        return super().bias(mask, causal, B, N, M, dtype, device)

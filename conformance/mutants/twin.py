@@ -1,0 +1,147 @@
+"""The correct twin of every mutant: blockwise (tiled, online-softmax) attention in PyTorch.
+
+Keys are visited in tiles of `KEY_TILE`; per query row the running max m, the
+running denominator l and the unnormalised accumulator acc are updated per tile
+(the FlashAttention recurrence, Triton tutorial 06 names):
+
+    m' = max(m, rowmax(S_tile))       alpha = exp(m - m')      P_tile = exp(S_tile - m')
+    l' = alpha l + rowsum(P_tile)     acc' = alpha acc + P_tile V_tile
+    O  = acc / l                      lse = m + log l           (O = 0, lse = -inf where l = 0)
+
+Half-precision inputs are computed in float32 and rounded once at the end.
+Every step is a small method so a mutant overrides exactly one of them to plant
+exactly one bug. The backward is autograd through the forward, routed through
+`_RecordedGrad` so a mutant can corrupt the gradients the way a hand-written
+backward would. Kept out of the registry: `pytest conformance --mutant twin`.
+
+Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys,
+D query/key dim, Dv value dim.
+"""
+from __future__ import annotations
+
+import torch
+
+from attnbench.implementations import Capabilities
+from attnbench.implementations._torch_common import TorchBackend
+
+KEY_TILE = 32
+NEG_INF = float("-inf")
+
+
+class _RecordedGrad(torch.autograd.Function):
+    """Forward through `backend.blockwise` with a recorded graph; backward = autograd, then `backend.corrupt_grads`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, backend, options):
+        with torch.enable_grad():
+            leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
+            out, _ = backend.blockwise(*leaves, **options)
+        # The recorded graph is kept on ctx (not save_for_backward): it is replayed once, by backward, and holds
+        # non-tensor state (the backend) that save_for_backward cannot.
+        ctx.graph = (out, leaves, backend, options)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        out, leaves, backend, options = ctx.graph
+        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out)
+        scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
+        return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
+
+
+class BlockwiseTwin(TorchBackend):
+    """twin: tiled online-softmax attention in PyTorch, correct; each mutant overrides one step."""
+
+    name = "twin"
+    caps = Capabilities(grad=True, lse=True)
+
+    # --- the steps a mutant may override -------------------------------------------------------------------------
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the kernel sees it: strides honoured."""
+        return x
+
+    def effective_scale(self, D: int, scale: float | None) -> float:
+        return D ** -0.5 if scale is None else scale
+
+    def kv_heads(self, H: int, Hkv: int, device) -> torch.Tensor:
+        """(H,) index of the KV head each query head reads: groups of H // Hkv consecutive query heads share one."""
+        return torch.arange(H, device=device) // (H // Hkv)
+
+    def causal_keep(self, n: int, m: int, alignment: str, device) -> torch.Tensor:
+        """Bool (N, M): query i sees key j iff j <= i (+ M - N for bottom_right)."""
+        offset = 0 if alignment == "top_left" else m - n
+        return torch.arange(m, device=device)[None, :] <= torch.arange(n, device=device)[:, None] + offset
+
+    def key_tiles(self, M: int) -> list[slice]:
+        """Key tiles covering 0..M, the last one partial when KEY_TILE does not divide M."""
+        return [slice(j, min(j + KEY_TILE, M)) for j in range(0, M, KEY_TILE)]
+
+    def scores(self, q, k_tile, bias_tile, scale):
+        """S_tile (B, H, N, T) = scale q k^T + bias; bias holds -inf where masked."""
+        s = (q @ k_tile.transpose(-1, -2)) * scale
+        return s if bias_tile is None else s + bias_tile
+
+    def online_update(self, m, l, acc, s, v_tile):
+        """One tile of the recurrence; m, l (B, H, N, 1), acc (B, H, N, Dv), s (B, H, N, T)."""
+        # The max is a constant to autograd: O and lse do not depend on it, and a differentiated max would
+        # disagree with the shifts earlier tiles already applied.
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True)).detach()
+        shift = torch.where(m_new == NEG_INF, torch.zeros_like(m_new), m_new)   # -inf - -inf would be NaN
+        alpha = torch.exp(m - shift)
+        p = torch.exp(s - shift)
+        return m_new, alpha * l + p.sum(dim=-1, keepdim=True), alpha * acc + p @ v_tile
+
+    def finish(self, m, l, acc, scale):
+        """(O (B, H, N, Dv), lse (B, H, N)); rows that saw no key give O = 0 and lse = -inf."""
+        out = acc / torch.where(l > 0, l, torch.ones_like(l))
+        lse = torch.where(l > 0, m + torch.log(torch.where(l > 0, l, torch.ones_like(l))), torch.full_like(l, NEG_INF))
+        return out, lse.squeeze(-1)
+
+    def tile_order(self, tiles: list[slice]) -> list[slice]:
+        return tiles
+
+    def corrupt_grads(self, dq, dk, dv, *, scale):
+        """What a hand-written backward would return; the twin's is exact."""
+        return dq, dk, dv
+
+    # --- the algorithm -------------------------------------------------------------------------------------------
+
+    def bias(self, mask, causal, B, N, M, dtype, device):
+        """Additive float bias broadcastable to (B, H, N, M) (0 / -inf for bool masks and causal), or None."""
+        bias = None
+        if mask is not None:
+            bias = (mask.to(dtype) if mask.dtype != torch.bool
+                    else torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, NEG_INF))
+        if causal is not None:
+            c = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(~self.causal_keep(N, M, causal, device),
+                                                                          NEG_INF)
+            bias = c if bias is None else bias + c
+        return bias
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        """(O, lse) in the input dtype for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv)."""
+        q, k, v = (self.read(x) for x in (q, k, v))
+        io_dtype = q.dtype
+        B, H, N, D = q.shape
+        Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        acc_dtype = torch.float32 if io_dtype in (torch.float16, torch.bfloat16) else q.dtype
+        heads = self.kv_heads(H, Hkv, q.device)
+        q, k, v = q.to(acc_dtype), k[:, heads].to(acc_dtype), v[:, heads].to(acc_dtype)  # k, v: (B, H, M, .)
+        scale = self.effective_scale(D, scale)
+        bias = self.bias(mask, causal, B, N, M, acc_dtype, q.device)
+        m = torch.full((B, H, N, 1), NEG_INF, dtype=acc_dtype, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(B, H, N, Dv, dtype=acc_dtype, device=q.device)
+        for cols in self.tile_order(self.key_tiles(M)):
+            s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale)
+            m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
+        out, lse = self.finish(m, l, acc, scale)
+        return out.to(io_dtype), lse
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        options = dict(mask=mask, causal=causal, scale=scale)
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            return _RecordedGrad.apply(q, k, v, self, options)
+        out, lse = self.blockwise(q, k, v, **options)
+        return (out, lse) if return_lse else out
