@@ -36,7 +36,12 @@ A backend's output in a given dtype is held to two conditions:
    kernel that accumulates in half precision still fails.
 
 Gradients use condition 2 (the naive backward is torch autograd through the
-same plain formula) with the same multiple and floor.
+same plain formula) with the same multiple and floor, the floor's magnitude
+being the largest sum of |terms| behind a gradient element rather than the
+largest gradient (see `check.backward_magnitudes`): dS = P (dP - rowsum(dO O))
+cancels exactly where a gradient is truly zero (M = 1, or a row whose values
+are all equal), so a reordered sum leaves a rounding-sized residue there that
+max|dQ| = 0 would call an error.
 
 NaN in the expected output (NaN or Inf inputs) must be matched by NaN in the
 actual output; anything else where the expected value is NaN is an error.
@@ -133,12 +138,14 @@ def _errors(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.where(same_nonfinite, 0.0, np.where(np.isnan(err), np.inf, err))
 
 
-def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, reduction_length: int = 1) -> Verdict:
+def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, reduction_length: int = 1,
+            magnitude: float | None = None) -> Verdict:
     """Compare `actual` with `expected` (same shape) against an elementwise `bound` and/or a `naive` output.
 
     bound: array broadcastable to expected, or None to skip condition 1.
     naive: the plain same-dtype formula's output, or None to skip condition 2.
     reduction_length: the longest sum behind each element (M forward; max(N, M) backward), for the floor.
+    magnitude: the floor's magnitude; default the largest finite |expected|.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
@@ -161,6 +168,7 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
         naive_err = float(np.max(_errors(np.asarray(naive, dtype=np.float64), expected)))
         finite = expected[np.isfinite(expected)]
         scale = float(np.max(np.abs(finite))) if finite.size else 0.0
+        scale = scale if magnitude is None else max(scale, magnitude)
         naive_limit = NAIVE_MULTIPLE * naive_err + naive_floor(dtype, reduction_length, scale)
         if max_err > naive_limit:
             reasons.append(f"worse than {NAIVE_MULTIPLE:g}x the naive {dtype} formula")
