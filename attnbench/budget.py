@@ -160,6 +160,9 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
         bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(err == 0, 0.0, err / bound)
+        # A NaN bound (NaN inputs in that row) must not hide an error there: np.max would return NaN and NaN > 1
+        # is False. Matching NaN/inf outputs have err 0 above, so only real mismatches become inf.
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)
         units = float(np.max(ratio)) if ratio.size else 0.0
         if units > 1:
             reasons.append(f"exceeds the analytic budget ({units:.3g}x)")
