@@ -16,6 +16,9 @@ import numpy as np
 from attnbench.problem import Inputs, Problem, apply_layout
 from attnbench.reference.masks import causal_mask
 
+from attnbench.reference import normalize_causal
+
+from ._validate import check_attention_args, check_prepare
 from .base import Backend, Capabilities
 from .registry import register
 
@@ -53,12 +56,19 @@ class NumpyBackend(Backend):
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
+        check_prepare(self, inputs, problem, device)
         dtype = np.dtype(problem.dtype)
         q, k, v = (apply_layout(x.astype(dtype), problem.layout, contiguous=np.ascontiguousarray,
                                 zeros=lambda *shape: np.zeros(shape, dtype)) for x in (inputs.q, inputs.k, inputs.v))
         mask = inputs.mask
         causal, scale = problem.causal, problem.scale
         return lambda: numpy_attention(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, mask=None, causal=None, scale=None):
+        """The public entry for arrays: validate first, then `numpy_attention`. Shapes as there."""
+        check_attention_args(q, k, v, mask, causal=causal, scale=scale, dtypes=self.caps.dtypes, who=self.name)
+        return numpy_attention(q, k, v, mask=None if mask is None else np.asarray(mask),
+                               causal=normalize_causal(causal), scale=scale)
 
     def to_numpy(self, value) -> np.ndarray:
         return np.asarray(value, dtype=np.float64)
