@@ -117,6 +117,8 @@ class Problem:
             raise AttentionInputError(f"Problem: sizes must be integers >= 1, got {bad}")
         if self.H % self.Hkv:
             raise AttentionInputError(f"Problem: H={self.H} must be a multiple of Hkv={self.Hkv}")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale)):
+            raise AttentionInputError(f"Problem: scale must be a finite number or None, got {self.scale!r}")
         for name, value, allowed in (("dtype", self.dtype, DTYPES), ("mask", self.mask, (None, *MASK_FORMS)),
                                      ("inputs", self.inputs, tuple(INPUT_DISTRIBUTIONS)),
                                      ("layout", self.layout, LAYOUTS)):

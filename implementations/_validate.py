@@ -10,6 +10,7 @@ and showing the shapes, as the reference's own checks do (whose q/k/v shape rule
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -53,7 +54,8 @@ def check_attention_args(q, k, v, mask=None, *, causal=None, scale=None, dtypes=
     if len(set(devices.values())) > 1:
         raise AttentionInputError(f"{who}: q, k, v must be on one device, got {devices}")
     try:
-        B, H, Hkv, N, M, D, Dv = check_qkv(q, k, v)
+        # check_qkv reads only .shape; plain tuples print as (1, 2, 5, 8), not torch.Size([1, 2, 5, 8]).
+        B, H, Hkv, N, M, D, Dv = check_qkv(*(SimpleNamespace(shape=tuple(x.shape)) for x in (q, k, v)))
     except AttentionInputError as exc:
         raise AttentionInputError(f"{who}: {exc}") from None
     if mask is not None:
