@@ -58,8 +58,7 @@ def _native(backend, device, q, k, v, kwargs):
     import torch
 
     def t(x):
-        x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-        return x.to(torch.float32) if x.dtype == torch.float32 else x
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
     kwargs = {key: t(val) if isinstance(val, np.ndarray) else val for key, val in kwargs.items()}
     return t(q), t(k), t(v), kwargs
@@ -67,7 +66,7 @@ def _native(backend, device, q, k, v, kwargs):
 
 @pytest.mark.parametrize("case", BAD_CALLS, ids=BAD_CALL_IDS)
 def test_backend_call_rejects_bad_arguments_naming_them(backend, device, case):
-    if not callable(getattr(backend, "__call__", None)) or type(backend).__call__ is object.__call__:
+    if not callable(backend):
         pytest.skip(f"{backend.name}: no tensor-level entry point")
     _, build, words = case
     q, k, v, kwargs = _native(backend, device, *build(*_arrays()))
