@@ -36,12 +36,14 @@ A backend's output in a given dtype is held to two conditions:
    kernel that accumulates in half precision still fails.
 
 Gradients use condition 2 (the naive backward is torch autograd through the
-same plain formula) with the same multiple and floor, the floor's magnitude
-being the largest sum of |terms| behind a gradient element rather than the
-largest gradient (see `check.backward_magnitudes`): dS = P (dP - rowsum(dO O))
-cancels exactly where a gradient is truly zero (M = 1, or a row whose values
-are all equal), so a reordered sum leaves a rounding-sized residue there that
-max|dQ| = 0 would call an error.
+same plain formula) with the same multiple and floor. One exception: where a
+gradient is identically zero (every query reaches one key: M = 1, N = 1 with
+top-left causal, ...), dS = P (dP - rowsum(dO O)) cancels exactly, a reordered
+sum leaves a rounding-sized residue, and max|dQ| ~ 0 would make the floor ~ 0;
+when max|gradient| < u * (largest sum of |terms| behind an element, see
+`check.backward_magnitudes`) the floor's magnitude is that sum of |terms|.
+Any gradient above that keeps the floor relative to max|gradient|, so no
+other budget changes.
 
 NaN in the expected output (NaN or Inf inputs) must be matched by NaN in the
 actual output; anything else where the expected value is NaN is an error.
@@ -145,7 +147,8 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
     bound: array broadcastable to expected, or None to skip condition 1.
     naive: the plain same-dtype formula's output, or None to skip condition 2.
     reduction_length: the longest sum behind each element (M forward; max(N, M) backward), for the floor.
-    magnitude: the floor's magnitude; default the largest finite |expected|.
+    magnitude: the size of the terms summed into `expected`; used for the floor only where max|expected| is
+        below one rounding of it in `dtype` (an identically zero result, up to float64 residue).
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
@@ -171,7 +174,8 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
         naive_err = float(np.max(_errors(np.asarray(naive, dtype=np.float64), expected)))
         finite = expected[np.isfinite(expected)]
         scale = float(np.max(np.abs(finite))) if finite.size else 0.0
-        scale = scale if magnitude is None else max(scale, magnitude)
+        if magnitude is not None and scale < UNIT_ROUNDOFF[dtype] * magnitude:
+            scale = magnitude                        # pure cancellation: below one rounding of its own terms
         naive_limit = NAIVE_MULTIPLE * naive_err + naive_floor(dtype, reduction_length, scale)
         if max_err > naive_limit:
             reasons.append(f"worse than {NAIVE_MULTIPLE:g}x the naive {dtype} formula")
