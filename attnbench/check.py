@@ -68,6 +68,31 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     return verdicts
 
 
+def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> tuple[float, float, float]:
+    """Largest sum of |terms| behind one element of dQ, dK and dV: the magnitude rounding is relative to.
+
+    With P (B, H, N, M), dP = dO V^T and delta = rowsum(dO * O) (B, H, N):
+        dQ = scale [P (dP - delta)] K      terms  scale P (|dO| |V|^T + |delta|) |K|
+        dK = scale [P (dP - delta)]^T Q    terms  scale (...)^T |Q|, summed over the query heads of a KV head
+        dV = P^T dO                        terms  P^T |dO|, likewise summed
+    """
+    q, k, v = inputs.q, inputs.k, inputs.v
+    out, p = reference.sdpa(q, k, v, return_weights=True, **inputs.reference_kwargs(problem))
+    group = problem.H // problem.Hkv
+    kr, vr = (np.repeat(x, group, axis=1) for x in (k, v))                      # (B, H, M, .)
+    delta = np.abs(np.sum(grad_out * out, axis=-1, keepdims=True))             # (B, H, N, 1)
+    terms = p * (np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2) + delta)       # (B, H, N, M)
+    scale = abs(_effective_scale(problem))
+
+    def per_kv_head(x):                                                        # (B, H, M, .) -> (B, Hkv, M, .)
+        return x.reshape(problem.B, problem.Hkv, group, *x.shape[2:]).sum(axis=2)
+
+    mq = scale * (terms @ np.abs(kr))
+    mk = scale * per_kv_head(terms.swapaxes(-1, -2) @ np.abs(q))
+    mv = per_kv_head(p.swapaxes(-1, -2) @ np.abs(grad_out))
+    return tuple(float(np.max(np.where(np.isfinite(m), m, 0.0))) for m in (mq, mk, mv))
+
+
 def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: Inputs | None = None) -> list[Verdict]:
     """Compare the backend's dQ, dK, dV with the float64 reference backward, against the naive same-dtype one."""
     inputs = make_inputs(problem) if inputs is None else inputs
@@ -75,9 +100,10 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **inputs.reference_kwargs(problem))
     actual = backend.prepare_backward(inputs, problem, grad_out, device=device)()
     naive = naive_backward(inputs, problem, grad_out)
+    magnitudes = backward_magnitudes(inputs, problem, grad_out)
     return [compare(name, backend.to_numpy(a), e, naive=n, dtype=problem.dtype,
-                    reduction_length=max(problem.N, problem.M))
-            for name, a, e, n in zip(("dq", "dk", "dv"), actual, expected, naive)]
+                    reduction_length=max(problem.N, problem.M), magnitude=mag)
+            for name, a, e, n, mag in zip(("dq", "dk", "dv"), actual, expected, naive, magnitudes)]
 
 
 def failure_message(backend_name: str, problem: Problem, verdicts: list[Verdict], device: str = "cpu", *,

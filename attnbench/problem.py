@@ -21,7 +21,7 @@ from attnbench.reference import AttentionInputError, normalize_causal
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Mask kinds and the form a backend must accept for each.
-MASK_FORMS = {"bool": "bool", "padding": "bool", "fully_masked": "bool", "bias": "bias"}
+MASK_FORMS = {"bool": "bool", "padding": "bool", "fully_masked": "bool", "bias": "bias", "bias_extreme": "bias"}
 LAYOUTS = ("contiguous", "transposed", "strided")
 
 
@@ -40,6 +40,47 @@ def round_to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
 INPUT_DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, tuple, str], np.ndarray]] = {
     "normal": lambda rng, shape, role: rng.standard_normal(shape),
 }
+
+
+def _large_logits(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """q, k ~ 64 N(0, 1): with D 128 many |q.k| exceed 65504 (float16 max) while q.k / sqrt(D) stays far below it.
+
+    Catches kernels that form Q K^T in float16 and scale afterwards; v stays standard normal.
+    """
+    return rng.standard_normal(shape) * (64.0 if role in "qk" else 1.0)
+
+
+def _near_ties(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """Every key is one shared vector plus a 2^-6 perturbation, so the scores of a row nearly tie."""
+    x = rng.standard_normal(shape)
+    if role == "k":
+        x = x[..., :1, :] + 2.0**-6 * x
+    return x
+
+
+def _peaked(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """q, k ~ 4 N(0, 1): scores of spread ~16, so one key dominates each row (softmax close to one-hot)."""
+    return rng.standard_normal(shape) * (4.0 if role in "qk" else 1.0)
+
+
+def _tiny(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """Values ~ 2^-10 N(0, 1): q.k products (~2^-20) fall in float16's subnormal range (below 2^-14)."""
+    return rng.standard_normal(shape) * 2.0**-10
+
+
+def _nonfinite(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """Standard normal with one NaN in q and one +inf in v: the reference propagates both (see conformance)."""
+    x = rng.standard_normal(shape)
+    index = tuple(int(rng.integers(0, n)) for n in shape)
+    if role == "q":
+        x[index] = np.nan
+    elif role == "v":
+        x[index] = np.inf
+    return x
+
+
+INPUT_DISTRIBUTIONS.update(large_logits=_large_logits, near_ties=_near_ties, peaked=_peaked, tiny=_tiny,
+                           nonfinite=_nonfinite)
 
 
 @dataclass(frozen=True)
@@ -76,6 +117,8 @@ class Problem:
             raise AttentionInputError(f"Problem: sizes must be integers >= 1, got {bad}")
         if self.H % self.Hkv:
             raise AttentionInputError(f"Problem: H={self.H} must be a multiple of Hkv={self.Hkv}")
+        if self.scale is not None and not (isinstance(self.scale, (int, float)) and np.isfinite(self.scale)):
+            raise AttentionInputError(f"Problem: scale must be a finite number or None, got {self.scale!r}")
         for name, value, allowed in (("dtype", self.dtype, DTYPES), ("mask", self.mask, (None, *MASK_FORMS)),
                                      ("inputs", self.inputs, tuple(INPUT_DISTRIBUTIONS)),
                                      ("layout", self.layout, LAYOUTS)):
@@ -174,6 +217,11 @@ def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:
         return (np.arange(p.M)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, M)
     if p.mask == "bias":
         return round_to_dtype(rng.standard_normal((p.B, 1, p.N, p.M)), p.dtype)
+    if p.mask == "bias_extreme":                                            # -1e4 and -inf entries, no empty row
+        u = rng.random((p.B, 1, p.N, p.M))
+        bias = np.where(u < 0.3, -1e4, np.where(u < 0.5, -np.inf, rng.standard_normal(u.shape)))
+        bias[..., np.arange(p.N), np.arange(p.N) % p.M] = 0.0
+        return round_to_dtype(bias, p.dtype)
     keep = rng.random((p.B, 1, p.N, p.M)) < 0.7
     keep[..., np.arange(p.N), np.arange(p.N) % p.M] = True                     # every row keeps a key ...
     if p.mask == "fully_masked":

@@ -1,5 +1,9 @@
 """Parametrize conformance tests over (backend, device, problem) from the registry's capabilities.
 
+A test that takes the fixtures `backend` and `device` but not `problem` (the
+property, invariant and bad-input suites, which draw or build their own
+problems) is generated once per available backend x device.
+
 A test that takes the fixtures `backend`, `device` and `problem` is generated
 for every registered backend x device x problem in the module's `PROBLEMS`
 (and with `NEEDS_GRAD = True`, only problems checked for gradients). A problem
@@ -25,6 +29,8 @@ import pytest  # noqa: E402
 
 from attnbench.implementations import all_backends, get_backend  # noqa: E402
 from attnbench.implementations.registry import register  # noqa: E402
+
+from . import _hypothesis  # noqa: F401 - registers and loads the hypothesis profiles
 
 
 def pytest_addoption(parser):
@@ -55,7 +61,21 @@ def selected_devices(config):
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+def backend_device_params(config):
+    """pytest params (backend, device) for every selected backend x device; unusable pairs skip with the reason."""
+    params = []
+    for backend in selected_backends(config):
+        for device in selected_devices(config):
+            reason = backend.unavailable_reason() or backend.device_unavailable_reason(device)
+            marks = [pytest.mark.skip(reason=f"{backend.name}: {reason}")] if reason else []
+            params.append(pytest.param(backend, device, marks=marks, id=f"{backend.name}-{device}"))
+    return params
+
+
 def pytest_generate_tests(metafunc):
+    if {"backend", "device"} <= set(metafunc.fixturenames) and "problem" not in metafunc.fixturenames:
+        metafunc.parametrize(("backend", "device"), backend_device_params(metafunc.config))
+        return
     if not {"backend", "problem"} <= set(metafunc.fixturenames):
         return
     problems = getattr(metafunc.module, "PROBLEMS")

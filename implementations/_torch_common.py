@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from attnbench.problem import Inputs, Problem, apply_layout
+from attnbench.reference import AttentionInputError, normalize_causal
 
+from ._validate import check_attention_args, check_prepare
 from .base import Backend
 
 
@@ -52,8 +54,28 @@ class TorchBackend(Backend):
                   causal: str | None, scale: float | None, return_lse: bool = False):
         """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv), or (O, lse (B, H, N))."""
 
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None = None,
+                 causal: str | bool | None = None, scale: float | None = None, return_lse: bool = False):
+        """The public entry for tensors: validate (shapes, dtypes, device, mask) first, then `attention`.
+
+        q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv), or (O, lse) with return_lse.
+        """
+        device = q.device.type if isinstance(q, torch.Tensor) else "cpu"
+        caps = self.capabilities(device)
+        check_attention_args(q, k, v, mask, causal=causal, scale=scale, dtypes=caps.dtypes, who=self.name)
+        reason = self.unavailable_reason() or self.device_unavailable_reason(device)
+        if reason:
+            raise AttentionInputError(f"{self.name}: {reason}")
+        if return_lse and not caps.lse:
+            raise AttentionInputError(f"{self.name}: return_lse=True not supported (no log-sum-exp)")
+        if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
+            raise AttentionInputError(f"{self.name}: a float mask must have q's dtype {q.dtype}, got {mask.dtype}")
+        return self.attention(q, k, v, mask=mask, causal=normalize_causal(causal), scale=scale,
+                              return_lse=return_lse)
+
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
+        check_prepare(self, inputs, problem, device)
         q, k, v, mask = to_tensors(inputs, problem, device)
         causal, scale = problem.causal, problem.scale
 
@@ -65,6 +87,7 @@ class TorchBackend(Backend):
 
     def prepare_backward(self, inputs: Inputs, problem: Problem, grad_out: np.ndarray, *,
                          device: str = "cpu") -> Callable[[], Any]:
+        check_prepare(self, inputs, problem, device, need_grad=True)
         q, k, v, mask = to_tensors(inputs, problem, device, requires_grad=True)
         g = torch.from_numpy(grad_out).to(device=device, dtype=torch_dtype(problem.dtype))
         causal, scale = problem.causal, problem.scale

@@ -1,6 +1,8 @@
 """numpy: the textbook formula in NumPy, computed in the input dtype.
 
-S = scale * Q K^T + bias, P = softmax(S) with the row max subtracted, O = P V;
+S = (scale * Q) K^T + bias, P = softmax(S) with the row max subtracted, O = P V;
+Q is scaled before the product so that a float16 Q K^T larger than 65504 whose
+scaled value fits does not overflow; NaN and inf inputs propagate as in the reference;
 every intermediate is held in the input dtype (float16, float32 or float64;
 NumPy has no bfloat16). Grouped-query heads are handled by reshaping queries
 into (B, Hkv, G, N, D) groups, with no copy of K or V. CPU only, no autograd.
@@ -14,6 +16,9 @@ import numpy as np
 from attnbench.problem import Inputs, Problem, apply_layout
 from attnbench.reference.masks import causal_mask
 
+from attnbench.reference import normalize_causal
+
+from ._validate import check_attention_args, check_prepare
 from .base import Backend, Capabilities
 from .registry import register
 
@@ -25,7 +30,8 @@ def numpy_attention(q, k, v, *, mask, causal, scale):
     dtype = q.dtype
     scale = dtype.type(1.0 / np.sqrt(D) if scale is None else scale)
     qg = q.reshape(B, Hkv, H // Hkv, N, D)                                   # (B, Hkv, G, N, D)
-    s = (qg @ np.swapaxes(k, -1, -2)[:, :, None]) * scale                    # (B, Hkv, G, N, M)
+    # Scale q before the product: Q K^T itself can exceed float16's 65504 when Q K^T * scale does not.
+    s = (qg * scale) @ np.swapaxes(k, -1, -2)[:, :, None]                    # (B, Hkv, G, N, M)
     allowed = np.ones((N, M), dtype=bool) if causal is None else causal_mask(N, M, causal)
     if mask is not None and mask.dtype == np.bool_:
         allowed = allowed & mask.reshape(B, -1, 1, *mask.shape[-2:])
@@ -35,7 +41,8 @@ def numpy_attention(q, k, v, *, mask, causal, scale):
     row_max = s.max(axis=-1, keepdims=True)
     e = np.exp(s - np.where(row_max == -np.inf, dtype.type(0), row_max))
     total = e.sum(axis=-1, keepdims=True)
-    p = np.where(total > 0, e / np.where(total > 0, total, dtype.type(1)), dtype.type(0))
+    # Only an empty row (total == 0) becomes zeros; a NaN total must propagate NaN, as the reference does.
+    p = np.where(total == 0, dtype.type(0), e / np.where(total == 0, dtype.type(1), total))
     return (p @ v[:, :, None]).reshape(B, H, N, -1)
 
 
@@ -49,12 +56,19 @@ class NumpyBackend(Backend):
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
+        check_prepare(self, inputs, problem, device)
         dtype = np.dtype(problem.dtype)
         q, k, v = (apply_layout(x.astype(dtype), problem.layout, contiguous=np.ascontiguousarray,
                                 zeros=lambda *shape: np.zeros(shape, dtype)) for x in (inputs.q, inputs.k, inputs.v))
         mask = inputs.mask
         causal, scale = problem.causal, problem.scale
         return lambda: numpy_attention(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, mask=None, causal=None, scale=None):
+        """The public entry for arrays: validate first, then `numpy_attention`. Shapes as there."""
+        check_attention_args(q, k, v, mask, causal=causal, scale=scale, dtypes=self.caps.dtypes, who=self.name)
+        return numpy_attention(q, k, v, mask=None if mask is None else np.asarray(mask),
+                               causal=normalize_causal(causal), scale=scale)
 
     def to_numpy(self, value) -> np.ndarray:
         return np.asarray(value, dtype=np.float64)

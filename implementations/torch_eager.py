@@ -1,6 +1,6 @@
 """torch_eager: explicit matmul - softmax - matmul in PyTorch, in the input dtype.
 
-The nanoGPT "slow path": S = scale * Q K^T (B, H, N, M) is materialised, masked,
+The nanoGPT "slow path": S = (scale * Q) K^T (B, H, N, M) is materialised, masked,
 softmaxed with the row max subtracted, and multiplied by V. Grouped-query heads
 are a reshape of the queries, not a copy of K/V. Fully masked rows give zeros
 (the denominator is made 1 where the row sum is 0, which keeps autograd free of
@@ -27,7 +27,9 @@ def eager_attention(q, k, v, *, mask, causal, scale, return_lse=False):
     Hkv, M = k.shape[1], k.shape[2]
     scale = D ** -0.5 if scale is None else scale
     qg = q.reshape(B, Hkv, H // Hkv, N, D)                                   # (B, Hkv, G, N, D)
-    s = (qg @ k.transpose(-1, -2).unsqueeze(2)) * scale                      # (B, Hkv, G, N, M)
+    # Scale q first: in float16, Q K^T can overflow 65504 where scale * Q K^T does not (torch's math SDPA
+    # scales too); forming the product first would turn those scores into inf and the output into NaN.
+    s = (qg * scale) @ k.transpose(-1, -2).unsqueeze(2)                      # (B, Hkv, G, N, M)
     if mask is not None and mask.dtype != torch.bool:
         s = s + mask.reshape(B, -1, 1, *mask.shape[-2:])
     keep = None if causal is None else causal_keep(N, M, causal, q.device)

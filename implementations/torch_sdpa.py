@@ -60,15 +60,19 @@ def sdpa_call(q, k, v, *, mask, causal, scale):
 
 
 def _runs(kernel, device: str, dtype: str, *, B=1, H=2, Hkv=2, N=8, M=8, D=16, Dv=16, causal=None, mask=None,
-          grad=False, layout_transposed=False) -> bool:
+          grad=False, layout=None) -> bool:
     """Whether one tiny SDPA call with these features runs on `kernel` without raising."""
     dt = getattr(torch, dtype)
     try:
         q = torch.randn(B, H, N, D, dtype=dt, device=device)
         k = torch.randn(B, Hkv, M, D, dtype=dt, device=device)
         v = torch.randn(B, Hkv, M, Dv, dtype=dt, device=device)
-        if layout_transposed:
-            q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+        if layout is not None:
+            from attnbench.problem import apply_layout
+
+            q, k, v = (apply_layout(x, layout, contiguous=torch.Tensor.contiguous,
+                                    zeros=lambda *shape: torch.zeros(shape, dtype=dt, device=device))
+                       for x in (q, k, v))
         attn_mask = None
         if mask == "bool":
             attn_mask = torch.rand(B, 1, N, M, device=device) < 0.7
@@ -107,7 +111,8 @@ def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
         dv_differs=runs(Dv=24),
         head_dims=(min(head_dims), max(head_dims)) if head_dims else (16, 16),
         grad=runs(grad=True),
-        strided=runs(layout_transposed=True),
+        # Both non-contiguous layouts: flash on CPU takes transposed inputs but refuses a last-dim stride != 1.
+        strided=runs(layout="transposed") and runs(layout="strided"),
         lse=False,
     )
 

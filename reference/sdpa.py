@@ -45,6 +45,8 @@ def prepare(q, k, v, mask, causal, scale):
     mask = check_mask(mask, (B, H, N, M))
     causal = normalize_causal(causal)
     scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
+    if not np.isfinite(scale):
+        raise AttentionInputError(f"scale: expected a finite number or None, got {scale!r}")
     bias = bias_grouped(mask_to_bias(mask, causal, N, M), B, H, Hkv, N, M)
     return q, k, v, bias, scale, (B, H, Hkv, N, M, D, Dv)
 

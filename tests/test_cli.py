@@ -24,6 +24,16 @@ def test_check_backward(capsys):
     (["check", "nosuch", "--problem", "N=4"], "unknown backend 'nosuch'"),
     (["check", "numpy", "--problem", "heads=3"], "expected key=value"),
     (["check", "numpy", "--problem", "H=3,Hkv=2"], "multiple of Hkv"),
+    (["check", "numpy", "--problem", "N=0"], "sizes must be integers >= 1"),
+    (["check", "numpy", "--problem", "N=abc"], "N expects a number"),
+    (["check", "numpy", "--problem", "B=1.5"], "B expects a number"),
+    (["check", "numpy", "--problem", "dtype=int8"], "dtype must be one of"),
+    (["check", "numpy", "--problem", "mask=triangle"], "mask must be one of"),
+    (["check", "numpy", "--problem", "causal=diagonal"], "causal"),
+    (["check", "numpy", "--problem", "layout=diagonal"], "layout must be one of"),
+    (["check", "numpy", "--problem", "inputs=uniform"], "inputs must be one of"),
+    (["check", "numpy", "--problem", "scale=nan"], "scale must be a finite number"),
+    (["check", "numpy", "--problem", "N"], "expected key=value"),
 ])
 def test_user_mistakes_exit_2_with_one_line(capsys, argv, message):
     assert main(argv) == 2
@@ -44,3 +54,20 @@ def test_run_writes_a_report(tmp_path, monkeypatch):
     run_dir = main_job.main_job(tmp_path, problems=main_job.DEFAULT_PROBLEMS, log=lambda *_: None)
     rows = (run_dir / "results.jsonl").read_text().splitlines()
     assert len(rows) >= 3 and "torch_eager" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "torch_sdpa_flash", "--problem", "layout=strided"], "strided (non-contiguous) inputs not supported"),
+    (["check", "numpy", "--backward", "--problem", "N=4"], "no backward (grad) support"),
+])
+def test_unsupported_feature_is_a_reason_not_a_traceback(capsys, argv, message):
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert message in out.out and "Traceback" not in out.out + out.err
+
+
+def test_unknown_option_is_argparse_usage_not_a_traceback(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "numpy", "--problem", "N=4", "--device", "tpu"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "invalid choice: 'tpu'" in err and "Traceback" not in err

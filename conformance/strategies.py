@@ -1,0 +1,67 @@
+"""Hypothesis strategies that draw whole attention `Problem`s.
+
+    problems(caps)  ->  Problem with B, H (a multiple of Hkv), N, M in 1..max_len (mostly not multiples
+                        of 16), D and Dv (odd sizes included), causal alignment, mask kind, scale,
+                        dtype, layout, input distribution and seed
+
+Drawing within a backend's declared `Capabilities` keeps rejections rare (a
+filter on `why_not` alone would throw most draws away for narrow backends);
+the caller still `assume`s `backend.why_not(problem, device) is None` for
+whatever the capabilities cannot express here.
+"""
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from attnbench.implementations import Capabilities
+from attnbench.problem import DTYPES, LAYOUTS, MASK_FORMS, Problem
+
+# Sizes kernel authors get wrong: 1, just around a tile (15, 17, 63, 65), odd (59, 111), plus any size.
+_SPECIAL_LENGTHS = (1, 2, 15, 17, 31, 63, 65, 97, 113, 129, 200)
+_SPECIAL_HEAD_DIMS = (1, 3, 8, 16, 24, 59, 64, 80, 111, 128)
+# Finite, moderate distributions; large-logit, peaked, tiny and non-finite inputs have their own suite
+# (fixed cases in test_adversarial.py). "peaked" is left out here on purpose: with peaked scores and a tiny
+# M (2-3 keys) the naive same-dtype error is a max over few elements and sometimes lucky, so budget
+# condition 2 (2x naive) flags about 1 seed in 30 for numpy, sdpa_math and sdpa_flash alike, at under 1%
+# of the analytic budget: a false positive of the rule, not of a kernel (reported, budget left unchanged).
+PROPERTY_INPUTS = ("normal", "near_ties")
+
+
+def lengths(max_len: int) -> st.SearchStrategy[int]:
+    """A sequence length in 1..max_len, half the time one of the sizes that break tiling."""
+    special = [n for n in _SPECIAL_LENGTHS if n <= max_len]
+    return st.one_of(st.sampled_from(special), st.integers(1, max_len))
+
+
+def head_dims(lo: int, hi: int) -> st.SearchStrategy[int]:
+    """A head dim in lo..hi, half the time an odd or common one."""
+    special = [d for d in _SPECIAL_HEAD_DIMS if lo <= d <= hi] or [lo]
+    return st.one_of(st.sampled_from(special), st.integers(lo, hi))
+
+
+@st.composite
+def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_head_dim: int = 160,
+             inputs: tuple[str, ...] = PROPERTY_INPUTS, masks: tuple[str | None, ...] | None = None) -> Problem:
+    """A Problem within `caps` (all features when None). masks: the mask kinds to draw (default: every kind)."""
+    caps = caps or Capabilities()
+    dtype = draw(st.sampled_from([d for d in DTYPES if d in caps.dtypes]))
+    Hkv = draw(st.integers(1, 2))
+    H = Hkv * (draw(st.integers(1, 3)) if caps.gqa else 1)
+    N = draw(lengths(max_len))
+    M = draw(lengths(max_len)) if caps.cross else N
+    lo, hi = caps.head_dims[0], min(caps.head_dims[1], max_head_dim)
+    D = draw(head_dims(lo, hi))
+    Dv = draw(st.one_of(st.just(D), head_dims(lo, hi))) if caps.dv_differs else D
+    causal = draw(st.sampled_from((None, *caps.causal)))
+    kinds = [m for m in (masks if masks is not None else (None, *MASK_FORMS))
+             if m is None or MASK_FORMS[m] in caps.masks]
+    mask = draw(st.sampled_from(kinds))
+    if mask is not None and causal is not None and not caps.mask_with_causal:
+        causal = None
+    return Problem(
+        B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
+        scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),
+        inputs=draw(st.sampled_from(inputs)),
+        layout=draw(st.sampled_from(LAYOUTS if caps.strided else ("contiguous",))),
+        seed=draw(st.integers(0, 2**16)),
+    )
