@@ -102,10 +102,10 @@ def blockwise_forward(q, k, v, *, mask, causal, scale, block_m: int = BLOCK_M):
         l_i = alpha * l_i + p.sum(dim=-1)
         acc = alpha[..., None] * acc + p @ vt
         m_i = m_new
-    seen = l_i > 0
-    l_safe = torch.where(seen, l_i, torch.ones_like(l_i))
-    out = (acc / l_safe[..., None]).reshape(B, H, N, Dv).to(q.dtype)          # unseen rows: acc is 0
-    lse = torch.where(seen, m_i + torch.log(l_safe), torch.full_like(m_i, float("-inf")))
+    empty = l_i == 0                                                          # saw no key; NaN rows are not empty
+    l_safe = torch.where(empty, torch.ones_like(l_i), l_i)
+    out = (acc / l_safe[..., None]).reshape(B, H, N, Dv).to(q.dtype)          # empty rows: acc is 0
+    lse = torch.where(empty, torch.full_like(m_i, float("-inf")), m_i + torch.log(l_safe))
     return out, lse.reshape(B, H, N)
 
 

@@ -115,10 +115,10 @@ def _fwd_kernel(Q, K, V, O, LSE,
                     mask=(offs_m[:, None] < M) & (offs_dv[None, :] < DV), other=0.0)           # (BM, BDV)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
-    seen = l_i > 0
-    l_safe = tl.where(seen, l_i, 1.0)
-    out = acc / l_safe[:, None]                                     # unseen rows: acc is 0, so O is 0
-    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("-inf"))
+    empty = l_i == 0                                                # saw no key; NaN rows are not empty
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]                                     # empty rows: acc is 0, so O is 0
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
     tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_dv[None, :] * sod, out.to(O.dtype.element_ty),
              mask=(offs_n[:, None] < N) & (offs_dv[None, :] < DV))
     tl.store(LSE + bh * N + offs_n, lse, mask=offs_n < N)
