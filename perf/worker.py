@@ -23,7 +23,9 @@ from .measure import MeasureOptions, measure_case, set_cpu_cap
 from .sweep import Case
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
-_PRELOAD = ["torch", "numpy", "attnbench.perf._preload", "attnbench.perf.measure"]
+# Imports only: running any torch op here would start OpenMP threads, and a forked child of a
+# process with a live OpenMP pool hangs on its first parallel region.
+_PRELOAD = ["torch", "numpy", "attnbench.implementations", "attnbench.perf.measure"]
 
 
 def classify(exc: BaseException) -> str:
@@ -34,12 +36,12 @@ def classify(exc: BaseException) -> str:
     return "oom" if any(m in text for m in OOM_MARKERS) else "error"
 
 
-def _child(case_json: str, options: dict, conn) -> None:
+def _child(case_json: str, options: dict, caps: dict | None, conn) -> None:
     try:
-        from attnbench.implementations import discover
-
-        discover()
-        conn.send(("ok", measure_case(Case.from_json(case_json), MeasureOptions(**options))))
+        case = Case.from_json(case_json)
+        if caps is not None:
+            _reuse_capabilities(case, caps)
+        conn.send(("ok", measure_case(case, MeasureOptions(**options))))
     except BaseException as exc:  # noqa: BLE001 - every failure is a recorded status
         if options.get("memory_cap") is not None:
             set_cpu_cap(None)                                    # room to report the failure
@@ -49,17 +51,33 @@ def _child(case_json: str, options: dict, conn) -> None:
         conn.close()
 
 
+def _reuse_capabilities(case: Case, caps: dict) -> None:
+    """Give the child's backend the capabilities the parent already probed (SDPA probes cost ~1 s a kernel)."""
+    from attnbench.implementations import Capabilities, get_backend
+    from .sweep import load_plugins
+
+    load_plugins(case.plugins)
+    backend = get_backend(case.backend)
+    known = Capabilities(**{k: tuple(v) if isinstance(v, list) else v for k, v in caps.items()})
+    backend.capabilities = lambda device: known                  # instance attribute shadows the probing method
+
+
 def _context():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)
     return ctx
 
 
-def run_isolated(case: Case, options: MeasureOptions, timeout_s: float) -> tuple[str, dict]:
-    """(status, fields) of one case measured in a fresh process: status ok, oom, timeout or error."""
+def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
+                 caps=None) -> tuple[str, dict]:
+    """(status, fields) of one case measured in a fresh process: status ok, oom, timeout or error.
+
+    caps: the backend's Capabilities on the case's device, if the caller has them (saves re-probing).
+    """
     ctx = _context()
+    caps = dataclasses.asdict(caps) if caps is not None else None
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(case.to_json(), dataclasses.asdict(options), send), daemon=True)
+    proc = ctx.Process(target=_child, args=(case.to_json(), dataclasses.asdict(options), caps, send), daemon=True)
     proc.start()
     send.close()
     try:
