@@ -60,6 +60,7 @@ def measure_machine(device: str, dtypes) -> dict:
 
     name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
     return {"host": platform.node(), "device": device, "device_name": name, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),   # a loaded or shared box is far slower with more threads
             "torch": torch.__version__, "numpy": np.__version__,
             "peak_flops": {dt: matmul_peak_flops(dt, device) for dt in dtypes},
             "peak_bandwidth": copy_bandwidth(device),

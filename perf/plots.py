@@ -21,6 +21,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _legend(ax) -> bool:
+    """A legend if anything was drawn (a sweep with one N has no curves)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+        return True
+    return False
+
+
 def _mark_failures(ax, points, y_of):
     """An x where a curve stopped (oom/timeout/error), drawn at the last measured height."""
     ok = [r for r in points if r.status == "ok"]
@@ -42,7 +50,7 @@ def time_vs_n(results: list[PointResult]) -> bytes:
                     label=f"{label} (slope {slope:.2f})" if slope is not None else label)
         _mark_failures(ax, points, lambda r: r.time_median_s)
     ax.set(xscale="log", yscale="log", xlabel="N (= M)", ylabel="median time [s]", title="time vs N")
-    ax.legend(fontsize=6)
+    _legend(ax)
     return _png(fig)
 
 
@@ -65,7 +73,7 @@ def memory_vs_n(results: list[PointResult]) -> bytes:
         ax.plot(xs, [predicted[x] / 2 ** 20 for x in xs], "k--", label="predicted N² pattern (B·H·N·M·itemsize)")
     ax.set(xscale="log", yscale="log", xlabel="N (= M)", ylabel="peak memory of the call [MiB]",
            title="memory vs N")
-    ax.legend(fontsize=6)
+    _legend(ax)
     return _png(fig)
 
 
@@ -76,9 +84,7 @@ def time_vs_h(results: list[PointResult]) -> bytes:
         ok = [r for r in points if r.status == "ok"]
         ax.plot([r.H for r in ok], [r.time_median_s for r in ok], marker="o", ms=3, label=label)
     ax.set(xscale="log", yscale="log", xlabel="H (heads)", ylabel="median time [s]", title="time vs H")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
-    else:
+    if not _legend(ax):
         ax.text(0.5, 0.5, "only one H in this sweep (use --heads 2,4,8)", ha="center", transform=ax.transAxes)
     return _png(fig)
 
@@ -91,8 +97,7 @@ def fraction_of_peak(results: list[PointResult]) -> bytes:
         if ok:
             ax.plot([r.N for r in ok], [r.fraction_of_peak for r in ok], marker="o", ms=3, label=label)
     ax.set(xscale="log", xlabel="N (= M)", ylabel="fraction of roofline peak", title="fraction of peak")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
+    _legend(ax)
     return _png(fig)
 
 

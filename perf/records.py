@@ -73,9 +73,20 @@ def base_fields(case: Case) -> dict:
 
 def append(path: Path, result: PointResult) -> None:
     """Append one record and flush it to disk now."""
+    torn = _ends_mid_line(path)
     with open(path, "a") as f:
-        f.write(json.dumps(result.to_dict()) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(result.to_dict()) + "\n")   # never glue onto a torn line
         f.flush()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the file's last line lacks its newline (a run killed mid-write)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:                                              # missing or empty
+        return False
 
 
 def read(path: Path) -> list[PointResult]:

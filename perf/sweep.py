@@ -81,7 +81,7 @@ class SweepSpec:
 def load_plugins(paths) -> None:
     """Import backend module files (each registers its backends on import), once per process."""
     for path in paths:
-        name = f"attnbench_plugin_{Path(path).stem}"
+        name = f"attnbench_plugin_{Path(path).stem}_{abs(hash(str(Path(path).resolve()))):x}"
         if name in sys.modules:
             continue
         spec = importlib.util.spec_from_file_location(name, path)
