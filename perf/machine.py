@@ -34,7 +34,7 @@ def _sync(device: str):
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def matmul_peak_flops(dtype: str, device: str = "cpu", *, repeats: int = 3) -> float:
+def matmul_peak_flops(dtype: str, device: str = "cpu", *, repeats: int = 5) -> float:
     """FLOP/s of an (S, S) @ (S, S) torch matmul in `dtype`: 2 S^3 operations over the best repeat."""
     import torch
 
@@ -44,7 +44,7 @@ def matmul_peak_flops(dtype: str, device: str = "cpu", *, repeats: int = 3) -> f
     return 2 * s ** 3 / _best_seconds(lambda: a @ b, _sync(device), repeats)
 
 
-def copy_bandwidth(device: str = "cpu", *, repeats: int = 3) -> float:
+def copy_bandwidth(device: str = "cpu", *, repeats: int = 5) -> float:
     """Bytes/s of a large tensor copy, counting the read and the write."""
     import torch
 
@@ -64,5 +64,6 @@ def measure_machine(device: str, dtypes) -> dict:
             "torch": torch.__version__, "numpy": np.__version__,
             "peak_flops": {dt: matmul_peak_flops(dt, device) for dt in dtypes},
             "peak_bandwidth": copy_bandwidth(device),
-            "peaks_measured_by": f"best of 3: {MATMUL_SIZE[device]}^2 torch matmul per dtype; "
+            # A busy machine depresses these; a fraction of peak above 1 means the peak was measured low.
+            "peaks_measured_by": f"best of 5: {MATMUL_SIZE[device]}^2 torch matmul per dtype; "
                                  f"{COPY_BYTES[device] >> 20} MiB tensor copy (read + write)"}

@@ -94,7 +94,8 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
     m = _machine(results)
     device = m.get("device", "cpu")
     peaks = ", ".join(f"{dt} {v / 1e12:.3g} TFLOP/s" for dt, v in m.get("peak_flops", {}).items())
-    machine = (f"{m.get('host', '?')}: {m.get('device_name', '?')} ({device}, {m.get('cpus', '?')} CPUs), "
+    machine = (f"{m.get('host', '?')}: {m.get('device_name', '?')} ({device}, {m.get('cpus', '?')} CPUs, "
+               f"{m.get('threads', '?')} torch threads), "
                f"torch {m.get('torch', '?')}. Measured peaks: {peaks or '?'}; memory bandwidth "
                f"{m.get('peak_bandwidth', 0) / 1e9:.3g} GB/s ({m.get('peaks_measured_by', '')}).")
     method = (f"Time: {TIMING_METHOD.get(device, '')}. Peak memory: {MEMORY_METHOD.get(device, '')}. "
