@@ -98,7 +98,10 @@ def run_perf(args) -> int:
     from .report import render
     from .runner import new_run_dir, run_sweep
 
+    from .sweep import expand
+
     spec, options, timeout = spec_and_options(args)
+    expand(spec)                                                 # unknown backend etc.: fail before making a dir
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "results.jsonl").exists():

@@ -1,5 +1,6 @@
 """Reports re-render from results.jsonl alone; `attnbench compare` flags significant regressions only."""
 import numpy as np
+import pytest
 
 from attnbench.cli import main
 from attnbench.perf import records
@@ -42,3 +43,16 @@ def test_compare_identical_runs_exits_0(tmp_path, capsys):
 def test_compare_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "nope"), str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seq-lens", "1,x"], "--seq-lens: expected comma-separated integers"),
+    (["--memory-cap", "lots"], "--memory-cap: expected a size"),
+    (["--pass", "bwd"], "--pass: expected some of fwd, fwd+bwd"),
+    (["--backends", "nosuch"], "unknown backend 'nosuch'"),
+    (["--resume", "/nonexistent"], "--resume: no results.jsonl"),
+])
+def test_perf_user_mistakes_are_one_line_errors(tmp_path, capsys, args, message):
+    assert main(["perf", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
