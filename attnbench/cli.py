@@ -51,6 +51,8 @@ def _cmd_backends(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.")
     sub = parser.add_subparsers(dest="command", required=True)
+    from attnbench.perf.cli_perf import add_sweep_arguments, run_compare, run_perf, run_report
+
     run = sub.add_parser("run", help="check every available backend and time it on a default set; write a report")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     run.add_argument("--out", default="reports", help="directory for the report (default: reports)")
@@ -61,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     check.add_argument("--backward", action="store_true", help="check dQ, dK, dV instead of the output")
     check.set_defaults(func=_cmd_check)
+    perf = sub.add_parser("perf", help="sweep N, H, B, D, dtype, causal and pass over backends; time, memory, "
+                                       "accuracy; write reports/<run-id>/")
+    add_sweep_arguments(perf)
+    perf.set_defaults(func=run_perf)
+    report = sub.add_parser("report", help="re-render report.md, report.html and plots from DIR/results.jsonl")
+    report.add_argument("dir")
+    report.set_defaults(func=run_report)
+    compare = sub.add_parser("compare", help="per-point time ratios NEW/OLD; exit 1 on a significant regression")
+    compare.add_argument("old")
+    compare.add_argument("new")
+    compare.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts (default 1.10)")
+    compare.set_defaults(func=run_compare)
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
     backends.set_defaults(func=_cmd_backends)
     return parser

@@ -1,64 +1,46 @@
-"""`attnbench run`: check every available backend on a few problems and time each; print and save a report."""
+"""`attnbench run`: the README's main job, a small `attnbench perf` sweep (about a minute on a 2-core CPU).
+
+Every available backend is checked against the float64 reference and timed on
+a few sizes through the same sweep, worker and report code as `attnbench perf`;
+the table printed at the end is read back from the run's results.jsonl.
+"""
 from __future__ import annotations
 
-import json
-import platform
-import time
 from pathlib import Path
 
-from attnbench.check import check_forward
-from attnbench.implementations import all_backends
-from attnbench.problem import Problem, make_inputs
-from attnbench.reference import attention_flops
+from . import records
+from .measure import MeasureOptions
+from .report import render
+from .runner import new_run_dir, run_sweep
+from .sweep import SweepSpec
 
-from .timing import summarize, time_callable
-
-DEFAULT_PROBLEMS = [
-    Problem(B=1, H=4, N=512, D=64, dtype="float32"),
-    Problem(B=1, H=4, N=512, D=64, dtype="float32", causal="top_left"),
-    Problem(B=1, H=4, N=1024, D=64, dtype="float32"),
-]
-CHECK_MAX_N = 256   # accuracy is checked on the same problem shrunk to this length: the float64 reference is O(N^2)
+DEFAULT_SPEC = SweepSpec(seq_lens=(256, 512, 1024), heads=(4,), passes=("fwd",))
+DEFAULT_OPTIONS = MeasureOptions(time_budget_s=0.2, max_repeats=20)
 
 
-def run_point(backend, problem: Problem, device: str) -> dict:
-    """One row: accuracy on a shrunk copy of `problem`, then time on the full one."""
-    small = problem.replace(N=min(problem.N, CHECK_MAX_N), M=min(problem.M, CHECK_MAX_N))
-    verdict = check_forward(backend, small, device)[0]
-    fn = backend.prepare(make_inputs(problem), problem, device=device)
-    stats = summarize(time_callable(fn, synchronize=lambda: backend.synchronize(device), budget_s=0.5))
-    flops = attention_flops(problem.B, problem.H, problem.N, problem.M, problem.D, problem.Dv, causal=problem.causal)
-    return {"backend": backend.name, "device": device, "problem": problem.id, **stats,
-            "tflops": flops / stats["time_median_s"] / 1e12, "max_error": verdict.max_error,
-            "accurate": verdict.passed}
-
-
-def format_table(rows: list[dict]) -> str:
-    head = f"{'backend':<22} {'problem':<34} {'median ms':>10} {'TFLOP/s':>8} {'max err':>9}  ok"
+def format_table(results: list[records.PointResult]) -> str:
+    """Measured points, one line each: time, rate, memory and accuracy."""
+    head = f"{'backend':<22} {'pass':<7} {'N':>6} {'status':<7} {'median ms':>10} {'TFLOP/s':>8} {'peak MiB':>9} " \
+           f"{'max err':>9}  ok"
     lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['backend']:<22} {r['problem']:<34} {r['time_median_s'] * 1e3:>10.2f} {r['tflops']:>8.3f} "
-                     f"{r['max_error']:>9.2e}  {'yes' if r['accurate'] else 'NO'}")
+    for r in results:
+        if r.status == "skipped":
+            continue
+        if r.status != "ok":
+            lines.append(f"{r.backend:<22} {r.pass_:<7} {r.N:>6} {r.status:<7} {r.message}")
+            continue
+        lines.append(f"{r.backend:<22} {r.pass_:<7} {r.N:>6} {r.status:<7} {r.time_median_s * 1e3:>10.2f} "
+                     f"{r.tflops:>8.3f} {r.peak_bytes / 2 ** 20:>9.1f} {r.error_vs_ref:>9.2e}  "
+                     f"{'yes' if r.accurate else 'NO'}")
     return "\n".join(lines)
 
 
-def main_job(out_dir: Path, device: str = "cpu", problems=DEFAULT_PROBLEMS, log=print) -> Path:
-    """Run the default check-and-time job; returns the report directory."""
-    run_dir = out_dir / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with open(run_dir / "results.jsonl", "a") as sink:
-        for backend in all_backends():
-            for problem in problems:
-                reason = backend.why_not(problem, device)
-                if reason:
-                    continue
-                log(f"  {backend.name} {problem.id} ...")
-                row = run_point(backend, problem, device) | {"machine": platform.node()}
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
-                rows.append(row)
-    table = format_table(rows)
-    (run_dir / "report.md").write_text(f"# attnbench run ({device})\n\n```\n{table}\n```\n")
-    log(table)
+def main_job(out_dir: Path, device: str = "cpu", spec: SweepSpec = DEFAULT_SPEC,
+             options: MeasureOptions = DEFAULT_OPTIONS, log=print) -> Path:
+    """Run the default check-and-time sweep on `device`; returns the report directory."""
+    run_dir = new_run_dir(Path(out_dir))
+    path = run_sweep(SweepSpec(**{**spec.__dict__, "device": device}), run_dir, options, timeout_s=120,
+                     log=log)
+    render(run_dir)
+    log(format_table(records.read(path)))
     return run_dir

@@ -46,12 +46,14 @@ def test_unsupported_problem_is_reported_not_crashed(capsys):
     assert "dtype bfloat16 not supported" in capsys.readouterr().out
 
 
-def test_run_writes_a_report(tmp_path, monkeypatch):
+def test_run_writes_a_report(tmp_path):
     from attnbench.perf import main_job
-    from attnbench.problem import Problem
+    from attnbench.perf.measure import MeasureOptions
+    from attnbench.perf.sweep import SweepSpec
 
-    monkeypatch.setattr(main_job, "DEFAULT_PROBLEMS", [Problem(N=32, D=16)])
-    run_dir = main_job.main_job(tmp_path, problems=main_job.DEFAULT_PROBLEMS, log=lambda *_: None)
+    spec = SweepSpec(seq_lens=(32,), heads=(2,), head_dims=(16,), backends=("numpy", "torch_eager", "torch_sdpa_math"))
+    run_dir = main_job.main_job(tmp_path, spec=spec, options=MeasureOptions(time_budget_s=0.01, min_repeats=2),
+                                log=lambda *_: None)
     rows = (run_dir / "results.jsonl").read_text().splitlines()
     assert len(rows) >= 3 and "torch_eager" in (run_dir / "report.md").read_text()
 

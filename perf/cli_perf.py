@@ -1,0 +1,138 @@
+"""`attnbench perf | report | compare` argument handling: parse user input into a SweepSpec and options.
+
+A user mistake raises AttentionInputError (the CLI prints one line and exits 2).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from attnbench.problem import DTYPES
+from attnbench.reference import AttentionInputError
+
+from .measure import MeasureOptions
+from .sweep import PERF_PASSES, SweepSpec
+
+QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20)
+DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=0.3, repeats=50)
+CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise AttentionInputError(f"--{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise AttentionInputError(f"--{what}: expected integers >= 1, got {text!r}")
+    return values
+
+
+def words(text: str, allowed, what: str) -> tuple[str, ...]:
+    values = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+        raise AttentionInputError(f"--{what}: expected some of {', '.join(allowed)}, got {text!r}")
+    return values
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes (binary units); None stays None."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
+    if not m:
+        raise AttentionInputError(f"--memory-cap: expected a size like 2G or 512M, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backends", help="comma-separated backend names (default: every registered one that fits)")
+    p.add_argument("--seq-lens", help=f"N values (default {DEFAULTS['seq_lens']}; --quick {QUICK['seq_lens']})")
+    p.add_argument("--kv-len", type=int, help="M for every point (default: M = N)")
+    p.add_argument("--heads", default="4", help="H values (default 4)")
+    p.add_argument("--batch", default="1", help="B values (default 1)")
+    p.add_argument("--head-dim", default="64", help="D values (default 64)")
+    p.add_argument("--dtype", default="float32", help=f"dtypes, from {', '.join(DTYPES)} (default float32)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--causal", default="none", help="none, top_left (on), bottom_right; comma-separated")
+    p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {DEFAULTS['passes']})")
+    p.add_argument("--out", default="reports", help="parent directory of the new run-* directory")
+    p.add_argument("--repeats", type=int, help="most timed repeats per point")
+    p.add_argument("--time-budget", type=float, help="seconds of timed repeats per point")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per point before it is a timeout")
+    p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR, skipping points already recorded")
+    p.add_argument("--quick", action="store_true", help="a small sweep, well under a minute")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="a module file registering extra backends (imported in each worker too)")
+
+
+def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
+    """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
+    base = QUICK if args.quick else DEFAULTS
+    causal = tuple(CAUSAL_WORDS[c] for c in words(args.causal, tuple(CAUSAL_WORDS), "causal"))
+    for plugin in args.plugin:
+        if not Path(plugin).is_file():
+            raise AttentionInputError(f"--plugin: no file {plugin!r}")
+    spec = SweepSpec(
+        seq_lens=ints(args.seq_lens or base["seq_lens"], "seq-lens"), heads=ints(args.heads, "heads"),
+        batch=ints(args.batch, "batch"), head_dims=ints(args.head_dim, "head-dim"),
+        dtypes=words(args.dtype, DTYPES, "dtype"), causal=causal,
+        passes=words(args.passes or base["passes"], PERF_PASSES, "pass"),
+        backends=tuple(b for b in args.backends.split(",") if b) if args.backends else None,
+        device=args.device, kv_len=args.kv_len, plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
+    repeats = args.repeats or base["repeats"]
+    if repeats < 1 or (args.time_budget is not None and args.time_budget < 0) or args.timeout <= 0:
+        raise AttentionInputError("--repeats, --time-budget and --timeout must be positive")
+    options = MeasureOptions(time_budget_s=base["time_budget"] if args.time_budget is None else args.time_budget,
+                             min_repeats=min(5, repeats), max_repeats=repeats,
+                             memory_cap=parse_bytes(args.memory_cap))
+    return spec, options, args.timeout
+
+
+def run_perf(args) -> int:
+    from .report import render
+    from .runner import new_run_dir, run_sweep
+
+    from .sweep import expand
+
+    spec, options, timeout = spec_and_options(args)
+    expand(spec)                                                 # unknown backend etc.: fail before making a dir
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "results.jsonl").exists():
+            raise AttentionInputError(f"--resume: no results.jsonl in {run_dir}")
+    else:
+        run_dir = new_run_dir(Path(args.out))
+    print(f"attnbench perf: writing {run_dir}", file=sys.stderr)
+    run_sweep(spec, run_dir, options, timeout_s=timeout)
+    render(run_dir)
+    print(f"report written to {run_dir}")
+    return 0
+
+
+def run_report(args) -> int:
+    from .report import render
+
+    if not (Path(args.dir) / "results.jsonl").exists():
+        raise AttentionInputError(f"report: no results.jsonl in {args.dir}")
+    for path in render(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def run_compare(args) -> int:
+    from .compare import compare_runs, format_changes
+
+    for d in (args.old, args.new):
+        if not (Path(d) / "results.jsonl").exists() and not Path(d).is_file():
+            raise AttentionInputError(f"compare: no results.jsonl in {d}")
+    if args.threshold < 1:
+        raise AttentionInputError(f"--threshold: expected a ratio >= 1, got {args.threshold}")
+    changes, unmatched = compare_runs(Path(args.old), Path(args.new), args.threshold)
+    print(format_changes(changes, unmatched, args.threshold))
+    return 1 if any(c.regression for c in changes) else 0

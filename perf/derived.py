@@ -1,0 +1,51 @@
+"""Figures derived from a measured point: FLOPs, minimum bytes moved, rates, roofline, fitted slopes.
+
+Shape letters: B batch, H heads, Hkv key/value heads, N queries, M keys, D head dim, Dv value dim.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from attnbench.problem import Problem
+from attnbench.reference import attention_flops, attention_pattern_size
+
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def flops(problem: Problem, pass_: str) -> int:
+    """Matmul FLOPs of the pass, counting only the pairs a causal query may attend."""
+    p = problem
+    return attention_flops(p.B, p.H, p.N, p.M, p.D, p.Dv, causal=p.causal, pass_=pass_)
+
+
+def min_bytes(problem: Problem, pass_: str) -> int:
+    """Bytes a perfect kernel must move: read q, k, v (and dO), write o (and dQ, dK, dV), each once."""
+    p = problem
+    q, o = p.B * p.H * p.N * p.D, p.B * p.H * p.N * p.Dv
+    k, v = p.B * p.Hkv * p.M * p.D, p.B * p.Hkv * p.M * p.Dv
+    elements = q + k + v + o
+    if pass_ != "fwd":
+        elements += o + q + k + v                                            # dO read; dQ, dK, dV written
+    return elements * ITEMSIZE[p.dtype]
+
+
+def predicted_pattern_bytes(problem: Problem) -> int:
+    """One (B, H, N, M) attention pattern in the problem's dtype: the N^2 buffer a naive kernel materialises."""
+    p = problem
+    return attention_pattern_size(p.N, p.M, batch=p.B, heads=p.H) * ITEMSIZE[p.dtype]
+
+
+def roofline_fraction(flop_count: int, byte_count: int, seconds: float, peak_flops: float,
+                      peak_bandwidth: float) -> float:
+    """Achieved FLOP/s over the roofline's attainable min(peak FLOP/s, bandwidth * intensity)."""
+    attainable = min(peak_flops, peak_bandwidth * flop_count / byte_count)
+    return flop_count / seconds / attainable
+
+
+def loglog_slope(xs, ys) -> float | None:
+    """Slope of log(y) against log(x) by least squares; None with fewer than 2 distinct positive x."""
+    pts = [(x, y) for x, y in zip(xs, ys) if x and y and x > 0 and y > 0]
+    if len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])

@@ -1,0 +1,118 @@
+"""Measure one case in the current process: accuracy, first call, peak memory, timed repeats.
+
+Peak memory is what the attention call itself allocates. On CPU: inputs are
+prepared first, the process's peak-RSS mark is reset (Linux /proc/self/clear_refs)
+and read as the baseline, and the growth of `ru_maxrss` across the first call is
+the point's peak. On CUDA: `max_memory_allocated` after `reset_peak_memory_stats`,
+minus what was allocated before the call. Run it in a fresh process per point
+(see worker.py) so one point's allocator state never shapes another's.
+
+A memory cap bounds what the call may allocate beyond the baseline: RLIMIT_AS
+on CPU, the per-process memory fraction on CUDA.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+from attnbench.check import check_forward
+from attnbench.problem import make_grad_out, make_inputs
+
+from .sweep import Case, load_plugins
+from .timing import summarize, time_callable, time_cuda
+
+CHECK_MAX_N = 256   # accuracy is checked on the same problem shrunk to this length: the float64 reference is O(N^2)
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How hard to measure: timing budget per point, repeat bounds, memory cap in bytes (None: none)."""
+
+    time_budget_s: float = 0.5
+    min_repeats: int = 5
+    max_repeats: int = 50
+    warmup: int = 1
+    memory_cap: int | None = None
+
+
+def accuracy(backend, case: Case) -> tuple[float, bool]:
+    """(max error, passed) of `check_forward` on the case's problem shrunk to N, M <= CHECK_MAX_N."""
+    p = case.problem
+    small = p.replace(N=min(p.N, CHECK_MAX_N), M=min(p.M, CHECK_MAX_N))
+    verdicts = check_forward(backend, small, case.device)
+    return max(v.max_error for v in verdicts), all(v.passed for v in verdicts)
+
+
+def prepare(backend, case: Case):
+    """The zero-argument callable of the case's pass, inputs converted (not timed)."""
+    inputs = make_inputs(case.problem)
+    if case.pass_ == "fwd":
+        return backend.prepare(inputs, case.problem, device=case.device)
+    return backend.prepare_backward(inputs, case.problem, make_grad_out(case.problem), device=case.device)
+
+
+def _vm_size_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                         # 5: reset the peak RSS to the current RSS
+    except OSError:
+        pass                                                     # non-Linux: the delta may under-count; say so
+
+
+def set_cpu_cap(cap: int | None) -> None:
+    """Limit further address space to `cap` bytes beyond what is mapped now (None lifts the limit)."""
+    limit = resource.RLIM_INFINITY if cap is None else _vm_size_bytes() + cap
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def _first_call_cpu(fn, cap):
+    _reset_peak_rss()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    set_cpu_cap(cap)
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024   # Linux: KiB
+    return seconds, peak
+
+
+def _first_call_cuda(fn, cap):
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    if cap is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (before + cap) / total))
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return seconds, torch.cuda.max_memory_allocated() - before
+
+
+def measure_case(case: Case, options: MeasureOptions) -> dict:
+    """Measured fields of one point; raises on failure (the worker classifies the exception)."""
+    from attnbench.implementations import get_backend
+
+    load_plugins(case.plugins)
+    backend = get_backend(case.backend)
+    error, passed = accuracy(backend, case)
+    fn = prepare(backend, case)
+    first_call = _first_call_cuda if case.device == "cuda" else _first_call_cpu
+    first_s, peak = first_call(fn, options.memory_cap)
+    repeats = dict(warmup=options.warmup, min_repeats=options.min_repeats, max_repeats=options.max_repeats,
+                   budget_s=options.time_budget_s)
+    if case.device == "cuda":
+        samples = time_cuda(fn, **repeats)
+    else:
+        samples = time_callable(fn, synchronize=lambda: backend.synchronize(case.device), **repeats)
+    return {"first_call_s": first_s, "peak_bytes": int(peak), "samples": samples, **summarize(samples),
+            "error_vs_ref": error, "accurate": passed}

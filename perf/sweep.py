@@ -1,0 +1,111 @@
+"""Declarative sweeps: a frozen `SweepSpec` expands into frozen `Case`s, one per measured point.
+
+A case is one attnbench `Problem` plus the pass ("fwd" or "fwd+bwd"), the backend
+name and the device. Combinations a backend does not declare are returned as
+(case, reason) skips so the report can list them, never silently dropped.
+
+Shape letters: B batch, H heads, N queries, M keys, D head dim.
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnbench.problem import Problem
+from attnbench.reference import AttentionInputError
+
+PERF_PASSES = ("fwd", "fwd+bwd")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point: `backend` running `problem` (pass `pass_`) on `device`.
+
+    `plugins` are backend module files the worker imports before looking the
+    backend up: a backend registered only in the parent (a test's) is otherwise
+    invisible in the fresh worker process.
+    """
+
+    backend: str
+    problem: Problem
+    pass_: str = "fwd"
+    device: str = "cpu"
+    plugins: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """What identifies a point across runs (resume, compare): backend, device, pass and the problem spec."""
+        return f"{self.backend}|{self.device}|{self.pass_}|{self.problem.spec()}"
+
+    def to_json(self) -> str:
+        return json.dumps({"backend": self.backend, "problem": self.problem.spec(), "pass": self.pass_,
+                           "device": self.device, "plugins": list(self.plugins)})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Case":
+        d = json.loads(text)
+        return cls(d["backend"], Problem.parse(d["problem"]), d["pass"], d["device"], tuple(d["plugins"]))
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """The grid: every combination of the tuples below, for each backend (None: every registered one).
+
+    seq_lens are N; M = N unless `kv_len` is given. causal entries are None,
+    "top_left" or "bottom_right".
+    """
+
+    seq_lens: tuple[int, ...] = (256, 512, 1024, 2048)
+    heads: tuple[int, ...] = (4,)
+    batch: tuple[int, ...] = (1,)
+    head_dims: tuple[int, ...] = (64,)
+    dtypes: tuple[str, ...] = ("float32",)
+    causal: tuple[str | None, ...] = (None,)
+    passes: tuple[str, ...] = ("fwd",)
+    backends: tuple[str, ...] | None = None
+    device: str = "cpu"
+    kv_len: int | None = None
+    plugins: tuple[str, ...] = field(default=())
+
+    def problems(self) -> list[Problem]:
+        """Every Problem of the grid, N fastest-varying so a backend's curve is measured together."""
+        grid = itertools.product(self.batch, self.heads, self.head_dims, self.dtypes, self.causal, self.seq_lens)
+        return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n)
+                for b, h, d, dt, c, n in grid]
+
+
+def load_plugins(paths) -> None:
+    """Import backend module files (each registers its backends on import), once per process."""
+    for path in paths:
+        name = f"attnbench_plugin_{Path(path).stem}_{abs(hash(str(Path(path).resolve()))):x}"
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise AttentionInputError(f"plugin: cannot import {path!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+def expand(spec: SweepSpec) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """(cases to measure, (case, reason) skipped) for `spec`, backends in name order."""
+    from attnbench.implementations import all_backends, get_backend
+
+    load_plugins(spec.plugins)
+    backends = [get_backend(n) for n in spec.backends] if spec.backends else all_backends()
+    bad = [p for p in spec.passes if p not in PERF_PASSES]
+    if bad:
+        raise AttentionInputError(f"pass must be one of {PERF_PASSES}, got {bad[0]!r}")
+    cases, skipped = [], []
+    for backend in backends:
+        for pass_ in spec.passes:
+            for problem in spec.problems():
+                case = Case(backend.name, problem, pass_, spec.device, spec.plugins)
+                reason = backend.why_not(problem, spec.device, need_grad=pass_ != "fwd")
+                (skipped.append((case, reason)) if reason else cases.append(case))
+    return cases, skipped

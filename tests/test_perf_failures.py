@@ -1,0 +1,69 @@
+"""A sweep goes on past a backend that crashes, one that runs out of memory and one that hangs.
+
+The failing backends are test-only: they live in a module file given with
+`--plugin`, because each point runs in a fresh worker process that cannot see
+backends registered only in this (the parent) process; the worker imports the
+file named in the case before looking the backend up.
+"""
+import textwrap
+
+import pytest
+
+from attnbench.implementations import registry
+
+from perf_helpers import by_backend, perf
+
+PLUGIN = textwrap.dedent('''
+    import time
+    import numpy as np
+    from attnbench.implementations import Backend, Capabilities, register
+
+    class _Test(Backend):
+        caps = Capabilities(dtypes=("float32",))
+        def to_numpy(self, value):
+            return np.asarray(value, dtype=np.float64)
+        def prepare(self, inputs, problem, *, device="cpu", return_lse=False):
+            q = inputs.q.astype(np.float32)
+            big = problem.N > 256                                  # the accuracy check runs at N <= 256
+            return lambda: self.misbehave(q, problem) if big else q
+
+    @register
+    class Crashes(_Test):
+        name = "test_crashes"
+        def misbehave(self, q, problem):
+            raise RuntimeError("kernel exploded")
+
+    @register
+    class Hogs(_Test):
+        name = "test_hogs"
+        def misbehave(self, q, problem):
+            return np.ones(1 << 30, dtype=np.uint8)                # 1 GiB, far beyond the cap
+
+    @register
+    class Hangs(_Test):
+        name = "test_hangs"
+        def misbehave(self, q, problem):
+            time.sleep(600)
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))   # keep test backends out of later tests
+    path = tmp_path / "misbehaving_backends.py"
+    path.write_text(PLUGIN)
+    return str(path)
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, plugin):
+    code, run_dir = perf(tmp_path, "--plugin", plugin, "--seq-lens", "512", "--pass", "fwd",
+                         "--backends", "test_crashes,test_hangs,test_hogs,torch_sdpa_flash",
+                         "--memory-cap", "256M", "--timeout", "6")
+    assert code == 0
+    rows = {name: rs[0] for name, rs in by_backend(run_dir).items()}
+    assert rows["test_crashes"]["status"] == "error" and "kernel exploded" in rows["test_crashes"]["message"]
+    assert rows["test_hogs"]["status"] == "oom"
+    assert rows["test_hangs"]["status"] == "timeout"
+    assert rows["torch_sdpa_flash"]["status"] == "ok"
+    report = (run_dir / "report.md").read_text()
+    assert "kernel exploded" in report and "timeout" in report

@@ -1,0 +1,43 @@
+"""`attnbench perf` end to end on CPU: a quick sweep writes every report file; --resume skips done points."""
+import json
+
+from attnbench.perf import records
+from attnbench.perf.measure import MeasureOptions
+from attnbench.perf.runner import run_sweep
+from attnbench.perf.sweep import SweepSpec, expand
+
+from perf_helpers import by_backend, perf
+
+REPORT_FILES = ("results.jsonl", "machine.json", "report.md", "report.html", "time_vs_n.png", "memory_vs_n.png",
+                "time_vs_h.png", "fraction_of_peak.png")
+
+
+def test_quick_sweep_writes_all_report_files(tmp_path):
+    code, run_dir = perf(tmp_path, "--quick", "--backends", "torch_eager,torch_sdpa_flash,numpy")
+    assert code == 0
+    assert all((run_dir / name).is_file() for name in REPORT_FILES)
+    rows = by_backend(run_dir)
+    ok = [r for rs in rows.values() for r in rs if r["status"] == "ok"]
+    assert len(ok) == 9 and all(r["accurate"] and r["tflops"] > 0 and r["samples"] for r in ok)
+    assert all(r["machine"]["peak_flops"]["float32"] > 0 for r in ok)
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "ru_maxrss" in html
+
+
+def test_unsupported_combinations_are_listed_with_a_reason():
+    cases, skipped = expand(SweepSpec(seq_lens=(64,), passes=("fwd", "fwd+bwd"), backends=("numpy",)))
+    assert len(cases) == 1 and [reason for _, reason in skipped] == ["no backward (grad) support"]
+
+
+def test_resume_skips_points_already_recorded(tmp_path):
+    spec = SweepSpec(seq_lens=(32, 64), heads=(2,), head_dims=(16,), backends=("torch_sdpa_flash",))
+    options = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
+    path = run_sweep(spec, tmp_path, options, log=lambda _: None)
+    first, second = path.read_text().splitlines()
+    path.write_text(first + "\n" + '{"torn": ')                   # as if killed while writing the second point
+    log = []
+    run_sweep(spec, tmp_path, options, log=log.append)
+    assert "resume: 1 of 2 points already" in log[0]
+    lines = path.read_text().splitlines()
+    assert lines[0] == first and len(records.read(path)) == 2
+    assert [json.loads(line)["N"] for line in lines[:1] + lines[2:]] == [32, 64]
