@@ -18,6 +18,8 @@ from .base import Backend
 ENTRY_POINT_GROUP = "attnbench.backends"
 _BACKENDS: dict[str, Backend] = {}
 _LOAD_ERRORS: dict[str, str] = {}
+_ORIGINS: dict[str, str] = {}
+_loading_from: str | None = None   # what discovery is importing right now, recorded as the origin of what it registers
 _discovered = False
 
 
@@ -30,28 +32,37 @@ def register(backend):
     if existing is not None and type(existing) is not type(instance):
         raise ValueError(f"register: backend name {instance.name!r} is already taken by {type(existing).__name__}")
     _BACKENDS[instance.name] = instance
+    _ORIGINS.setdefault(instance.name, _loading_from or type(instance).__module__)
     return backend
 
 
 def _import_in_repo_modules() -> None:
+    global _loading_from
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
         if module.name in ("base", "registry") or module.name.startswith("_"):
             continue
+        _loading_from = f"implementations/{module.name}.py"
         try:
             importlib.import_module(f"{__package__}.{module.name}")
         except Exception as exc:  # noqa: BLE001 - a broken module is reported, not fatal
             _LOAD_ERRORS[module.name] = f"{type(exc).__name__}: {exc}"
+        finally:
+            _loading_from = None
 
 
 def _load_entry_points() -> None:
+    global _loading_from
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _loading_from = f"plugin {ep.name} = {ep.value}"
         try:
             obj = ep.load()
             if isinstance(obj, Backend) or (isinstance(obj, type) and issubclass(obj, Backend)):
                 register(obj)
         except Exception as exc:  # noqa: BLE001
             _LOAD_ERRORS[f"plugin:{ep.name}"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            _loading_from = None
 
 
 def discover() -> None:
@@ -61,6 +72,15 @@ def discover() -> None:
         _discovered = True
         _import_in_repo_modules()
         _load_entry_points()
+
+
+def rediscover() -> None:
+    """Run discovery again: pick up backend files and plugins added since (already-imported modules stay registered)."""
+    global _discovered
+    _discovered = False
+    _LOAD_ERRORS.clear()
+    importlib.invalidate_caches()   # a file written after the first scan is otherwise invisible to the finder
+    discover()
 
 
 def all_backends() -> list[Backend]:
@@ -75,6 +95,12 @@ def get_backend(name: str) -> Backend:
     if name not in _BACKENDS:
         raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
     return _BACKENDS[name]
+
+
+def origin(name: str) -> str:
+    """Where backend `name` was registered from: "implementations/<file>.py", "plugin <entry point>" or a module."""
+    get_backend(name)
+    return _ORIGINS[name]
 
 
 def load_errors() -> dict[str, str]:
