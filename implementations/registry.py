@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from importlib.metadata import entry_points
 
 from .base import Backend
@@ -19,7 +20,7 @@ ENTRY_POINT_GROUP = "attnbench.backends"
 _BACKENDS: dict[str, Backend] = {}
 _LOAD_ERRORS: dict[str, str] = {}
 _ORIGINS: dict[str, str] = {}
-_loading_from: str | None = None   # what discovery is importing right now, recorded as the origin of what it registers
+_loading_from: str | None = None   # the entry point being loaded: the origin of what registers meanwhile
 _discovered = False
 
 
@@ -32,23 +33,31 @@ def register(backend):
     if existing is not None and type(existing) is not type(instance):
         raise ValueError(f"register: backend name {instance.name!r} is already taken by {type(existing).__name__}")
     _BACKENDS[instance.name] = instance
-    _ORIGINS.setdefault(instance.name, _loading_from or type(instance).__module__)
+    _ORIGINS.setdefault(instance.name, _origin_of(sys._getframe(1).f_globals.get("__name__", "")))
     return backend
 
 
+def _origin_of(caller: str) -> str:
+    """Where a registration comes from, given the module that called `register`.
+
+    The caller, not the class's module: an in-repo file registers what it defines even when it imports another
+    backend module first, and classes made with `type()` carry no useful `__module__`.
+    """
+    if _loading_from is not None:
+        return _loading_from
+    prefix = f"{__package__}."
+    return f"implementations/{caller[len(prefix):]}.py" if caller.startswith(prefix) else caller
+
+
 def _import_in_repo_modules() -> None:
-    global _loading_from
     package = importlib.import_module(__package__)
     for module in pkgutil.iter_modules(package.__path__):
         if module.name in ("base", "registry") or module.name.startswith("_"):
             continue
-        _loading_from = f"implementations/{module.name}.py"
         try:
             importlib.import_module(f"{__package__}.{module.name}")
         except Exception as exc:  # noqa: BLE001 - a broken module is reported, not fatal
             _LOAD_ERRORS[module.name] = f"{type(exc).__name__}: {exc}"
-        finally:
-            _loading_from = None
 
 
 def _load_entry_points() -> None:

@@ -15,7 +15,7 @@ from attnbench.implementations import registry
 from attnbench.implementations.torch_eager import TorchEager
 
 REPO = Path(__file__).resolve().parents[1]
-DROPPED_MODULE = "zz_dropped_for_test"
+DROPPED_MODULE = "aa_dropped_for_test"   # sorts first, so it imports torch_eager before discovery does
 DROPPED_NAME = "dropped_for_test"
 DROPPED_SOURCE = f'''"""{DROPPED_NAME}: torch eager attention under a new name, written by tests/test_plugins.py."""
 from attnbench.implementations import Capabilities, TorchBackend, register
@@ -71,8 +71,11 @@ def test_dropped_backend_file_is_registered_with_its_origin(dropped_backend):
 
 
 def test_dropped_backend_file_is_listed_checked_and_run_by_conformance(dropped_backend):
-    listed = run_cli("-m", "attnbench", "backends")
-    assert listed.returncode == 0 and dropped_backend in listed.stdout, listed.stdout + listed.stderr
+    listed = run_cli("-m", "attnbench", "backends", "--json")
+    assert listed.returncode == 0, listed.stderr
+    sources = {row["backend"]: row["source"] for row in json.loads(listed.stdout)}
+    assert sources[dropped_backend] == f"implementations/{DROPPED_MODULE}.py"
+    assert sources["torch_eager"] == "implementations/torch_eager.py"      # not the file that imported it first
     checked = run_cli("-m", "attnbench", "check", dropped_backend, "--problem", "B=2,N=33,M=40,causal=bottom_right")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     conformance = run_cli("-m", "pytest", "conformance", "-v", "-rN", "--backend", dropped_backend,
