@@ -25,10 +25,9 @@ def backend_row(backend, device: str, source: str = "") -> dict:
     row = {"backend": backend.name, "device": device, "available": reason is None, "reason": reason,
            "source": source, "description": backend.description}
     # An unavailable backend shows what it declares statically; one that probes (declares nothing) shows blanks.
-    caps = backend.capabilities(device) if reason is None else backend.caps
-    if reason is not None and caps is Backend.caps:
-        row["declared"] = False
+    if reason is not None and backend.caps is Backend.caps:
         return row
+    caps = backend.capabilities(device)
     row.update(dtypes=list(caps.dtypes), causal=list(caps.causal), masks=list(caps.masks),
                mask_with_causal=caps.mask_with_causal, cross=caps.cross, gqa=caps.gqa, dv_differs=caps.dv_differs,
                head_dims=list(caps.head_dims), grad=caps.grad, deterministic=caps.deterministic, lse=caps.lse,

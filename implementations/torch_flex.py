@@ -10,8 +10,10 @@ lse comes back through `AuxRequest(lse=True)`. The BlockMask is built in
 `torch_flex` runs it unfused (eager); `torch_flex_compiled` runs
 `torch.compile(flex_attention)`, the fused kernel FlexAttention is meant for.
 Backward runs on CUDA only ("FlexAttention does not support backward on CPU").
-On CPU the compiled one works but compiling costs 13-30 s for the first call
-and up to 5 s per new shape, dtype or mask (torch 2.13, 2 cores), so it is declared for CUDA only.
+On CPU (torch 2.13, 2 cores) the compiled one is declared unavailable: it passes
+a causal problem, but it returns no lse there, a mask_mod indexing a bool mask
+tensor fails in Inductor's C++ code generation, and compiling costs 13-30 s for
+the first call and up to 5 s per new shape, dtype or mask. It is offered on CUDA.
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ except ImportError:
     AuxRequest = None
 
 # Measured on the 2-core CPU machine with torch 2.13: why the compiled variant is not offered on CPU.
-CPU_COMPILE_REASON = ("torch.compile(flex_attention) on CPU takes 13-30 s for the first call and up to ~5 s per new "
-                      "shape, dtype or mask (torch 2.13, 2 cores): too slow for conformance; use torch_flex on CPU")
+CPU_COMPILE_REASON = ("torch.compile(flex_attention) on CPU (torch 2.13, measured): no lse (\"CPU only supports "
+                      "inference and return_lse is not supported yet\"), a C++ compile error for a mask_mod that indexes "
+                      "a bool mask tensor, and 13-30 s to compile the first call, up to 5 s per new shape; "
+                      "use torch_flex on CPU")
 
 
 def flex_mods(mask, causal: str | None, B: int, N: int, M: int):

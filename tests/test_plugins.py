@@ -148,3 +148,10 @@ def test_optional_backend_without_its_package_is_unavailable_not_crashed(monkeyp
     monkeypatch.setattr(mod, flag, False)
     backends = [b for b in registry.all_backends() if type(b).__module__ == mod.__name__]
     assert backends and all(package in b.unavailable_reason() for b in backends)
+
+
+def test_backends_table_gives_the_reason_under_every_unavailable_row(capsys):
+    assert main(["backends"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    unavailable = [i for i, line in enumerate(lines) if "  unavailable  " in line or line.endswith("unavailable")]
+    assert unavailable and all(lines[i + 1].strip().startswith("why: ") for i in unavailable)
