@@ -33,18 +33,11 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_backends(args) -> int:
-    from attnbench.implementations import all_backends, load_errors
+    from attnbench.backends_table import backend_rows, format_json, format_table
+    from attnbench.implementations import all_backends, load_errors, origin
 
-    print(f"{'backend':<22} {'device':<6} {'status':<11} details")
-    for backend in all_backends():
-        for device in backend.devices:
-            reason = backend.unavailable_reason() or backend.device_unavailable_reason(device)
-            caps = None if reason else backend.capabilities(device)
-            details = reason or (f"dtypes={','.join(caps.dtypes)} causal={','.join(caps.causal) or '-'} "
-                                 f"masks={','.join(caps.masks) or '-'} gqa={caps.gqa} grad={caps.grad}")
-            print(f"{backend.name:<22} {device:<6} {'unavailable' if reason else 'available':<11} {details}")
-    for name, error in load_errors().items():
-        print(f"{name:<22} {'-':<6} {'load error':<11} {error}")
+    rows = backend_rows(all_backends(), load_errors(), origin)
+    print(format_json(rows) if args.json else format_table(rows))
     return 0
 
 
@@ -76,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts (default 1.10)")
     compare.set_defaults(func=run_compare)
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
+    backends.add_argument("--json", action="store_true", help="print the rows as JSON")
     backends.set_defaults(func=_cmd_backends)
     return parser
 

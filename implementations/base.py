@@ -25,6 +25,11 @@ ALL_CAUSAL = ("top_left", "bottom_right")
 ALL_MASKS = ("bool", "bias")
 
 
+def has_empty_rows(p: Problem) -> bool:
+    """Whether some query row of `p` sees no key: a fully masked row, or bottom_right causal with N > M."""
+    return p.mask == "fully_masked" or (p.causal == "bottom_right" and p.N > p.M)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend computes correctly on one device. Anything not declared is skipped, not failed.
@@ -34,6 +39,7 @@ class Capabilities:
     mask_with_causal: a mask and causal in the same call.
     cross: N != M.   gqa: Hkv < H.   dv_differs: Dv != D.   head_dims: inclusive (min, max) D and Dv.
     grad: dQ, dK, dV through autograd.   lse: returns the log-sum-exp.
+    empty_rows: a query row whose every key is masked gives O = 0 and lse = -inf (as the reference does).
     deterministic: bitwise-identical output for identical inputs.
     strided: accepts non-contiguous inputs.   max_seq: largest N or M (None: no limit).
     """
@@ -48,6 +54,7 @@ class Capabilities:
     head_dims: tuple[int, int] = (1, 1 << 16)
     grad: bool = False
     lse: bool = False
+    empty_rows: bool = True
     deterministic: bool = True
     strided: bool = True
     max_seq: int | None = None
@@ -68,6 +75,7 @@ class Capabilities:
             (p.layout != "contiguous" and not self.strided, f"{p.layout} (non-contiguous) inputs not supported"),
             (self.max_seq is not None and max(p.N, p.M) > self.max_seq, f"N/M above max {self.max_seq}"),
             (need_grad and not self.grad, "no backward (grad) support"),
+            (has_empty_rows(p) and not self.empty_rows, "rows with every key masked (O = 0 expected) not supported"),
         ]
         return next((reason for failed, reason in checks if failed), None)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from importlib.metadata import entry_points
 
 from .base import Backend
@@ -18,6 +19,8 @@ from .base import Backend
 ENTRY_POINT_GROUP = "attnbench.backends"
 _BACKENDS: dict[str, Backend] = {}
 _LOAD_ERRORS: dict[str, str] = {}
+_ORIGINS: dict[str, str] = {}
+_loading_from: str | None = None   # the entry point being loaded: the origin of what registers meanwhile
 _discovered = False
 
 
@@ -30,7 +33,20 @@ def register(backend):
     if existing is not None and type(existing) is not type(instance):
         raise ValueError(f"register: backend name {instance.name!r} is already taken by {type(existing).__name__}")
     _BACKENDS[instance.name] = instance
+    _ORIGINS.setdefault(instance.name, _origin_of(sys._getframe(1).f_globals.get("__name__", "")))
     return backend
+
+
+def _origin_of(caller: str) -> str:
+    """Where a registration comes from, given the module that called `register`.
+
+    The caller, not the class's module: an in-repo file registers what it defines even when it imports another
+    backend module first, and classes made with `type()` carry no useful `__module__`.
+    """
+    if _loading_from is not None:
+        return _loading_from
+    prefix = f"{__package__}."
+    return f"implementations/{caller[len(prefix):]}.py" if caller.startswith(prefix) else caller
 
 
 def _import_in_repo_modules() -> None:
@@ -45,13 +61,17 @@ def _import_in_repo_modules() -> None:
 
 
 def _load_entry_points() -> None:
+    global _loading_from
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        _loading_from = f"plugin {ep.name} = {ep.value}"
         try:
             obj = ep.load()
             if isinstance(obj, Backend) or (isinstance(obj, type) and issubclass(obj, Backend)):
                 register(obj)
         except Exception as exc:  # noqa: BLE001
             _LOAD_ERRORS[f"plugin:{ep.name}"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            _loading_from = None
 
 
 def discover() -> None:
@@ -61,6 +81,15 @@ def discover() -> None:
         _discovered = True
         _import_in_repo_modules()
         _load_entry_points()
+
+
+def rediscover() -> None:
+    """Run discovery again: pick up backend files and plugins added since (already-imported modules stay registered)."""
+    global _discovered
+    _discovered = False
+    _LOAD_ERRORS.clear()
+    importlib.invalidate_caches()   # a file written after the first scan is otherwise invisible to the finder
+    discover()
 
 
 def all_backends() -> list[Backend]:
@@ -75,6 +104,12 @@ def get_backend(name: str) -> Backend:
     if name not in _BACKENDS:
         raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
     return _BACKENDS[name]
+
+
+def origin(name: str) -> str:
+    """Where backend `name` was registered from: "implementations/<file>.py", "plugin <entry point>" or a module."""
+    get_backend(name)
+    return _ORIGINS[name]
 
 
 def load_errors() -> dict[str, str]:

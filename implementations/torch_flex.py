@@ -1,0 +1,145 @@
+"""torch_flex, torch_flex_compiled: torch.nn.attention.flex_attention, masks as mask_mod / score_mod.
+
+FlexAttention (PyTorch >= 2.5) computes softmax(score_mod(Q K^T * scale)) V over
+the blocks a `BlockMask` keeps. Causal alignments and bool masks are a mask_mod
+predicate `(b, h, q_idx, kv_idx) -> bool` (the bool mask is indexed, not
+copied per head), an additive bias is a score_mod, GQA is `enable_gqa`, and the
+lse comes back through `AuxRequest(lse=True)`. The BlockMask is built in
+`prepare`, outside the timed call, as a user of FlexAttention would build it once.
+
+`torch_flex` runs it unfused (eager); `torch_flex_compiled` runs
+`torch.compile(flex_attention)`, the fused kernel FlexAttention is meant for.
+Backward runs on CUDA only ("FlexAttention does not support backward on CPU").
+On CPU (torch 2.13, 2 cores) the compiled one is declared unavailable: it passes
+a causal problem, but it returns no lse there, a mask_mod indexing a bool mask
+tensor fails in Inductor's C++ code generation, and compiling costs 13-30 s for
+the first call and up to 5 s per new shape, dtype or mask. It is offered on CUDA.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from ._torch_common import TorchBackend, to_tensors
+from .base import Capabilities
+from .registry import register
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    HAS_FLEX = True
+except ImportError:   # torch < 2.5
+    HAS_FLEX = False
+try:
+    from torch.nn.attention.flex_attention import AuxRequest   # torch >= 2.9; `return_lse=` is deprecated there
+except ImportError:
+    AuxRequest = None
+
+# Measured on the 2-core CPU machine with torch 2.13: why the compiled variant is not offered on CPU.
+CPU_COMPILE_REASON = ("torch.compile(flex_attention) on CPU (torch 2.13, measured): no lse (\"CPU only supports "
+                      "inference and return_lse is not supported yet\"), a C++ compile error for a mask_mod that indexes "
+                      "a bool mask tensor, and 13-30 s to compile the first call, up to 5 s per new shape; "
+                      "use torch_flex on CPU")
+
+
+def flex_mods(mask, causal: str | None, B: int, N: int, M: int):
+    """(mask_mod or None, score_mod or None) for a bool/bias mask (B, 1, N|1, M) and a causal alignment."""
+    predicates = []
+    if causal is not None:
+        offset = 0 if causal == "top_left" else M - N
+        predicates.append(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + offset)
+    score_mod = None
+    if mask is not None and mask.dtype == torch.bool:
+        keep = mask[:, 0].expand(B, N, M)                                     # (B, N, M), a view
+        predicates.append(lambda b, h, q_idx, kv_idx: keep[b, q_idx, kv_idx])
+    elif mask is not None:
+        bias = mask[:, 0].expand(B, N, M)                                     # (B, N, M)
+        score_mod = lambda score, b, h, q_idx, kv_idx: score + bias[b, q_idx, kv_idx]   # noqa: E731
+    if not predicates:
+        return None, score_mod
+    if len(predicates) == 1:
+        return predicates[0], score_mod
+    first, second = predicates
+    return (lambda b, h, q_idx, kv_idx: first(b, h, q_idx, kv_idx) & second(b, h, q_idx, kv_idx)), score_mod
+
+
+def flex_call(fn, q, k, v, *, block_mask, score_mod, scale, return_lse):
+    """O (B, H, N, Dv) [and lse (B, H, N)] from q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv)."""
+    gqa = q.shape[1] != k.shape[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # eager flex warns on every call that it is unfused; that is the point here
+        if not return_lse:
+            return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+        if AuxRequest is None:
+            return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa,
+                      return_lse=True)
+        out, aux = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa,
+                      return_aux=AuxRequest(lse=True))
+        return out, aux.lse
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_flex():
+    return torch.compile(flex_attention)
+
+
+class TorchFlex(TorchBackend):
+    """torch_flex: FlexAttention unfused (eager); masks by mask_mod, bias by score_mod (lse; grad on CUDA only)."""
+
+    name = "torch_flex"
+    devices = ("cpu", "cuda")
+    caps = Capabilities(grad=True, lse=True)
+
+    def unavailable_reason(self) -> str | None:
+        return None if HAS_FLEX else f"torch {torch.__version__} has no torch.nn.attention.flex_attention (needs 2.5+)"
+
+    def capabilities(self, device: str) -> Capabilities:
+        # torch 2.13 raises "FlexAttention does not support backward on CPU" (eager and compiled alike).
+        return self.caps.replace(grad=False) if device == "cpu" else self.caps
+
+    def flex(self):
+        return flex_attention
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, block_mask=None, score_mod=None):
+        if block_mask is None and score_mod is None:
+            block_mask, score_mod = self._mods(q, k, mask, causal)
+        return flex_call(self.flex(), q, k, v, block_mask=block_mask, score_mod=score_mod, scale=scale,
+                         return_lse=return_lse)
+
+    @staticmethod
+    def _mods(q, k, mask, causal):
+        B, N, M = q.shape[0], q.shape[2], k.shape[2]
+        mask_mod, score_mod = flex_mods(mask, causal, B, N, M)
+        block_mask = None if mask_mod is None else create_block_mask(mask_mod, B, None, N, M, device=q.device)
+        return block_mask, score_mod
+
+    def prepare(self, inputs, problem, *, device="cpu", return_lse=False):
+        q, k, v, mask = to_tensors(inputs, problem, device)
+        block_mask, score_mod = self._mods(q, k, mask, problem.causal)
+        scale = problem.scale
+
+        def run():
+            with torch.no_grad():
+                return self.attention(q, k, v, mask=None, causal=None, scale=scale, return_lse=return_lse,
+                                      block_mask=block_mask, score_mod=score_mod)
+
+        return run
+
+
+class TorchFlexCompiled(TorchFlex):
+    """torch_flex_compiled: torch.compile(flex_attention), the fused kernel (CUDA; CPU compiles too slowly)."""
+
+    name = "torch_flex_compiled"
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        if device == "cpu":
+            return CPU_COMPILE_REASON
+        return super().device_unavailable_reason(device)
+
+    def flex(self):
+        return compiled_flex()
+
+
+register(TorchFlex)
+register(TorchFlexCompiled)
