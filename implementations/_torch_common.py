@@ -16,7 +16,7 @@ import torch
 from attnbench.problem import Inputs, Problem, apply_layout
 from attnbench.reference import AttentionInputError, normalize_causal
 
-from ._validate import check_attention_args, check_prepare
+from ._validate import check_attention_args
 from .base import Backend
 
 
@@ -75,7 +75,6 @@ class TorchBackend(Backend):
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
-        check_prepare(self, inputs, problem, device)
         q, k, v, mask = to_tensors(inputs, problem, device)
         causal, scale = problem.causal, problem.scale
 
@@ -87,7 +86,6 @@ class TorchBackend(Backend):
 
     def prepare_backward(self, inputs: Inputs, problem: Problem, grad_out: np.ndarray, *,
                          device: str = "cpu") -> Callable[[], Any]:
-        check_prepare(self, inputs, problem, device, need_grad=True)
         q, k, v, mask = to_tensors(inputs, problem, device, requires_grad=True)
         g = torch.from_numpy(grad_out).to(device=device, dtype=torch_dtype(problem.dtype))
         causal, scale = problem.causal, problem.scale

@@ -12,6 +12,7 @@ D query/key dim, Dv value dim. Canonical layout (B, H, N, D).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -83,8 +84,33 @@ class Capabilities:
         return dataclasses.replace(self, **changes)
 
 
+def _validated(prepare: Callable, *, need_grad: bool) -> Callable:
+    """Wrap a backend's `prepare`/`prepare_backward` so the shared check runs first, before any conversion."""
+    from ._validate import check_prepare
+
+    @functools.wraps(prepare)
+    def wrapper(self, inputs, problem, *args, device: str = "cpu", **kwargs):
+        check_prepare(self, inputs, problem, device, need_grad=need_grad)
+        return prepare(self, inputs, problem, *args, device=device, **kwargs)
+
+    wrapper.validates = True
+    return wrapper
+
+
 class Backend(ABC):
-    """Base class for a backend. Subclass, set `name`, `devices`, `caps`, implement `prepare` and `to_numpy`."""
+    """Base class for a backend. Subclass, set `name`, `devices`, `caps`, implement `prepare` and `to_numpy`.
+
+    Every subclass's `prepare` and `prepare_backward` are wrapped (in `__init_subclass__`) with the one
+    shared argument check, so no backend, in this repo or a plugin, can forget it: bad input or an
+    undeclared problem raises `AttentionInputError` naming the argument, before any work.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for method, need_grad in (("prepare", False), ("prepare_backward", True)):
+            fn = cls.__dict__.get(method)
+            if fn is not None and not getattr(fn, "validates", False):
+                setattr(cls, method, _validated(fn, need_grad=need_grad))
 
     name: str = ""
     devices: tuple[str, ...] = ("cpu",)

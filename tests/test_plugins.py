@@ -84,12 +84,14 @@ def test_dropped_backend_file_is_listed_checked_and_run_by_conformance(dropped_b
     assert f"[{dropped_backend}-cpu-float32-B1-H2-N97-M113-D80" in conformance.stdout
 
 
-def test_dropped_backend_file_is_timed_by_the_perf_machinery(dropped_backend):
-    from attnbench.perf.main_job import run_point
-    from attnbench.problem import Problem
-
-    row = run_point(registry.get_backend(dropped_backend), Problem(N=32, D=16), "cpu")
-    assert row["backend"] == dropped_backend and row["accurate"] and row["time_median_s"] > 0
+def test_dropped_backend_file_is_swept_by_attnbench_perf(dropped_backend, tmp_path):
+    """The perf workers are fresh processes: they find the file by discovery, with no --plugin."""
+    done = run_cli("-m", "attnbench", "perf", "--backends", dropped_backend, "--seq-lens", "64", "--pass", "fwd",
+                   "--time-budget", "0.05", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in next(tmp_path.glob("run-*/results.jsonl")).read_text().splitlines()]
+    mine = [r for r in records if r["backend"] == dropped_backend]
+    assert mine and all(r["status"] == "ok" and r["time_median_s"] > 0 and r["accurate"] for r in mine), mine
 
 
 def fake_entry_points(*declared: EntryPoint):

@@ -1,6 +1,6 @@
 """torch_einsum: attention written with torch.einsum, an example of an external attnbench plugin.
 
-S = scale * einsum("bkgnd,bkmd->bkgnm", Q, K) over query groups (so grouped-query
+S = einsum("bkgnd,bkmd->bkgnm", scale * Q, K) over query groups (so grouped-query
 heads read K and V without copying them), masked, softmax, then
 einsum("bkgnm,bkmv->bkgnv", P, V). Fully masked rows give zeros. CPU and CUDA,
 every dtype, bool and bias masks, both causal alignments, autograd, lse.
@@ -26,7 +26,8 @@ def einsum_attention(q, k, v, *, mask, causal, scale, return_lse=False):
     Hkv, M = k.shape[1], k.shape[2]
     scale = D ** -0.5 if scale is None else scale
     qg = q.reshape(B, Hkv, H // Hkv, N, D)                                   # (B, Hkv, G, N, D)
-    s = torch.einsum("bkgnd,bkmd->bkgnm", qg, k) * scale                     # (B, Hkv, G, N, M)
+    # Scale Q before the product: in float16, Q K^T can overflow 65504 where scale * Q K^T does not.
+    s = torch.einsum("bkgnd,bkmd->bkgnm", qg * scale, k)                     # (B, Hkv, G, N, M)
     keep = None if causal is None else causal_keep(N, M, causal, q.device)
     if mask is not None:
         mask = mask.reshape(B, -1, 1, *mask.shape[-2:])                       # (B, 1, 1, N|1, M)
