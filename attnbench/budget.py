@@ -26,8 +26,8 @@ A backend's output in a given dtype is held to two conditions:
 
        floor = (u + sqrt(L) * u_acc) * max|O|
 
-   one rounding of the largest output, plus what summing the length-L
-   reduction (L = M forward) in another order may cost in the accumulation
+   one rounding of the largest output, plus what summing the reductions
+   behind it (total length L, see `compare`) in another order may cost in the accumulation
    precision u_acc (float32 for float16/bfloat16, as every sane kernel and
    torch's own naive path accumulate; the dtype itself otherwise). A tiled
    kernel rescales its accumulator once per key tile, so in float32/float64
@@ -146,7 +146,10 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
 
     bound: array broadcastable to expected, or None to skip condition 1.
     naive: the plain same-dtype formula's output, or None to skip condition 2.
-    reduction_length: the longest sum behind each element (M forward; max(N, M) backward), for the floor.
+    reduction_length: the summed lengths of the reductions chained behind each element, for the floor:
+        D + M forward (scores over D, then P V over M); D + Dv + max(N, M) backward (scores over D,
+        dP = dO V^T over Dv, then dQ over M or dK, dV over N). Independent reordering errors add in
+        variance, so the floor grows with the square root of the total.
     magnitude: the size of the terms summed into `expected`; used for the floor only where max|expected| is
         below one rounding of it in `dtype` (an identically zero result, up to float64 residue).
     """

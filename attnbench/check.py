@@ -61,7 +61,7 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     scale = _effective_scale(problem)
     verdicts = [compare("output", backend.to_numpy(out), expected, dtype=problem.dtype,
                         bound=forward_bound(inputs.q, inputs.k, inputs.v, bias, scale, problem.dtype),
-                        naive=naive_forward(inputs, problem), reduction_length=problem.M)]
+                        naive=naive_forward(inputs, problem), reduction_length=problem.D + problem.M)]
     if want_lse:
         verdicts.append(compare("lse", backend.to_numpy(lse), lse_ref, dtype=problem.dtype,
                                 bound=lse_bound(inputs.q, inputs.k, lse_ref, bias, scale, problem.dtype)))
@@ -102,7 +102,7 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     naive = naive_backward(inputs, problem, grad_out)
     magnitudes = backward_magnitudes(inputs, problem, grad_out)
     return [compare(name, backend.to_numpy(a), e, naive=n, dtype=problem.dtype,
-                    reduction_length=max(problem.N, problem.M), magnitude=mag)
+                    reduction_length=problem.D + problem.Dv + max(problem.N, problem.M), magnitude=mag)
             for name, a, e, n, mag in zip(("dq", "dk", "dv"), actual, expected, naive, magnitudes)]
 
 

@@ -36,15 +36,16 @@ class _RecordedGrad(torch.autograd.Function):
         with torch.enable_grad():
             leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
             out, _ = backend.blockwise(*leaves, **options)
-        # The recorded graph is kept on ctx (not save_for_backward): it is replayed once, by backward, and holds
-        # non-tensor state (the backend) that save_for_backward cannot.
+        # The recorded graph is kept on ctx (not save_for_backward): it is replayed by backward, and holds
+        # non-tensor state (the backend) that save_for_backward cannot. It is retained because gradcheck
+        # replays one forward's backward several times; it is freed with ctx.
         ctx.graph = (out, leaves, backend, options)
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad_out):
         out, leaves, backend, options = ctx.graph
-        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out)
+        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
         scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
         return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
 
@@ -94,8 +95,10 @@ class BlockwiseTwin(TorchBackend):
 
     def finish(self, m, l, acc, scale):
         """(O (B, H, N, Dv), lse (B, H, N)); rows that saw no key give O = 0 and lse = -inf."""
-        out = acc / torch.where(l > 0, l, torch.ones_like(l))
-        lse = torch.where(l > 0, m + torch.log(torch.where(l > 0, l, torch.ones_like(l))), torch.full_like(l, NEG_INF))
+        empty = l == 0                                   # saw no key; a NaN row is not empty and keeps its NaN
+        l_safe = torch.where(empty, torch.ones_like(l), l)
+        out = acc / l_safe
+        lse = torch.where(empty, torch.full_like(l, NEG_INF), m + torch.log(l_safe))
         return out, lse.squeeze(-1)
 
     def tile_order(self, tiles: list[slice]) -> list[slice]:
