@@ -12,12 +12,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.implementations import Capabilities, TorchBackend, register
-
-
-def causal_keep(n: int, m: int, alignment: str, device) -> torch.Tensor:
-    """Bool (N, M): True where query i may see key j; bottom_right aligns the last query with the last key."""
-    offset = 0 if alignment == "top_left" else m - n
-    return torch.arange(m, device=device)[None, :] <= torch.arange(n, device=device)[:, None] + offset
+from attnbench.implementations.torch_eager import causal_keep
 
 
 def einsum_attention(q, k, v, *, mask, causal, scale, return_lse=False):
