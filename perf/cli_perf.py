@@ -69,6 +69,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small sweep, well under a minute")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="a module file registering extra backends (imported in each worker too)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where points run: local (this machine) or ray (a Ray cluster; pip install attnbench[ray])")
+    p.add_argument("--address", help="with --executor ray: the cluster, 'auto' or HOST:PORT (default: start a "
+                                     "local one)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local executor: points measured at once, one per GPU or set of cores (default 1; "
+                        "concurrent CPU points disturb each other's timings)")
 
 
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
@@ -94,6 +101,22 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     return spec, options, args.timeout
 
 
+def executor_of(args):
+    """The executor `--executor`, `--address` and `--workers` ask for; bad combinations are input errors."""
+    from .executors import make_executor
+
+    if args.workers < 1:
+        raise AttentionInputError(f"--workers: expected an integer >= 1, got {args.workers}")
+    if args.executor != "ray" and args.address:
+        raise AttentionInputError("--address needs --executor ray")
+    if args.executor == "ray" and args.workers != 1:
+        raise AttentionInputError("--workers is for the local executor; Ray schedules points on the cluster")
+    try:
+        return make_executor(args.executor, device=args.device, workers=args.workers, address=args.address)
+    except (ValueError, ImportError, ConnectionError) as exc:
+        raise AttentionInputError(f"--executor {args.executor}: {exc}") from None
+
+
 def run_perf(args) -> int:
     from .report import render
     from .runner import new_run_dir, run_sweep
@@ -102,6 +125,7 @@ def run_perf(args) -> int:
 
     spec, options, timeout = spec_and_options(args)
     expand(spec)                                                 # unknown backend etc.: fail before making a dir
+    executor = executor_of(args)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "results.jsonl").exists():
@@ -109,7 +133,7 @@ def run_perf(args) -> int:
     else:
         run_dir = new_run_dir(Path(args.out))
     print(f"attnbench perf: writing {run_dir}", file=sys.stderr)
-    run_sweep(spec, run_dir, options, timeout_s=timeout)
+    run_sweep(spec, run_dir, options, timeout_s=timeout, executor=executor)
     render(run_dir)
     print(f"report written to {run_dir}")
     return 0

@@ -54,14 +54,35 @@ def copy_bandwidth(device: str = "cpu", *, repeats: int = 5) -> float:
     return 2 * n / _best_seconds(lambda: dst.copy_(src), _sync(device), repeats)
 
 
-def measure_machine(device: str, dtypes) -> dict:
-    """{"host", "device", "peak_flops": {dtype: FLOP/s}, "peak_bandwidth": B/s, ...} for `device`."""
+def fingerprint(device: str, *, probe_cuda: bool = True) -> dict:
+    """Who measures: host, device name, cores, torch threads, versions. Cheap; no peaks.
+
+    probe_cuda=False leaves a CUDA device unnamed rather than initialise CUDA in this process.
+    """
     import torch
 
-    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
+    if device == "cuda":
+        name = torch.cuda.get_device_name() if probe_cuda else "cuda (unprobed)"
+    else:
+        name = platform.processor() or platform.machine()
     return {"host": platform.node(), "device": device, "device_name": name, "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),   # a loaded or shared box is far slower with more threads
-            "torch": torch.__version__, "numpy": np.__version__,
+            "torch": torch.__version__, "numpy": np.__version__}
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two machine records describe the same host and device (so peaks measured on one hold for the other)."""
+    return all(a.get(k) == b.get(k) for k in ("host", "device", "device_name"))
+
+
+def machine_label(m: dict) -> str:
+    """'host: device_name (device)', the name a report groups points by."""
+    return f"{m.get('host', '?')}: {m.get('device_name', '?')} ({m.get('device', '?')})"
+
+
+def measure_machine(device: str, dtypes) -> dict:
+    """{"host", "device", "peak_flops": {dtype: FLOP/s}, "peak_bandwidth": B/s, ...} for `device`."""
+    return {**fingerprint(device),
             "peak_flops": {dt: matmul_peak_flops(dt, device) for dt in dtypes},
             "peak_bandwidth": copy_bandwidth(device),
             # A busy machine depresses these; a fraction of peak above 1 means the peak was measured low.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import records
 from .analysis import slopes
+from .machine import machine_label
 from .plots import PLOTS
 from .records import PointResult
 
@@ -90,21 +91,50 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _method(device: str) -> str:
+    return (f"Time: {TIMING_METHOD.get(device, '')}. Peak memory: {MEMORY_METHOD.get(device, '')}. "
+            "FLOPs from `attention_flops` (causal counts only attended pairs); bytes are the minimum a "
+            "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
+            "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
+            "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` on the same problem "
+            "shrunk to N, M ≤ 256.")
+
+
+def by_machine(results: list[PointResult]) -> dict[str, list[PointResult]]:
+    """Measured records grouped by the machine that measured them (label: host, device name, device).
+
+    Points whose worker died before it could say where it ran go under "unknown machine".
+    """
+    groups: dict[str, list[PointResult]] = {}
+    for r in results:
+        if r.status != "skipped":
+            groups.setdefault(machine_label(r.machine) if r.machine.get("host") else "unknown machine", []).append(r)
+    return groups
+
+
+def _machine_text(m: dict) -> str:
+    peaks = ", ".join(f"{dt} {v / 1e12:.3g} TFLOP/s" for dt, v in m.get("peak_flops", {}).items())
+    return (f"{m.get('host', '?')}: {m.get('device_name', '?')} ({m.get('device', '?')}, {m.get('cpus', '?')} CPUs, "
+            f"{m.get('threads', '?')} torch threads), "
+            f"torch {m.get('torch', '?')}. Measured peaks: {peaks or '?'}; memory bandwidth "
+            f"{(m.get('peak_bandwidth') or 0) / 1e9:.3g} GB/s ({m.get('peaks_measured_by', '')}).")
+
+
 def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | str]]:
+    groups = by_machine(results)
+    if len(groups) > 1:                                          # never mix machines in one table or fit
+        per_machine = []
+        for label, rs in groups.items():
+            per_machine += [(f"Machine {label}", _machine_text(_machine(rs))), (f"Points on {label}", points_table(rs)),
+                            (f"Fitted slopes on {label}", slopes_table(rs)),
+                            (f"Failures on {label}", failures_table(rs))]
+        device = _machine(results).get("device", "cpu")
+        return [("How it was measured", _method(device)), *per_machine,
+                ("Skipped (not declared by the backend)", skipped_table(results))]
     m = _machine(results)
     device = m.get("device", "cpu")
-    peaks = ", ".join(f"{dt} {v / 1e12:.3g} TFLOP/s" for dt, v in m.get("peak_flops", {}).items())
-    machine = (f"{m.get('host', '?')}: {m.get('device_name', '?')} ({device}, {m.get('cpus', '?')} CPUs, "
-               f"{m.get('threads', '?')} torch threads), "
-               f"torch {m.get('torch', '?')}. Measured peaks: {peaks or '?'}; memory bandwidth "
-               f"{m.get('peak_bandwidth', 0) / 1e9:.3g} GB/s ({m.get('peaks_measured_by', '')}).")
-    method = (f"Time: {TIMING_METHOD.get(device, '')}. Peak memory: {MEMORY_METHOD.get(device, '')}. "
-              "FLOPs from `attention_flops` (causal counts only attended pairs); bytes are the minimum a "
-              "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
-              "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
-              "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` on the same problem "
-              "shrunk to N, M ≤ 256.")
-    return [("Machine", machine), ("How it was measured", method), ("Points", points_table(results)),
+    machine = _machine_text(m)
+    return [("Machine", machine), ("How it was measured", _method(device)), ("Points", points_table(results)),
             ("Fitted slopes (log-log vs N) and largest N reached", slopes_table(results)),
             ("Failures (oom, timeout, error)", failures_table(results)),
             ("Skipped (not declared by the backend)", skipped_table(results))]
@@ -114,7 +144,11 @@ def render(run_dir: Path) -> list[Path]:
     """Write report.md, the PNGs and report.html into run_dir from its results.jsonl; returns the paths."""
     run_dir = Path(run_dir)
     results = records.read(run_dir / "results.jsonl")
-    pngs = {name: plot(results) for name, plot in PLOTS.items()}
+    groups = by_machine(results)
+    if len(groups) > 1:                                          # one set of plots per machine
+        pngs = {f"m{i}-{name}": plot(rs) for i, rs in enumerate(groups.values(), 1) for name, plot in PLOTS.items()}
+    else:
+        pngs = {name: plot(results) for name, plot in PLOTS.items()}
     for name, data in pngs.items():
         (run_dir / name).write_bytes(data)
     md = [f"# attnbench perf report: {run_dir.name}\n"]

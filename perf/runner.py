@@ -1,17 +1,19 @@
 """Run a sweep: expand the spec, measure each point in isolation, append its record, show progress."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 from . import derived, records
-from .machine import measure_machine
+from .executors import PointJob, SerialExecutor
+from .machine import measure_machine, same_machine
 from .measure import MeasureOptions
 from .records import PointResult
 from .sweep import Case, SweepSpec, expand
-from .worker import run_isolated
 
 
 def new_run_dir(out: Path) -> Path:
@@ -61,9 +63,20 @@ def _eta(elapsed: float, done: int, remaining: int) -> str:
     return f"{s // 60}m{s % 60:02d}s"
 
 
+def with_peaks(measured_by: dict, known: dict) -> dict:
+    """The record's machine: the measuring worker's own, with the peaks of `known` if it is the same machine."""
+    if "peak_flops" in measured_by or not same_machine(measured_by, known):
+        return measured_by
+    return {**known, **measured_by}
+
+
 def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeout_s: float = 60.0,
-              log=lambda line: print(line, file=sys.stderr, flush=True)) -> Path:
-    """Measure every case of `spec` not already in run_dir/results.jsonl; returns the results path."""
+              executor=None, log=lambda line: print(line, file=sys.stderr, flush=True)) -> Path:
+    """Measure every case of `spec` not already in run_dir/results.jsonl; returns the results path.
+
+    executor: who measures the points (executors.py; default one at a time here). Points are
+    appended as they complete, by this process alone.
+    """
     from attnbench.implementations import get_backend
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -77,14 +90,31 @@ def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeou
     todo = [c for c in cases if c.key not in done]
     if len(todo) < len(cases):
         log(f"resume: {len(cases) - len(todo)} of {len(cases)} points already in {path}")
-    start = time.perf_counter()
-    for i, case in enumerate(todo):
-        log(f"[{i + 1}/{len(todo)}] {case.backend:<20} {case.pass_:<7} {case.problem.id:<28} "
-            f"ETA {_eta(time.perf_counter() - start, i, len(todo) - i)}")
-        caps = get_backend(case.backend).capabilities(case.device)
-        status, fields = run_isolated(case, options, timeout_s, caps=caps)
-        records.append(path, result_of(case, status, fields, machine))
-        if status != "ok":
-            log(f"    -> {status}: {fields.get('message', '')}")
+    executor = executor or SerialExecutor()
+    jobs = iter(PointJob(c, options, timeout_s, dataclasses.asdict(get_backend(c.backend).capabilities(c.device)))
+                for c in todo)
+    start, finished, pending = time.perf_counter(), 0, {}
+    try:
+        while True:
+            while len(pending) < executor.slots and (job := next(jobs, None)) is not None:
+                log(f"[{finished + len(pending) + 1}/{len(todo)}] {job.case.backend:<20} {job.case.pass_:<7} "
+                    f"{job.case.problem.id:<28} ETA {_eta(time.perf_counter() - start, finished, len(todo) - finished)}")
+                pending[executor.submit(job)] = job.case
+            if not pending:
+                break
+            completed, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in completed:
+                case, outcome = pending.pop(future), future.result()
+                records.append(path, result_of(case, outcome.status, outcome.fields,
+                                               with_peaks(outcome.machine, machine)))
+                finished += 1
+                if outcome.status != "ok":
+                    log(f"    -> {case.backend} {case.problem.id}: {outcome.status}: "
+                        f"{outcome.fields.get('message', '')}")
+    except BaseException:
+        executor.cancel()                                       # Ctrl-C: stop what is in flight; records stay
+        raise
+    finally:
+        executor.close()
     log(f"{len(todo)} points in {time.perf_counter() - start:.0f} s -> {path}")
     return path

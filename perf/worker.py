@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import signal
 import sys
 
+from .machine import fingerprint
 from .measure import MeasureOptions, measure_case, set_cpu_cap
 from .sweep import Case
 
@@ -36,12 +38,14 @@ def classify(exc: BaseException) -> str:
     return "oom" if any(m in text for m in OOM_MARKERS) else "error"
 
 
-def _child(case_json: str, options: dict, caps: dict | None, conn) -> None:
+def _child(case_json: str, options: dict, caps: dict | None, conn, placement: dict | None = None) -> None:
     try:
         case = Case.from_json(case_json)
+        _apply_placement(placement)
         if caps is not None:
             _reuse_capabilities(case, caps)
-        conn.send(("ok", measure_case(case, MeasureOptions(**options))))
+        machine = fingerprint(case.device)       # before the memory cap: naming the CPU spawns `uname -p`
+        conn.send(("ok", {**measure_case(case, MeasureOptions(**options)), "machine": machine}))
     except BaseException as exc:  # noqa: BLE001 - every failure is a recorded status
         if options.get("memory_cap") is not None:
             set_cpu_cap(None)                                    # room to report the failure
@@ -49,6 +53,21 @@ def _child(case_json: str, options: dict, caps: dict | None, conn) -> None:
         conn.send((classify(exc), {"message": f"{type(exc).__name__}: {first_line}"}))
     finally:
         conn.close()
+
+
+def _apply_placement(placement: dict | None) -> None:
+    """Pin this child to its GPU (CUDA_VISIBLE_DEVICES, before CUDA starts), its cores (affinity) and thread count."""
+    if not placement:
+        return
+    import torch
+
+    os.environ.update(placement.get("env") or {})
+    cpus, threads = placement.get("cpus"), placement.get("threads")
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+        threads = min(threads or torch.get_num_threads(), len(cpus))     # no more threads than cores
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _reuse_capabilities(case: Case, caps: dict) -> None:
@@ -69,15 +88,18 @@ def _context():
 
 
 def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
-                 caps=None) -> tuple[str, dict]:
+                 caps=None, placement: dict | None = None) -> tuple[str, dict]:
     """(status, fields) of one case measured in a fresh process: status ok, oom, timeout or error.
 
-    caps: the backend's Capabilities on the case's device, if the caller has them (saves re-probing).
+    caps: the backend's Capabilities on the case's device (a dataclass or its dict), if the caller
+    has them (saves re-probing). placement: {"env": {...}, "cpus": (...), "threads": n} for the child.
+    A measured point's fields carry "machine", the child's fingerprint.
     """
     ctx = _context()
-    caps = dataclasses.asdict(caps) if caps is not None else None
+    caps = dataclasses.asdict(caps) if dataclasses.is_dataclass(caps) else caps
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(case.to_json(), dataclasses.asdict(options), caps, send), daemon=True)
+    proc = ctx.Process(target=_child, args=(case.to_json(), dataclasses.asdict(options), caps, send, placement),
+                       daemon=True)
     proc.start()
     send.close()
     try:
