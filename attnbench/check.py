@@ -1,43 +1,137 @@
-"""Check one backend on one problem against the float64 reference: the one compare both suites use.
+"""Check one backend on one problem against the float64 reference: the one compare every suite uses.
 
-    verdicts = check_forward(backend, problem)            # output (+ lse if the backend returns it)
-    verdicts = check_backward(backend, problem)           # dQ, dK, dV
+    verdicts = check_forward(backend, problem)                 # output (+ lse if the backend returns it)
+    verdicts = check_backward(backend, problem)                # dQ, dK, dV
+    verdicts = check_forward(backend, problem, rows=[0, 63, 64, 8191])   # a verdict on chosen query rows
     all(v.passed for v in verdicts)
 
-Each `Verdict` carries the worst element, its index, the error in budget units
-and, through `repro_command`, the one line that reproduces it.
+The reference side is a parameter. At small sizes (N * M <= FULL_CHECK_PAIRS) every row is checked; above
+that a `RowSample` of query rows (and, for dK and dV, key rows) chosen where bugs hide (`choose_rows`) is
+checked against the row-sampled float64 reference (`attnbench.reference.rows`), with the same rows of the
+elementwise bound and of the naive same-dtype yardstick (`attnbench.naive`): O(rows · M · D) instead of
+O(N · M · D), so a check runs at the sizes kernels run at.
+
+The call's contract is part of the compare: the output's dtype, shape and device are what the inputs imply,
+and the inputs are bitwise unchanged after the call (the harness keeps pristine copies and computes the
+reference, the bound and the yardstick from them). Each `Verdict` carries the worst element, its index, the
+error in budget units; `failure_message` ends with the one line that reproduces it, naming the rows.
 """
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import numpy as np
 
 from attnbench import reference
 from attnbench.budget import Verdict, compare, forward_bound, lse_bound
+from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
 
+# Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
+FULL_CHECK_PAIRS = 512 * 512
+# Tile sizes a kernel might use: both sides of every multiple of 16 through 256 are sampled.
+TILE_STEP, TILE_MAX = 16, 256
+RANDOM_ROWS = 16
+# Rows per chunk of the bound: keeps its (B, H, chunk, M) float64 temporaries near 2^22 elements.
+BOUND_CHUNK_ELEMENTS = 1 << 22
 
-def repro_command(backend_name: str, problem: Problem, device: str = "cpu", *, backward: bool = False) -> str:
-    """A shell line that re-runs this exact check."""
+
+@dataclass(frozen=True)
+class RowSample:
+    """Which rows a verdict covers: query rows (O, lse, dQ) and key rows (dK, dV); None means all."""
+
+    query: tuple[int, ...] | None = None
+    key: tuple[int, ...] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.query is None and self.key is None
+
+    def cli_args(self, backward: bool) -> str:
+        """The `attnbench check` options that select these rows ("" for a full check)."""
+        out = "" if self.query is None else " --rows " + ",".join(map(str, self.query))
+        return out + ("" if self.key is None or not backward else " --key-rows " + ",".join(map(str, self.key)))
+
+
+class Verdicts(list):
+    """A list of `Verdict`s that remembers the rows it covers (for the repro line)."""
+
+    def __init__(self, items, rows: RowSample):
+        super().__init__(items)
+        self.rows = rows
+
+
+def _tile_edges(length: int) -> set[int]:
+    """Both sides of every tile boundary: multiples of 16 through 256 and the start of each size's last tile."""
+    edges = set()
+    for t in range(TILE_STEP, TILE_MAX + 1, TILE_STEP):
+        edges |= {t - 1, t}
+    for t in (16, 32, 64, 128, 256):
+        last = (length - 1) // t * t                                          # first index of the last tile
+        edges |= {last - 1, last, last + 1}
+    return edges
+
+
+def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0) -> np.ndarray:
+    """Query rows where bugs hide: first and last, both sides of every tile boundary a kernel might use (in N,
+    and the rows whose last visible key sits on a key-tile boundary under causal), around the causal diagonal
+    and the first query that sees a key under bottom_right, fully masked rows, and RANDOM_ROWS random rows."""
+    N, M = problem.N, problem.M
+    rows = {0, 1, N - 2, N - 1} | _tile_edges(N)
+    if problem.causal is not None:
+        offset = reference.causal_offset(problem.causal, N, M)
+        rows |= {j - offset + d for j in _tile_edges(M) for d in (-1, 0)}   # last visible key j on a tile edge
+        first_seeing = max(0, -offset)                                       # bottom_right with N > M: N - M
+        rows |= {first_seeing + d for d in (-1, 0, 1)} | {M - 1 - offset + d for d in (-1, 0, 1)}
+    if inputs is not None and inputs.mask is not None and np.shape(inputs.mask)[-2] == N:
+        mask = np.asarray(inputs.mask)
+        empty = ~np.any(mask, axis=-1) if mask.dtype == np.bool_ else np.all(np.isneginf(mask), axis=-1)
+        rows |= set(np.flatnonzero(empty.reshape(-1, N).any(axis=0))[:8].tolist())
+    rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
+    return np.array(sorted(r for r in rows if 0 <= r < N))
+
+
+def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
+    """Key rows for dK, dV: first and last, both sides of every key-tile boundary, the keys on the causal
+    diagonal of the first and last query, and RANDOM_ROWS random keys."""
+    N, M = problem.N, problem.M
+    keys = {0, 1, M - 2, M - 1} | _tile_edges(M)
+    if problem.causal is not None:
+        offset = reference.causal_offset(problem.causal, N, M)
+        keys |= {offset + d for d in (-1, 0, 1)} | {N - 1 + offset + d for d in (-1, 0, 1)}
+    keys |= set(np.random.default_rng(seed).integers(0, M, RANDOM_ROWS).tolist())
+    return np.array(sorted(j for j in keys if 0 <= j < M))
+
+
+def default_rows(problem: Problem, inputs: Inputs | None = None) -> RowSample:
+    """All rows at small sizes; a `choose_rows` / `choose_key_rows` sample above FULL_CHECK_PAIRS."""
+    if problem.N * problem.M <= FULL_CHECK_PAIRS:
+        return RowSample()
+    return RowSample(tuple(choose_rows(problem, inputs, seed=problem.seed).tolist()),
+                     tuple(choose_key_rows(problem, seed=problem.seed + 1).tolist()))
+
+
+def _as_rows(rows, problem: Problem, inputs: Inputs | None) -> RowSample:
+    if rows is None:
+        return default_rows(problem, inputs)
+    if isinstance(rows, RowSample):
+        return rows
+    if isinstance(rows, str) and rows == "all":
+        return RowSample()
+    return RowSample(tuple(int(r) for r in rows), None)
+
+
+def _indices(selected: tuple[int, ...] | None, length: int) -> np.ndarray:
+    return np.arange(length) if selected is None else np.asarray(selected, dtype=np.int64)
+
+
+def repro_command(backend_name: str, problem: Problem, device: str = "cpu", *, backward: bool = False,
+                  rows: RowSample | None = None) -> str:
+    """A shell line that re-runs this exact check (on the same rows)."""
     extra = " --backward" if backward else ""
+    extra += rows.cli_args(backward) if rows is not None else ""
     return f'attnbench check {backend_name} --problem "{problem.spec()}" --device {device}{extra}'
-
-
-def naive_forward(inputs: Inputs, problem: Problem) -> np.ndarray:
-    """The plain formula in the problem's own dtype (torch eager on CPU): the yardstick of budget condition 2."""
-    from attnbench.implementations._torch_common import to_tensors
-    from attnbench.implementations.torch_eager import eager_attention
-
-    q, k, v, mask = to_tensors(inputs, problem.replace(layout="contiguous"), "cpu")
-    out = eager_attention(q, k, v, mask=mask, causal=problem.causal, scale=problem.scale)
-    return out.double().numpy()
-
-
-def naive_backward(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(dQ, dK, dV) of the plain formula through torch autograd in the problem's dtype."""
-    from attnbench.implementations.torch_eager import TorchEager
-
-    run = TorchEager().prepare_backward(inputs, problem.replace(layout="contiguous"), grad_out)
-    return tuple(g.double().numpy() for g in run())
 
 
 def reference_bias(inputs: Inputs, problem: Problem):
@@ -49,23 +143,41 @@ def _effective_scale(problem: Problem) -> float:
     return 1.0 / np.sqrt(problem.D) if problem.scale is None else problem.scale
 
 
-def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inputs | None = None) -> list[Verdict]:
-    """Compare the backend's output (and lse, where it declares one) with the reference."""
-    inputs = make_inputs(problem) if inputs is None else inputs
-    want_lse = backend.capabilities(device).lse
-    expected, lse_ref = reference.sdpa(inputs.q, inputs.k, inputs.v, return_lse=True,
-                                       **inputs.reference_kwargs(problem))
-    result = backend.prepare(inputs, problem, device=device, return_lse=want_lse)()
-    out, lse = result if want_lse else (result, None)
-    bias = reference_bias(inputs, problem)
-    scale = _effective_scale(problem)
-    verdicts = [compare("output", backend.to_numpy(out), expected, dtype=problem.dtype,
-                        bound=forward_bound(inputs.q, inputs.k, inputs.v, bias, scale, problem.dtype),
-                        naive=naive_forward(inputs, problem), reduction_length=problem.D + problem.M)]
-    if want_lse:
-        verdicts.append(compare("lse", backend.to_numpy(lse), lse_ref, dtype=problem.dtype,
-                                bound=lse_bound(inputs.q, inputs.k, lse_ref, bias, scale, problem.dtype)))
-    return verdicts
+# --- the reference side: float64 reference, elementwise bound and naive yardstick on the chosen rows ----------
+
+@dataclass(frozen=True)
+class ForwardReference:
+    """Rows R of: expected O (B, H, R, Dv) and lse (B, H, R), their bounds, the naive same-dtype O."""
+
+    out: np.ndarray
+    lse: np.ndarray
+    out_bound: np.ndarray
+    lse_bound: np.ndarray
+    naive: np.ndarray
+
+
+def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> ForwardReference:
+    """The reference side of `check_forward` on query rows `rows.query` (pristine inputs)."""
+    p = problem
+    qr = _indices(rows.query, p.N)
+    out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
+    scale = _effective_scale(p)
+    chunk = max(1, BOUND_CHUNK_ELEMENTS // (p.B * p.H * p.M))
+    out_bounds, lse_bounds = [], []
+    for start in range(0, len(qr), chunk):                                    # the bound is row-independent
+        r = qr[start:start + chunk]
+        bias = reference.bias_rows(inputs.mask, p.causal, r, np.arange(p.M), p.N, p.M)
+        q = inputs.q[:, :, r]
+        out_bounds.append(forward_bound(q, inputs.k, inputs.v, bias, scale, p.dtype))
+        lse_bounds.append(lse_bound(q, inputs.k, lse[:, :, start:start + chunk], bias, scale, p.dtype))
+    return ForwardReference(out, lse, np.concatenate(out_bounds, axis=2), np.concatenate(lse_bounds, axis=2),
+                            naive_forward(inputs, p, qr))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_forward_reference(problem: Problem, rows: RowSample) -> ForwardReference:
+    """Every backend checked on one problem shares its reference side (make_inputs is deterministic)."""
+    return forward_reference(make_inputs(problem), problem, rows)
 
 
 def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> tuple[float, float, float]:
@@ -75,6 +187,9 @@ def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) 
         dQ = scale [P (dP - delta)] K      terms  scale P (|dO| |V|^T + |delta|) |K|
         dK = scale [P (dP - delta)]^T Q    terms  scale (...)^T |Q|, summed over the query heads of a KV head
         dV = P^T dO                        terms  P^T |dO|, likewise summed
+    Full checks only: it forms (N, M). It matters where a gradient is identically zero (M = 1, ...; see
+    `budget`), which only tiny problems are; a row-sampled check passes magnitude None (floor relative to
+    max|gradient|, never looser).
     """
     q, k, v = inputs.q, inputs.k, inputs.v
     out, p = reference.sdpa(q, k, v, return_weights=True, **inputs.reference_kwargs(problem))
@@ -93,22 +208,159 @@ def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) 
     return tuple(float(np.max(np.where(np.isfinite(m), m, 0.0))) for m in (mq, mk, mv))
 
 
-def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: Inputs | None = None) -> list[Verdict]:
-    """Compare the backend's dQ, dK, dV with the float64 reference backward, against the naive same-dtype one."""
+@dataclass(frozen=True)
+class BackwardReference:
+    """dQ at the query rows, dK and dV at the key rows: expected, naive same-dtype, and the floor magnitudes."""
+
+    expected: tuple[np.ndarray, np.ndarray, np.ndarray]
+    naive: tuple[np.ndarray, np.ndarray, np.ndarray]
+    magnitudes: tuple[float | None, float | None, float | None]
+
+
+def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, rows: RowSample) -> BackwardReference:
+    """The reference side of `check_backward` (pristine inputs)."""
+    p = problem
+    qr, kr = _indices(rows.query, p.N), _indices(rows.key, p.M)
+    kwargs = inputs.reference_kwargs(p)
+    if rows.full:
+        expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **kwargs)
+        magnitudes = backward_magnitudes(inputs, p, grad_out)
+    else:
+        expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
+        magnitudes = (None, None, None)
+    return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_backward_reference(problem: Problem, rows: RowSample) -> BackwardReference:
+    return backward_reference(make_inputs(problem), problem, make_grad_out(problem), rows)
+
+
+# --- the call's contract ------------------------------------------------------------------------------------------
+
+def _contract(name: str, problems: list[str]) -> Verdict:
+    ok = not problems
+    return Verdict(name, ok, 0.0 if ok else np.inf, (), np.nan, np.nan, None, None, None,
+                   "as the inputs imply" if ok else "; ".join(problems))
+
+
+def _dtype_name(value) -> str | None:
+    dtype = getattr(value, "dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def output_contract(name: str, value, canonical: np.ndarray, shape: tuple, dtype: str, device: str, *,
+                    check_dtype: bool = True) -> list[str]:
+    """What is wrong with a native output `value` (canonical float64 view `canonical`): shape, dtype, device."""
+    problems = []
+    if canonical.shape != shape:
+        problems.append(f"{name} shape {canonical.shape}, expected {shape}")
+    got = _dtype_name(value)
+    if check_dtype and got is not None and got != dtype:
+        problems.append(f"{name} dtype {got}, expected {dtype} (the inputs' dtype)")
+    where = getattr(getattr(value, "device", None), "type", None)              # torch tensors say where they are
+    if where is not None and where != device:
+        problems.append(f"{name} on device {where}, expected {device}")
+    return problems
+
+
+def _pristine(inputs: Inputs) -> Inputs:
+    return Inputs(*(None if x is None else np.array(x, copy=True) for x in (inputs.q, inputs.k, inputs.v,
+                                                                            inputs.mask)))
+
+
+def _same_bits(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]:
+    """Inputs written by the call: the float64 arrays handed to `prepare` (a float64 tensor may share their
+    memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs."""
+    problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
+                if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
+    for n, native in zip(("q", "k", "v"), getattr(run, "native_inputs", ())):
+        if f"input {n} was modified by the call" not in problems:
+            values = backend.to_numpy(native)
+            if not (values.shape == getattr(pristine, n).shape
+                    and np.array_equal(values, getattr(pristine, n), equal_nan=True)):
+                problems.append(f"input {n} was modified by the call (the backend's converted copy)")
+    return problems
+
+
+# --- the checks ---------------------------------------------------------------------------------------------------
+
+def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inputs | None = None,
+                  rows=None) -> Verdicts:
+    """Compare the backend's output (and lse, where it declares one) with the reference on `rows`.
+
+    rows: None (all rows at small sizes, a `choose_rows` sample at length), "all", a sequence of query rows,
+    or a `RowSample`.
+    """
+    cached = inputs is None
     inputs = make_inputs(problem) if inputs is None else inputs
+    sample = _as_rows(rows, problem, inputs)
+    pristine = _pristine(inputs)
+    want_lse = backend.capabilities(device).lse
+    run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
+    result = run()
+    out, lse = result if want_lse else (result, None)
+    p = problem
+    ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
+    actual = backend.to_numpy(out)
+    broken = output_contract("output", out, actual, (p.B, p.H, p.N, p.Dv), p.dtype, device)
+    broken += inputs_contract(backend, run, inputs, pristine)
+    verdicts = [_contract("contract", broken)]
+    qr = _indices(sample.query, p.N)
+    if actual.shape == (p.B, p.H, p.N, p.Dv):
+        verdicts.append(compare("output", actual[:, :, qr], ref.out, dtype=p.dtype, bound=ref.out_bound,
+                                naive=ref.naive, reduction_length=p.D + p.M))
+    if want_lse:
+        actual_lse = backend.to_numpy(lse)
+        if actual_lse.shape == (p.B, p.H, p.N):
+            verdicts.append(compare("lse", actual_lse[:, :, qr], ref.lse, dtype=p.dtype, bound=ref.lse_bound))
+        else:
+            verdicts[0] = _contract("contract", broken + [f"lse shape {actual_lse.shape}, expected "
+                                                          f"{(p.B, p.H, p.N)}"])
+    return Verdicts(verdicts, sample)
+
+
+def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: Inputs | None = None,
+                   rows=None) -> Verdicts:
+    """Compare dQ (query rows), dK and dV (key rows) with the float64 reference backward, against the naive
+    same-dtype one. rows: as in `check_forward` (a sequence names query rows; keys are then all checked)."""
+    cached = inputs is None
+    inputs = make_inputs(problem) if inputs is None else inputs
+    sample = _as_rows(rows, problem, inputs)
+    pristine = _pristine(inputs)
     grad_out = make_grad_out(problem)
-    expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **inputs.reference_kwargs(problem))
-    actual = backend.prepare_backward(inputs, problem, grad_out, device=device)()
-    naive = naive_backward(inputs, problem, grad_out)
-    magnitudes = backward_magnitudes(inputs, problem, grad_out)
-    return [compare(name, backend.to_numpy(a), e, naive=n, dtype=problem.dtype,
-                    reduction_length=problem.D + problem.Dv + max(problem.N, problem.M), magnitude=mag)
-            for name, a, e, n, mag in zip(("dq", "dk", "dv"), actual, expected, naive, magnitudes)]
+    run = backend.prepare_backward(inputs, problem, grad_out, device=device)
+    actual = run()
+    p = problem
+    ref = (_cached_backward_reference(problem, sample) if cached
+           else backward_reference(pristine, problem, grad_out, sample))
+    shapes = {"dq": (p.B, p.H, p.N, p.D), "dk": (p.B, p.Hkv, p.M, p.D), "dv": (p.B, p.Hkv, p.M, p.Dv)}
+    arrays = [backend.to_numpy(a) for a in actual]
+    broken = [msg for (name, shape), a, arr in zip(shapes.items(), actual, arrays)
+              for msg in output_contract(name, a, arr, shape, p.dtype, device)]
+    broken += inputs_contract(backend, run, inputs, pristine)
+    verdicts = [_contract("contract", broken)]
+    picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
+    for (name, shape), a, e, n, mag, rows_ in zip(shapes.items(), arrays, ref.expected, ref.naive, ref.magnitudes,
+                                                   picks):
+        if a.shape == shape:
+            verdicts.append(compare(name, a[:, :, rows_], e, naive=n, dtype=p.dtype,
+                                    reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag))
+    return Verdicts(verdicts, sample)
 
 
 def failure_message(backend_name: str, problem: Problem, verdicts: list[Verdict], device: str = "cpu", *,
                     backward: bool = False) -> str:
-    """Every verdict on one line each, then the repro command."""
+    """Every verdict on one line each, then the repro command (naming the rows when they were sampled)."""
     lines = [v.describe() for v in verdicts]
-    lines.append("repro: " + repro_command(backend_name, problem, device, backward=backward))
+    rows = getattr(verdicts, "rows", None)
+    if rows is not None and not rows.full:
+        lines.append(f"rows checked: {len(rows.query or ())} query rows"
+                     + (f", {len(rows.key or ())} key rows" if backward else ""))
+    lines.append("repro: " + repro_command(backend_name, problem, device, backward=backward, rows=rows))
     return "\n".join(lines)

@@ -20,13 +20,19 @@ import numpy as np
 from ._checks import AttentionInputError, normalize_causal
 
 
+def causal_offset(alignment, n: int, m: int) -> int:
+    """Key j is visible from query i when j <= i + offset: 0 for top_left, M - N for bottom_right.
+
+    The one definition every backend and the reference share (`attnbench.implementations._masks`).
+    """
+    return m - n if normalize_causal(alignment) == "bottom_right" else 0
+
+
 def causal_mask(n: int, m: int, alignment: str = "top_left") -> np.ndarray:
     """Bool (N, M): True where query i may attend key j under `alignment`."""
     if n < 1 or m < 1:
         raise AttentionInputError(f"causal_mask: n and m must be >= 1, got n={n}, m={m}")
-    alignment = normalize_causal(alignment)
-    offset = 0 if alignment == "top_left" else m - n
-    return np.arange(m)[None, :] <= np.arange(n)[:, None] + offset
+    return np.arange(m)[None, :] <= np.arange(n)[:, None] + causal_offset(alignment, n, m)
 
 
 def mask_to_bias(mask, causal, n: int, m: int) -> np.ndarray | float:

@@ -38,8 +38,8 @@ def bias_grouped(bias, B: int, H: int, hkv: int, N: int, M: int):
     return np.broadcast_to(bias, (B, H, N, M)).reshape(B, hkv, H // hkv, N, M)
 
 
-def prepare(q, k, v, mask, causal, scale):
-    """Validate and return (q, k, v, bias, scale, dims) in float64, bias broadcastable to (B, Hkv, G, N, M)."""
+def prepare_qkv(q, k, v, mask, causal, scale):
+    """Validate and return (q, k, v, mask, causal, scale, dims) in float64, nothing of size (N, M) formed."""
     q, k, v = as_float64("q", q, rank=4), as_float64("k", k, rank=4), as_float64("v", v, rank=4)
     B, H, Hkv, N, M, D, Dv = check_qkv(q, k, v)
     mask = check_mask(mask, (B, H, N, M))
@@ -47,6 +47,12 @@ def prepare(q, k, v, mask, causal, scale):
     scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
     if not np.isfinite(scale):
         raise AttentionInputError(f"scale: expected a finite number or None, got {scale!r}")
+    return q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv)
+
+
+def prepare(q, k, v, mask, causal, scale):
+    """Validate and return (q, k, v, bias, scale, dims) in float64, bias broadcastable to (B, Hkv, G, N, M)."""
+    q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
     bias = bias_grouped(mask_to_bias(mask, causal, N, M), B, H, Hkv, N, M)
     return q, k, v, bias, scale, (B, H, Hkv, N, M, D, Dv)
 

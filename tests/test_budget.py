@@ -3,7 +3,7 @@ import numpy as np
 
 from attnbench import reference
 from attnbench.budget import compare, forward_bound
-from attnbench.check import naive_forward
+from attnbench.naive import naive_forward
 from attnbench.problem import Problem, make_inputs
 
 
