@@ -238,10 +238,18 @@ def _cached_backward_reference(problem: Problem, rows: RowSample) -> BackwardRef
 
 # --- the call's contract ------------------------------------------------------------------------------------------
 
+class ContractVerdict(Verdict):
+    """A `Verdict` on the call's contract: no numbers, only what is wrong."""
+
+    def describe(self) -> str:
+        return f"{self.name}: {'ok' if self.passed else 'FAIL'} {self.reason}"
+
+
 def _contract(name: str, problems: list[str]) -> Verdict:
     ok = not problems
-    return Verdict(name, ok, 0.0 if ok else np.inf, (), np.nan, np.nan, None, None, None,
-                   "as the inputs imply" if ok else "; ".join(problems))
+    return ContractVerdict(name, ok, 0.0 if ok else np.inf, (), np.nan, np.nan, None, None, None,
+                           "output dtype, shape, device as the inputs imply; inputs unchanged" if ok
+                           else "; ".join(problems))
 
 
 def _dtype_name(value) -> str | None:

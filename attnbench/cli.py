@@ -27,9 +27,24 @@ def _cmd_check(args) -> int:
     if reason:
         print(f"{backend.name} does not support {problem.id}: {reason}")
         return 2
-    verdicts = (check_backward if args.backward else check_forward)(backend, problem, args.device)
+    rows = None
+    if args.rows or args.key_rows:
+        from attnbench.check import RowSample, default_rows
+
+        auto = default_rows(problem)
+        rows = RowSample(_row_list(args.rows) if args.rows else auto.query,
+                         _row_list(args.key_rows) if args.key_rows else auto.key)
+    verdicts = (check_backward if args.backward else check_forward)(backend, problem, args.device, rows=rows)
     print(failure_message(backend.name, problem, verdicts, args.device, backward=args.backward))
     return 0 if all(v.passed for v in verdicts) else 1
+
+
+def _row_list(text: str) -> tuple[int, ...]:
+    """ "0,15,16" -> (0, 15, 16); a bad list is a one-line error."""
+    try:
+        return tuple(int(r) for r in text.split(","))
+    except ValueError:
+        raise AttentionInputError(f"--rows/--key-rows: expected comma-separated integers, got {text!r}") from None
 
 
 def _cmd_backends(args) -> int:
@@ -55,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--problem", required=True, help='e.g. "B=2,H=4,N=97,M=113,D=80,dtype=float16,causal=top_left"')
     check.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     check.add_argument("--backward", action="store_true", help="check dQ, dK, dV instead of the output")
+    check.add_argument("--rows", help="check only these query rows (comma-separated), as a failure's repro names them")
+    check.add_argument("--key-rows", help="with --backward: check dK, dV only at these key rows")
     check.set_defaults(func=_cmd_check)
     perf = sub.add_parser("perf", help="sweep N, H, B, D, dtype, causal and pass over backends; time, memory, "
                                        "accuracy; write reports/<run-id>/")

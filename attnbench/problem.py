@@ -20,8 +20,14 @@ import numpy as np
 from attnbench.reference import AttentionInputError, normalize_causal
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
-# Mask kinds and the form a backend must accept for each.
-MASK_FORMS = {"bool": "bool", "padding": "bool", "fully_masked": "bool", "bias": "bias", "bias_extreme": "bias"}
+# Mask kinds and the form a backend must accept for each. The shapes cover every broadcast the API accepts:
+#   bool, fully_masked, bias, bias_extreme   (B, 1, N, M)  one mask per batch, shared by the heads
+#   per_head                                 (B, H, N, M)  a distinct mask per batch and head (GQA: per query head)
+#   shared                                   (1, 1, N, M)  one mask for every batch and head
+#   padding                                  (B, 1, 1, M)  per-batch key padding
+#   head_bias                                (1, H, N, M)  a distinct bias per head, shared by the batch (ALiBi-like)
+MASK_FORMS = {"bool": "bool", "padding": "bool", "fully_masked": "bool", "bias": "bias", "bias_extreme": "bias",
+              "per_head": "bool", "shared": "bool", "head_bias": "bias"}
 LAYOUTS = ("contiguous", "transposed", "strided")
 
 
@@ -197,7 +203,8 @@ def apply_layout(x, layout: str, *, contiguous: Callable, zeros: Callable):
 @dataclass(frozen=True)
 class Inputs:
     """float64 arrays holding dtype-representable values: q (B, H, N, D), k (B, Hkv, M, D),
-    v (B, Hkv, M, Dv), mask None / bool (B, 1, N|1, M) / float bias (B, 1, N, M)."""
+    v (B, Hkv, M, Dv), mask None, bool (True = attend) or a float bias, rank 4 and broadcastable to
+    (B, H, N, M) (see MASK_FORMS for the shapes)."""
 
     q: np.ndarray
     k: np.ndarray
@@ -217,12 +224,15 @@ def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:
         return (np.arange(p.M)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, M)
     if p.mask == "bias":
         return round_to_dtype(rng.standard_normal((p.B, 1, p.N, p.M)), p.dtype)
+    if p.mask == "head_bias":
+        return round_to_dtype(rng.standard_normal((1, p.H, p.N, p.M)), p.dtype)
     if p.mask == "bias_extreme":                                            # -1e4 and -inf entries, no empty row
         u = rng.random((p.B, 1, p.N, p.M))
         bias = np.where(u < 0.3, -1e4, np.where(u < 0.5, -np.inf, rng.standard_normal(u.shape)))
         bias[..., np.arange(p.N), np.arange(p.N) % p.M] = 0.0
         return round_to_dtype(bias, p.dtype)
-    keep = rng.random((p.B, 1, p.N, p.M)) < 0.7
+    shape = {"per_head": (p.B, p.H, p.N, p.M), "shared": (1, 1, p.N, p.M)}.get(p.mask, (p.B, 1, p.N, p.M))
+    keep = rng.random(shape) < 0.7
     keep[..., np.arange(p.N), np.arange(p.N) % p.M] = True                     # every row keeps a key ...
     if p.mask == "fully_masked":
         keep[..., sorted({0, p.N // 2}), :] = False                           # ... except these rows

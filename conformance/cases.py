@@ -29,6 +29,12 @@ MASKS = [
     dict(B=2, N=64, D=64, mask="fully_masked"),
     dict(B=2, N=64, M=80, D=64, mask="padding", causal="bottom_right"),
     dict(B=2, N=64, D=64, mask="bias", causal="top_left"),
+    # Every broadcast the API accepts: a kernel that applies head 0's (or batch 0's) mask everywhere, or reshapes
+    # the mask assuming (B, 1, N, M), fails these.
+    dict(B=2, H=4, Hkv=2, N=64, M=80, D=64, mask="per_head"),                   # (B, H, N, M), GQA
+    dict(B=2, H=4, Hkv=1, N=50, D=32, mask="per_head", causal="bottom_right"),  # per query head, MQA
+    dict(B=2, H=2, N=64, M=72, D=64, mask="shared"),                            # (1, 1, N, M) with B = 2
+    dict(B=2, H=4, Hkv=2, N=64, M=48, D=64, mask="head_bias"),                  # (1, H, N, M) bias
 ]
 # Non-contiguous inputs: a kernel that assumes contiguous (B, H, L, D) storage reads the wrong elements.
 LAYOUTS = [
@@ -50,4 +56,4 @@ FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
 BACKWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")
                      for i, shape in enumerate([SHAPES[1], SHAPES[3], SHAPES[5], CAUSAL[2], CAUSAL[3], MASKS[1],
-                                                MASKS[2], MASKS[3]])]
+                                                MASKS[2], MASKS[3], MASKS[7], MASKS[9]])]

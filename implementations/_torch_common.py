@@ -18,6 +18,7 @@ from attnbench.reference import AttentionInputError, normalize_causal
 
 from ._validate import check_attention_args
 from .base import Backend
+from .masks import as_4d
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -41,9 +42,18 @@ def to_tensors(inputs: Inputs, problem: Problem, device: str, *, requires_grad: 
     q, k, v = (convert(x) for x in (inputs.q, inputs.k, inputs.v))
     mask = None
     if inputs.mask is not None:
-        m = torch.from_numpy(np.asarray(inputs.mask)).to(device)
+        m = as_4d(torch.from_numpy(np.asarray(inputs.mask)).to(device))      # (B|1, H|1, N|1, M|1)
         mask = m if m.dtype == torch.bool else m.to(dtype)
     return q, k, v, mask
+
+
+def call_problem(q, k, v, mask, causal, scale, sizes) -> Problem:
+    """The `Problem` a direct call describes, so it meets the same capability check as `prepare`."""
+    B, H, Hkv, N, M, D, Dv = sizes
+    contiguous = all(x.is_contiguous() for x in (q, k, v))
+    mask_kind = None if mask is None else ("bool" if mask.dtype == torch.bool else "bias")
+    return Problem(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=str(q.dtype).removeprefix("torch."),
+                   causal=causal, mask=mask_kind, scale=scale, layout="contiguous" if contiguous else "strided")
 
 
 class TorchBackend(Backend):
@@ -62,15 +72,16 @@ class TorchBackend(Backend):
         """
         device = q.device.type if isinstance(q, torch.Tensor) else "cpu"
         caps = self.capabilities(device)
-        check_attention_args(q, k, v, mask, causal=causal, scale=scale, dtypes=caps.dtypes, who=self.name)
-        reason = self.unavailable_reason() or self.device_unavailable_reason(device)
+        sizes = check_attention_args(q, k, v, mask, causal=causal, scale=scale, dtypes=caps.dtypes, who=self.name)
+        # The same capability check as `prepare`: an undeclared call is refused here, never half-run.
+        reason = self.why_not(call_problem(q, k, v, mask, causal, scale, sizes), device)
         if reason:
             raise AttentionInputError(f"{self.name}: {reason}")
         if return_lse and not caps.lse:
             raise AttentionInputError(f"{self.name}: return_lse=True not supported (no log-sum-exp)")
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:
             raise AttentionInputError(f"{self.name}: a float mask must have q's dtype {q.dtype}, got {mask.dtype}")
-        return self.attention(q, k, v, mask=mask, causal=normalize_causal(causal), scale=scale,
+        return self.attention(q, k, v, mask=as_4d(mask), causal=normalize_causal(causal), scale=scale,
                               return_lse=return_lse)
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",

@@ -14,12 +14,12 @@ from typing import Any, Callable
 import numpy as np
 
 from attnbench.problem import Inputs, Problem, apply_layout
-from attnbench.reference.masks import causal_mask
-
 from attnbench.reference import normalize_causal
+from attnbench.reference.masks import causal_mask
 
 from ._validate import check_attention_args
 from .base import Backend, Capabilities
+from .masks import as_4d, grouped_mask
 from .registry import register
 
 
@@ -33,10 +33,11 @@ def numpy_attention(q, k, v, *, mask, causal, scale):
     # Scale q before the product: Q K^T itself can exceed float16's 65504 when Q K^T * scale does not.
     s = (qg * scale) @ np.swapaxes(k, -1, -2)[:, :, None]                    # (B, Hkv, G, N, M)
     allowed = np.ones((N, M), dtype=bool) if causal is None else causal_mask(N, M, causal)
+    mask = grouped_mask(mask, Hkv, H // Hkv)                                  # (B|1, Hkv|1, G|1, N|1, M)
     if mask is not None and mask.dtype == np.bool_:
-        allowed = allowed & mask.reshape(B, -1, 1, *mask.shape[-2:])
+        allowed = allowed & mask
     elif mask is not None:
-        s = s + mask.astype(dtype).reshape(B, -1, 1, *mask.shape[-2:])
+        s = s + mask.astype(dtype)
     s = np.where(allowed, s, dtype.type(-np.inf))
     row_max = s.max(axis=-1, keepdims=True)
     e = np.exp(s - np.where(row_max == -np.inf, dtype.type(0), row_max))
@@ -59,14 +60,14 @@ class NumpyBackend(Backend):
         dtype = np.dtype(problem.dtype)
         q, k, v = (apply_layout(x.astype(dtype), problem.layout, contiguous=np.ascontiguousarray,
                                 zeros=lambda *shape: np.zeros(shape, dtype)) for x in (inputs.q, inputs.k, inputs.v))
-        mask = inputs.mask
+        mask = as_4d(inputs.mask)
         causal, scale = problem.causal, problem.scale
         return lambda: numpy_attention(q, k, v, mask=mask, causal=causal, scale=scale)
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, mask=None, causal=None, scale=None):
         """The public entry for arrays: validate first, then `numpy_attention`. Shapes as there."""
         check_attention_args(q, k, v, mask, causal=causal, scale=scale, dtypes=self.caps.dtypes, who=self.name)
-        return numpy_attention(q, k, v, mask=None if mask is None else np.asarray(mask),
+        return numpy_attention(q, k, v, mask=None if mask is None else as_4d(np.asarray(mask)),
                                causal=normalize_causal(causal), scale=scale)
 
     def to_numpy(self, value) -> np.ndarray:

@@ -26,6 +26,7 @@ import torch
 
 from ._torch_common import TorchBackend
 from .base import Capabilities
+from .masks import causal_offset, grouped_mask
 from .registry import register
 
 BLOCK_M = 128
@@ -54,16 +55,11 @@ def key_tiles(n: int, m: int, causal, block_m: int) -> list[slice]:
     return [slice(start, min(start + block_m, m)) for start in range(0, last + 1, block_m)]
 
 
-def causal_offset(causal, n: int, m: int) -> int:
-    """Key j is visible from query i when j <= i + offset: 0 for top_left, M - N for bottom_right."""
-    return m - n if causal == "bottom_right" else 0
-
-
 def tile_scores(qg, k, v, mask, causal, cols: slice, work):
     """Scaled, masked scores (B, Hkv, G, N, bm) of one key tile, and its K (B, Hkv, 1, bm, D), V (.., bm, Dv).
 
     qg: queries (B, Hkv, G, N, D) already multiplied by the scale, in the work dtype.
-    mask: None, bool or float (B, 1, 1, N|1, M).
+    mask: None, bool or float (B|1, Hkv|1, G|1, N|1, M).
     """
     N, M = qg.shape[3], k.shape[2]
     kt = k[:, :, cols].to(work).unsqueeze(2)
@@ -78,15 +74,15 @@ def tile_scores(qg, k, v, mask, causal, cols: slice, work):
 
 
 def grouped(q, k, mask, scale):
-    """(scale * q) as (B, Hkv, G, N, D) in the work dtype, and the mask as (B, 1, 1, N|1, M)."""
+    """(scale * q) as (B, Hkv, G, N, D) in the work dtype, and the mask as (B|1, Hkv|1, G|1, N|1, M)."""
     B, H, N, D = q.shape
     qg = q.to(compute_dtype(q.dtype)).reshape(B, k.shape[1], H // k.shape[1], N, D) * scale
-    return qg, None if mask is None else mask.reshape(B, -1, 1, *mask.shape[-2:])
+    return qg, grouped_mask(mask, k.shape[1], H // k.shape[1])
 
 
 def blockwise_forward(q, k, v, *, mask, causal, scale, block_m: int = BLOCK_M):
     """O (B, H, N, Dv) in q's dtype and lse (B, H, N) in the work dtype, for q (B, H, N, D), k (B, Hkv, M, D),
-    v (B, Hkv, M, Dv); mask None, bool (B, 1, N|1, M) with True = attend, or a float bias (B, 1, N, M)."""
+    v (B, Hkv, M, Dv); mask None, bool (True = attend) or a float bias, rank 4 broadcastable to (B, H, N, M)."""
     B, H, N, D = q.shape
     M, Dv = k.shape[2], v.shape[3]
     qg, mask = grouped(q, k, mask, scale)

@@ -12,13 +12,8 @@ import torch
 
 from ._torch_common import TorchBackend
 from .base import Capabilities
+from .masks import causal_keep, grouped_mask
 from .registry import register
-
-
-def causal_keep(n: int, m: int, alignment: str, device) -> torch.Tensor:
-    """Bool (N, M): True where query i may see key j (see `attnbench.reference.masks`)."""
-    offset = 0 if alignment == "top_left" else m - n
-    return torch.arange(m, device=device)[None, :] <= torch.arange(n, device=device)[:, None] + offset
 
 
 def eager_attention(q, k, v, *, mask, causal, scale, return_lse=False):
@@ -30,11 +25,11 @@ def eager_attention(q, k, v, *, mask, causal, scale, return_lse=False):
     # Scale q first: in float16, Q K^T can overflow 65504 where scale * Q K^T does not (torch's math SDPA
     # scales too); forming the product first would turn those scores into inf and the output into NaN.
     s = (qg * scale) @ k.transpose(-1, -2).unsqueeze(2)                      # (B, Hkv, G, N, M)
+    mask = grouped_mask(mask, Hkv, H // Hkv)                                  # (B|1, Hkv|1, G|1, N|1, M)
     if mask is not None and mask.dtype != torch.bool:
-        s = s + mask.reshape(B, -1, 1, *mask.shape[-2:])
+        s = s + mask
     keep = None if causal is None else causal_keep(N, M, causal, q.device)
     if mask is not None and mask.dtype == torch.bool:
-        mask = mask.reshape(B, -1, 1, *mask.shape[-2:])
         keep = mask if keep is None else keep & mask
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))

@@ -24,6 +24,7 @@ import torch
 
 from ._torch_common import TorchBackend, to_tensors
 from .base import Capabilities
+from .masks import as_4d, causal_offset
 from .registry import register
 
 try:
@@ -43,19 +44,20 @@ CPU_COMPILE_REASON = ("torch.compile(flex_attention) on CPU (torch 2.13, measure
                       "use torch_flex on CPU")
 
 
-def flex_mods(mask, causal: str | None, B: int, N: int, M: int):
-    """(mask_mod or None, score_mod or None) for a bool/bias mask (B, 1, N|1, M) and a causal alignment."""
+def flex_mods(mask, causal: str | None, B: int, H: int, N: int, M: int):
+    """(mask_mod or None, score_mod or None) for a bool/bias mask broadcastable to (B, H, N, M) and a causal
+    alignment."""
     predicates = []
     if causal is not None:
-        offset = 0 if causal == "top_left" else M - N
+        offset = causal_offset(causal, N, M)
         predicates.append(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + offset)
     score_mod = None
-    if mask is not None and mask.dtype == torch.bool:
-        keep = mask[:, 0].expand(B, N, M)                                     # (B, N, M), a view
-        predicates.append(lambda b, h, q_idx, kv_idx: keep[b, q_idx, kv_idx])
-    elif mask is not None:
-        bias = mask[:, 0].expand(B, N, M)                                     # (B, N, M)
-        score_mod = lambda score, b, h, q_idx, kv_idx: score + bias[b, q_idx, kv_idx]   # noqa: E731
+    if mask is not None:
+        full = as_4d(mask).expand(B, H, N, M)                                # (B, H, N, M), a view: per-head rows
+        if mask.dtype == torch.bool:
+            predicates.append(lambda b, h, q_idx, kv_idx: full[b, h, q_idx, kv_idx])
+        else:
+            score_mod = lambda score, b, h, q_idx, kv_idx: score + full[b, h, q_idx, kv_idx]   # noqa: E731
     if not predicates:
         return None, score_mod
     if len(predicates) == 1:
@@ -109,9 +111,11 @@ class TorchFlex(TorchBackend):
 
     @staticmethod
     def _mods(q, k, mask, causal):
-        B, N, M = q.shape[0], q.shape[2], k.shape[2]
-        mask_mod, score_mod = flex_mods(mask, causal, B, N, M)
-        block_mask = None if mask_mod is None else create_block_mask(mask_mod, B, None, N, M, device=q.device)
+        B, H, N, M = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        mask_mod, score_mod = flex_mods(mask, causal, B, H, N, M)
+        per_head = mask is not None and as_4d(mask).shape[1] != 1
+        block_mask = None if mask_mod is None else create_block_mask(mask_mod, B, H if per_head else None, N, M,
+                                                                     device=q.device)
         return block_mask, score_mod
 
     def prepare(self, inputs, problem, *, device="cpu", return_lse=False):

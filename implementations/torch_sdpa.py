@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ._torch_common import TorchBackend
 from .base import Capabilities
 from .registry import register
-from .torch_eager import causal_keep
+from .masks import causal_keep
 
 KERNELS = {
     "math": SDPBackend.MATH,

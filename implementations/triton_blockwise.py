@@ -38,6 +38,7 @@ import torch
 
 from ._torch_common import TorchBackend
 from .base import Capabilities
+from .masks import causal_offset
 from .registry import register
 
 try:
@@ -236,11 +237,6 @@ def tile_sizes(d: int, dv: int) -> dict:
     block = 64 if max(d, dv) <= 128 else 32
     return dict(BLOCK_N=block, BLOCK_M=block, BLOCK_D=max(16, triton.next_power_of_2(d)),
                 BLOCK_DV=max(16, triton.next_power_of_2(dv)))
-
-
-def causal_offset(causal: str | None, n: int, m: int) -> int:
-    """Key j is visible from query i when j <= i + offset: 0 for top_left, M - N for bottom_right."""
-    return m - n if causal == "bottom_right" else 0
 
 
 def _common_args(q, k, v, causal, scale) -> dict:

@@ -2,7 +2,7 @@
 
 sweep.py    SweepSpec -> Case (Problem + pass + backend + device), skips with reasons
 worker.py   one case in a fresh forkserver child: timeout, memory cap, status ok/oom/timeout/error
-measure.py  in the child: accuracy (check_forward, N <= 256), first call + peak memory, timed repeats
+measure.py  in the child: accuracy (check_forward at the point's own N, M), first call + peak memory, timed repeats
 timing.py   warm-up and repeats (CUDA events + L2 flush on GPU); median, IQR, bootstrap CI
 machine.py  the machine's own matmul and bandwidth peaks
 derived.py  FLOPs, minimum bytes, roofline fraction, log-log slopes

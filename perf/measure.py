@@ -22,7 +22,6 @@ from attnbench.problem import make_grad_out, make_inputs
 from .sweep import Case, load_plugins
 from .timing import summarize, time_callable, time_cuda
 
-CHECK_MAX_N = 256   # accuracy is checked on the same problem shrunk to this length: the float64 reference is O(N^2)
 
 
 @dataclass(frozen=True)
@@ -37,11 +36,12 @@ class MeasureOptions:
 
 
 def accuracy(backend, case: Case) -> tuple[float, bool]:
-    """(max error, passed) of `check_forward` on the case's problem shrunk to N, M <= CHECK_MAX_N."""
-    p = case.problem
-    small = p.replace(N=min(p.N, CHECK_MAX_N), M=min(p.M, CHECK_MAX_N))
-    verdicts = check_forward(backend, small, case.device)
-    return max(v.max_error for v in verdicts), all(v.passed for v in verdicts)
+    """(max error, passed) of `check_forward` on the case's own problem: every row at small sizes, the rows
+    `attnbench.check.choose_rows` picks at length (the row-sampled float64 reference costs O(rows M D)), so
+    the accuracy is that of the very N and M being timed. The pass includes the call's contract."""
+    verdicts = check_forward(backend, case.problem, case.device)
+    errors = [v.max_error for v in verdicts if v.name != "contract"]
+    return max(errors, default=float("inf")), all(v.passed for v in verdicts)
 
 
 def prepare(backend, case: Case):

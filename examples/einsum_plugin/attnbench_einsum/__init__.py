@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.implementations import Capabilities, TorchBackend, register
-from attnbench.implementations.torch_eager import causal_keep
+from attnbench.implementations.masks import causal_keep, grouped_mask
 
 
 def einsum_attention(q, k, v, *, mask, causal, scale, return_lse=False):
@@ -25,7 +25,7 @@ def einsum_attention(q, k, v, *, mask, causal, scale, return_lse=False):
     s = torch.einsum("bkgnd,bkmd->bkgnm", qg * scale, k)                     # (B, Hkv, G, N, M)
     keep = None if causal is None else causal_keep(N, M, causal, q.device)
     if mask is not None:
-        mask = mask.reshape(B, -1, 1, *mask.shape[-2:])                       # (B, 1, 1, N|1, M)
+        mask = grouped_mask(mask, Hkv, H // Hkv)                              # (B|1, Hkv|1, G|1, N|1, M)
         if mask.dtype == torch.bool:
             keep = mask if keep is None else keep & mask
         else:

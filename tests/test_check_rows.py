@@ -1,0 +1,107 @@
+"""The one check on sampled rows: rows are chosen where tiled kernels break, a row-sampled verdict sees a kernel
+that drops far keys, and the call's contract (dtype, shape, device, inputs unchanged) fails wrong kernels."""
+import numpy as np
+import torch
+
+from attnbench.check import (RowSample, check_backward, check_forward, choose_key_rows, choose_rows,
+                             failure_message)
+from attnbench.implementations import Capabilities, TorchBackend
+from attnbench.implementations.torch_eager import eager_attention
+from attnbench.problem import Problem
+
+
+class _Eager(TorchBackend):
+    """The plain formula; subclasses plant one bug each."""
+
+    name = "eager_under_test"
+    caps = Capabilities(grad=True, lse=True)
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        return eager_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)
+
+
+class _DropsKeysBeyond256(_Eager):
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        return super().attention(q, k[:, :, :256], v[:, :, :256], mask=mask if mask is None else mask[..., :256],
+                                 causal=causal, scale=scale, return_lse=return_lse)
+
+
+class _Float32Output(_Eager):
+    def attention(self, q, k, v, **kw):
+        return _Eager.attention(self, q.float(), k.float(), v.float(), **kw)
+
+
+class _WritesQ(_Eager):
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        out = super().attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)
+        q.mul_(2.0)                                                  # a scratch buffer that was really the input
+        return out
+
+
+def test_rows_cover_both_sides_of_every_tile_edge_the_ends_and_the_bottom_right_diagonal():
+    p = Problem(N=3000, M=1000, D=16, causal="bottom_right")
+    rows = set(choose_rows(p).tolist())
+    assert {0, 2999} <= rows
+    assert {15, 16, 63, 64, 255, 256} <= rows
+    assert {2943, 2944, 2945} <= rows                                # the last 64-query tile starts at 2944
+    assert {2047, 2048} <= rows                                      # the last visible key of 2048 is key 48
+    assert {1999, 2000, 2001} <= rows                                # the first query that sees a key: N - M
+    keys = set(choose_key_rows(p).tolist())
+    assert {0, 999, 255, 256, 767, 768} <= keys
+
+
+def test_fully_masked_rows_are_chosen():
+    from attnbench.problem import make_inputs
+
+    p = Problem(N=600, M=600, D=8, mask="fully_masked", B=1)
+    assert {0, 300} <= set(choose_rows(p, make_inputs(p)).tolist())
+
+
+def test_a_row_sampled_check_passes_the_plain_formula_and_fails_a_kernel_dropping_keys_beyond_256():
+    p = Problem(B=1, H=2, N=700, M=1000, D=16, dtype="float32", seed=1)
+    verdicts = check_forward(_Eager(), p)
+    assert not verdicts.rows.full and all(v.passed for v in verdicts), failure_message("e", p, verdicts)
+    bad = check_forward(_DropsKeysBeyond256(), p)
+    assert not all(v.passed for v in bad)
+    message = failure_message("drops", p, bad)
+    assert "--rows 0,1," in message and "rows checked" in message
+
+
+def test_row_sampled_backward_agrees_for_the_plain_formula():
+    p = Problem(B=1, H=2, Hkv=1, N=600, M=520, D=16, Dv=8, dtype="float32", causal="bottom_right", seed=2)
+    verdicts = check_backward(_Eager(), p)
+    assert not verdicts.rows.full and all(v.passed for v in verdicts), failure_message("e", p, verdicts,
+                                                                                       backward=True)
+    assert "--key-rows" in failure_message("e", p, verdicts, backward=True)
+
+
+def test_explicit_rows_are_checked_and_named():
+    p = Problem(N=40, D=8)
+    verdicts = check_forward(_Eager(), p, rows=[3, 17])
+    assert verdicts.rows == RowSample((3, 17), None)
+    assert "--rows 3,17" in failure_message("e", p, verdicts)
+
+
+def test_a_float32_output_for_float16_inputs_breaks_the_contract():
+    p = Problem(N=16, D=8, dtype="float16")
+    verdicts = check_forward(_Float32Output(), p)
+    assert not verdicts[0].passed and "dtype float32" in verdicts[0].reason
+
+
+def test_writing_into_an_input_breaks_the_contract_in_every_dtype():
+    for dtype in ("float64", "float32", "float16"):
+        verdicts = check_forward(_WritesQ(), Problem(N=16, D=8, dtype=dtype))
+        assert not verdicts[0].passed and "input q was modified" in verdicts[0].reason, dtype
+
+
+def test_the_reference_side_uses_pristine_inputs_when_a_float64_kernel_writes_q():
+    """The output is right; only the contract may fail (the reference must not see the scribbled q)."""
+    verdicts = check_forward(_WritesQ(), Problem(N=16, D=8, dtype="float64"))
+    assert [v.name for v in verdicts if not v.passed] == ["contract"]
+
+
+def test_torch_tensors_are_left_alone_by_the_plain_formula():
+    q = torch.randn(1, 2, 8, 4)
+    before = q.clone()
+    _Eager()(q, q, q)
+    assert torch.equal(q, before)
