@@ -24,17 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnbench import reference
-from attnbench.budget import Verdict, compare, forward_bound, lse_bound
+from attnbench.budget import Verdict, compare
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
+from attnbench.row_bound import row_bounds
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
 # Tile sizes a kernel might use: both sides of every multiple of 16 through 256 are sampled.
 TILE_STEP, TILE_MAX = 16, 256
 RANDOM_ROWS = 16
-# Rows per chunk of the bound: keeps its (B, H, chunk, M) float64 temporaries near 2^22 elements.
-BOUND_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -161,17 +160,9 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     p = problem
     qr = _indices(rows.query, p.N)
     out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
-    scale = _effective_scale(p)
-    chunk = max(1, BOUND_CHUNK_ELEMENTS // (p.B * p.H * p.M))
-    out_bounds, lse_bounds = [], []
-    for start in range(0, len(qr), chunk):                                    # the bound is row-independent
-        r = qr[start:start + chunk]
-        bias = reference.bias_rows(inputs.mask, p.causal, r, np.arange(p.M), p.N, p.M)
-        q = inputs.q[:, :, r]
-        out_bounds.append(forward_bound(q, inputs.k, inputs.v, bias, scale, p.dtype))
-        lse_bounds.append(lse_bound(q, inputs.k, lse[:, :, start:start + chunk], bias, scale, p.dtype))
-    return ForwardReference(out, lse, np.concatenate(out_bounds, axis=2), np.concatenate(lse_bounds, axis=2),
-                            naive_forward(inputs, p, qr))
+    out_bound, lse_bound_ = row_bounds(inputs.q, inputs.k, inputs.v, out, lse, qr, mask=inputs.mask,
+                                       causal=p.causal, scale=_effective_scale(p), dtype=p.dtype)
+    return ForwardReference(out, lse, out_bound, lse_bound_, naive_forward(inputs, p, qr))
 
 
 @functools.lru_cache(maxsize=16)

@@ -41,6 +41,9 @@ def pytest_addoption(parser):
     group.addoption("--mutant", default=None,
                     help="register this deliberately wrong backend from conformance/mutants (or 'twin') and check "
                          "only it: the meta-test's way to prove the suite catches bugs")
+    group.addoption("--long", action="store_true",
+                    help="add the long-context cases up to N = M = 65,536 (conformance/long_cases.py); a case "
+                         "whose (N, M) pattern exceeds 2 GiB runs only for backends named with --backend")
 
 
 def selected_backends(config):
@@ -72,19 +75,32 @@ def backend_device_params(config):
     return params
 
 
+def _too_big(config, problem) -> str | None:
+    """A --long case too big for a backend that materialises (N, M), unless the backend was named explicitly."""
+    from .long_cases import LONG_PATTERN_BYTES, pattern_bytes
+
+    if config.getoption("--backend") or config.getoption("--mutant") or pattern_bytes(problem) <= LONG_PATTERN_BYTES:
+        return None
+    return (f"(N, M) pattern of {pattern_bytes(problem) / 2**30:.0f} GiB: name an O(N)-memory backend with "
+            "--backend to run it")
+
+
 def pytest_generate_tests(metafunc):
     if {"backend", "device"} <= set(metafunc.fixturenames) and "problem" not in metafunc.fixturenames:
         metafunc.parametrize(("backend", "device"), backend_device_params(metafunc.config))
         return
     if not {"backend", "problem"} <= set(metafunc.fixturenames):
         return
-    problems = getattr(metafunc.module, "PROBLEMS")
+    problems = list(getattr(metafunc.module, "PROBLEMS"))
+    if metafunc.config.getoption("--long"):
+        problems += getattr(metafunc.module, "LONG_PROBLEMS", [])
     need_grad = getattr(metafunc.module, "NEEDS_GRAD", False)
     params = []
     for backend in selected_backends(metafunc.config):
         for device in selected_devices(metafunc.config):
             for problem in problems:
-                reason = backend.why_not(problem, device, need_grad=need_grad)
+                reason = backend.why_not(problem, device, need_grad=need_grad) or _too_big(metafunc.config,
+                                                                                           problem)
                 marks = [pytest.mark.skip(reason=f"{backend.name}: {reason}")] if reason else []
                 params.append(pytest.param(backend, device, problem, marks=marks,
                                            id=f"{backend.name}-{device}-{problem.id}"))

@@ -105,3 +105,24 @@ def test_torch_tensors_are_left_alone_by_the_plain_formula():
     before = q.clone()
     _Eager()(q, q, q)
     assert torch.equal(q, before)
+
+
+def test_the_row_bound_equals_the_budget_bound_on_every_row():
+    from attnbench import reference
+    from attnbench.budget import forward_bound, lse_bound
+    from attnbench.problem import make_inputs
+    from attnbench.row_bound import row_bounds
+
+    for p in (Problem(B=2, H=4, Hkv=2, N=37, M=53, D=8, Dv=5, mask="per_head", causal="bottom_right",
+                      dtype="float16", seed=3),
+              Problem(B=2, H=2, N=30, M=20, D=8, mask="bias_extreme", scale=0.7, dtype="bfloat16"),
+              Problem(B=1, H=2, N=40, M=40, D=8, mask="fully_masked", dtype="float32")):
+        x = make_inputs(p)
+        rows = np.arange(p.N)
+        scale = p.D ** -0.5 if p.scale is None else p.scale
+        out, lse = reference.sdpa_rows(x.q, x.k, x.v, rows, mask=x.mask, causal=p.causal, scale=p.scale)
+        bias = reference.mask_to_bias(x.mask, p.causal, p.N, p.M)
+        got, got_lse = row_bounds(x.q, x.k, x.v, out, lse, rows, mask=x.mask, causal=p.causal, scale=scale,
+                                  dtype=p.dtype, block_m=16)
+        np.testing.assert_allclose(got, forward_bound(x.q, x.k, x.v, bias, scale, p.dtype), rtol=1e-9, atol=0)
+        np.testing.assert_allclose(got_lse, lse_bound(x.q, x.k, lse, bias, scale, p.dtype), rtol=1e-9, atol=0)

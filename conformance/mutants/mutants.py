@@ -189,3 +189,47 @@ class BiasSignFlipped(BlockwiseTwin):
         if mask is not None and mask.dtype != torch.bool:
             mask = -mask
         return super().bias(mask, causal, B, N, M, dtype, device)
+
+
+class DropsKeysBeyondTileCount(BlockwiseTwin):
+    """drops_keys_beyond_tile_count: visits at most 8 key tiles (256 keys), silently ignoring every key after."""
+
+    def key_tiles(self, M):
+        return super().key_tiles(M)[:8]
+
+
+class HalfPrecisionAccumulator(BlockwiseTwin):
+    """half_precision_accumulator: rounds the running denominator l and accumulator acc to the input's half
+    dtype once per key tile (a kernel keeping its online-softmax state in float16/bfloat16 registers)."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        self.state_dtype = q.dtype
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def online_update(self, m, l, acc, s, v_tile):
+        m, l, acc = super().online_update(m, l, acc, s, v_tile)
+        return m, l.to(self.state_dtype).to(l.dtype), acc.to(self.state_dtype).to(acc.dtype)
+
+
+class OutputDtypeChanged(BlockwiseTwin):
+    """output_dtype_changed: returns the float32 accumulator for float16/bfloat16 inputs (never rounded back)."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        out, lse = super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+        return (out.float() if q.dtype in (torch.float16, torch.bfloat16) else out), lse
+
+
+class PerHeadMaskCollapsed(BlockwiseTwin):
+    """per_head_mask_collapsed: applies head 0's mask to every head (reads mask[:, :1], as if it were (B, 1, N, M))."""
+
+    def bias(self, mask, causal, B, N, M, dtype, device):
+        return super().bias(None if mask is None else mask[:, :1], causal, B, N, M, dtype, device)
+
+
+class WritesInputInPlace(BlockwiseTwin):
+    """writes_input_in_place: pre-scales Q in place (q *= scale) and then uses scale 1: right output, but the
+    caller's q is changed."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        q.mul_(self.effective_scale(q.shape[-1], scale))
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=1.0)

@@ -1,0 +1,47 @@
+"""Long-context problems: N, M in the thousands, where tiles multiply and tiled kernels break.
+
+Checked on rows chosen where bugs hide (`attnbench.check.choose_rows`) against the row-sampled float64
+reference, so the reference costs O(rows · M · D) forward; the backward's dK, dV need every query's lse,
+O(N · M · (D + Dv)) float64 (see `attnbench.reference.rows`). Sizes are odd (1023, 4097, 16385) so the last
+tile of every tile size is partial.
+
+CI runs `FORWARD` and `BACKWARD` for every backend that declares them (max_seq and capabilities decide).
+`pytest conformance --long` adds `LONG_FORWARD` / `LONG_BACKWARD`, up to N = M = 65,536. Those hold one
+(N, M) matrix per head in a backend that materialises the pattern (16 GiB at 65,536 in float32), so a long
+case whose (N, M) pattern exceeds LONG_PATTERN_BYTES runs only for backends named with --backend: pick the
+O(N)-memory kernels (torch_sdpa_flash, torch_blockwise, ...).
+"""
+from attnbench.problem import Problem
+
+FORWARD = [
+    # N < M, bottom-right: each query sees a prefix ending 3074 keys to the right of its own index.
+    Problem(B=1, H=2, N=1023, M=4097, D=64, causal="bottom_right", dtype="float32", seed=41),
+    # N > M, bottom-right, GQA: the first 3074 queries see no key (O = 0), the rest a growing prefix.
+    Problem(B=1, H=4, Hkv=2, N=4097, M=1023, D=64, causal="bottom_right", dtype="float32", seed=42),
+    # Half precision, long M: a running accumulator kept in float16/bfloat16 adds about sqrt(M / tile)
+    # roundings of the output's size; the plain formula's error does not grow with M, so at M = 16385 such a
+    # kernel is 2.2x (float16) and 16x (bfloat16) over the 2x-naive limit (measured with the
+    # half_precision_accumulator mutant, 32-key tiles); at M <= 1024 it hides under the limit.
+    Problem(B=1, H=2, N=128, M=16385, D=64, dtype="float16", seed=43),
+    Problem(B=1, H=2, N=128, M=16385, D=64, dtype="bfloat16", seed=44),
+    # Key padding at length, per batch.
+    Problem(B=2, H=2, N=257, M=4097, D=64, mask="padding", dtype="float32", seed=45),
+]
+BACKWARD = [
+    Problem(B=1, H=2, Hkv=1, N=1023, M=4097, D=64, causal="bottom_right", dtype="float32", seed=51),
+    Problem(B=1, H=2, N=513, M=4097, D=64, dtype="float16", seed=52),
+]
+LONG_FORWARD = [
+    Problem(B=1, H=2, N=16385, M=16385, D=64, causal="top_left", dtype="float32", seed=61),
+    Problem(B=1, H=1, N=65536, M=65536, D=64, causal="bottom_right", dtype="float16", seed=62),
+    Problem(B=1, H=4, Hkv=1, N=4097, M=65536, D=128, causal="bottom_right", dtype="bfloat16", seed=63),
+]
+LONG_BACKWARD = [
+    Problem(B=1, H=2, Hkv=1, N=16385, M=16385, D=64, causal="bottom_right", dtype="float32", seed=71),
+]
+LONG_PATTERN_BYTES = 2 << 30
+
+
+def pattern_bytes(p: Problem) -> int:
+    """Bytes of one float32 (B, H, N, M) matrix: what a backend that materialises the pattern holds at least."""
+    return 4 * p.B * p.H * p.N * p.M
