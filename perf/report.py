@@ -96,8 +96,8 @@ def _method(device: str) -> str:
             "FLOPs from `attention_flops` (causal counts only attended pairs); bytes are the minimum a "
             "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
             "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
-            "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` on the same problem "
-            "shrunk to N, M ≤ 256.")
+            "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` at the point's own N "
+            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference).")
 
 
 def by_machine(results: list[PointResult]) -> dict[str, list[PointResult]]:
