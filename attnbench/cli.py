@@ -2,18 +2,50 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from attnbench.reference import AttentionInputError
 
 
-def _cmd_run(args) -> int:
-    from attnbench.perf.main_job import main_job
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help; options whose default depends on others say so in their own text."""
 
-    run_dir = main_job(Path(args.out), device=args.device)
-    print(f"report written to {run_dir}")
-    return 0
+    def _get_help_string(self, action):
+        if action.default in (None, [], True, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    try:
+        return version("attnbench")
+    except PackageNotFoundError:                                 # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def use_triton_interpreter_without_cuda() -> None:
+    """Without CUDA, Triton kernels run only under the interpreter, chosen when triton.jit decorates them:
+    set TRITON_INTERPRET=1 before any backend is imported (an explicit setting wins), as the conformance
+    conftest does, so `check`, `run` and `perf` include triton_blockwise at the sizes it allows."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _cmd_run(args) -> int:
+    from attnbench.perf.cli_perf import finish, interrupted
+    from attnbench.perf.main_job import main_job
+    from attnbench.perf.runner import Interrupted
+
+    try:
+        run_dir = main_job(Path(args.out), device=args.device)
+    except Interrupted as exc:
+        return interrupted(exc)
+    return finish(run_dir, run_dir / "results.jsonl", args.allow_failures, render_report=False)
 
 
 def _cmd_check(args) -> int:
@@ -57,18 +89,24 @@ def _cmd_backends(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.")
+    parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"attnbench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_HelpFormatter, **k)  # defaults in every --help
     from attnbench.perf.cli_perf import add_sweep_arguments, run_compare, run_perf, run_report
 
     run = sub.add_parser("run", help="check every available backend and time it on a default set; write a report")
-    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    run.add_argument("--out", default="reports", help="directory for the report (default: reports)")
+    run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run every backend on")
+    run.add_argument("--out", default="reports", help="parent directory of the new run-* report directory")
+    run.add_argument("--allow-failures", action="store_true",
+                     help="exit 0 even when a point errors or is inaccurate (default: exit 1)")
     run.set_defaults(func=_cmd_run)
     check = sub.add_parser("check", help="check one backend on one problem against the float64 reference")
-    check.add_argument("backend")
+    check.add_argument("backend", help="a name from `attnbench backends`")
     check.add_argument("--problem", required=True, help='e.g. "B=2,H=4,N=97,M=113,D=80,dtype=float16,causal=top_left"')
-    check.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    check.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to check on")
     check.add_argument("--backward", action="store_true", help="check dQ, dK, dV instead of the output")
     check.add_argument("--rows", help="check only these query rows (comma-separated), as a failure's repro names them")
     check.add_argument("--key-rows", help="with --backward: check dK, dV only at these key rows")
@@ -78,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(perf)
     perf.set_defaults(func=run_perf)
     report = sub.add_parser("report", help="re-render report.md, report.html and plots from DIR/results.jsonl")
-    report.add_argument("dir")
+    report.add_argument("dir", help="a run directory holding results.jsonl")
     report.set_defaults(func=run_report)
     compare = sub.add_parser("compare", help="per-point time ratios NEW/OLD; exit 1 on a significant regression")
-    compare.add_argument("old")
-    compare.add_argument("new")
-    compare.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts (default 1.10)")
+    compare.add_argument("old", help="the baseline run directory")
+    compare.add_argument("new", help="the run directory to judge against it")
+    compare.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts")
     compare.set_defaults(func=run_compare)
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
     backends.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -92,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv                                             # `perf --resume` tells typed flags from defaults
     try:
+        if args.command in ("check", "run", "perf"):
+            use_triton_interpreter_without_cuda()
         return args.func(args)
     except (AttentionInputError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

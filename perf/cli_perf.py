@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -46,26 +47,35 @@ def parse_bytes(text: str | None) -> int | None:
     m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
     if not m:
         raise AttentionInputError(f"--memory-cap: expected a size like 2G or 512M, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if size <= 0:
+        raise AttentionInputError(f"--memory-cap: expected a size above 0, got {text!r}")
+    return size
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma-separated backend names (default: every registered one that fits)")
     p.add_argument("--seq-lens", help=f"N values (default {DEFAULTS['seq_lens']}; --quick {QUICK['seq_lens']})")
     p.add_argument("--kv-len", type=int, help="M for every point (default: M = N)")
-    p.add_argument("--heads", default="4", help="H values (default 4)")
-    p.add_argument("--batch", default="1", help="B values (default 1)")
-    p.add_argument("--head-dim", default="64", help="D values (default 64)")
-    p.add_argument("--dtype", default="float32", help=f"dtypes, from {', '.join(DTYPES)} (default float32)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--heads", default="4", help="H values")
+    p.add_argument("--heads-at-n", type=int, metavar="N", help="sweep H only at this N; the N curve uses the "
+                                                               "first H (default: the whole N x H grid)")
+    p.add_argument("--batch", default="1", help="B values")
+    p.add_argument("--head-dim", default="64", help="D values")
+    p.add_argument("--dtype", default="float32", help=f"dtypes, from {', '.join(DTYPES)}")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device every point runs on")
     p.add_argument("--causal", default="none", help="none, top_left (on), bottom_right; comma-separated")
     p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {DEFAULTS['passes']})")
     p.add_argument("--out", default="reports", help="parent directory of the new run-* directory")
-    p.add_argument("--repeats", type=int, help="most timed repeats per point")
-    p.add_argument("--time-budget", type=float, help="seconds of timed repeats per point")
+    p.add_argument("--repeats", type=int,
+                   help=f"most timed repeats per point (default {DEFAULTS['repeats']}; --quick {QUICK['repeats']})")
+    p.add_argument("--time-budget", type=float, help=f"seconds of timed repeats per point (default "
+                                                     f"{DEFAULTS['time_budget']}; --quick {QUICK['time_budget']})")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per point before it is a timeout")
-    p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR, skipping points already recorded")
+    p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom "
+                                        "(default: no cap)")
+    p.add_argument("--resume", metavar="DIR", help="continue the sweep saved in DIR (its spec.json), skipping "
+                                                   "points already recorded; sweep flags may only repeat it")
     p.add_argument("--quick", action="store_true", help="a small sweep, well under a minute")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="a module file registering extra backends (imported in each worker too)")
@@ -76,6 +86,33 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="local executor: points measured at once, one per GPU or set of cores (default 1; "
                         "concurrent CPU points disturb each other's timings)")
+    p.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when a point errors or is inaccurate (default: exit 1)")
+
+
+# Flags that do not define the sweep: free to differ on --resume and not saved in spec.json.
+NOT_SWEEP = {"out", "resume", "allow_failures", "help", "executor", "address", "workers"}
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    add_sweep_arguments(p)
+    return p
+
+
+def sweep_values(args) -> dict:
+    """The sweep-defining command-line values of parsed `args` (saved in spec.json)."""
+    return {a.dest: getattr(args, a.dest) for a in _sweep_parser()._actions
+            if a.dest not in NOT_SWEEP and hasattr(args, a.dest)}
+
+
+def explicit_values(argv: list[str]) -> dict:
+    """The sweep flags a user actually typed after `perf` (argparse fills in defaults otherwise)."""
+    p = _sweep_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    rest = argv[argv.index("perf") + 1:] if "perf" in argv else argv
+    return {k: v for k, v in vars(p.parse_known_args(rest)[0]).items() if k not in NOT_SWEEP}
 
 
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
@@ -91,8 +128,13 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
         dtypes=words(args.dtype, DTYPES, "dtype"), causal=causal,
         passes=words(args.passes or base["passes"], PERF_PASSES, "pass"),
         backends=tuple(b for b in args.backends.split(",") if b) if args.backends else None,
-        device=args.device, kv_len=args.kv_len, plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
-    repeats = args.repeats or base["repeats"]
+        device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
+        plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
+    for flag in ("kv_len", "heads_at_n"):
+        if getattr(spec, flag) is not None and getattr(spec, flag) < 1:
+            raise AttentionInputError(f"--{flag.replace('_', '-')}: expected an integer >= 1, "
+                                      f"got {getattr(spec, flag)}")
+    repeats = base["repeats"] if args.repeats is None else args.repeats
     if repeats < 1 or (args.time_budget is not None and args.time_budget < 0) or args.timeout <= 0:
         raise AttentionInputError("--repeats, --time-budget and --timeout must be positive")
     options = MeasureOptions(time_budget_s=base["time_budget"] if args.time_budget is None else args.time_budget,
@@ -117,26 +159,83 @@ def executor_of(args):
         raise AttentionInputError(f"--executor {args.executor}: {exc}") from None
 
 
-def run_perf(args) -> int:
-    from .report import render
-    from .runner import new_run_dir, run_sweep
+def resumed_sweep(run_dir: Path, args) -> tuple[SweepSpec, MeasureOptions, float]:
+    """The sweep saved in run_dir; a typed flag that would change it is an error (no silent second sweep)."""
+    from .rundir import load_spec
 
+    saved = load_spec(run_dir)
+    typed = explicit_values(getattr(args, "argv", []))
+    if saved is None:                                            # a run from before spec.json: trust the flags
+        print(f"attnbench: warning: {run_dir} has no spec.json; resuming with the flags given", file=sys.stderr)
+        return spec_and_options(args)
+    spec, options, timeout, saved_args = saved
+    for dest, value in typed.items():
+        if dest not in saved_args:
+            raise AttentionInputError(f"--resume: {run_dir} was not started by `attnbench perf`; resume it "
+                                      f"without sweep flags (got --{dest.replace('_', '-')})")
+        if spec_and_options(argparse.Namespace(**{**saved_args, dest: value})) != (spec, options, timeout):
+            raise AttentionInputError(f"--resume: --{dest.replace('_', '-')} {value} contradicts the sweep saved "
+                                      f"in {run_dir} ({saved_args[dest]}); drop the flag or start a new run")
+    return spec, options, timeout
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"attnbench perf --resume {shlex.quote(str(run_dir))}"
+
+
+def finish(run_dir: Path, results_path: Path, allow_failures: bool, log=print, *, render_report: bool = True) -> int:
+    """Render the report, print the summary; exit 1 if a point errored or was inaccurate (unless allowed)."""
+    from . import records
+    from .report import render
+    from .summary import failing, format_summary
+
+    results = records.read(results_path)
+    if render_report:
+        render(run_dir)
+    log("\n" + format_summary(results))
+    log(f"report written to {run_dir}")
+    bad = failing(results)
+    if bad and not allow_failures:
+        log(f"exit 1: {len(bad)} points errored or were inaccurate (--allow-failures to exit 0)")
+        return 1
+    return 0
+
+
+def interrupted(exc) -> int:
+    """Ctrl-C: render what was measured, print the command that continues the sweep; exit 130 like a shell."""
+    from .report import render
+
+    print(f"\ninterrupted: {exc.done} of {exc.total} points recorded in {exc.run_dir}", file=sys.stderr)
+    try:
+        render(exc.run_dir)
+        print(f"partial report written to {exc.run_dir / 'report.html'}", file=sys.stderr)
+    except AttentionInputError as why:
+        print(f"no partial report: {why}", file=sys.stderr)
+    print(f"continue with: {resume_command(exc.run_dir)}", file=sys.stderr)
+    return 130
+
+
+def run_perf(args) -> int:
+    from .runner import Interrupted, new_run_dir, run_sweep
     from .sweep import expand
 
-    spec, options, timeout = spec_and_options(args)
-    expand(spec)                                                 # unknown backend etc.: fail before making a dir
-    executor = executor_of(args)
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "results.jsonl").exists():
+        if not (run_dir / "results.jsonl").exists() and not (run_dir / "spec.json").exists():
             raise AttentionInputError(f"--resume: no results.jsonl in {run_dir}")
+        spec, options, timeout = resumed_sweep(run_dir, args)
     else:
-        run_dir = new_run_dir(Path(args.out))
+        spec, options, timeout = spec_and_options(args)
+    expand(spec)                                                 # unknown backend etc.: fail before making a dir
+    executor = executor_of(args)
+    run_dir = run_dir if args.resume else new_run_dir(Path(args.out))
     print(f"attnbench perf: writing {run_dir}", file=sys.stderr)
-    run_sweep(spec, run_dir, options, timeout_s=timeout, executor=executor)
-    render(run_dir)
-    print(f"report written to {run_dir}")
-    return 0
+    try:
+        path = run_sweep(spec, run_dir, options, timeout_s=timeout, executor=executor,
+                         args=None if args.resume else sweep_values(args))
+    except Interrupted as exc:
+        return interrupted(exc)
+    return finish(run_dir, path, args.allow_failures)
 
 
 def run_report(args) -> int:

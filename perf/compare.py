@@ -6,6 +6,8 @@ from pathlib import Path
 
 from scipy.stats import mannwhitneyu
 
+from attnbench.reference import AttentionInputError
+
 from . import records
 from .records import PointResult
 
@@ -30,7 +32,12 @@ def _results(path: Path) -> dict[str, PointResult]:
     path = path / "results.jsonl" if path.is_dir() else path
     if not path.exists():
         raise FileNotFoundError(f"no results at {path}")
-    return {r.key: r for r in records.read(path) if r.status == "ok"}
+    results = records.read(path)
+    duplicated = records.duplicate_keys(results)
+    if duplicated:                                               # which one is "the" measurement? refuse to pick
+        raise AttentionInputError(f"compare: {path} records {len(duplicated)} points more than once "
+                                  f"(e.g. {duplicated[0]}); keep one run per file")
+    return {r.key: r for r in results if r.status == "ok"}
 
 
 def compare_points(old: PointResult, new: PointResult, threshold: float) -> Change:

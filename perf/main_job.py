@@ -14,7 +14,8 @@ from .report import render
 from .runner import new_run_dir, run_sweep
 from .sweep import SweepSpec
 
-DEFAULT_SPEC = SweepSpec(seq_lens=(256, 512, 1024), heads=(4,), passes=("fwd",))
+# An N curve at H 4, and H 2 and 8 at N 256 for the time-vs-H plot (two points more per backend).
+DEFAULT_SPEC = SweepSpec(seq_lens=(256, 512, 1024), heads=(4, 2, 8), heads_at_n=256, passes=("fwd",))
 DEFAULT_OPTIONS = MeasureOptions(time_budget_s=0.2, max_repeats=20)
 
 

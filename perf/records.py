@@ -1,18 +1,22 @@
 """Frozen point results and the JSONL file that is the single source of truth of a run.
 
 One JSON object per line, appended and flushed as soon as a point is measured,
-so an interrupted sweep loses nothing and `--resume` knows what is done.
+so an interrupted sweep loses nothing and `--resume` knows what is done. Each
+record carries `schema` (SCHEMA_VERSION when written; records from before the
+field read as 0). A line that cannot be read is reported, never dropped silently.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .sweep import Case
 
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
+SCHEMA_VERSION = 1   # bump when a field changes meaning; readers refuse records newer than they know
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class PointResult:
     error_vs_ref: float | None = None
     accurate: bool | None = None
     machine: dict = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -57,7 +62,9 @@ class PointResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PointResult":
-        d = dict(d)
+        d = {"schema": 0, **d}
+        if d["schema"] > SCHEMA_VERSION:
+            raise ValueError(f"schema {d['schema']} is newer than this attnbench reads ({SCHEMA_VERSION})")
         d["pass_"] = d.pop("pass")
         d["samples"] = tuple(d.get("samples") or ())
         names = {f.name for f in dataclasses.fields(cls)}
@@ -89,17 +96,40 @@ def _ends_mid_line(path: Path) -> bool:
         return False
 
 
-def read(path: Path) -> list[PointResult]:
-    """Every record of a results.jsonl; a torn last line (the run was killed mid-write) is ignored."""
-    results = []
-    for line in Path(path).read_text().splitlines():
+def read_all(path: Path) -> tuple[list[PointResult], list[str]]:
+    """(every readable record, one message per line that is not) of a results.jsonl."""
+    results, bad = [], []
+    lines = Path(path).read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             results.append(PointResult.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError):
-            continue
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+            torn = (" (a torn write from a killed run; --resume measures that point again)"
+                    if isinstance(exc, json.JSONDecodeError) else "")
+            bad.append(f"{path}:{number}: unreadable record{torn}: {type(exc).__name__}: {exc}"[:300])
+    return results, bad
+
+
+def read(path: Path, *, warn=lambda line: print(f"attnbench: warning: {line}", file=sys.stderr)) -> list[PointResult]:
+    """Every readable record of a results.jsonl; each unreadable line is passed to `warn`."""
+    results, bad = read_all(path)
+    for line in bad:
+        warn(line)
     return results
+
+
+def duplicate_keys(results: list[PointResult]) -> list[str]:
+    """Keys recorded more than once (two writers on one run, or runs concatenated by hand)."""
+    seen, dup = set(), []
+    for r in results:
+        if r.key in seen and r.key not in dup:
+            dup.append(r.key)
+        seen.add(r.key)
+    return dup
 
 
 def done_keys(path: Path) -> set[str]:
     """Keys of the points already recorded (any status)."""
-    return {r.key for r in read(path)} if Path(path).exists() else set()
+    return {r.key for r in read(path, warn=lambda _: None)} if Path(path).exists() else set()

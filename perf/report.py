@@ -5,6 +5,8 @@ import base64
 import html
 from pathlib import Path
 
+from attnbench.reference import AttentionInputError
+
 from . import records
 from .analysis import slopes
 from .machine import machine_label
@@ -144,6 +146,8 @@ def render(run_dir: Path) -> list[Path]:
     """Write report.md, the PNGs and report.html into run_dir from its results.jsonl; returns the paths."""
     run_dir = Path(run_dir)
     results = records.read(run_dir / "results.jsonl")
+    if not results:
+        raise AttentionInputError(f"{run_dir / 'results.jsonl'} holds no readable records: nothing to report")
     groups = by_machine(results)
     if len(groups) > 1:                                          # one set of plots per machine
         pngs = {f"m{i}-{name}": plot(rs) for i, rs in enumerate(groups.values(), 1) for name, plot in PLOTS.items()}

@@ -1,19 +1,36 @@
-"""Run a sweep: expand the spec, measure each point in isolation, append its record, show progress."""
+"""Run a sweep: expand the spec, measure each point in isolation, append its record, show progress.
+
+The run directory is locked for the whole sweep and its spec saved (rundir.py);
+Ctrl-C cancels the executor, ends the worker of the point in progress and raises
+`Interrupted`, every point measured before it already on disk.
+"""
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
+
+from tqdm import tqdm
 
 from . import derived, records
 from .executors import PointJob, SerialExecutor
 from .machine import measure_machine, same_machine
 from .measure import MeasureOptions
 from .records import PointResult
+from .rundir import save_or_check_spec, writer_lock
 from .sweep import Case, SweepSpec, expand
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a sweep: `done` of `total` points are recorded in `run_dir`."""
+
+    def __init__(self, run_dir: Path, done: int, total: int):
+        super().__init__(f"interrupted after {done} of {total} points")
+        self.run_dir, self.done, self.total = run_dir, done, total
 
 
 def new_run_dir(out: Path) -> Path:
@@ -56,11 +73,37 @@ def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResu
                        **measured, **extra)
 
 
-def _eta(elapsed: float, done: int, remaining: int) -> str:
-    if not done:
-        return "?"
-    s = int(elapsed / done * remaining)
-    return f"{s // 60}m{s % 60:02d}s"
+def _end_workers() -> None:
+    """Kill the worker of the point in progress (it may not have seen the Ctrl-C) and reap it."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(5)
+
+
+class _Progress:
+    """A tqdm bar with ETA on a terminal; one plain line per point otherwise (logs, CI, tests)."""
+
+    def __init__(self, total: int, log, enabled: bool):
+        self.log, self.enabled, self.total, self.start_s = log, enabled, total, time.perf_counter()
+        self.bar = tqdm(total=total, unit="pt", file=sys.stderr, dynamic_ncols=True, disable=not enabled)
+
+    def start(self, i: int, done: int, case: Case) -> None:
+        text = f"{case.backend} {case.pass_} {case.problem.id}"
+        if self.enabled:
+            self.bar.set_postfix_str(text, refresh=True)
+            return
+        elapsed = time.perf_counter() - self.start_s
+        eta = tqdm.format_interval(elapsed / done * (self.total - done)) if done else "?"
+        self.log(f"[{i + 1}/{self.total}] {text}  elapsed {tqdm.format_interval(elapsed)}  ETA {eta}")
+
+    def done(self, case: Case, status: str, message: str) -> None:
+        self.bar.update(1)
+        if status != "ok":
+            (self.bar.write if self.enabled else self.log)(f"    -> {case.backend} {case.problem.id}: {status}: "
+                                                           f"{message}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def with_peaks(measured_by: dict, known: dict) -> dict:
@@ -71,15 +114,30 @@ def with_peaks(measured_by: dict, known: dict) -> dict:
 
 
 def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeout_s: float = 60.0,
-              executor=None, log=lambda line: print(line, file=sys.stderr, flush=True)) -> Path:
+              executor=None, log=lambda line: print(line, file=sys.stderr, flush=True), args: dict | None = None,
+              progress_bar: bool | None = None) -> Path:
     """Measure every case of `spec` not already in run_dir/results.jsonl; returns the results path.
 
     executor: who measures the points (executors.py; default one at a time here). Points are
-    appended as they complete, by this process alone.
+    appended as they complete, by this process alone, which holds run_dir's lock meanwhile.
+    Raises AttentionInputError if another process holds the run or it holds a different sweep,
+    and `Interrupted` on Ctrl-C. args: the command-line values saved in spec.json; progress_bar
+    None: a bar when stderr is a terminal.
     """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executor = executor or SerialExecutor()
+    try:
+        with writer_lock(run_dir):
+            save_or_check_spec(run_dir, spec, options, timeout_s, args)
+            return _measure_remaining(spec, run_dir, options, timeout_s, executor, log,
+                                      sys.stderr.isatty() if progress_bar is None else progress_bar)
+    finally:
+        executor.close()
+
+
+def _measure_remaining(spec, run_dir, options, timeout_s, executor, log, bar) -> Path:
     from attnbench.implementations import get_backend
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "results.jsonl"
     cases, skipped = expand(spec)
     done = records.done_keys(path)
@@ -90,31 +148,34 @@ def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeou
     todo = [c for c in cases if c.key not in done]
     if len(todo) < len(cases):
         log(f"resume: {len(cases) - len(todo)} of {len(cases)} points already in {path}")
-    executor = executor or SerialExecutor()
     jobs = iter(PointJob(c, options, timeout_s, dataclasses.asdict(get_backend(c.backend).capabilities(c.device)))
                 for c in todo)
     start, finished, pending = time.perf_counter(), 0, {}
+    progress = _Progress(len(todo), log, bar)
     try:
         while True:
             while len(pending) < executor.slots and (job := next(jobs, None)) is not None:
-                log(f"[{finished + len(pending) + 1}/{len(todo)}] {job.case.backend:<20} {job.case.pass_:<7} "
-                    f"{job.case.problem.id:<28} ETA {_eta(time.perf_counter() - start, finished, len(todo) - finished)}")
+                progress.start(finished + len(pending), finished, job.case)
                 pending[executor.submit(job)] = job.case
             if not pending:
                 break
             completed, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in completed:
                 case, outcome = pending.pop(future), future.result()
+                if outcome.fields.get("message", "").startswith("KeyboardInterrupt"):
+                    raise KeyboardInterrupt                      # the worker saw the terminal's Ctrl-C first
                 records.append(path, result_of(case, outcome.status, outcome.fields,
                                                with_peaks(outcome.machine, machine)))
                 finished += 1
-                if outcome.status != "ok":
-                    log(f"    -> {case.backend} {case.problem.id}: {outcome.status}: "
-                        f"{outcome.fields.get('message', '')}")
+                progress.done(case, outcome.status, outcome.fields.get("message", ""))
+    except KeyboardInterrupt:
+        executor.cancel()                                        # stop what is in flight; records stay
+        _end_workers()
+        progress.close()
+        raise Interrupted(run_dir, len(cases) - len(todo) + finished, len(cases)) from None
     except BaseException:
-        executor.cancel()                                       # Ctrl-C: stop what is in flight; records stay
+        executor.cancel()
         raise
-    finally:
-        executor.close()
+    progress.close()
     log(f"{len(todo)} points in {time.perf_counter() - start:.0f} s -> {path}")
     return path

@@ -56,7 +56,9 @@ class SweepSpec:
     """The grid: every combination of the tuples below, for each backend (None: every registered one).
 
     seq_lens are N; M = N unless `kv_len` is given. causal entries are None,
-    "top_left" or "bottom_right".
+    "top_left" or "bottom_right". With `heads_at_n` set, the N curve is swept at
+    heads[0] only and the other heads only at N = heads_at_n: a time-vs-H curve
+    for a few points instead of the whole N x H grid.
     """
 
     seq_lens: tuple[int, ...] = (256, 512, 1024, 2048)
@@ -70,10 +72,16 @@ class SweepSpec:
     device: str = "cpu"
     kv_len: int | None = None
     plugins: tuple[str, ...] = field(default=())
+    heads_at_n: int | None = None
 
     def problems(self) -> list[Problem]:
         """Every Problem of the grid, N fastest-varying so a backend's curve is measured together."""
-        grid = itertools.product(self.batch, self.heads, self.head_dims, self.dtypes, self.causal, self.seq_lens)
+        rest = (self.head_dims, self.dtypes, self.causal)
+        if self.heads_at_n is None:
+            grid = list(itertools.product(self.batch, self.heads, *rest, self.seq_lens))
+        else:
+            grid = [*itertools.product(self.batch, self.heads[:1], *rest, self.seq_lens),
+                    *itertools.product(self.batch, self.heads[1:], *rest, (self.heads_at_n,))]
         return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n)
                 for b, h, d, dt, c, n in grid]
 

@@ -31,11 +31,17 @@ _PRELOAD = ["torch", "numpy", "attnbench.implementations", "attnbench.perf.measu
 
 
 def classify(exc: BaseException) -> str:
-    """'oom' for allocation failures (MemoryError, torch CPU/CUDA OOM), else 'error'."""
-    if isinstance(exc, MemoryError):
-        return "oom"
-    text = str(exc).lower()
-    return "oom" if any(m in text for m in OOM_MARKERS) else "error"
+    """'oom' for allocation failures (MemoryError, torch CPU/CUDA OOM), else 'error'.
+
+    The exception's causes count too: torch.compile re-raises a MemoryError as
+    InternalTorchDynamoError("MemoryError: ...") from it.
+    """
+    while exc is not None:
+        text = str(exc).lower()
+        if isinstance(exc, MemoryError) or text.startswith("memoryerror") or any(m in text for m in OOM_MARKERS):
+            return "oom"
+        exc = exc.__cause__ or exc.__context__
+    return "error"
 
 
 def _child(case_json: str, options: dict, caps: dict | None, conn, placement: dict | None = None) -> None:

@@ -73,3 +73,47 @@ def test_unknown_option_is_argparse_usage_not_a_traceback(capsys):
         main(["check", "numpy", "--problem", "N=4", "--device", "tpu"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "invalid choice: 'tpu'" in err and "Traceback" not in err
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"attnbench {version('attnbench')}"
+
+
+def test_every_help_shows_the_defaults():
+    from attnbench.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if action.default not in (None, [], False, True, "==SUPPRESS==") and action.help:
+                flag = action.option_strings[-1] if action.option_strings else action.dest
+                shown = " ".join(sub.formatter_class("x")._get_help_string(action).split())
+                assert "default" in shown and f"{action.default}" in text, (name, flag)
+
+
+def test_check_runs_triton_under_the_interpreter_and_its_repro_line_is_complete(tmp_path):
+    """Without CUDA, `attnbench check triton_blockwise` sets TRITON_INTERPRET itself; its repro line re-runs as is."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter is chosen only without CUDA")
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cli = [sys.executable, "-m", "attnbench.cli"]
+    done = subprocess.run([*cli, "check", "triton_blockwise", "--problem", "B=1,H=2,N=33,D=16,dtype=float32"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    repro = next(line for line in done.stdout.splitlines() if line.startswith("repro: ")).removeprefix("repro: ")
+    again = subprocess.run([*cli, *shlex.split(repro)[1:]], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "repro: " + repro in again.stdout

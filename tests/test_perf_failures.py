@@ -43,6 +43,12 @@ PLUGIN = textwrap.dedent('''
             return np.ones(1 << 30, dtype=np.uint8)                # 1 GiB, far beyond the cap
 
     @register
+    class Wrong(_Test):
+        name = "test_wrong"                                        # runs fine, answers q: inaccurate
+        def misbehave(self, q, problem):
+            return q
+
+    @register
     class Hangs(_Test):
         name = "test_hangs"
         def misbehave(self, q, problem):
@@ -58,15 +64,45 @@ def plugin(tmp_path, monkeypatch):
     return str(path)
 
 
-def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, plugin):
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, plugin, capsys):
     code, run_dir = perf(tmp_path, "--plugin", plugin, "--seq-lens", "512", "--pass", "fwd",
-                         "--backends", "test_crashes,test_hangs,test_hogs,torch_sdpa_flash",
+                         "--backends", "test_crashes,test_hangs,test_hogs,test_wrong,torch_sdpa_flash",
                          "--memory-cap", "256M", "--timeout", "20")   # the accuracy check runs at N 512
-    assert code == 0
+    assert code == 1                                             # a crash and a wrong answer fail the run
     rows = {name: rs[0] for name, rs in by_backend(run_dir).items()}
     assert rows["test_crashes"]["status"] == "error" and "kernel exploded" in rows["test_crashes"]["message"]
     assert rows["test_hogs"]["status"] == "oom"
     assert rows["test_hangs"]["status"] == "timeout"
+    assert rows["test_wrong"]["status"] == "ok" and rows["test_wrong"]["accurate"] is False
     assert rows["torch_sdpa_flash"]["status"] == "ok"
     report = (run_dir / "report.md").read_text()
     assert "kernel exploded" in report and "timeout" in report
+    summary = capsys.readouterr().out
+    assert "4 points inaccurate or failed" in summary
+    for backend, verdict in (("test_crashes", "error"), ("test_hangs", "timeout"), ("test_hogs", "oom"),
+                             ("test_wrong", "inaccurate")):
+        assert any(line.split()[:5:4] == [backend, verdict] for line in summary.splitlines()), (backend, summary)
+    fastest = next(line for line in summary.splitlines() if line.startswith("fwd "))
+    assert "torch_sdpa_flash" in fastest and "test_wrong" not in fastest     # fastest *accurate* backend
+    assert "exit 1: 2 points errored or were inaccurate" in summary
+
+
+def test_allow_failures_exits_0(tmp_path, plugin):
+    code, run_dir = perf(tmp_path, "--plugin", plugin, "--seq-lens", "512", "--pass", "fwd",
+                         "--backends", "test_wrong", "--allow-failures")
+    assert code == 0 and by_backend(run_dir)["test_wrong"][0]["accurate"] is False
+
+
+def test_a_memory_error_inside_torch_compile_is_oom():
+    from torch._dynamo.exc import InternalTorchDynamoError
+
+    from attnbench.perf.worker import classify
+
+    try:
+        try:
+            raise MemoryError("std::bad_alloc")
+        except MemoryError as exc:
+            raise InternalTorchDynamoError("MemoryError: std::bad_alloc") from exc
+    except InternalTorchDynamoError as wrapped:
+        assert classify(wrapped) == "oom"
+    assert classify(InternalTorchDynamoError("AttributeError: no attribute 'x'")) == "error"
