@@ -1,104 +1,195 @@
-"""Matplotlib (Agg) plots of a run, drawn from records only; each returns PNG bytes."""
+"""Matplotlib (Agg) plots of a run, drawn from records only.
+
+Each plot function returns PNG bytes, or a sentence saying why there is no plot
+(e.g. only one H was swept). What every series shares (dtype, B, H, D, ...) goes
+in the title, so legend entries stay short; legends sit outside the axes; x
+ticks are the swept values; times are in milliseconds.
+"""
 from __future__ import annotations
 
 import io
+from collections import defaultdict
 
 import matplotlib
 
 matplotlib.use("Agg")   # reports are rendered headless, in CI and over ssh
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter  # noqa: E402
 
-from .analysis import curves  # noqa: E402
 from .derived import loglog_slope  # noqa: E402
 from .records import PointResult  # noqa: E402
+
+FIGSIZE, DPI = (10, 5.2), 100           # 1000 px wide: readable at full page width
+MIB = 2 ** 20
+MEMORY_LINEAR_BELOW_MIB = 1.0           # symlog: zero and sub-MiB readings stay on the axis
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")   # 1, 10, 100 rather than 10^0, 10^1, 10^2
+STATUS_MARKERS = {"oom": "v", "timeout": "s", "error": "X"}
+
+
+def _parts(r: PointResult, vary: str) -> tuple[str, ...]:
+    """A series' identity, one readable part per dimension except the varied one."""
+    fixed = {"N": f"H{r.H}", "H": f"N{r.N}"}[vary]
+    return (r.backend, r.pass_, r.dtype, f"B{r.B}", fixed, f"D{r.D}", f"causal {r.causal}" if r.causal else "no mask")
+
+
+def series(results: list[PointResult], vary: str) -> dict[tuple[str, ...], list[PointResult]]:
+    """Measured records grouped by everything but `vary` ("N" or "H"), each sorted along it."""
+    groups: dict[tuple, list[PointResult]] = defaultdict(list)
+    for r in results:
+        if r.status != "skipped":
+            groups[_parts(r, vary)].append(r)
+    return {k: sorted(v, key=lambda r: getattr(r, vary)) for k, v in sorted(groups.items())}
+
+
+def short_labels(keys) -> tuple[dict[tuple, str], str]:
+    """({key: the parts that differ between series}, the parts every series shares, for the title)."""
+    keys = list(keys)
+    if not keys:
+        return {}, ""
+    shared = [i for i in range(len(keys[0])) if len({k[i] for k in keys}) == 1]
+    if len(keys) > 1 and len(shared) == len(keys[0]):
+        shared = shared[1:]
+    labels = {k: " ".join(p for i, p in enumerate(k) if i not in shared) or k[0] for k in keys}
+    return labels, ", ".join(keys[0][i] for i in shared)
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
 
-def _legend(ax) -> bool:
-    """A legend if anything was drawn (a sweep with one N has no curves)."""
+def _x_ticks(ax, values, *, log: bool = True) -> None:
+    """Ticks exactly at the swept values, written as integers (not 3x10^2)."""
+    if log:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
+    ax.xaxis.set_major_formatter(_PLAIN)
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _finish(ax, title: str, shared: str, note: str) -> None:
+    ax.set_title(f"{title}\n{shared}" if shared else title, fontsize=12)
+    ax.grid(True, which="major", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
-        return True
-    return False
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    if note:
+        ax.annotate(note, (0, -0.14), xycoords="axes fraction", fontsize=9, color="#444", va="top")
 
 
-def _mark_failures(ax, points, y_of):
-    """An x where a curve stopped (oom/timeout/error), drawn at the last measured height."""
-    ok = [r for r in points if r.status == "ok"]
-    for r in points:
-        if r.status != "ok" and ok:
-            ax.annotate(r.status, (r.N, y_of(ok[-1])), fontsize=7, color="red")
-
-
-def time_vs_n(results: list[PointResult]) -> bytes:
-    """Median time vs N, log-log, fitted slope in the legend, IQR as error bars."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in curves(results, "N").items():
-        ok = [r for r in points if r.status == "ok"]
-        if not ok:
-            continue
-        slope = loglog_slope([r.N for r in ok], [r.time_median_s for r in ok])
-        ax.errorbar([r.N for r in ok], [r.time_median_s for r in ok], yerr=[r.time_iqr_s / 2 for r in ok],
-                    marker="o", ms=3, capsize=2,
-                    label=f"{label} (slope {slope:.2f})" if slope is not None else label)
-        _mark_failures(ax, points, lambda r: r.time_median_s)
-    ax.set(xscale="log", yscale="log", xlabel="N (= M)", ylabel="median time [s]", title="time vs N")
-    _legend(ax)
+def _draw(results, vary: str, value, *, title: str, ylabel: str, note: str, error=None, yscale="log",
+          needs_two: bool = False, percent: bool = False):
+    """One figure: a line (or lone markers) per series of `value(r)` over `vary`; failures as labelled markers."""
+    groups = series(results, vary)
+    if needs_two:
+        groups = {k: v for k, v in groups.items() if len({getattr(r, vary) for r in v}) > 1}
+    groups = {k: v for k, v in groups.items() if any(r.status == "ok" and value(r) is not None for r in v)}
+    if not groups:
+        return None
+    labels, shared = short_labels(groups)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    xs_all = []
+    for key, points in groups.items():
+        ok = [r for r in points if r.status == "ok" and value(r) is not None]
+        xs, ys = [getattr(r, vary) for r in ok], [value(r) for r in ok]
+        xs_all += [getattr(r, vary) for r in points]
+        slope = loglog_slope(xs, ys) if vary == "N" and yscale == "log" else None
+        label = labels[key] + (f"  (slope {slope:.2f})" if slope is not None else "")
+        style = dict(marker="o", ms=5, label=label, linestyle="-" if len(xs) > 1 else "none")
+        if error is not None:
+            line = ax.errorbar(xs, ys, yerr=[error(r) for r in ok], capsize=3, **style)[0]
+        else:
+            line = ax.plot(xs, ys, **style)[0]
+        for r in points:
+            if r.status in STATUS_MARKERS and ys:
+                ax.plot([getattr(r, vary)], [ys[-1]], STATUS_MARKERS[r.status], color=line.get_color(), ms=9)
+                ax.annotate(r.status, (getattr(r, vary), ys[-1]), xytext=(6, 4), textcoords="offset points",
+                            fontsize=9, color=line.get_color())
+    _x_ticks(ax, xs_all, log=len(set(xs_all)) > 1)
+    if yscale == "symlog":
+        ax.set_yscale("symlog", linthresh=MEMORY_LINEAR_BELOW_MIB)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_yscale(yscale)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0) if percent else _PLAIN)
+    ax.set(xlabel={"N": "N (query length; M = N unless --kv-len)", "H": "H (heads)"}[vary], ylabel=ylabel)
+    _finish(ax, title, shared, note)
     return _png(fig)
 
 
-def memory_vs_n(results: list[PointResult]) -> bytes:
-    """Measured peak bytes vs N per curve, with the predicted N^2 pattern size as a dashed line."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    predicted = {}
-    for label, points in curves(results, "N").items():
-        ok = [r for r in points if r.status == "ok" and r.peak_bytes and r.peak_bytes > 0]
+def time_vs_n(results: list[PointResult]):
+    """Median time per call vs N, log-log, fitted slope in the legend, IQR as error bars."""
+    png = _draw(results, "N", lambda r: r.time_median_s and r.time_median_s * 1e3,
+                error=lambda r: (r.time_iqr_s or 0) * 1e3 / 2, title="Time per call vs N",
+                ylabel="median time per call [ms]",
+                note="Bars: interquartile range of the timed calls (± IQR/2). Slope: least-squares fit of "
+                     "log time on log N (2 = quadratic).")
+    return png or "No plot: no point was measured ok."
+
+
+def memory_vs_n(results: list[PointResult]):
+    """Measured peak MiB vs N per series, with the predicted N^2 pattern as a dashed line."""
+    ok = [r for r in results if r.status == "ok" and r.peak_bytes is not None]
+    if not ok:
+        return "No plot: no point was measured ok."
+    return _memory(results)
+
+
+def _memory(results):
+    groups = {k: v for k, v in series(results, "N").items()
+              if any(r.status == "ok" and r.peak_bytes is not None for r in v)}
+    labels, shared = short_labels(groups)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    xs_all, predicted = [], {}
+    for key, points in groups.items():
+        ok = [r for r in points if r.status == "ok" and r.peak_bytes is not None]
+        xs, ys = [r.N for r in ok], [r.peak_bytes / MIB for r in ok]
+        xs_all += [r.N for r in points]
         for r in points:
             predicted[r.N] = max(predicted.get(r.N, 0), r.predicted_pattern_bytes or 0)
-        if not ok:
-            continue
-        slope = loglog_slope([r.N for r in ok], [r.peak_bytes for r in ok])
-        ax.plot([r.N for r in ok], [r.peak_bytes / 2 ** 20 for r in ok], marker="o", ms=3,
-                label=f"{label} (slope {slope:.2f})" if slope is not None else label)
-        _mark_failures(ax, points, lambda r: r.peak_bytes / 2 ** 20)
+        slope = loglog_slope(xs, ys)
+        line = ax.plot(xs, ys, marker="o", ms=5, linestyle="-" if len(xs) > 1 else "none",
+                       label=labels[key] + (f"  (slope {slope:.2f})" if slope is not None else ""))[0]
+        for r in points:
+            if r.status in STATUS_MARKERS and ys:
+                ax.plot([r.N], [ys[-1]], STATUS_MARKERS[r.status], color=line.get_color(), ms=9)
+                ax.annotate(r.status, (r.N, ys[-1]), xytext=(6, 4), textcoords="offset points", fontsize=9,
+                            color=line.get_color())
     if predicted:
         xs = sorted(predicted)
-        ax.plot(xs, [predicted[x] / 2 ** 20 for x in xs], "k--", label="predicted N² pattern (B·H·N·M·itemsize)")
-    ax.set(xscale="log", yscale="log", xlabel="N (= M)", ylabel="peak memory of the call [MiB]",
-           title="memory vs N")
-    _legend(ax)
+        ax.plot(xs, [predicted[x] / MIB for x in xs], "k--", label="one N² pattern (B·H·N·M·itemsize)")
+    _x_ticks(ax, xs_all, log=len(set(xs_all)) > 1)
+    ax.set_yscale("symlog", linthresh=MEMORY_LINEAR_BELOW_MIB)
+    ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(_PLAIN)
+    ax.set(xlabel="N (query length; M = N unless --kv-len)", ylabel="peak memory of one call [MiB]")
+    _finish(ax, "Peak memory of one call vs N", shared,
+            f"Axis linear below {MEMORY_LINEAR_BELOW_MIB:g} MiB and logarithmic above, so zero readings show. "
+            "Slope: fit over the non-zero readings.")
     return _png(fig)
 
 
-def time_vs_h(results: list[PointResult]) -> bytes:
-    """Median time vs number of heads H."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in curves(results, "H").items():
-        ok = [r for r in points if r.status == "ok"]
-        ax.plot([r.H for r in ok], [r.time_median_s for r in ok], marker="o", ms=3, label=label)
-    ax.set(xscale="log", yscale="log", xlabel="H (heads)", ylabel="median time [s]", title="time vs H")
-    if not _legend(ax):
-        ax.text(0.5, 0.5, "only one H in this sweep (use --heads 2,4,8)", ha="center", transform=ax.transAxes)
-    return _png(fig)
+def time_vs_h(results: list[PointResult]):
+    """Median time per call vs the number of heads H, for series with at least two H values."""
+    hs = sorted({r.H for r in results if r.status == "ok"})
+    if len(hs) < 2:
+        return (f"No time-vs-H plot: only H = {hs[0] if hs else '?'} was swept "
+                "(`--heads 2,4,8 --heads-at-n 1024` adds a curve).")
+    png = _draw(results, "H", lambda r: r.time_median_s and r.time_median_s * 1e3, needs_two=True,
+                error=lambda r: (r.time_iqr_s or 0) * 1e3 / 2, title="Time per call vs H",
+                ylabel="median time per call [ms]", note="Bars: interquartile range of the timed calls (± IQR/2).")
+    return png or "No time-vs-H plot: no series was measured ok at two H values."
 
 
-def fraction_of_peak(results: list[PointResult]) -> bytes:
+def fraction_of_peak(results: list[PointResult]):
     """Fraction of the roofline (min(measured matmul peak, measured bandwidth x intensity)) vs N."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in curves(results, "N").items():
-        ok = [r for r in points if r.status == "ok" and r.fraction_of_peak]
-        if ok:
-            ax.plot([r.N for r in ok], [r.fraction_of_peak for r in ok], marker="o", ms=3, label=label)
-    ax.set(xscale="log", xlabel="N (= M)", ylabel="fraction of roofline peak", title="fraction of peak")
-    _legend(ax)
-    return _png(fig)
+    png = _draw(results, "N", lambda r: r.fraction_of_peak, title="Fraction of the roofline vs N",
+                ylabel="achieved / attainable FLOP/s", yscale="linear", percent=True,
+                note="Attainable: min(measured matmul peak, measured memory bandwidth × FLOPs per byte moved).")
+    if png is None:
+        return "No plot: no point has a fraction of peak (the machine's peak was not measured)."
+    return png
 
 
 PLOTS = {"time_vs_n.png": time_vs_n, "memory_vs_n.png": memory_vs_n, "time_vs_h.png": time_vs_h,

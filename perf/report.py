@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 from attnbench.reference import AttentionInputError
@@ -12,6 +13,7 @@ from .analysis import slopes
 from .machine import machine_label
 from .plots import PLOTS
 from .records import PointResult
+from .summary import fastest_rows, problem_rows
 
 MEMORY_METHOD = {
     "cpu": "growth of `ru_maxrss` across the first call, in a fresh process per point, inputs prepared "
@@ -69,13 +71,6 @@ def skipped_table(results: list[PointResult]) -> list[list[str]]:
     return rows
 
 
-def failures_table(results: list[PointResult]) -> list[list[str]]:
-    rows = [["backend", "pass", "N", "status", "message"]]
-    rows += [[r.backend, r.pass_, str(r.N), r.status, r.message] for r in results
-             if r.status not in ("ok", "skipped")]
-    return rows
-
-
 def _md_table(rows: list[list[str]]) -> str:
     if len(rows) < 2:
         return "(none)\n"
@@ -84,13 +79,33 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def inline_html(text: str) -> str:
+    """Markdown's inline marks as HTML: `code` and **bold**; everything else escaped."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+
+
+# Cell colours by what a cell says: the status column, the accuracy column ("NO") and the summary's verdicts.
+BAD_CELLS = {"error": "bad", "inaccurate": "bad", "NO": "bad", "oom": "warn", "timeout": "warn", "ok": "good",
+             "yes": "good"}
+
+
 def _html_table(rows: list[list[str]]) -> str:
     if len(rows) < 2:
         return "<p>(none)</p>"
-    cell = lambda tag, c: f"<{tag}>{html.escape(c).replace('**', '')}</{tag}>"  # noqa: E731
-    head = "".join(cell("th", c) for c in rows[0])
-    body = "".join("<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in rows[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"
+    colour = {i for i, name in enumerate(rows[0]) if name in ("status", "ok")}
+
+    def td(i: int, c: str) -> str:
+        cls = BAD_CELLS.get(c.strip("*")) if i in colour else None
+        return f"<td class='{cls}'>" + inline_html(c) + "</td>" if cls else f"<td>{inline_html(c)}</td>"
+
+    def tr(row: list[str]) -> str:
+        bad = any(BAD_CELLS.get(row[i].strip("*")) in ("bad", "warn") for i in colour)
+        return ("<tr class='flagged'>" if bad else "<tr>") + "".join(td(i, c) for i, c in enumerate(row)) + "</tr>"
+
+    head = "".join(f"<th>{inline_html(c)}</th>" for c in rows[0])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(tr(r) for r in rows[1:])}</tbody></table>"
 
 
 def _method(device: str) -> str:
@@ -128,18 +143,23 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
         per_machine = []
         for label, rs in groups.items():
             per_machine += [(f"Machine {label}", _machine_text(_machine(rs))), (f"Points on {label}", points_table(rs)),
-                            (f"Fitted slopes on {label}", slopes_table(rs)),
-                            (f"Failures on {label}", failures_table(rs))]
+                            (f"Fitted slopes on {label}", slopes_table(rs))]
         device = _machine(results).get("device", "cpu")
-        return [("How it was measured", _method(device)), *per_machine,
+        return [*_verdicts(results), ("How it was measured", _method(device)), *per_machine,
                 ("Skipped (not declared by the backend)", skipped_table(results))]
     m = _machine(results)
     device = m.get("device", "cpu")
     machine = _machine_text(m)
-    return [("Machine", machine), ("How it was measured", _method(device)), ("Points", points_table(results)),
+    return [*_verdicts(results), ("Machine", machine), ("How it was measured", _method(device)),
+            ("Points", points_table(results)),
             ("Fitted slopes (log-log vs N) and largest N reached", slopes_table(results)),
-            ("Failures (oom, timeout, error)", failures_table(results)),
             ("Skipped (not declared by the backend)", skipped_table(results))]
+
+
+def _verdicts(results: list[PointResult]) -> list[tuple[str, list[list[str]]]]:
+    """What a reader needs first: every point that went wrong, then the fastest accurate backend per size."""
+    return [("Inaccurate or failed (error, oom, timeout, outside the error budget)", problem_rows(results)),
+            ("Fastest accurate backend per size", fastest_rows(results))]
 
 
 def render(run_dir: Path) -> list[Path]:
@@ -154,20 +174,31 @@ def render(run_dir: Path) -> list[Path]:
     else:
         pngs = {name: plot(results) for name, plot in PLOTS.items()}
     for name, data in pngs.items():
-        (run_dir / name).write_bytes(data)
+        if isinstance(data, bytes):
+            (run_dir / name).write_bytes(data)
+        else:                                                    # no plot, a sentence why; no stale image left
+            (run_dir / name).unlink(missing_ok=True)
     md = [f"# attnbench perf report: {run_dir.name}\n"]
     page = [f"<h1>attnbench perf report: {html.escape(run_dir.name)}</h1>"]
     for title, body in _sections(results):
         md.append(f"## {title}\n\n" + (body + "\n" if isinstance(body, str) else _md_table(body)))
         page.append(f"<h2>{html.escape(title)}</h2>" +
-                    (f"<p>{html.escape(body)}</p>" if isinstance(body, str) else _html_table(body)))
-    md.append("## Plots\n\n" + "\n".join(f"![{n}]({n})" for n in pngs) + "\n")
+                    (f"<p>{inline_html(body)}</p>" if isinstance(body, str) else _html_table(body)))
+    md.append("## Plots\n\n" + "\n\n".join(f"![{n}]({n})" if isinstance(d, bytes) else f"{n}: {d}"
+                                             for n, d in pngs.items()) + "\n")
     page.append("<h2>Plots</h2>" + "".join(
-        f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}">' for n, d in pngs.items()))
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:49%}")
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"></figure>'
+        if isinstance(d, bytes) else f"<p class='note'>{inline_html(d)}</p>" for n, d in pngs.items()))
+    style = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:auto;padding:0 1em;line-height:1.4}"
+             "table{border-collapse:collapse;font-size:13px;margin-bottom:1em}"
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}th{background:#f0f0f0}"
+             "tr.flagged{background:#fff4f4}td.bad{background:#f8c8c8;font-weight:bold}"
+             "td.warn{background:#fde3b0;font-weight:bold}td.good{color:#176917}"
+             "code{background:#f2f2f2;padding:0 3px;border-radius:3px}"
+             "figure{margin:1em 0}img{width:100%;max-width:1100px;display:block}p.note{color:#555}")
     (run_dir / "report.md").write_text("\n".join(md))
     (run_dir / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>attnbench "
                                          f"{html.escape(run_dir.name)}</title><style>{style}</style></head>"
                                          f"<body>{''.join(page)}</body></html>\n")
-    return [run_dir / "report.md", run_dir / "report.html", *(run_dir / n for n in pngs)]
+    return [run_dir / "report.md", run_dir / "report.html",
+            *(run_dir / n for n, d in pngs.items() if isinstance(d, bytes))]

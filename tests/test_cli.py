@@ -51,11 +51,14 @@ def test_run_writes_a_report(tmp_path):
     from attnbench.perf.measure import MeasureOptions
     from attnbench.perf.sweep import SweepSpec
 
-    spec = SweepSpec(seq_lens=(32,), heads=(2,), head_dims=(16,), backends=("numpy", "torch_eager", "torch_sdpa_math"))
+    assert main_job.DEFAULT_SPEC.heads_at_n and len(main_job.DEFAULT_SPEC.heads) > 1   # `run` draws time vs H
+    spec = SweepSpec(seq_lens=(32, 48), heads=(2, 4), heads_at_n=32, head_dims=(16,),
+                     backends=("numpy", "torch_eager", "torch_sdpa_math"))
     run_dir = main_job.main_job(tmp_path, spec=spec, options=MeasureOptions(time_budget_s=0.01, min_repeats=2),
                                 log=lambda *_: None)
     rows = (run_dir / "results.jsonl").read_text().splitlines()
-    assert len(rows) >= 3 and "torch_eager" in (run_dir / "report.md").read_text()
+    assert len(rows) == 9 and "torch_eager" in (run_dir / "report.md").read_text()
+    assert (run_dir / "time_vs_h.png").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -8,8 +8,8 @@ from attnbench.perf.sweep import SweepSpec, expand
 
 from perf_helpers import by_backend, perf
 
-REPORT_FILES = ("results.jsonl", "machine.json", "report.md", "report.html", "time_vs_n.png", "memory_vs_n.png",
-                "time_vs_h.png", "fraction_of_peak.png")
+REPORT_FILES = ("results.jsonl", "machine.json", "spec.json", "report.md", "report.html", "time_vs_n.png",
+                "memory_vs_n.png", "fraction_of_peak.png")   # one H swept: time_vs_h is a sentence, not an image
 
 
 def test_quick_sweep_writes_all_report_files(tmp_path):
@@ -21,7 +21,7 @@ def test_quick_sweep_writes_all_report_files(tmp_path):
     assert len(ok) == 9 and all(r["accurate"] and r["tflops"] > 0 and r["samples"] for r in ok)
     assert all(r["machine"]["peak_flops"]["float32"] > 0 for r in ok)
     html = (run_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "ru_maxrss" in html
+    assert html.count("data:image/png;base64,") == 3 and "ru_maxrss" in html and "only H = 2 was swept" in html
 
 
 def test_unsupported_combinations_are_listed_with_a_reason():
