@@ -46,6 +46,15 @@ def pytest_addoption(parser):
                          "whose (N, M) pattern exceeds 2 GiB runs only for backends named with --backend")
 
 
+def pytest_configure(config):
+    """An unknown --backend is one usage line, not a traceback per collected module."""
+    for name in config.getoption("--backend"):
+        try:
+            get_backend(name)
+        except KeyError as exc:
+            raise pytest.UsageError(f"--backend: {exc.args[0]}") from None
+
+
 def selected_backends(config):
     mutant = config.getoption("--mutant")
     if mutant:

@@ -1,81 +1,71 @@
 """Peak memory of one forward call, torch_blockwise vs torch_eager, on CPU: linear vs quadratic in N.
 
-Each point runs in a fresh subprocess: inputs are allocated first, then the
-peak resident set size (`ru_maxrss`) is read, one forward call is made, and the
-growth of the peak is the call's memory. A fresh process keeps one point's
-allocations from hiding the next one's. The slope of log(memory) against
-log(N) is fitted per backend: about 2 for a kernel holding (N, N) scores,
-about 1 for one holding a (N, block) tile.
+A sweep on the shared worker, like `attnbench perf`: each point runs in a fresh
+process, its peak memory measured by measure.py (peak-RSS mark reset, inputs
+prepared before the baseline) and its accuracy checked; the log-log slope of
+memory against N comes from analysis.slopes, about 2 for a kernel holding
+(N, N) scores and about 1 for one holding an (N, block) tile. Points beyond the
+memory cap are recorded as oom. The run directory gets the usual report.
 
-    python -m attnbench.perf.blockwise_memory
+    python -m attnbench.perf.blockwise_memory [--seq-lens 2048,4096,8192,16384] [--out reports]
 """
 from __future__ import annotations
 
-import json
-import subprocess
+import argparse
 import sys
+from pathlib import Path
 
-import numpy as np
+from . import records
+from .analysis import slopes
+from .measure import MeasureOptions
+from .sweep import SweepSpec
 
 BACKENDS = ("torch_blockwise", "torch_eager")
 SEQ_LENS = (2048, 4096, 8192, 16384)
 B, H, D = 1, 4, 64
-# torch_eager holds about two (B, H, N, N) float32 buffers; skip points that would need more than this.
-MAX_PREDICTED_BYTES = 16 * 2**30
+# torch_eager holds about two (B, H, N, N) float32 buffers: 8 GiB at N 16384 fits, more would be oom.
+MEMORY_CAP = 16 * 2**30
+# Memory is what this sweep is for: one timed call is enough.
+OPTIONS = MeasureOptions(time_budget_s=0.0, min_repeats=1, max_repeats=1, memory_cap=MEMORY_CAP)
 
 
-def predicted_bytes(backend: str, n: int) -> int:
-    """A pessimistic estimate used only to skip points that cannot fit: 3 (B, H, N, N) buffers for eager."""
-    return 3 * B * H * n * n * 4 if backend == "torch_eager" else 64 * B * H * n * D * 4
+def spec(seq_lens=SEQ_LENS) -> SweepSpec:
+    return SweepSpec(seq_lens=tuple(seq_lens), heads=(H,), batch=(B,), head_dims=(D,), dtypes=("float32",),
+                     passes=("fwd",), backends=BACKENDS, device="cpu")
 
 
-def measure_in_this_process(backend: str, n: int) -> int:
-    """Peak-RSS growth in bytes across one forward call of `backend` at (B, H, N=M=n, D) float32."""
-    import resource
-
-    import torch
-
-    from attnbench.implementations import get_backend
-    from attnbench.problem import Problem, make_inputs
-
-    problem = Problem(B=B, H=H, N=n, D=D, dtype="float32")
-    run = get_backend(backend).prepare(make_inputs(problem), problem)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (after - before) * 1024                # Linux reports kilobytes
+def memory_table(results: list[records.PointResult]) -> str:
+    """Markdown: peak MiB per N and backend (or the point's status), then each backend's fitted slope."""
+    backends = sorted({r.backend for r in results})
+    cell = {(r.backend, r.N): (f"{r.peak_bytes / 2**20:.0f}" if r.status == "ok" else r.status) for r in results
+            if r.status != "skipped"}
+    lines = [f"peak memory of one forward, B{B} H{H} D{D} float32 (MiB)",
+             "| N | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+    for n in sorted({n for _, n in cell}):
+        lines.append(f"| {n} | " + " | ".join(cell.get((b, n), "-") for b in backends) + " |")
+    fits = [f"{s['series'].split()[0]} {s['memory_slope']:.2f}" for s in slopes(results) if s["memory_slope"]]
+    lines.append("log-log slope of memory vs N: " + (", ".join(fits) or "needs two N measured ok"))
+    return "\n".join(lines)
 
 
-def measure(backend: str, n: int) -> int:
-    """`measure_in_this_process` in a fresh interpreter."""
-    code = f"from attnbench.perf.blockwise_memory import measure_in_this_process as m; print(m({backend!r}, {n}))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(done.stdout.strip().splitlines()[-1])
+def main(argv: list[str] | None = None) -> int:
+    from attnbench.perf.cli_perf import ints
 
+    from .report import render
+    from .runner import new_run_dir, run_sweep
 
-def loglog_slope(ns, values) -> float:
-    """Least-squares slope of log(value) against log(N)."""
-    return float(np.polyfit(np.log(ns), np.log(values), 1)[0])
-
-
-def main() -> None:
-    results = {b: {} for b in BACKENDS}
-    for backend in BACKENDS:
-        for n in SEQ_LENS:
-            if predicted_bytes(backend, n) > MAX_PREDICTED_BYTES:
-                print(f"{backend:16s} N={n:6d}  skipped (would need more than 16 GiB)", flush=True)
-                continue
-            results[backend][n] = measure(backend, n)
-            print(f"{backend:16s} N={n:6d}  {results[backend][n] / 2**20:9.1f} MiB", flush=True)
-    print(f"\npeak-RSS growth of one forward, B{B} H{H} D{D} float32 (MiB)")
-    print("| N | " + " | ".join(BACKENDS) + " |\n|---|" + "---|" * len(BACKENDS))
-    for n in SEQ_LENS:
-        cells = [f"{results[b][n] / 2**20:.0f}" if n in results[b] else "-" for b in BACKENDS]
-        print(f"| {n} | " + " | ".join(cells) + " |")
-    slopes = {b: loglog_slope(list(r), list(r.values())) for b, r in results.items() if len(r) >= 2}
-    print("log-log slope: " + ", ".join(f"{b} {s:.2f}" for b, s in slopes.items()))
-    print(json.dumps({"results_bytes": results, "slopes": slopes}))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--seq-lens", default=",".join(map(str, SEQ_LENS)), help="N values")
+    parser.add_argument("--out", default="reports", help="parent of the new run directory")
+    args = parser.parse_args(argv)
+    run_dir = new_run_dir(Path(args.out))
+    path = run_sweep(spec(ints(args.seq_lens, "seq-lens")), run_dir, OPTIONS, timeout_s=600)
+    render(run_dir)
+    print(memory_table(records.read(path)))
+    print(f"report: {run_dir / 'report.html'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -120,3 +120,14 @@ def test_check_runs_triton_under_the_interpreter_and_its_repro_line_is_complete(
     repro = next(line for line in done.stdout.splitlines() if line.startswith("repro: ")).removeprefix("repro: ")
     again = subprocess.run([*cli, *shlex.split(repro)[1:]], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "repro: " + repro in again.stdout
+
+
+def test_unknown_backend_in_pytest_is_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--backend", "torch_eagr", "-q",
+                           "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 4 and len(output) == 1, output[:20]
+    assert "unknown backend 'torch_eagr'" in output[0] and "torch_eager" in output[0]
