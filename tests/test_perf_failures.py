@@ -58,6 +58,7 @@ PLUGIN = textwrap.dedent('''
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
+    registry.all_backends()                     # discover first: restoring an undiscovered (empty) copy empties it
     monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))   # keep test backends out of later tests
     path = tmp_path / "misbehaving_backends.py"
     path.write_text(PLUGIN)
