@@ -1,14 +1,11 @@
 """The naive yardstick of budget condition 2: the plain formula computed in the problem's own dtype.
 
-    S = (scale Q) K^T + bias    P = softmax(S) (row max subtracted)    O = P V
-    dP = dO V^T    dS = P (dP - rowsum(P dP))    dQ = scale dS K    dK = dS^T (scale Q)    dV = P^T dO
+    S = (scale Q) K^T + bias    P = exp(S - rowmax) / rowsum    O = P V    (dQ, dK, dV by torch autograd)
 
-every tensor held in the dtype (torch on CPU, which accumulates half-precision matmuls in float32, as the
-FlashAttention test's reference does), on chosen rows only. Every quantity of a query row depends on that row
-alone, so the rows of O and dQ are the rows of the full computation; dK and dV of a key row sum over every
-query, so P and dS of that key's column are gathered for all N queries (query chunks, O(chunk · M) memory) and
-reduced in one matmul over N, as the full formula does. The core owns this (no backend is imported), so a
-backend under test is never its own yardstick.
+every tensor held in the dtype (torch on CPU), on chosen rows only. Every quantity of a query row depends on
+that row alone, so the rows of O and dQ are the rows of the full computation. dK and dV of a key row sum over
+every query: autograd runs over query chunks (O(chunk · M) memory) and the chunks' gradients are summed. The
+core owns this (no backend is imported), so a backend under test is never its own yardstick.
 
 Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys, D, Dv head dims, R rows.
 """
@@ -38,23 +35,28 @@ def _grouped_bias(bias: np.ndarray | float, Hkv: int, G: int, dtype: str) -> tor
     return _tensor(b, dtype)
 
 
-def _plain_rows(inputs, problem, rows: np.ndarray):
-    """P (B, Hkv, G, R, M) and O (B, Hkv, G, R, Dv) of query rows `rows`, in the problem's dtype."""
-    p = problem
-    G = p.H // p.Hkv
-    scale = p.D ** -0.5 if p.scale is None else p.scale
-    q = _tensor(inputs.q[:, :, rows], p.dtype).reshape(p.B, p.Hkv, G, len(rows), p.D)
-    k, v = _tensor(inputs.k, p.dtype).unsqueeze(2), _tensor(inputs.v, p.dtype).unsqueeze(2)
+def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float):
+    """O (B, Hkv, G, R, Dv) of grouped query rows q (B, Hkv, G, R, D) against k (B, Hkv, 1, M, D),
+    v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None, all in one dtype."""
     # Scale q first: in float16, Q K^T can overflow 65504 where scale * Q K^T does not.
     s = (q * scale) @ k.transpose(-1, -2)
-    bias = _grouped_bias(bias_rows(inputs.mask, p.causal, rows, np.arange(p.M), p.N, p.M), p.Hkv, G, p.dtype)
     if bias is not None:
         s = s + bias
     row_max = s.amax(dim=-1, keepdim=True)
-    e = torch.exp(s - torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max))
+    shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max).detach()
+    e = torch.exp(s - shift)
     total = e.sum(dim=-1, keepdim=True)
-    prob = e / torch.where(total > 0, total, torch.ones_like(total))     # an empty row gives P = 0, not 0/0
-    return prob, prob @ v
+    return (e / torch.where(total > 0, total, torch.ones_like(total))) @ v   # an empty row: P = 0, not 0/0
+
+
+def _operands(inputs, problem, rows: np.ndarray, *, requires_grad: bool = False):
+    """(q rows grouped (B, Hkv, G, R, D), k, v (B, Hkv, 1, M, .), bias, scale) in the problem's dtype."""
+    p = problem
+    G = p.H // p.Hkv
+    q = _tensor(inputs.q[:, :, rows], p.dtype).reshape(p.B, p.Hkv, G, len(rows), p.D)
+    bias = _grouped_bias(bias_rows(inputs.mask, p.causal, rows, np.arange(p.M), p.N, p.M), p.Hkv, G, p.dtype)
+    scale = p.D ** -0.5 if p.scale is None else p.scale
+    return q.requires_grad_(requires_grad), bias, scale
 
 
 def _chunks(problem, rows: np.ndarray):
@@ -64,39 +66,38 @@ def _chunks(problem, rows: np.ndarray):
 
 def naive_forward(inputs, problem, rows: np.ndarray | None = None) -> np.ndarray:
     """O (B, H, R, Dv) float64 of the plain formula in the problem's dtype at query `rows` (None: all N)."""
-    rows = np.arange(problem.N) if rows is None else np.asarray(rows)
-    outs = [_plain_rows(inputs, problem, chunk)[1] for chunk in _chunks(problem, rows)]
-    return torch.cat(outs, dim=3).reshape(problem.B, problem.H, len(rows), problem.Dv).double().numpy()
-
-
-def _ds(inputs, problem, grad_out, rows):
-    """P and dS (B, Hkv, G, R, M) of query rows `rows`, in the dtype."""
     p = problem
-    prob, _ = _plain_rows(inputs, p, rows)
-    do = _tensor(grad_out[:, :, rows], p.dtype).reshape(p.B, p.Hkv, p.H // p.Hkv, len(rows), p.Dv)
-    dp = do @ _tensor(inputs.v, p.dtype).unsqueeze(2).transpose(-1, -2)
-    return prob, prob * (dp - (prob * dp).sum(dim=-1, keepdim=True)), do
+    rows = np.arange(p.N) if rows is None else np.asarray(rows)
+    k, v = _tensor(inputs.k, p.dtype).unsqueeze(2), _tensor(inputs.v, p.dtype).unsqueeze(2)
+    outs = []
+    with torch.no_grad():
+        for chunk in _chunks(p, rows):
+            q, bias, scale = _operands(inputs, p, chunk)
+            outs.append(_plain(q, k, v, bias, scale))
+    return torch.cat(outs, dim=3).reshape(p.B, p.H, len(rows), p.Dv).double().numpy()
 
 
 def naive_backward(inputs, problem, grad_out: np.ndarray, query_rows: np.ndarray | None = None,
                    key_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dQ (B, H, Rq, D), dK (B, Hkv, Rk, D), dV (B, Hkv, Rk, Dv)) float64 of the plain formula in the dtype."""
+    """(dQ (B, H, Rq, D), dK (B, Hkv, Rk, D), dV (B, Hkv, Rk, Dv)) float64: torch autograd through the plain
+    formula in the dtype. With more queries than one chunk, dK and dV are the float64 sum of the chunks'
+    gradients (each rounded to the dtype once): a few more roundings than one pass, so the yardstick is, if
+    anything, looser at length, never stricter."""
     p = problem
     G = p.H // p.Hkv
-    scale = p.D ** -0.5 if p.scale is None else p.scale
     qr = np.arange(p.N) if query_rows is None else np.asarray(query_rows)
     kr = np.arange(p.M) if key_rows is None else np.asarray(key_rows)
-    k = _tensor(inputs.k, p.dtype).unsqueeze(2)
-    dq = [(_ds(inputs, p, grad_out, chunk)[1] @ k) * scale for chunk in _chunks(p, qr)]
-    cols_p, cols_ds, dos = [], [], []
+    k = _tensor(inputs.k, p.dtype).unsqueeze(2).requires_grad_()
+    v = _tensor(inputs.v, p.dtype).unsqueeze(2).requires_grad_()
+    dq = np.zeros((p.B, p.H, p.N, p.D))
+    dk = np.zeros((p.B, p.Hkv, len(kr), p.D))
+    dv = np.zeros((p.B, p.Hkv, len(kr), p.Dv))
     for chunk in _chunks(p, np.arange(p.N)):
-        prob, ds, do = _ds(inputs, p, grad_out, chunk)
-        cols_p.append(prob[..., kr])
-        cols_ds.append(ds[..., kr])
-        dos.append(do)
-    prob, ds, do = (torch.cat(x, dim=3) for x in (cols_p, cols_ds, dos))     # (B, Hkv, G, N, Rk | Dv)
-    q = _tensor(inputs.q, p.dtype).reshape(p.B, p.Hkv, G, p.N, p.D)
-    dk = (ds.transpose(-1, -2) @ (q * scale)).sum(dim=2)                    # GQA: summed over the group
-    dv = (prob.transpose(-1, -2) @ do).sum(dim=2)
-    dq = torch.cat(dq, dim=3).reshape(p.B, p.H, len(qr), p.D)
-    return tuple(x.double().numpy() for x in (dq, dk, dv))
+        q, bias, scale = _operands(inputs, p, chunk, requires_grad=True)
+        out = _plain(q, k, v, bias, scale)
+        do = _tensor(grad_out[:, :, chunk], p.dtype).reshape(out.shape)
+        gq, gk, gv = torch.autograd.grad(out, (q, k, v), do)
+        dq[:, :, chunk] = gq.reshape(p.B, p.H, len(chunk), p.D).double().numpy()
+        dk += gk[:, :, 0, kr].double().numpy()
+        dv += gv[:, :, 0, kr].double().numpy()
+    return dq[:, :, qr], dk, dv
