@@ -21,16 +21,16 @@ DEFAULT_OPTIONS = MeasureOptions(time_budget_s=0.2, max_repeats=20)
 
 def format_table(results: list[records.PointResult]) -> str:
     """Measured points, one line each: time, rate, memory and accuracy."""
-    head = f"{'backend':<22} {'pass':<7} {'N':>6} {'status':<7} {'median ms':>10} {'TFLOP/s':>8} {'peak MiB':>9} " \
+    head = f"{'backend':<22} {'pass':<7} {'H':>3} {'N':>6} {'status':<7} {'median ms':>10} {'TFLOP/s':>8} {'peak MiB':>9} " \
            f"{'max err':>9}  ok"
     lines = [head, "-" * len(head)]
     for r in results:
         if r.status == "skipped":
             continue
         if r.status != "ok":
-            lines.append(f"{r.backend:<22} {r.pass_:<7} {r.N:>6} {r.status:<7} {r.message}")
+            lines.append(f"{r.backend:<22} {r.pass_:<7} {r.H:>3} {r.N:>6} {r.status:<7} {r.message}")
             continue
-        lines.append(f"{r.backend:<22} {r.pass_:<7} {r.N:>6} {r.status:<7} {r.time_median_s * 1e3:>10.2f} "
+        lines.append(f"{r.backend:<22} {r.pass_:<7} {r.H:>3} {r.N:>6} {r.status:<7} {r.time_median_s * 1e3:>10.2f} "
                      f"{r.tflops:>8.3f} {r.peak_bytes / 2 ** 20:>9.1f} {r.error_vs_ref:>9.2e}  "
                      f"{'yes' if r.accurate else 'NO'}")
     return "\n".join(lines)

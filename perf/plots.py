@@ -33,12 +33,19 @@ def _parts(r: PointResult, vary: str) -> tuple[str, ...]:
 
 
 def series(results: list[PointResult], vary: str) -> dict[tuple[str, ...], list[PointResult]]:
-    """Measured records grouped by everything but `vary` ("N" or "H"), each sorted along it."""
+    """Measured records grouped by everything but `vary` ("N" or "H"), each sorted along it.
+
+    A lone point is kept when it shares a curve's settings (a backend capped at one N) or when there is
+    no curve at all (a one-N sweep); otherwise it is another plot's point (the H sweep's, in the N plot).
+    """
     groups: dict[tuple, list[PointResult]] = defaultdict(list)
     for r in results:
         if r.status != "skipped":
             groups[_parts(r, vary)].append(r)
-    return {k: sorted(v, key=lambda r: getattr(r, vary)) for k, v in sorted(groups.items())}
+    curves = {k for k, v in groups.items() if len({getattr(r, vary) for r in v}) > 1}
+    settings = {k[1:] for k in curves}                            # a curve's settings, backend aside
+    return {k: sorted(v, key=lambda r: getattr(r, vary)) for k, v in sorted(groups.items())
+            if not curves or k[1:] in settings}
 
 
 def short_labels(keys) -> tuple[dict[tuple, str], str]:

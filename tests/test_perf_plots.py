@@ -41,3 +41,11 @@ def test_one_h_is_a_sentence_not_an_empty_figure():
     assert isinstance(reason, str) and "only H = 2 was swept" in reason
     png = plots.time_vs_h([synthetic("numpy", 256, [1e-3], H=h, Hkv=h) for h in (2, 4, 8)])
     assert isinstance(png, bytes) and coloured_pixels(png) > 50
+
+
+def test_the_h_sweeps_lone_points_stay_out_of_the_n_plot():
+    curve = [synthetic("numpy", n, [1e-3]) for n in (256, 512)]
+    lone = [synthetic("numpy", 256, [1e-3], H=8, Hkv=8)]
+    capped = [synthetic("triton", 256, [1e-3])]                  # same settings as the curve, one N only
+    assert list(plots.series(curve + lone + capped, "N")) == list(plots.series(curve + capped, "N"))
+    assert len(plots.series(curve + lone + capped, "N")) == 2
