@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_HelpFormatter, **k)  # defaults in every --help
-    from attnbench.perf.cli_perf import add_sweep_arguments, run_compare, run_perf, run_report
+    from attnbench.perf.cli_compare import add_compare_arguments, run_compare
+    from attnbench.perf.cli_perf import add_sweep_arguments, run_perf, run_report
 
     run = sub.add_parser("run", help="check every available backend and time it on a default set; write a report")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run every backend on")
@@ -118,10 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render report.md, report.html and plots from DIR/results.jsonl")
     report.add_argument("dir", help="a run directory holding results.jsonl")
     report.set_defaults(func=run_report)
-    compare = sub.add_parser("compare", help="per-point time ratios NEW/OLD; exit 1 on a significant regression")
-    compare.add_argument("old", help="the baseline run directory")
-    compare.add_argument("new", help="the run directory to judge against it")
-    compare.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts")
+    compare = sub.add_parser("compare", help="per-point time ratios NEW/OLD (two runs, or two backends "
+                                             "interleaved); exit 1 on a significant regression")
+    add_compare_arguments(compare)
     compare.set_defaults(func=run_compare)
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
     backends.add_argument("--json", action="store_true", help="print the rows as JSON")

@@ -37,3 +37,15 @@ def slopes(results: list[PointResult]) -> list[dict]:
             "first_failure": (f"{failed[0].status} at N={failed[0].N}" if failed else ""),
         })
     return rows
+
+
+def noisy_table(results: list[PointResult]) -> list[list[str]]:
+    """Rows (header first) of the points flagged noisy, with why and the load around them."""
+    rows = [["backend", "pass", "N", "median ms", "why", "load 1 min", "attempts"]]
+    for r in results:
+        if r.status == "ok" and r.noisy:
+            n = r.noise or {}
+            load = n.get("load1_after")
+            rows.append([r.backend, r.pass_, str(r.N), f"{r.time_median_s * 1e3:.3g}", "; ".join(n.get("reasons", [])),
+                         "-" if load is None else f"{load:.2f}", str(n.get("attempts", "-"))])
+    return rows

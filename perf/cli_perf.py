@@ -5,6 +5,7 @@ A user mistake raises AttentionInputError (the CLI prints one line and exits 2).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -16,8 +17,8 @@ from attnbench.reference import AttentionInputError
 from .measure import MeasureOptions
 from .sweep import PERF_PASSES, SweepSpec
 
-QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20)
-DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=0.3, repeats=50)
+QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20, processes=2)
+DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=0.3, repeats=50, processes=3)
 CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -29,6 +30,18 @@ def ints(text: str, what: str) -> tuple[int, ...]:
         raise AttentionInputError(f"--{what}: expected comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise AttentionInputError(f"--{what}: expected integers >= 1, got {text!r}")
+    return values
+
+
+def cpus(text: str) -> tuple[int, ...]:
+    """'0,1' -> (0, 1), each a CPU this process may run on."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or not set(values) <= allowed:
+        raise AttentionInputError(f"--pin-cpus: expected CPUs from {sorted(allowed)}, got {text!r}")
     return values
 
 
@@ -88,6 +101,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                         "concurrent CPU points disturb each other's timings)")
     p.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when a point errors or is inaccurate (default: exit 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch/BLAS threads in each worker (1 is stable on a shared machine)")
+    p.add_argument("--pin-cpus", help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
+    p.add_argument("--processes", type=int,
+                   help=f"fresh processes per point (default {DEFAULTS['processes']}; --quick {QUICK['processes']})")
+    p.add_argument("--remeasure", type=int, default=1, help="re-measures of a noisy point before it is flagged")
 
 
 # Flags that do not define the sweep: free to differ on --resume and not saved in spec.json.
@@ -137,9 +156,14 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     repeats = base["repeats"] if args.repeats is None else args.repeats
     if repeats < 1 or (args.time_budget is not None and args.time_budget < 0) or args.timeout <= 0:
         raise AttentionInputError("--repeats, --time-budget and --timeout must be positive")
+    processes = args.processes or base["processes"]
+    if args.threads < 1 or processes < 1 or args.remeasure < 0:
+        raise AttentionInputError("--threads and --processes must be >= 1, --remeasure >= 0")
     options = MeasureOptions(time_budget_s=base["time_budget"] if args.time_budget is None else args.time_budget,
                              min_repeats=min(5, repeats), max_repeats=repeats,
-                             memory_cap=parse_bytes(args.memory_cap))
+                             memory_cap=parse_bytes(args.memory_cap), threads=args.threads,
+                             pin_cpus=cpus(args.pin_cpus) if args.pin_cpus else None,
+                             processes=processes, remeasure=args.remeasure)
     return spec, options, args.timeout
 
 
@@ -246,16 +270,3 @@ def run_report(args) -> int:
     for path in render(Path(args.dir)):
         print(path)
     return 0
-
-
-def run_compare(args) -> int:
-    from .compare import compare_runs, format_changes
-
-    for d in (args.old, args.new):
-        if not (Path(d) / "results.jsonl").exists() and not Path(d).is_file():
-            raise AttentionInputError(f"compare: no results.jsonl in {d}")
-    if args.threshold < 1:
-        raise AttentionInputError(f"--threshold: expected a ratio >= 1, got {args.threshold}")
-    changes, unmatched = compare_runs(Path(args.old), Path(args.new), args.threshold)
-    print(format_changes(changes, unmatched, args.threshold))
-    return 1 if any(c.regression for c in changes) else 0

@@ -54,6 +54,74 @@ def copy_bandwidth(device: str = "cpu", *, repeats: int = 5) -> float:
     return 2 * n / _best_seconds(lambda: dst.copy_(src), _sync(device), repeats)
 
 
+def _first_line(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_frequency() -> dict:
+    """Governor and current/max frequency (MHz) of CPU 0 where cpufreq is exposed; else the cpuinfo MHz."""
+    base = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    info = {"governor": _first_line(base + "scaling_governor")}
+    for key, name in (("cur_mhz", "scaling_cur_freq"), ("max_mhz", "cpuinfo_max_freq")):
+        khz = _first_line(base + name)
+        info[key] = int(khz) / 1000 if khz and khz.isdigit() else None
+    if info["cur_mhz"] is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                mhz = next((ln.split(":")[1] for ln in f if ln.startswith("cpu MHz")), None)
+            info["cur_mhz"] = float(mhz) if mhz else None
+        except OSError:
+            pass
+    return info
+
+
+def load_average() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def describe(m: dict) -> str:
+    """One paragraph for a report's machine section, from a machine.json dict (older files lack some keys)."""
+    freq = m.get("frequency") or {}
+    parts = [f"{m.get('host', '?')}: {m.get('cpu_model') or m.get('device_name', '?')}",
+             f"{m.get('cpus', '?')} CPUs, {m.get('threads', '?')} worker threads"]
+    if m.get("device") == "cuda":
+        parts.append(f"GPU {m.get('device_name', '?')}")
+    if freq.get("governor") or freq.get("cur_mhz"):
+        parts.append(f"governor {freq.get('governor') or 'not exposed'}, "
+                     f"{_fmt(freq.get('cur_mhz'))} MHz now (max {_fmt(freq.get('max_mhz'))})")
+    else:
+        parts.append("frequency and governor not exposed")
+    if m.get("load_average"):
+        parts.append("load average " + " / ".join(f"{x:.2f}" for x in m["load_average"]) + " (1/5/15 min) "
+                     "when the run started")
+    peaks = ", ".join(f"{dt} {v / 1e12:.3g} TFLOP/s" for dt, v in m.get("peak_flops", {}).items())
+    return (", ".join(parts) + f"; torch {m.get('torch', '?')}. Measured peaks: {peaks or '?'}; memory bandwidth "
+            f"{m.get('peak_bandwidth', 0) / 1e9:.3g} GB/s ({m.get('peaks_measured_by', '')}).")
+
+
+def _fmt(x) -> str:
+    return "?" if x is None else f"{x:.0f}"
+
+
 def fingerprint(device: str, *, probe_cuda: bool = True) -> dict:
     """Who measures: host, device name, cores, torch threads, versions. Cheap; no peaks.
 
@@ -64,8 +132,9 @@ def fingerprint(device: str, *, probe_cuda: bool = True) -> dict:
     if device == "cuda":
         name = torch.cuda.get_device_name() if probe_cuda else "cuda (unprobed)"
     else:
-        name = platform.processor() or platform.machine()
-    return {"host": platform.node(), "device": device, "device_name": name, "cpus": os.cpu_count(),
+        name = cpu_model()
+    return {"host": platform.node(), "device": device, "device_name": name, "cpu_model": cpu_model(),
+            "cpus": os.cpu_count(), "frequency": cpu_frequency(), "load_average": load_average(),
             "threads": torch.get_num_threads(),   # a loaded or shared box is far slower with more threads
             "torch": torch.__version__, "numpy": np.__version__}
 
@@ -80,8 +149,23 @@ def machine_label(m: dict) -> str:
     return f"{m.get('host', '?')}: {m.get('device_name', '?')} ({m.get('device', '?')})"
 
 
-def measure_machine(device: str, dtypes) -> dict:
-    """{"host", "device", "peak_flops": {dtype: FLOP/s}, "peak_bandwidth": B/s, ...} for `device`."""
+def measure_machine(device: str, dtypes, *, threads: int | None = None) -> dict:
+    """{"host", "device", "peak_flops": {dtype: FLOP/s}, "peak_bandwidth": B/s, ...} for `device`.
+
+    threads: measure the peaks with the workers' thread count (restored afterwards).
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(device, dtypes)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(device: str, dtypes) -> dict:
     return {**fingerprint(device),
             "peak_flops": {dt: matmul_peak_flops(dt, device) for dt in dtypes},
             "peak_bandwidth": copy_bandwidth(device),

@@ -7,8 +7,16 @@ the point's peak. On CUDA: `max_memory_allocated` after `reset_peak_memory_stats
 minus what was allocated before the call. Run it in a fresh process per point
 (see worker.py) so one point's allocator state never shapes another's.
 
+Free heap memory is handed back to the OS (malloc_trim) just before the
+baseline, so a call's small allocations (its output) grow the RSS instead of
+reusing pages that input preparation freed.
+
 A memory cap bounds what the call may allocate beyond the baseline: RLIMIT_AS
 on CPU, the per-process memory fraction on CUDA.
+
+The process is set up first (process_setup.py): the thread count, optional CPU
+pinning, and glibc told to keep freed memory so repeats measure the steady
+state of a long-running process rather than the kernel's page-fault path.
 """
 from __future__ import annotations
 
@@ -19,20 +27,36 @@ from dataclasses import dataclass
 from attnbench.check import check_forward
 from attnbench.problem import make_grad_out, make_inputs
 
+from . import process_setup
 from .sweep import Case, load_plugins
-from .timing import summarize, time_callable, time_cuda
+from .timing import summarize, time_cuda, time_steady
 
 
 
 @dataclass(frozen=True)
 class MeasureOptions:
-    """How hard to measure: timing budget per point, repeat bounds, memory cap in bytes (None: none)."""
+    """How to measure a point.
+
+    time_budget_s / min_repeats / max_repeats: timed repeats per fresh process;
+    warmup: the fewest warm-up calls (more until the time settles);
+    memory_cap: bytes one call may allocate (None: no cap);
+    threads: torch/BLAS threads in the worker (None: leave torch's default);
+    pin_cpus: CPUs the worker is pinned to (None: no pinning);
+    processes: fresh processes per point, so its interval describes reruns;
+    remeasure: how many times a noisy point is measured again before it is flagged;
+    keep_freed_memory: glibc keeps freed memory (steady state, no per-call page faults).
+    """
 
     time_budget_s: float = 0.5
     min_repeats: int = 5
     max_repeats: int = 50
     warmup: int = 1
     memory_cap: int | None = None
+    threads: int | None = 1
+    pin_cpus: tuple[int, ...] | None = None
+    processes: int = 3
+    remeasure: int = 1
+    keep_freed_memory: bool = True
 
 
 def accuracy(backend, case: Case) -> tuple[float, bool]:
@@ -72,6 +96,7 @@ def set_cpu_cap(cap: int | None) -> None:
 
 
 def _first_call_cpu(fn, cap):
+    process_setup.trim()                                         # small allocations must grow the RSS
     _reset_peak_rss()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     set_cpu_cap(cap)
@@ -98,21 +123,38 @@ def _first_call_cuda(fn, cap):
     return seconds, torch.cuda.max_memory_allocated() - before
 
 
-def measure_case(case: Case, options: MeasureOptions) -> dict:
-    """Measured fields of one point; raises on failure (the worker classifies the exception)."""
+def setup_process(options: MeasureOptions) -> dict:
+    """Threads, pinning and allocator of this worker, as set (recorded with the point)."""
+    cpus = process_setup.pin(options.pin_cpus)                  # an executor's placement may have pinned already
+    if options.threads:
+        threads = process_setup.set_threads(min(options.threads, len(cpus)))   # no more threads than cores
+    else:
+        import torch
+
+        threads = torch.get_num_threads()
+    kept = process_setup.keep_freed_memory() if options.keep_freed_memory else False
+    return {"threads": threads, "cpus": list(cpus), "freed_memory_kept": kept}
+
+
+def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = True) -> dict:
+    """Measured fields of one point; raises on failure (the worker classifies the exception).
+
+    check_accuracy False skips the reference check (a point's second and later processes).
+    """
     from attnbench.implementations import get_backend
 
+    setup = setup_process(options)
     load_plugins(case.plugins)
     backend = get_backend(case.backend)
-    error, passed = accuracy(backend, case)
+    error, passed = accuracy(backend, case) if check_accuracy else (None, None)
     fn = prepare(backend, case)
     first_call = _first_call_cuda if case.device == "cuda" else _first_call_cpu
     first_s, peak = first_call(fn, options.memory_cap)
     repeats = dict(warmup=options.warmup, min_repeats=options.min_repeats, max_repeats=options.max_repeats,
                    budget_s=options.time_budget_s)
     if case.device == "cuda":
-        samples = time_cuda(fn, **repeats)
+        timed = {"samples": time_cuda(fn, **repeats)}
     else:
-        samples = time_callable(fn, synchronize=lambda: backend.synchronize(case.device), **repeats)
-    return {"first_call_s": first_s, "peak_bytes": int(peak), "samples": samples, **summarize(samples),
-            "error_vs_ref": error, "accurate": passed}
+        timed = time_steady(fn, synchronize=lambda: backend.synchronize(case.device), **repeats)
+    return {"first_call_s": first_s, "peak_bytes": int(peak), **timed, **summarize(timed["samples"]),
+            "error_vs_ref": error, "accurate": passed, **setup}

@@ -53,6 +53,12 @@ class PointResult:
     error_vs_ref: float | None = None
     accurate: bool | None = None
     machine: dict = field(default_factory=dict)
+    # noise control (perf/noise.py, perf/replicates.py): per-process medians, the verdict and its evidence
+    process_medians_s: tuple[float, ...] = ()
+    noisy: bool | None = None
+    noise: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)                  # MeasureOptions the point was measured with
+    tflops_fa2: float | None = None                              # FlashAttention's convention: backward = 2.5x fwd
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

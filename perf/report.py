@@ -9,8 +9,11 @@ from pathlib import Path
 from attnbench.reference import AttentionInputError
 
 from . import records
-from .analysis import slopes
+from .analysis import noisy_table, slopes
+from .derived import FLOP_CONVENTION
+from .machine import describe as describe_machine
 from .machine import machine_label
+from .noise import METHOD as NOISE_METHOD
 from .plots import PLOTS
 from .records import PointResult
 from .summary import fastest_rows, problem_rows
@@ -36,9 +39,13 @@ def _machine(results: list[PointResult]) -> dict:
     return next((r.machine for r in results if r.machine), {})
 
 
+def status_cell(r: PointResult) -> str:
+    return ("ok" if not r.noisy else "**ok, noisy**") if r.status == "ok" else f"**{r.status}**"
+
+
 def points_table(results: list[PointResult]) -> list[list[str]]:
     head = ["backend", "pass", "dtype", "B", "H", "N", "D", "causal", "status", "median ms", "IQR ms",
-            "first call ms", "peak MiB", "N² MiB", "TFLOP/s", "GB/s", "of peak", "max err", "ok"]
+            "first call ms", "peak MiB", "N² MiB", "TFLOP/s", "TFLOP/s (FA)", "GB/s", "of peak", "max err", "ok"]
     rows = [head]
     for r in results:
         if r.status == "skipped":
@@ -46,9 +53,9 @@ def points_table(results: list[PointResult]) -> list[list[str]]:
         ms = lambda s: None if s is None else s * 1e3  # noqa: E731
         mib = lambda b: None if b is None else b / 2 ** 20  # noqa: E731
         rows.append([r.backend, r.pass_, r.dtype, str(r.B), str(r.H), str(r.N), str(r.D), r.causal or "-",
-                     r.status if r.status == "ok" else f"**{r.status}**", _fmt(ms(r.time_median_s)),
+                     status_cell(r), _fmt(ms(r.time_median_s)),
                      _fmt(ms(r.time_iqr_s), ".2g"), _fmt(ms(r.first_call_s)), _fmt(mib(r.peak_bytes)),
-                     _fmt(mib(r.predicted_pattern_bytes)), _fmt(r.tflops), _fmt(r.gbps),
+                     _fmt(mib(r.predicted_pattern_bytes)), _fmt(r.tflops), _fmt(r.tflops_fa2), _fmt(r.gbps),
                      _fmt(r.fraction_of_peak, ".1%"), _fmt(r.error_vs_ref, ".1e"),
                      {True: "yes", False: "NO", None: "-"}[r.accurate]])
     return rows
@@ -109,8 +116,8 @@ def _html_table(rows: list[list[str]]) -> str:
 
 
 def _method(device: str) -> str:
-    return (f"Time: {TIMING_METHOD.get(device, '')}. Peak memory: {MEMORY_METHOD.get(device, '')}. "
-            "FLOPs from `attention_flops` (causal counts only attended pairs); bytes are the minimum a "
+    return (f"Time: {TIMING_METHOD.get(device, '')}. {NOISE_METHOD} Peak memory: {MEMORY_METHOD.get(device, '')}. "
+            f"{FLOP_CONVENTION} Bytes are the minimum a "
             "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
             "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
             "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` at the point's own N "
@@ -130,11 +137,7 @@ def by_machine(results: list[PointResult]) -> dict[str, list[PointResult]]:
 
 
 def _machine_text(m: dict) -> str:
-    peaks = ", ".join(f"{dt} {v / 1e12:.3g} TFLOP/s" for dt, v in m.get("peak_flops", {}).items())
-    return (f"{m.get('host', '?')}: {m.get('device_name', '?')} ({m.get('device', '?')}, {m.get('cpus', '?')} CPUs, "
-            f"{m.get('threads', '?')} torch threads), "
-            f"torch {m.get('torch', '?')}. Measured peaks: {peaks or '?'}; memory bandwidth "
-            f"{(m.get('peak_bandwidth') or 0) / 1e9:.3g} GB/s ({m.get('peaks_measured_by', '')}).")
+    return describe_machine(m)
 
 
 def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | str]]:
@@ -143,7 +146,8 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
         per_machine = []
         for label, rs in groups.items():
             per_machine += [(f"Machine {label}", _machine_text(_machine(rs))), (f"Points on {label}", points_table(rs)),
-                            (f"Fitted slopes on {label}", slopes_table(rs))]
+                            (f"Fitted slopes on {label}", slopes_table(rs)),
+                            (f"Noisy points on {label}", noisy_table(rs))]
         device = _machine(results).get("device", "cpu")
         return [*_verdicts(results), ("How it was measured", _method(device)), *per_machine,
                 ("Skipped (not declared by the backend)", skipped_table(results))]
@@ -153,6 +157,7 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
     return [*_verdicts(results), ("Machine", machine), ("How it was measured", _method(device)),
             ("Points", points_table(results)),
             ("Fitted slopes (log-log vs N) and largest N reached", slopes_table(results)),
+            ("Noisy points (timings not to be trusted)", noisy_table(results)),
             ("Skipped (not declared by the backend)", skipped_table(results))]
 
 

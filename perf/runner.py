@@ -43,12 +43,12 @@ def new_run_dir(out: Path) -> Path:
     return run_dir
 
 
-def machine_info(run_dir: Path, spec: SweepSpec) -> dict:
+def machine_info(run_dir: Path, spec: SweepSpec, threads: int | None = None) -> dict:
     """machine.json of the run: measured once, reused on resume."""
     path = run_dir / "machine.json"
     if path.exists():
         return json.loads(path.read_text())
-    info = measure_machine(spec.device, spec.dtypes)
+    info = measure_machine(spec.device, spec.dtypes, threads=threads)
     path.write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -62,6 +62,7 @@ def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResu
         t = fields["time_median_s"]
         peak = machine["peak_flops"].get(p.dtype)
         extra = dict(tflops=flop_count / t / 1e12, gbps=byte_count / t / 1e9,
+                     tflops_fa2=derived.flops_fa2(p, case.pass_) / t / 1e12,
                      fraction_of_peak=peak and derived.roofline_fraction(flop_count, byte_count, t, peak,
                                                                          machine["peak_bandwidth"]))
     measured = {k: v for k, v in fields.items() if k != "repeats"}
@@ -141,7 +142,7 @@ def _measure_remaining(spec, run_dir, options, timeout_s, executor, log, bar) ->
     path = run_dir / "results.jsonl"
     cases, skipped = expand(spec)
     done = records.done_keys(path)
-    machine = machine_info(run_dir, spec)
+    machine = machine_info(run_dir, spec, options.threads)
     for case, reason in skipped:
         if case.key not in done:
             records.append(path, PointResult(**records.base_fields(case), status="skipped", message=reason))
@@ -167,7 +168,10 @@ def _measure_remaining(spec, run_dir, options, timeout_s, executor, log, bar) ->
                 records.append(path, result_of(case, outcome.status, outcome.fields,
                                                with_peaks(outcome.machine, machine)))
                 finished += 1
-                progress.done(case, outcome.status, outcome.fields.get("message", ""))
+                noise = outcome.fields.get("noise", {}) if outcome.fields.get("noisy") else None
+                progress.done(case, "NOISY" if noise else outcome.status,   # noisy: shown like a failure
+                              f"after {noise['attempts']} attempts: {'; '.join(noise['reasons'])}" if noise
+                              else outcome.fields.get("message", ""))
     except KeyboardInterrupt:
         executor.cancel()                                        # stop what is in flight; records stay
         _end_workers()

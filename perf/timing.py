@@ -6,12 +6,18 @@ previous repeat left behind (a real model's attention never sees its inputs hot)
 """
 from __future__ import annotations
 
+import resource
 import time
 from typing import Callable
 
 import numpy as np
 
+from . import noise
+
 L2_FLUSH_BYTES = 256 * 1024 * 1024
+SETTLE_SPREAD = 1.10     # warm-up ends when the last SETTLE_CALLS calls are within 10% of each other
+SETTLE_CALLS = 3
+MAX_WARMUP_CALLS = 30
 
 
 def time_callable(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, warmup: int = 1,
@@ -28,6 +34,49 @@ def time_callable(fn: Callable[[], object], *, synchronize: Callable[[], None] =
         synchronize()
         samples.append(time.perf_counter() - start)
     return samples
+
+
+def warm_up(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, min_calls: int = 1,
+            budget_s: float = 1.0) -> int:
+    """Call `fn` until its time settles (last SETTLE_CALLS within SETTLE_SPREAD), or budget_s / MAX_WARMUP_CALLS.
+
+    Returns the number of warm-up calls. Caches, lazy initialisation, JIT and the
+    allocator's first growth all show as early calls slower than the rest.
+    """
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < MAX_WARMUP_CALLS:
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+        last = times[-SETTLE_CALLS:]
+        settled = len(times) >= max(min_calls, SETTLE_CALLS) and max(last) <= SETTLE_SPREAD * min(last)
+        if settled or (len(times) >= min_calls and time.perf_counter() > deadline):
+            break
+    return len(times)
+
+
+def time_steady(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, warmup: int = 1,
+                min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0) -> dict:
+    """Warm up until settled, then time repeats; with what the process saw meanwhile.
+
+    Returns samples (s), warmup_calls, minor_faults_per_call, cpu_share (main
+    thread CPU time over wall time: below 1 when another task held the CPU),
+    involuntary context switches per second, and the machine's load around it.
+    """
+    warmup_calls = warm_up(fn, synchronize=synchronize, min_calls=warmup, budget_s=budget_s)
+    before_sys, before_ru = noise.system_snapshot(), resource.getrusage(resource.RUSAGE_SELF)
+    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    samples = time_callable(fn, synchronize=synchronize, warmup=0, min_repeats=min_repeats,
+                            max_repeats=max_repeats, budget_s=budget_s)
+    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    after_ru, after_sys = resource.getrusage(resource.RUSAGE_SELF), noise.system_snapshot()
+    return {"samples": samples, "warmup_calls": warmup_calls,
+            "minor_faults_per_call": (after_ru.ru_minflt - before_ru.ru_minflt) / len(samples),
+            "cpu_share": min(1.0, cpu / wall) if wall > 0 else None,
+            "involuntary_switches_per_s": (after_ru.ru_nivcsw - before_ru.ru_nivcsw) / wall if wall > 0 else None,
+            "timed_wall_s": wall, **noise.system_delta(before_sys, after_sys, wall)}
 
 
 def time_cuda(fn: Callable[[], object], *, warmup: int = 1, min_repeats: int = 3, max_repeats: int = 100,

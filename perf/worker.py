@@ -5,6 +5,16 @@ torch and the backends once: the child is a fresh process (own allocator, own
 peak-RSS mark, own address-space limit) without paying torch's ~3 s import per
 point. The forkserver never touches CUDA, so children may initialise it.
 
+A point is measured in `options.processes` such children in turn (its interval
+then describes reruns, see replicates.py); if the result is noisy it is measured
+again, at most `options.remeasure` times, and the calmest attempt is kept with
+its noise flag.
+
+The forkserver also runs backend discovery and imports this module once, and
+the parent hands each child the backend's capabilities it already probed, so
+neither discovery, scipy's import nor the SDPA kernel probes (~1-2 s) are paid
+per point.
+
 Backends registered only in the parent (a test's) do not exist in the child;
 a case names the module files that register them (`Case.plugins`) and the child
 imports those first.
@@ -20,6 +30,7 @@ import os
 import signal
 import sys
 
+from . import replicates
 from .machine import fingerprint
 from .measure import MeasureOptions, measure_case, set_cpu_cap
 from .sweep import Case
@@ -27,7 +38,8 @@ from .sweep import Case
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
 # Imports only: running any torch op here would start OpenMP threads, and a forked child of a
 # process with a live OpenMP pool hangs on its first parallel region.
-_PRELOAD = ["torch", "numpy", "attnbench.implementations", "attnbench.perf.measure"]
+_PRELOAD = ["torch", "numpy", "attnbench.implementations", "attnbench.perf.measure", "attnbench.perf.worker",
+            "attnbench.perf.interleave", "attnbench.perf.preload"]
 
 
 def classify(exc: BaseException) -> str:
@@ -44,14 +56,21 @@ def classify(exc: BaseException) -> str:
     return "error"
 
 
-def _child(case_json: str, options: dict, caps: dict | None, conn, placement: dict | None = None) -> None:
+def _options(options: dict) -> MeasureOptions:
+    pin = options.get("pin_cpus")
+    return MeasureOptions(**{**options, "pin_cpus": tuple(pin) if pin else None})
+
+
+def _child(case_json: str, options: dict, caps: dict | None, conn, placement: dict | None = None,
+           check_accuracy: bool = True) -> None:
     try:
         case = Case.from_json(case_json)
         _apply_placement(placement)
         if caps is not None:
             _reuse_capabilities(case, caps)
         machine = fingerprint(case.device)       # before the memory cap: naming the CPU spawns `uname -p`
-        conn.send(("ok", {**measure_case(case, MeasureOptions(**options)), "machine": machine}))
+        fields = measure_case(case, _options(options), check_accuracy=check_accuracy)
+        conn.send(("ok", {**fields, "machine": machine}))
     except BaseException as exc:  # noqa: BLE001 - every failure is a recorded status
         if options.get("memory_cap") is not None:
             set_cpu_cap(None)                                    # room to report the failure
@@ -84,7 +103,9 @@ def _reuse_capabilities(case: Case, caps: dict) -> None:
     load_plugins(case.plugins)
     backend = get_backend(case.backend)
     known = Capabilities(**{k: tuple(v) if isinstance(v, list) else v for k, v in caps.items()})
-    backend.capabilities = lambda device: known                  # instance attribute shadows the probing method
+    # Instance attributes shadow the probing methods; the parent only hands caps for a device it found usable.
+    backend.capabilities = lambda device: known
+    backend.device_unavailable_reason = lambda device: None
 
 
 def _context():
@@ -95,17 +116,78 @@ def _context():
 
 def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
                  caps=None, placement: dict | None = None) -> tuple[str, dict]:
-    """(status, fields) of one case measured in a fresh process: status ok, oom, timeout or error.
+    """(status, fields) of one case measured in `options.processes` fresh processes, re-measured while noisy.
 
+    status: ok, oom, timeout or error (the first process that fails decides).
     caps: the backend's Capabilities on the case's device (a dataclass or its dict), if the caller
     has them (saves re-probing). placement: {"env": {...}, "cpus": (...), "threads": n} for the child.
-    A measured point's fields carry "machine", the child's fingerprint.
+    A measured point's fields carry "machine", the first child's fingerprint, and "options".
     """
-    ctx = _context()
     caps = dataclasses.asdict(caps) if dataclasses.is_dataclass(caps) else caps
+    best, accuracy, machine = None, None, None
+    for attempt in range(1 + max(0, options.remeasure)):
+        runs = []
+        for i in range(max(1, options.processes)):
+            status, fields = run_one(case, options, timeout_s, caps=caps, placement=placement,
+                                     check_accuracy=accuracy is None and i == 0)
+            if status != "ok":
+                return status, fields
+            runs.append(fields)
+        if accuracy is None:
+            accuracy = {k: runs[0][k] for k in ("error_vs_ref", "accurate")}
+            machine = runs[0]["machine"]
+        fields = {**replicates.merge(runs), **accuracy}
+        if best is None or replicates.noise_score(fields) < replicates.noise_score(best):
+            best = fields
+        best["noise"]["attempts"] = attempt + 1
+        if not best["noisy"]:
+            break
+    return "ok", {**best, "machine": machine, "options": dataclasses.asdict(options)}
+
+
+def run_one(case: Case, options: MeasureOptions, timeout_s: float, *, caps: dict | None = None,
+            placement: dict | None = None, check_accuracy: bool = True) -> tuple[str, dict]:
+    """(status, fields) of one fresh process measuring the case (fields as `measure_case` returns them)."""
+    return _spawn(_child, (case.to_json(), dataclasses.asdict(options), caps), (placement, check_accuracy),
+                  options, timeout_s)
+
+
+def _pair_child(case_a: str, case_b: str, options: dict, caps: list, conn) -> None:
+    try:
+        from .interleave import measure_pair
+
+        cases = [Case.from_json(case_a), Case.from_json(case_b)]
+        for case, known in zip(cases, caps):
+            if known is not None:
+                _reuse_capabilities(case, known)
+        conn.send(("ok", measure_pair(*cases, _options(options))))
+    except BaseException as exc:  # noqa: BLE001 - every failure is a recorded status
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        conn.send((classify(exc), {"message": f"{type(exc).__name__}: {first_line}"}))
+    finally:
+        conn.close()
+
+
+def run_pair(case_a: Case, case_b: Case, options: MeasureOptions, timeout_s: float, *,
+             caps=(None, None)) -> tuple[str, list[dict] | dict]:
+    """("ok", per-process {samples_a, samples_b}) of A and B timed alternately in each of `options.processes`
+    fresh processes, or (status, fields) of the first process that failed."""
+    caps = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in caps]
+    runs = []
+    for _ in range(max(1, options.processes)):
+        status, fields = _spawn(_pair_child, (case_a.to_json(), case_b.to_json(), dataclasses.asdict(options), caps),
+                                (), options, timeout_s)
+        if status != "ok":
+            return status, fields
+        runs.append(fields)
+    return "ok", runs
+
+
+def _spawn(target, args: tuple, after_conn: tuple, options: MeasureOptions, timeout_s: float) -> tuple[str, dict]:
+    """Run target(*args, conn, *after_conn) in a fresh forkserver child; (status, fields) it sent, or why not."""
+    ctx = _context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(case.to_json(), dataclasses.asdict(options), caps, send, placement),
-                       daemon=True)
+    proc = ctx.Process(target=target, args=(*args, send, *after_conn), daemon=True)
     proc.start()
     send.close()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from attnbench.cli import main
 from attnbench.perf.records import PointResult
 
-FAST = ["--time-budget", "0.02", "--repeats", "5", "--head-dim", "16", "--heads", "2"]
+FAST = ["--time-budget", "0.02", "--repeats", "5", "--head-dim", "16", "--heads", "2", "--processes", "2", "--remeasure", "0"]
 
 
 def perf(tmp_path: Path, *args: str) -> tuple[int, Path]:
@@ -26,12 +26,15 @@ def by_backend(run_dir: Path) -> dict[str, list[dict]]:
 
 
 def synthetic(backend: str, n: int, samples: list[float], **extra) -> PointResult:
-    """An ok record with the given timing samples, as if measured."""
+    """An ok record with the given timing samples, as if measured in 3 processes (a third of the samples each)."""
     median = sorted(samples)[len(samples) // 2]
+    thirds = [sorted(samples[i::3]) for i in range(3)]
+    process_medians = tuple(t[len(t) // 2] for t in thirds if t)
     key = f"{backend}|cpu|fwd|B=1,H=2,N={n},D=16,Hkv=2,M={n},Dv=16,dtype=float32"
     fields = dict(key=key, backend=backend, device="cpu", dtype="float32", B=1, H=2, Hkv=2, N=n, M=n, D=16, Dv=16,
                   causal=None, pass_="fwd", status="ok", time_median_s=median, time_iqr_s=0.01 * median,
                   samples=tuple(samples), peak_bytes=n * n * 8, predicted_pattern_bytes=n * n * 8, flops=8 * n * n,
                   tflops=1e-3, fraction_of_peak=0.1, error_vs_ref=1e-7, accurate=True,
+                  process_medians_s=process_medians, noisy=False,
                   machine={"device": "cpu", "peak_flops": {"float32": 1e11}, "peak_bandwidth": 1e10})
     return PointResult(**{**fields, **extra})

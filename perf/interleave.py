@@ -1,0 +1,131 @@
+"""Interleaved A/B: two backends (or two installs of one, registered under two names) timed alternately.
+
+On a shared machine the absolute time of a call drifts with everything else
+running, but two calls made microseconds apart in the same worker see the same
+machine: the ratio of adjacent calls is stable where each time is not. So the
+regression gate times A and B in one worker, alternating (ABBA order, so
+neither always runs second), takes the median of the per-pair ratios B/A per
+process, and repeats that in `options.processes` fresh processes. The verdict
+is a one-sided t-test on the log ratios over processes (H0: B/A <= threshold),
+Holm-corrected over the points compared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from .compare import ALPHA, holm
+from .measure import MeasureOptions, prepare, setup_process
+from .noise import MAX_BETWEEN_CV
+from .replicates import log_t_interval
+from .sweep import Case, load_plugins
+from .timing import warm_up
+
+
+def time_alternately(fn_a, fn_b, *, synchronize, options: MeasureOptions) -> tuple[list[float], list[float]]:
+    """Seconds per call of A and B, timed in adjacent pairs (ABBA order), after both have warmed up."""
+    for fn in (fn_a, fn_b):
+        warm_up(fn, synchronize=synchronize, min_calls=options.warmup, budget_s=options.time_budget_s / 2)
+    a_times, b_times = [], []
+    deadline = time.perf_counter() + options.time_budget_s
+    while len(a_times) < options.min_repeats or (len(a_times) < options.max_repeats
+                                                  and time.perf_counter() < deadline):
+        order = ((fn_a, a_times), (fn_b, b_times))
+        for fn, out in order if len(a_times) % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            synchronize()
+            out.append(time.perf_counter() - start)
+    return a_times, b_times
+
+
+def measure_pair(case_a: Case, case_b: Case, options: MeasureOptions) -> dict:
+    """In one (fresh) process: A's and B's samples, timed alternately."""
+    from attnbench.implementations import get_backend
+
+    setup = setup_process(options)
+    load_plugins(case_a.plugins + case_b.plugins)
+    backend_a, backend_b = get_backend(case_a.backend), get_backend(case_b.backend)
+    fn_a, fn_b = prepare(backend_a, case_a), prepare(backend_b, case_b)
+
+    def sync():
+        backend_a.synchronize(case_a.device)
+        backend_b.synchronize(case_b.device)
+
+    a, b = time_alternately(fn_a, fn_b, synchronize=sync, options=options)
+    return {"samples_a": a, "samples_b": b, **setup}
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One point of an A/B comparison: B/A ratio (median over processes), its 95% interval, the verdict."""
+
+    key: str
+    ratio: float
+    interval: tuple[float, float] | None
+    process_ratios: tuple[float, ...]
+    a_s: float
+    b_s: float
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    verdict: str = ""
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict == "REGRESSION"
+
+
+def pair_result(key: str, runs: list[dict]) -> PairResult:
+    """The point's ratio B/A from per-process {samples_a, samples_b} (pairs matched by index)."""
+    ratios = [float(np.median(np.asarray(r["samples_b"]) / np.asarray(r["samples_a"]))) for r in runs]
+    return PairResult(key, float(np.median(ratios)), log_t_interval(ratios), tuple(ratios),
+                      float(np.median([s for r in runs for s in r["samples_a"]])),
+                      float(np.median([s for r in runs for s in r["samples_b"]])))
+
+
+def ratio_p(process_ratios, threshold: float) -> float | None:
+    """One-sided one-sample t-test p of H0 "B/A <= threshold" on the log per-process ratios (None: < 2)."""
+    x = np.log(np.asarray(process_ratios, float))
+    if len(x) < 2:
+        return None
+    excess, se = x.mean() - np.log(threshold), x.std(ddof=1) / np.sqrt(len(x))
+    if se == 0:
+        return 0.0 if excess > 0 else 1.0
+    return float(stats.t.sf(excess / se, len(x) - 1))
+
+
+def judge(results: list[PairResult], threshold: float) -> list[PairResult]:
+    """Verdicts, Holm-corrected over the points: REGRESSION, faster, noisy (processes disagree), or ""."""
+    raw = [ratio_p(r.process_ratios, threshold) for r in results]
+    fast = [ratio_p([1 / x for x in r.process_ratios], threshold) for r in results]
+    judged = []
+    for r, p, p_adj, p_fast in zip(results, raw, holm(raw), holm(fast)):
+        spread = np.std(r.process_ratios, ddof=1) / np.mean(r.process_ratios) if len(r.process_ratios) > 1 else 0
+        if spread > MAX_BETWEEN_CV:
+            verdict = "noisy"
+        elif p_adj is not None and p_adj < ALPHA:
+            verdict = "REGRESSION"
+        elif p_fast is not None and p_fast < ALPHA:
+            verdict = "faster"
+        else:
+            verdict = ""
+        judged.append(dataclasses.replace(r, p_value=p, p_adjusted=p_adj, verdict=verdict))
+    return judged
+
+
+def format_pairs(results: list[PairResult], a: str, b: str, threshold: float) -> str:
+    lines = [f"interleaved A/B in one worker per process: A = {a}, B = {b}",
+             f"{'B/A':>7} {'95% interval':>17} {'p(Holm)':>8}  {'A ms':>9} {'B ms':>9}  point"]
+    for r in results:
+        ci = "-" if r.interval is None else f"{r.interval[0]:.3f}-{r.interval[1]:.3f}"
+        p = "-" if r.p_adjusted is None else f"{r.p_adjusted:.3g}"
+        lines.append(f"{r.ratio:>7.3f} {ci:>17} {p:>8}  {r.a_s * 1e3:>9.3f} {r.b_s * 1e3:>9.3f}  {r.key}  "
+                     f"{r.verdict}")
+    n_reg = sum(r.regression for r in results)
+    lines.append(f"{len(results)} points compared; {n_reg} significant regressions of B beyond {threshold:g}x "
+                 f"(one-sided t on per-process log ratios, Holm-corrected, alpha {ALPHA})")
+    return "\n".join(lines)
