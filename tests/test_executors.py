@@ -15,7 +15,7 @@ from attnbench.problem import Problem
 SPEC = SweepSpec(seq_lens=(32, 64), heads=(2,), head_dims=(16,), backends=("torch_eager", "numpy"))
 OPTIONS = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
 TIMING = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
-          "fraction_of_peak", "peak_bytes", "machine"}
+          "fraction_of_peak", "peak_bytes", "machine", "tflops_fa2", "process_medians_s", "noisy", "noise"}
 
 
 def untimed(path) -> dict[str, dict]:

@@ -10,6 +10,7 @@
 Performance figures themselves are measured and quoted in the notes, never asserted here.
 """
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -39,9 +40,14 @@ SLOWABLE = textwrap.dedent('''
 
 @pytest.fixture
 def busy():
-    """Two processes spinning on the CPU for the duration of the test (ended by their own pid)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    yield
+    """Two processes spinning on one CPU for the duration of the test (ended by their own pid); yields that CPU.
+
+    The workers are pinned to the same CPU, so the load reaches them on a machine of any core count.
+    """
+    cpu = min(os.sched_getaffinity(0))
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                              preexec_fn=lambda: os.sched_setaffinity(0, {cpu})) for _ in range(2)]
+    yield cpu
     for p in procs:
         p.kill()
         p.wait()
@@ -65,7 +71,7 @@ def rows(run_dir):
 def test_under_load_noisy_points_are_flagged_and_identical_runs_show_no_regression(tmp_path, busy, capsys):
     runs = []
     for name in ("a", "b"):
-        code, run_dir = perf(tmp_path / name, *TINY, "--remeasure", "1")
+        code, run_dir = perf(tmp_path / name, *TINY, "--remeasure", "1", "--pin-cpus", str(busy))
         assert code == 0
         runs.append(run_dir)
         ok = [r for r in rows(run_dir) if r["status"] == "ok"]
