@@ -20,7 +20,6 @@ from scipy import stats
 
 from .compare import ALPHA, holm
 from .measure import MeasureOptions, prepare, setup_process
-from .noise import MAX_BETWEEN_CV
 from .replicates import log_t_interval
 from .sweep import Case, load_plugins
 from .timing import warm_up
@@ -99,15 +98,16 @@ def ratio_p(process_ratios, threshold: float) -> float | None:
 
 
 def judge(results: list[PairResult], threshold: float) -> list[PairResult]:
-    """Verdicts, Holm-corrected over the points: REGRESSION, faster, noisy (processes disagree), or ""."""
+    """Verdicts, Holm-corrected over the points: REGRESSION, faster, or "" (no significant change).
+
+    No separate noisy verdict: the t-test already weighs the spread of the process ratios, and the
+    ratio of adjacent calls is what stays stable on a loaded machine.
+    """
     raw = [ratio_p(r.process_ratios, threshold) for r in results]
     fast = [ratio_p([1 / x for x in r.process_ratios], threshold) for r in results]
     judged = []
     for r, p, p_adj, p_fast in zip(results, raw, holm(raw), holm(fast)):
-        spread = np.std(r.process_ratios, ddof=1) / np.mean(r.process_ratios) if len(r.process_ratios) > 1 else 0
-        if spread > MAX_BETWEEN_CV:
-            verdict = "noisy"
-        elif p_adj is not None and p_adj < ALPHA:
+        if p_adj is not None and p_adj < ALPHA:
             verdict = "REGRESSION"
         elif p_fast is not None and p_fast < ALPHA:
             verdict = "faster"
