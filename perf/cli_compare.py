@@ -19,24 +19,23 @@ from .sweep import PERF_PASSES, SweepSpec
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("old", help="run directory (reports/run-...), or with --interleaved backend A")
     p.add_argument("new", help="run directory, or with --interleaved backend B")
-    p.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts (default 1.10)")
+    p.add_argument("--threshold", type=float, default=1.10, help="slowdown ratio that counts")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="compare runs measured on different machines, threads, torch or options (warns)")
     ab = p.add_argument_group("interleaved A/B (the stable gate on a shared machine)")
     ab.add_argument("--interleaved", action="store_true",
                     help="time backends OLD and NEW alternately in the same worker, in fresh processes")
-    ab.add_argument("--seq-lens", default="256,1024", help="N values (default 256,1024)")
-    ab.add_argument("--heads", default="4", help="H values (default 4)")
-    ab.add_argument("--head-dim", default="64", help="D values (default 64)")
-    ab.add_argument("--dtype", default="float32", help="dtypes (default float32)")
-    ab.add_argument("--causal", default="none", help="none, top_left, bottom_right (default none)")
-    ab.add_argument("--pass", dest="passes", default="fwd", help="fwd, fwd+bwd (default fwd)")
-    ab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default cpu)")
-    ab.add_argument("--threads", type=int, default=1, help="torch/BLAS threads in the worker (default 1)")
-    ab.add_argument("--processes", type=int, default=3, help="fresh processes per point (default 3)")
-    ab.add_argument("--time-budget", type=float, default=0.5, help="seconds of timed pairs per process "
-                                                                   "(default 0.5)")
-    ab.add_argument("--timeout", type=float, default=120.0, help="seconds per process (default 120)")
+    ab.add_argument("--seq-lens", default="256,1024", help="N values")
+    ab.add_argument("--heads", default="4", help="H values")
+    ab.add_argument("--head-dim", default="64", help="D values")
+    ab.add_argument("--dtype", default="float32", help="dtypes")
+    ab.add_argument("--causal", default="none", help="none, top_left, bottom_right")
+    ab.add_argument("--pass", dest="passes", default="fwd", help="fwd, fwd+bwd")
+    ab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to time on")
+    ab.add_argument("--threads", type=int, default=1, help="torch/BLAS threads in the worker")
+    ab.add_argument("--processes", type=int, default=3, help="fresh processes per point")
+    ab.add_argument("--time-budget", type=float, default=0.5, help="seconds of timed pairs per process")
+    ab.add_argument("--timeout", type=float, default=120.0, help="seconds per process")
     ab.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                     help="a module file registering extra backends (e.g. a second install under another name)")
 
