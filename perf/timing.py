@@ -61,16 +61,17 @@ def time_steady(fn: Callable[[], object], *, synchronize: Callable[[], None] = l
                 min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0) -> dict:
     """Warm up until settled, then time repeats; with what the process saw meanwhile.
 
-    Returns samples (s), warmup_calls, minor_faults_per_call, cpu_share (main
-    thread CPU time over wall time: below 1 when another task held the CPU),
+    Returns samples (s), warmup_calls, minor_faults_per_call, cpu_share (the
+    process's CPU time over wall time, capped at 1: below 1 when another task held the CPU),
     involuntary context switches per second, and the machine's load around it.
     """
     warmup_calls = warm_up(fn, synchronize=synchronize, min_calls=warmup, budget_s=budget_s)
     before_sys, before_ru = noise.system_snapshot(), resource.getrusage(resource.RUSAGE_SELF)
-    cpu0, wall0 = time.thread_time(), time.perf_counter()
+    # Process CPU time, all threads: a backend may compute on its own pool (XLA) while the caller waits.
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     samples = time_callable(fn, synchronize=synchronize, warmup=0, min_repeats=min_repeats,
                             max_repeats=max_repeats, budget_s=budget_s)
-    cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     after_ru, after_sys = resource.getrusage(resource.RUSAGE_SELF), noise.system_snapshot()
     return {"samples": samples, "warmup_calls": warmup_calls,
             "minor_faults_per_call": (after_ru.ru_minflt - before_ru.ru_minflt) / len(samples),
