@@ -37,10 +37,12 @@ def use_triton_interpreter_without_cuda() -> None:
 
 
 def _cmd_run(args) -> int:
+    from attnbench.devices import require_device
     from attnbench.perf.cli_perf import finish, interrupted
     from attnbench.perf.main_job import main_job
     from attnbench.perf.runner import Interrupted
 
+    require_device(args.device)                                  # before any work or run directory
     try:
         run_dir = main_job(Path(args.out), device=args.device)
     except Interrupted as exc:
@@ -123,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "interleaved); exit 1 on a significant regression")
     add_compare_arguments(compare)
     compare.set_defaults(func=run_compare)
+    from attnbench.perf.audit import add_audit_arguments, run_audit_command
+
+    audit = sub.add_parser("audit", help="compile the Triton kernels for sm_80/sm_90/sm_100 without a GPU; "
+                                         "registers, shared memory, spills, tensor cores, occupancy, roofline")
+    add_audit_arguments(audit)
+    audit.set_defaults(func=run_audit_command)
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
     backends.add_argument("--json", action="store_true", help="print the rows as JSON")
     backends.set_defaults(func=_cmd_backends)

@@ -55,6 +55,16 @@ def pytest_configure(config):
             raise pytest.UsageError(f"--backend: {exc.args[0]}") from None
 
 
+def pytest_configure(config):
+    # A device that cannot run here is a usage error (exit 4, one line), not a run where every case skips and passes.
+    from attnbench.devices import device_unavailable_reason
+
+    for device in config.getoption("--device"):
+        reason = device_unavailable_reason(device)
+        if reason:
+            raise pytest.UsageError(f"--device {device}: {reason}")
+
+
 def selected_backends(config):
     mutant = config.getoption("--mutant")
     if mutant:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import types
+from dataclasses import dataclass
 
 import torch
 
@@ -75,7 +76,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 @jit
 def _fwd_kernel(Q, K, V, O, LSE,
                 sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd, sob, soh, son, sod,
-                H, GROUP, N, M, D, DV, qk_scale, causal_offset,
+                H, GROUP, N, M, D, DV, qk_scale, causal_offset, N_BUCKET, M_BUCKET,
                 CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """O (B, H, N, Dv) and lse (B*H, N) for one (query tile, b*h) program; K/V read from head h // GROUP."""
@@ -140,7 +141,7 @@ def _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL:
 @jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
                      sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd,
-                     H, HKV, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset,
+                     H, HKV, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset, N_BUCKET, M_BUCKET,
                      CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dK (B, Hkv, M, D), dV (B, Hkv, M, Dv) for one (key tile, b*hkv), summed over the GROUP query heads.
@@ -192,7 +193,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
 @jit
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd,
-                   H, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset,
+                   H, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset, N_BUCKET, M_BUCKET,
                    CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dQ (B, H, N, D) for one (query tile, b*h): sum over key tiles of dS K, dS = P * (dP - delta)."""
@@ -232,68 +233,195 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 
 # ----------------------------------------------------------------------------------------------- host side
 
-def tile_sizes(d: int, dv: int) -> dict:
-    """Tile shape for head dims D, Dv: D padded to a power of two; smaller tiles for big heads (shared memory)."""
-    block = 64 if max(d, dv) <= 128 else 32
-    return dict(BLOCK_N=block, BLOCK_M=block, BLOCK_D=max(16, triton.next_power_of_2(d)),
-                BLOCK_DV=max(16, triton.next_power_of_2(dv)))
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One launch of a kernel: the tile (BLOCK_N query rows x BLOCK_M key rows), warps and pipeline stages."""
+
+    block_n: int
+    block_m: int
+    num_warps: int
+    num_stages: int
+
+    @property
+    def id(self) -> str:
+        return f"n{self.block_n}m{self.block_m}w{self.num_warps}s{self.num_stages}"
+
+    def triton_config(self):
+        return triton.Config(dict(BLOCK_N=self.block_n, BLOCK_M=self.block_m), num_warps=self.num_warps,
+                             num_stages=self.num_stages)
+
+
+def _configs(*specs: tuple[int, int, int, int]) -> tuple[LaunchConfig, ...]:
+    return tuple(LaunchConfig(*spec) for spec in specs)
+
+
+KERNELS = ("fwd", "dkdv", "dq")
+AUDITED_TARGETS = ("sm_80", "sm_90", "sm_100")   # perf/gpu_targets.TARGETS
+# Candidate launch configs per kernel, (dtype kind, padded head dim): what autotune may choose from on CUDA.
+# Pruned by `attnbench audit` (perf/audit.py): on every audited target (sm_80, sm_90, sm_100) each of these
+# compiles without spills, within the register and shared-memory limits, and its half-precision dots reach
+# the tensor cores; a target where one does not is listed in EXCLUDED and never launched there. The first
+# entry is the default (the interpreter's, and a GPU the audit does not cover).
+CONFIG_SPACE: dict[str, dict[tuple[str, int], tuple[LaunchConfig, ...]]] = {
+    "fwd": {
+        ("half", 16): _configs((128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)),
+        ("half", 32): _configs((128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)),
+        ("half", 64): _configs((128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)),
+        ("half", 128): _configs((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2)),
+        ("half", 256): _configs((64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 1)),
+        ("fp32", 16): _configs((64, 32, 4, 2), (32, 32, 4, 2)),
+        ("fp32", 32): _configs((64, 32, 4, 2), (32, 32, 4, 2)),
+        ("fp32", 64): _configs((64, 32, 4, 2), (32, 32, 4, 2)),
+        ("fp32", 128): _configs((32, 32, 4, 2), (64, 32, 8, 2)),
+        ("fp32", 256): _configs((32, 32, 4, 1), (32, 16, 4, 1)),
+    },
+    "dkdv": {
+        ("half", 16): _configs((64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)),
+        ("half", 32): _configs((64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)),
+        ("half", 64): _configs((64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)),
+        ("half", 128): _configs((32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2)),
+        ("half", 256): _configs((32, 32, 4, 1), (32, 64, 8, 1)),
+        ("fp32", 16): _configs((32, 32, 4, 2), (32, 64, 4, 2)),
+        ("fp32", 32): _configs((32, 32, 4, 2), (32, 64, 4, 2)),
+        ("fp32", 64): _configs((32, 32, 4, 2), (32, 64, 8, 2)),
+        ("fp32", 128): _configs((32, 32, 4, 1), (32, 32, 8, 1)),
+        ("fp32", 256): _configs((16, 32, 4, 1), (32, 32, 8, 1)),
+    },
+    "dq": {
+        ("half", 16): _configs((64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)),
+        ("half", 32): _configs((64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)),
+        ("half", 64): _configs((64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)),
+        ("half", 128): _configs((64, 32, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2)),
+        ("half", 256): _configs((32, 32, 4, 1), (64, 32, 8, 1)),
+        ("fp32", 16): _configs((32, 32, 4, 2), (64, 32, 4, 2)),
+        ("fp32", 32): _configs((32, 32, 4, 2), (64, 32, 4, 2)),
+        ("fp32", 64): _configs((32, 32, 4, 2), (64, 32, 8, 2)),
+        ("fp32", 128): _configs((32, 32, 4, 1), (32, 32, 8, 1)),
+        ("fp32", 256): _configs((32, 16, 4, 1), (32, 32, 8, 1)),
+    },
+}
+# (target, kernel, dtype kind, padded head dim) -> ids of candidates the audit rejected there, with why.
+EXCLUDED: dict[tuple[str, str, str, int], dict[str, str]] = {}
+
+
+def dtype_kind(dtype) -> str:
+    """"half" for float16/bfloat16 (tensor-core dots), "fp32" for float32 (IEEE dots on the CUDA cores)."""
+    return "fp32" if str(dtype).removeprefix("torch.") == "float32" else "half"
+
+
+def padded_head_dim(d: int, dv: int) -> int:
+    """The power-of-two tile width the kernels use for max(D, Dv): 80, 96 -> 128; 192 -> 256; at least 16."""
+    return max(16, 1 << (max(d, dv) - 1).bit_length())
+
+
+def candidate_configs(kernel: str, kind: str, d_pad: int, target: str | None = None) -> tuple[LaunchConfig, ...]:
+    """The configs `kernel` may launch with for (dtype kind, padded head dim) on `target` (None: any)."""
+    excluded = EXCLUDED.get((target, kernel, kind, d_pad), {}) if target else {}
+    return tuple(c for c in CONFIG_SPACE[kernel][(kind, d_pad)] if c.id not in excluded)
+
+
+def default_configs(kind: str, d_pad: int) -> dict[str, LaunchConfig]:
+    """{kernel: its first candidate}: what the interpreter (and an unaudited GPU) launches."""
+    return {kernel: CONFIG_SPACE[kernel][(kind, d_pad)][0] for kernel in KERNELS}
+
+
+def seq_bucket(n: int) -> int:
+    """Autotune key for a sequence length: the next power of two, at least 64 (one choice per bucket)."""
+    return max(64, 1 << (n - 1).bit_length())
+
+
+_AUTOTUNED: dict[tuple, object] = {}
+
+
+def _autotuned(kernel: str, jit_fn, target: str, kind: str, d_pad: int):
+    """jit_fn wrapped in triton.autotune over its launchable configs for (target, kind, d_pad); built once."""
+    key = (kernel, target, kind, d_pad)
+    if key not in _AUTOTUNED:
+        configs = [c.triton_config() for c in candidate_configs(kernel, kind, d_pad, target)]
+        _AUTOTUNED[key] = triton.autotune(configs, key=["N_BUCKET", "M_BUCKET", "D", "DV", "CAUSAL"])(jit_fn)
+    return _AUTOTUNED[key]
+
+
+def _cuda_target(device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def _launcher(kernel: str, jit_fn, q, d_pad: int, forced: dict[str, LaunchConfig] | None):
+    """(callable kernel[grid](...), extra launch kwargs): autotuned on an audited GPU, else one fixed config."""
+    kind = dtype_kind(q.dtype)
+    if forced is None and q.device.type == "cuda" and not INTERPRETED:
+        target = _cuda_target(q.device)
+        if target in AUDITED_TARGETS:
+            return _autotuned(kernel, jit_fn, target, kind, d_pad), {}
+    config = (forced or default_configs(kind, d_pad))[kernel]
+    return jit_fn, dict(BLOCK_N=config.block_n, BLOCK_M=config.block_m, num_warps=config.num_warps,
+                        num_stages=config.num_stages)
+
 
 
 def _common_args(q, k, v, causal, scale) -> dict:
     B, H, N, D = q.shape
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
     sm_scale = D ** -0.5 if scale is None else float(scale)
+    d_pad = padded_head_dim(D, Dv)
     return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale, offset=causal_offset(causal, N, M),
-                consts=dict(CAUSAL=causal is not None, IEEE=q.dtype == torch.float32, **tile_sizes(D, Dv)))
+                d_pad=d_pad, buckets=(seq_bucket(N), seq_bucket(M)),
+                consts=dict(CAUSAL=causal is not None, IEEE=q.dtype == torch.float32,
+                            BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv))))
 
 
-def triton_forward(q, k, v, causal, scale):
-    """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv) in q's dtype, lse (B, H, N) float32."""
+def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | None = None):
+    """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv) in q's dtype, lse (B, H, N) float32.
+
+    configs: {kernel: LaunchConfig} to force (tests run every candidate); None autotunes on CUDA.
+    """
     a = _common_args(q, k, v, causal, scale)
-    c = a["consts"]
     o = torch.empty((a["B"], a["H"], a["N"], a["Dv"]), dtype=q.dtype, device=q.device)
     lse = torch.empty((a["B"], a["H"], a["N"]), dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(a["N"], c["BLOCK_N"]), a["B"] * a["H"])
-    _fwd_kernel[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-                      a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["offset"],
-                      **c)
+    fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs)
+    grid = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
+    fn[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+             a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["offset"],
+             *a["buckets"], **a["consts"], **launch)
     return o, lse
 
 
-def triton_backward(q, k, v, o, lse, do, causal, scale):
+def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, LaunchConfig] | None = None):
     """(dQ, dK, dV) shaped like q, k, v, from the forward's O and lse and the upstream dO (B, H, N, Dv)."""
     a = _common_args(q, k, v, causal, scale)
-    c = a["consts"]
     do = do.contiguous()
     delta = (do.float() * o.float()).sum(-1)                     # (B, H, N): the FA2 preprocess rowsum(dO * O)
     dq = torch.empty((a["B"], a["H"], a["N"], a["D"]), dtype=q.dtype, device=q.device)
     dk = torch.empty((a["B"], a["Hkv"], a["M"], a["D"]), dtype=k.dtype, device=k.device)
     dv = torch.empty((a["B"], a["Hkv"], a["M"], a["Dv"]), dtype=v.dtype, device=v.device)
-    sizes = (a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["sm_scale"], a["offset"])
+    sizes = (a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["sm_scale"], a["offset"], *a["buckets"])
     strides = (*q.stride(), *k.stride(), *v.stride())
-    grid_kv = (triton.cdiv(a["M"], c["BLOCK_M"]), a["B"] * a["Hkv"])
-    _bwd_dkdv_kernel[grid_kv](q, k, v, do, lse, delta, dk, dv, *strides,
-                              a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes, **c)
-    grid_q = (triton.cdiv(a["N"], c["BLOCK_N"]), a["B"] * a["H"])
-    _bwd_dq_kernel[grid_q](q, k, v, do, lse, delta, dq, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **c)
+    fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs)
+    grid_kv = lambda meta: (triton.cdiv(a["M"], meta["BLOCK_M"]), a["B"] * a["Hkv"])  # noqa: E731
+    fn[grid_kv](q, k, v, do, lse, delta, dk, dv, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes,
+                **a["consts"], **launch)
+    fn, launch = _launcher("dq", _bwd_dq_kernel, q, a["d_pad"], configs)
+    grid_q = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
+    fn[grid_q](q, k, v, do, lse, delta, dq, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **a["consts"], **launch)
     return dq, dk, dv
 
 
 class TritonAttention(torch.autograd.Function):
-    """O, lse = TritonAttention.apply(q, k, v, causal, scale); lse is not differentiable."""
+    """O, lse = TritonAttention.apply(q, k, v, causal, scale, configs); lse is not differentiable."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale):
-        o, lse = triton_forward(q, k, v, causal, scale)
+    def forward(ctx, q, k, v, causal, scale, configs=None):
+        o, lse = triton_forward(q, k, v, causal, scale, configs)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.configs = causal, scale, configs
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
         q, k, v, o, lse = ctx.saved_tensors
-        return (*triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale), None, None)
+        return (*triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.configs), None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------- backend
@@ -309,6 +437,7 @@ class TritonBlockwise(TorchBackend):
     name = "triton_blockwise"
     devices = ("cpu", "cuda")
     caps = CAPS
+    forced_configs: dict[str, LaunchConfig] | None = None    # {kernel: config}; None: autotune (CUDA) / default
 
     def unavailable_reason(self) -> str | None:
         return TRITON_MISSING
@@ -336,7 +465,7 @@ class TritonBlockwise(TorchBackend):
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
         self._refuse_unsupported(q, k, v, mask)
-        o, lse = TritonAttention.apply(q, k, v, causal, scale)
+        o, lse = TritonAttention.apply(q, k, v, causal, scale, self.forced_configs)
         return (o, lse) if return_lse else o
 
     def _refuse_unsupported(self, q, k, v, mask) -> None:

@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from attnbench.devices import require_device
 from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError
 
@@ -250,6 +251,7 @@ def run_perf(args) -> int:
         spec, options, timeout = resumed_sweep(run_dir, args)
     else:
         spec, options, timeout = spec_and_options(args)
+    require_device(spec.device)                                  # before any work or run directory
     expand(spec)                                                 # unknown backend etc.: fail before making a dir
     executor = executor_of(args)
     run_dir = run_dir if args.resume else new_run_dir(Path(args.out))
