@@ -4,7 +4,7 @@ On a GPU, autotune chooses among the candidates per (N bucket, M bucket, D,
 causal), so any of them may run. Each tile shape is forced here for the
 forward, dK/dV and dQ kernels at once and checked forward and backward on a
 problem off the tile grid (N 97, M 131: partial tiles of 16..128), grouped
-heads and a padded head dim of the config's width. Under the interpreter
+heads (H 2, Hkv 1) and a padded head dim of the config's width. Under the interpreter
 num_warps and num_stages do not change the arithmetic, so configs that share
 a tile run once (the id lists them); on a GPU (`--device cuda`) each runs.
 """
@@ -52,7 +52,7 @@ def make_backend(forced: dict) -> "tb.TritonBlockwise":
 
 
 def problem_for(kind: str, d_pad: int, i: int) -> Problem:
-    return Problem(B=1, H=4, Hkv=2, N=97, M=131, D=HEAD_DIM_FOR_WIDTH[d_pad],
+    return Problem(B=1, H=2, Hkv=1, N=97, M=131, D=HEAD_DIM_FOR_WIDTH[d_pad],
                    dtype="float16" if kind == "half" else "float32", causal=CAUSAL_CYCLE[i % 3], seed=d_pad + i)
 
 

@@ -39,10 +39,10 @@ from .gpu_targets import PEAKS, ROOFLINE_GPUS, TARGETS, TargetLimits
 HEAD_DIMS = (16, 32, 64, 80, 96, 128, 192, 256)
 DTYPES = ("float16", "bfloat16", "float32")
 CAUSAL = (False, True)          # the kernels specialise on CAUSAL only; top_left and bottom_right share the code
-# CI's representative subset: every padded width (80 stands for 128-padded odd dims), one half type and float32,
-# every kernel, config and target, causal on (the causal code is the non-causal code plus the mask).
-CI_HEAD_DIMS = (16, 64, 80, 128, 256)
-CI_DTYPES = ("float16", "float32")
+# CI's representative subset (about 100 compiles, ~2 min on 2 cores; the full grid of ~1100 is on demand):
+# every kernel, candidate config and target, causal on (the causal code is the non-causal code plus the mask),
+# float16 at D 64, 80 (padded to 128) and 256, and float32 (the most registers) at D 256.
+CI_SELECTION = (((64, 80, 256), ("float16",)), ((256,), ("float32",)))
 CI_CAUSAL = (True,)
 ROOFLINE_SEQ_LENS = (4096, 16384)
 ROOFLINE_HEAD_DIMS = (64, 128)
@@ -217,13 +217,21 @@ def problems(case: AuditCase, record: dict) -> list[str]:
     return found
 
 
+KERNEL_SOURCES = ("_dot", "_fwd_kernel", "_recompute_p", "_bwd_dkdv_kernel", "_bwd_dq_kernel")
+
+
 def _source_key() -> str:
+    """Hash of the kernels' source and the triton version: what a cached record depends on (not the config table)."""
+    import inspect
+
     import triton
 
     from attnbench.implementations import triton_blockwise
 
-    digest = hashlib.sha256(Path(triton_blockwise.__file__).read_bytes())
-    digest.update(triton.__version__.encode())
+    digest = hashlib.sha256(triton.__version__.encode())
+    for name in KERNEL_SOURCES:
+        fn = getattr(triton_blockwise, name)
+        digest.update(inspect.getsource(getattr(fn, "fn", fn)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -243,6 +251,14 @@ def run_audit(cases: list[AuditCase], *, jobs: int = 2, progress=None, use_cache
     cache_file = _cache_path()
     cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
     todo = [c for c in cases if _case_key(c) not in cache]
+
+    def save() -> None:   # atomically, and every few results: an interrupted audit keeps what it compiled
+        if use_cache:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(cache_file)
+
     if todo:
         # spawn, without TRITON_INTERPRET: fresh interpreters import the kernels as real JIT functions, whatever
         # this process (a test session under the interpreter) holds
@@ -251,16 +267,14 @@ def run_audit(cases: list[AuditCase], *, jobs: int = 2, progress=None, use_cache
             with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
                 for done, (case, raw) in enumerate(zip(todo, pool.map(compile_case, todo, chunksize=1)), 1):
                     cache[_case_key(case)] = raw
+                    if done % 10 == 0:
+                        save()
                     if progress:
                         progress(done, len(todo), case)
         finally:
             if saved is not None:
                 os.environ["TRITON_INTERPRET"] = saved
-        if use_cache:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache))
-            tmp.replace(cache_file)
+            save()
     return [finish_record(case, cache[_case_key(case)]) for case in cases]
 
 
@@ -285,21 +299,35 @@ def predicted_bound(gpu: str, *, n: int, d: int, dtype: str, causal: str | None,
                     h: int = 16) -> dict:
     """Best possible time and TFLOP/s of one attention call on `gpu` from published peaks (B, H, N = M, D = Dv).
 
-    time >= max(FLOPs / peak FLOP/s, minimum bytes / HBM bandwidth); FLOPs and minimum bytes are the
-    harness's own (perf.derived), causal counting only attended pairs. Config-independent: no launch config
-    can beat it.
+    time >= max(FLOPs / peak FLOP/s, exponentials / peak exp2/s, minimum bytes / HBM bandwidth), each unit
+    working flat out and perfectly overlapped. FLOPs and minimum bytes are the harness's own (perf.derived),
+    causal counting only attended pairs; one exponential per attended pair for the forward and one more for
+    the backward (an O(N)-memory kernel recomputes P). Config-independent: no launch config can beat it.
     """
     from attnbench.problem import Problem
+    from attnbench.reference import attention_flops
 
     from .derived import flops, min_bytes
 
     peak = PEAKS[gpu]
     problem = Problem(B=b, H=h, N=n, D=d, dtype=dtype, causal=causal)
     work, moved = flops(problem, pass_), min_bytes(problem, pass_)
-    seconds = max(work / peak.flops(dtype), moved / peak.hbm_bytes_per_s)
+    pairs = attention_flops(b, h, n, n, d, d, causal=causal, pass_="fwd") // (4 * d)
+    exps = pairs * (1 if pass_ == "fwd" else 2)
+    times = {"matmul": work / peak.flops(dtype), "exp": exps / peak.exp2_per_s,
+             "memory": moved / peak.hbm_bytes_per_s}
+    limiter = max(times, key=times.get)
+    seconds = times[limiter]
     return dict(gpu=gpu, target=peak.target, N=n, D=d, dtype=dtype, causal=causal, pass_=pass_,
-                seconds=seconds, tflops=work / seconds / 1e12,
-                bound="compute" if work / peak.flops(dtype) >= moved / peak.hbm_bytes_per_s else "memory")
+                seconds=seconds, tflops=work / seconds / 1e12, bound=limiter)
+
+
+def predicted_on_device(device_name: str, **point) -> dict | None:
+    """predicted_bound for the GPU torch names `device_name` ("NVIDIA H200"), or None if its peaks are not listed."""
+    from .gpu_targets import peaks_for_device_name
+
+    peaks = peaks_for_device_name(device_name)
+    return None if peaks is None else predicted_bound(peaks.gpu, **point)
 
 
 def roofline_rows(dtype: str = "float16") -> list[dict]:
@@ -373,9 +401,8 @@ def markdown_section(doc: dict, *, head_dims=(64, 128), dtype: str = "float16") 
 def add_audit_arguments(p) -> None:
     p.add_argument("backend", nargs="?", default="triton_blockwise", help="backend whose Triton kernels to audit "
                    "(triton_blockwise)")
-    p.add_argument("--ci", action="store_true", help="CI's representative subset: D " +
-                   ",".join(map(str, CI_HEAD_DIMS)) + ", " + ",".join(CI_DTYPES) + ", causal; every kernel, "
-                   "config and target")
+    p.add_argument("--ci", action="store_true", help="CI's representative subset: float16 at D 64, 80, 256 and "
+                   "float32 at D 256, causal; every kernel, config and target")
     p.add_argument("--head-dims", help="D values (default: " + ",".join(map(str, HEAD_DIMS)) + ")")
     p.add_argument("--dtypes", help="default: " + ",".join(DTYPES))
     p.add_argument("--causal", default="none,causal", help="none, causal or both (default both)")
@@ -409,17 +436,18 @@ def selected_cases(args) -> tuple[list[AuditCase], str]:
     if args.backend != "triton_blockwise":
         raise AttentionInputError(f"audit: {args.backend!r} has no Triton kernels to audit (only triton_blockwise)")
     if args.ci:
-        head_dims, dtypes, causal = CI_HEAD_DIMS, CI_DTYPES, CI_CAUSAL
+        selection, causal = CI_SELECTION, CI_CAUSAL
     else:
         head_dims = _choose(args.head_dims, HEAD_DIMS, HEAD_DIMS, "head-dims", int)
         dtypes = _choose(args.dtypes, DTYPES, DTYPES, "dtypes")
         words = _choose(args.causal, ("none", "causal"), ("none", "causal"), "causal")
-        causal = tuple(w == "causal" for w in words)
+        selection, causal = ((head_dims, dtypes),), tuple(w == "causal" for w in words)
     targets = _choose(args.targets, tuple(TARGETS), tuple(TARGETS), "targets")
     kernels = _choose(args.kernels, KERNELS, KERNELS, "kernels")
     if args.jobs < 1:
         raise AttentionInputError("--jobs: expected an integer >= 1")
-    cases = [c for c in audit_cases(head_dims, dtypes, causal, targets) if c.kernel in kernels]
+    cases = [c for head_dims, dtypes in selection for c in audit_cases(head_dims, dtypes, causal, targets)
+             if c.kernel in kernels]
     scope = "ci subset" if args.ci else ("full grid" if len(cases) == len(audit_cases()) else "selection")
     return cases, scope
 

@@ -18,6 +18,13 @@ Peaks (dense, no 2:4 sparsity), from NVIDIA's product datasheets:
       HBM3e 8 TB/s.
 FP32 here means CUDA-core FMA throughput: triton_blockwise runs float32 dots
 in IEEE precision (no TF32), so float32 never reaches the tensor cores.
+
+exp2 rate: the softmax needs one exponential per attended pair (the MUFU unit,
+16 results per SM per clock on cc 8.0, 9.0 and 10.0, against 64 (8.0) or 128
+(9.0, 10.0) FP32 FMA lanes: the Programming Guide's "Throughput of native
+arithmetic instructions" table), so exp2/s = FP32 FLOP/s / (2 x lanes) x 16.
+At D = 64 this is close to the matmul time on H100 and longer on B200 (the
+point FlashAttention-3 and -4 make), so the roofline includes it.
 """
 from __future__ import annotations
 
@@ -45,17 +52,19 @@ class TargetLimits:
     shared_alloc_unit: int
     tensor_core_ops: tuple[str, ...]   # SASS opcodes (prefix before the first '.') that run on the tensor cores
     preferred_tensor_core_op: str      # this generation's own matrix instruction
+    fp32_lanes_per_sm: int
+    mufu_ex2_per_sm: int = 16
 
 
 TARGETS: dict[str, TargetLimits] = {t.name: t for t in (
     TargetLimits("sm_80", 80, "A100", 65536, 255, 256, 1024, 64, 32, 164 * KIB, 163 * KIB, KIB, 128,
-                 ("HMMA",), "HMMA"),
+                 ("HMMA",), "HMMA", 64),
     TargetLimits("sm_90", 90, "H100/H200", 65536, 255, 256, 1024, 64, 32, 228 * KIB, 227 * KIB, KIB, 128,
-                 ("HMMA", "HGMMA"), "HGMMA"),
+                 ("HMMA", "HGMMA"), "HGMMA", 128),
     # sm_100: tcgen05 MMAs appear in SASS as UTC*MMA (UTCHMMA for f16/bf16 inputs); they accumulate in tensor
     # memory (256 KiB per SM), which is not counted in shared memory.
     TargetLimits("sm_100", 100, "B200", 65536, 255, 256, 1024, 64, 32, 228 * KIB, 227 * KIB, KIB, 128,
-                 ("HMMA", "UTCHMMA", "UTCQMMA", "UTCIMMA", "UTCOMMA"), "UTCHMMA"),
+                 ("HMMA", "UTCHMMA", "UTCQMMA", "UTCIMMA", "UTCOMMA"), "UTCHMMA", 128),
 )}
 
 
@@ -68,6 +77,12 @@ class GpuPeaks:
     half_tensor_flops: float
     fp32_flops: float
     hbm_bytes_per_s: float
+
+    @property
+    def exp2_per_s(self) -> float:
+        """Peak exponentials per second (MUFU), from the FP32 rate and the per-SM unit counts of the target."""
+        t = TARGETS[self.target]
+        return self.fp32_flops / (2 * t.fp32_lanes_per_sm) * t.mufu_ex2_per_sm
 
     def flops(self, dtype: str) -> float:
         """Peak FLOP/s for dots in `dtype` as triton_blockwise runs them (float32: IEEE, CUDA cores)."""

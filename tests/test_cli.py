@@ -131,3 +131,26 @@ def test_unknown_backend_in_pytest_is_one_line():
     output = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 4 and len(output) == 1, output[:20]
     assert "unknown backend 'torch_eagr'" in output[0] and "torch_eager" in output[0]
+
+
+needs_no_cuda = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is present here")
+
+
+@needs_no_cuda
+@pytest.mark.parametrize("command", ["run", "perf"])
+def test_cuda_without_cuda_is_one_line_exit_2_and_no_run_dir(capsys, tmp_path, command):
+    assert main([command, "--device", "cuda", "--out", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "reports").exists()
+
+
+@needs_no_cuda
+def test_conformance_on_cuda_without_cuda_fails_not_passes():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--device", "cuda", "-q",
+                           "-k", "test_agreement", "-p", "no:cacheprovider"], capture_output=True, text=True)
+    assert done.returncode != 0 and "--device cuda" in done.stderr + done.stdout
+    assert "passed" not in done.stdout
