@@ -241,7 +241,13 @@ def _cache_path() -> Path:
 
 
 def _case_key(case: AuditCase) -> str:
-    return json.dumps(asdict(case), sort_keys=True)
+    """What the compiled code depends on: a head dim that is a multiple of 16 compiles exactly like its padded
+    width (D is a runtime argument; the tile, strides' divisibility and constexprs are the same), so D 80, 96
+    and 128 share one compile, as do 192 and 256."""
+    key = asdict(case)
+    if case.head_dim % 16 == 0:
+        key["head_dim"] = max(16, 1 << (case.head_dim - 1).bit_length())
+    return json.dumps(key, sort_keys=True)
 
 
 def run_audit(cases: list[AuditCase], *, jobs: int = 2, progress=None, use_cache: bool = True) -> list[dict]:
@@ -250,7 +256,7 @@ def run_audit(cases: list[AuditCase], *, jobs: int = 2, progress=None, use_cache
 
     cache_file = _cache_path()
     cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
-    todo = [c for c in cases if _case_key(c) not in cache]
+    todo = list({_case_key(c): c for c in cases if _case_key(c) not in cache}.values())
 
     def save() -> None:   # atomically, and every few results: an interrupted audit keeps what it compiled
         if use_cache:
@@ -263,6 +269,8 @@ def run_audit(cases: list[AuditCase], *, jobs: int = 2, progress=None, use_cache
         # spawn, without TRITON_INTERPRET: fresh interpreters import the kernels as real JIT functions, whatever
         # this process (a test session under the interpreter) holds
         saved = os.environ.pop("TRITON_INTERPRET", None)
+        # triton 3.9 warns on every compile that FP fusion defaults on; say so (it is the runtime's default too)
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
         try:
             with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
                 for done, (case, raw) in enumerate(zip(todo, pool.map(compile_case, todo, chunksize=1)), 1):
@@ -374,6 +382,17 @@ def failures(records: list[dict]) -> list[dict]:
     return [r for r in records if r["launchable"] and r["problems"]]
 
 
+def excluded_suggestion(records: list[dict]) -> str:
+    """The EXCLUDED entries (implementations/triton_blockwise.py) that would stop launching the failing configs."""
+    from attnbench.implementations.triton_blockwise import dtype_kind, padded_head_dim
+
+    entries: dict[tuple, dict[str, str]] = {}
+    for r in failures(records):
+        key = (r["target"], r["kernel"], dtype_kind(r["dtype"]), padded_head_dim(r["head_dim"], r["head_dim"]))
+        entries.setdefault(key, {})[r["config_id"]] = "; ".join(r["problems"])
+    return "\n".join(f"    {key!r}: {value!r}," for key, value in sorted(entries.items()))
+
+
 def audit_json(records: list[dict], roofline: list[dict], *, scope: str, seconds: float) -> dict:
     """The audit's JSON document (what perf/report.py may render as a section)."""
     import triton
@@ -481,6 +500,9 @@ def run_audit_command(args) -> int:
     for r in bad:
         print(f"FAIL {r['kernel']} {r['target']} D{r['head_dim']} {r['dtype']} causal={r['causal']} "
               f"{r['config_id']}: {'; '.join(r['problems'])}", file=sys.stderr)
+    if bad:
+        print("audit: to stop launching them, fix the kernel or add to EXCLUDED in implementations/"
+              "triton_blockwise.py:\n" + excluded_suggestion(records), file=sys.stderr)
     print(f"audit: {len(records)} cases, {len(bad)} launchable configs failing, {seconds:.0f} s ({scope})",
           file=sys.stderr)
     return 1 if bad else 0
