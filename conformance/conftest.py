@@ -47,18 +47,15 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    """An unknown --backend is one usage line, not a traceback per collected module."""
+    """An unknown --backend, or a --device that cannot run here, is one usage line (exit 4): not a traceback per
+    collected module, and not a run where every case skips and the session passes."""
+    from attnbench.devices import device_unavailable_reason
+
     for name in config.getoption("--backend"):
         try:
             get_backend(name)
         except KeyError as exc:
             raise pytest.UsageError(f"--backend: {exc.args[0]}") from None
-
-
-def pytest_configure(config):
-    # A device that cannot run here is a usage error (exit 4, one line), not a run where every case skips and passes.
-    from attnbench.devices import device_unavailable_reason
-
     for device in config.getoption("--device"):
         reason = device_unavailable_reason(device)
         if reason:

@@ -418,16 +418,15 @@ def markdown_section(doc: dict, *, head_dims=(64, 128), dtype: str = "float16") 
 # ------------------------------------------------------------------------------------------- command line
 
 def add_audit_arguments(p) -> None:
-    p.add_argument("backend", nargs="?", default="triton_blockwise", help="backend whose Triton kernels to audit "
-                   "(triton_blockwise)")
+    p.add_argument("backend", nargs="?", default="triton_blockwise", help="backend whose Triton kernels to audit")
     p.add_argument("--ci", action="store_true", help="CI's representative subset: float16 at D 64, 80, 256 and "
                    "float32 at D 256, causal; every kernel, config and target")
     p.add_argument("--head-dims", help="D values (default: " + ",".join(map(str, HEAD_DIMS)) + ")")
     p.add_argument("--dtypes", help="default: " + ",".join(DTYPES))
-    p.add_argument("--causal", default="none,causal", help="none, causal or both (default both)")
+    p.add_argument("--causal", default="none,causal", help="none and/or causal")
     p.add_argument("--targets", help="default: " + ",".join(TARGETS))
     p.add_argument("--kernels", help="default: fwd,dkdv,dq")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (default: all cores)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (all cores)")
     p.add_argument("--json", metavar="PATH", help="write the audit JSON here")
     p.add_argument("--md", metavar="PATH", help="write a markdown report section here (D 64, 128, float16)")
     p.add_argument("--no-cache", action="store_true", help="recompile everything (default: reuse cached results)")

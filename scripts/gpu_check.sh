@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One GPU session's checks (issue 11), about 6 minutes on an H200, 9 at most (the sum of the step timeouts).
+# One GPU session's checks (issue 11): at most 8.5 minutes on an H200 (the sum of the step timeouts).
 # Runs from the repo root with the machine's own torch/triton (no network); writes everything, flat, under $OUT:
 #   log                  everything printed, step by step, and a summary of each step's exit status and time
 #   audit.json audit.md  `attnbench audit --ci`: the kernels compiled for sm_80/90/100 (a CPU job; triton here)
-#   bench.json           triton_blockwise vs torch SDPA flash, float16, N 1k..16k, D 64/128, fwd and fwd+bwd,
-#                        measured TFLOP/s beside the predicted roofline bound for this GPU
+#   bench-results.jsonl  triton_blockwise vs torch SDPA flash, float16, N 1k/4k/16k, D 64/128, fwd and fwd+bwd
+#                        (each point in a fresh process); the log has its table: measured TFLOP/s beside the
+#                        predicted roofline bound for this GPU
 #   perf-report.md perf-results.jsonl   `attnbench perf --device cuda` on a small sweep
 # Each step has its own timeout; a failing step is reported and the next one runs. Exit status: the number of
 # failed steps (0: all passed).
@@ -66,9 +67,15 @@ else:
 EOF
 }
 
+bench() {
+    "$PY" -m attnbench.perf.bench_blockwise_gpu --dtype float16 --causal none --seq-lens 1024,4096,16384 \
+        --out "$WORK/bench" || return $?
+    cp "$(ls -d "$WORK"/bench/*/ | head -n 1)/results.jsonl" "$OUT/bench-results.jsonl"
+}
+
 perf_sweep() {
     "$PY" -m attnbench perf --device cuda --backends triton_blockwise,torch_sdpa_flash --seq-lens 1024,4096 \
-        --dtype float16 --pass fwd,fwd+bwd --heads 16 --timeout 60 --out "$WORK/perf" || return $?
+        --dtype float16 --pass fwd,fwd+bwd --heads 16 --timeout 60 --out "$WORK/perf" --allow-failures || return $?
     local run
     run=$(ls -d "$WORK"/perf/*/ | head -n 1)
     cp "$run/report.md" "$OUT/perf-report.md" && cp "$run/results.jsonl" "$OUT/perf-results.jsonl"
@@ -77,17 +84,16 @@ perf_sweep() {
 main() {
     local start=$SECONDS
     echo "attnbench gpu_check: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    step environment 60 environment
-    step install 90 "$PY" -m pip install --no-deps --no-build-isolation -e .
+    step environment 30 environment
+    step install 60 "$PY" -m pip install --no-deps --no-build-isolation -e .
     [ "$LAST_RC" -eq 0 ] || use_pythonpath
-    step audit 90 "$PY" -m attnbench audit --ci --jobs "$(nproc)" --json "$OUT/audit.json" --md "$OUT/audit.md"
-    step bench 140 "$PY" -m attnbench.perf.bench_blockwise_gpu --dtype float16 --causal none \
-        --json "$OUT/bench.json"
-    step conformance 100 "$PY" -m pytest conformance/test_agreement.py conformance/test_tile_edges.py \
+    step audit 60 "$PY" -m attnbench audit --ci --jobs "$(nproc)" --json "$OUT/audit.json" --md "$OUT/audit.md"
+    step bench 170 bench
+    step conformance 90 "$PY" -m pytest conformance/test_agreement.py conformance/test_tile_edges.py \
         --device cuda --backend triton_blockwise --backend torch_sdpa_flash -x -q -p no:cacheprovider
-    step launch-configs 50 "$PY" -m pytest conformance/test_launch_configs.py --device cuda -x -q \
+    step launch-configs 40 "$PY" -m pytest conformance/test_launch_configs.py --device cuda -x -q \
         -p no:cacheprovider -k "half and (D64 or D128)"
-    step perf 80 perf_sweep
+    step perf 60 perf_sweep
     echo
     echo "=== summary ($((SECONDS - start)) s, $FAILED failed)"
     printf '%s' "$SUMMARY"
