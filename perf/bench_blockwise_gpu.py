@@ -35,7 +35,8 @@ OPTIONS = MeasureOptions(time_budget_s=0.5, min_repeats=10, max_repeats=100)
 def format_table(results: list[records.PointResult], machine: dict) -> str:
     """One line per point: time, TFLOP/s, peak memory, or the status; the measured matmul ceiling first."""
     dtype, peak = next(iter((machine.get("peak_flops") or {}).items()), (None, None))
-    lines = [f"device: {machine.get('device_name', '?')}; measured {dtype} matmul peak: "
+    short = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
+    lines = [f"device: {machine.get('device_name', '?')}; measured {short} matmul peak: "
              f"{peak / 1e12:.0f} TFLOP/s" if peak else f"device: {machine.get('device_name', '?')}",
              f"{'backend':18s} {'pass':8s} {'causal':10s} {'D':>4s} {'N':>6s} {'ms':>9s} {'TFLOP/s':>8s} "
              f"{'peak MiB':>9s} {'bound':>6s} {'of bound':>8s}"]
