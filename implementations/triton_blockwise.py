@@ -265,8 +265,8 @@ AUDITED_TARGETS = ("sm_80", "sm_90", "sm_100")   # perf/gpu_targets.TARGETS
 CONFIG_SPACE: dict[str, dict[tuple[str, int], tuple[LaunchConfig, ...]]] = {
     "fwd": {
         ("half", 16): _configs((128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)),
-        ("half", 32): _configs((128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)),
-        ("half", 64): _configs((128, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)),
+        ("half", 32): _configs((128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)),
+        ("half", 64): _configs((64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)),
         ("half", 128): _configs((128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 2)),
         ("half", 256): _configs((64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 1)),
         ("fp32", 16): _configs((64, 32, 4, 2), (32, 32, 4, 2)),
@@ -305,6 +305,13 @@ CONFIG_SPACE: dict[str, dict[tuple[str, int], tuple[LaunchConfig, ...]]] = {
 # with LOCAL 0 are register spills to the stack frame.
 EXCLUDED: dict[tuple[str, str, str, int], dict[str, str]] = {
     ("sm_100", "fwd", "half", 16): {"n64m64w4s3": "spills: STACK 8 B"},
+    ("sm_100", "fwd", "half", 32): {"n64m64w4s3": "spills: STACK 48 B (non-causal)"},
+    ("sm_80", "fwd", "half", 32): {"n128m64w4s3": "spills: STACK 8 B (non-causal)"},
+    ("sm_80", "fwd", "half", 64): {"n128m64w4s3": "spills: STACK 16 B (non-causal)"},
+    ("sm_80", "dkdv", "half", 32): {"n64m128w8s2": "spills: STACK 24 B (non-causal)"},
+    ("sm_80", "dkdv", "fp32", 256): {"n16m32w8s1": "spills: STACK 8 B (non-causal)",
+                                     "n16m16w8s1": "spills: STACK 8 B (non-causal)"},
+    ("sm_80", "dq", "fp32", 64): {"n64m32w8s2": "spills: STACK 16 B (non-causal)"},
     ("sm_80", "dkdv", "half", 64): {"n64m64w4s2": "spills: STACK 8 B", "n64m128w8s2": "spills: STACK 8 B"},
     ("sm_90", "dkdv", "half", 64): {"n64m128w8s2": "spills: STACK 8 B"},
     ("sm_80", "dkdv", "half", 128): {"n64m64w8s2": "spills: STACK 32 B"},
