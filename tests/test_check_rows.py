@@ -126,3 +126,17 @@ def test_the_row_bound_equals_the_budget_bound_on_every_row():
                                   dtype=p.dtype, block_m=16)
         np.testing.assert_allclose(got, forward_bound(x.q, x.k, x.v, bias, scale, p.dtype), rtol=1e-9, atol=0)
         np.testing.assert_allclose(got_lse, lse_bound(x.q, x.k, lse, bias, scale, p.dtype), rtol=1e-9, atol=0)
+
+
+def test_perf_accuracy_is_checked_at_the_points_own_length():
+    """A kernel wrong only beyond key 256 is inaccurate at N = M = 8192 in perf (no shrunk copy hides it)."""
+    from attnbench.perf.measure import accuracy
+    from attnbench.perf.sweep import Case
+
+    p = Problem(B=1, H=1, N=8192, M=8192, D=16, dtype="float32")
+    good, bad = _Eager(), _DropsKeysBeyond256()
+    bad.name = "drops_keys_beyond_256"
+    error, passed = accuracy(good, Case(good.name, p))
+    assert passed and 0 < error < 1e-5
+    error, passed = accuracy(bad, Case(bad.name, p))
+    assert not passed and error > 1e-2
