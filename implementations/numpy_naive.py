@@ -2,7 +2,11 @@
 
 S = (scale * Q) K^T + bias, P = softmax(S) with the row max subtracted, O = P V;
 Q is scaled before the product so that a float16 Q K^T larger than 65504 whose
-scaled value fits does not overflow; NaN and inf inputs propagate as in the reference;
+scaled value fits does not overflow, and the product scale * Q is formed in
+float32 for float16 and rounded once (as torch and FlashAttention apply the
+scale): rounding the scale itself to float16 (1/sqrt(32) -> 0.17676, 1.1e-4 off)
+would skew every score of a row the same way, a systematic error that the
+2x-naive rule rightly failed (README, "Known deviations"); NaN and inf inputs propagate as in the reference;
 every intermediate is held in the input dtype (float16, float32 or float64;
 NumPy has no bfloat16). Grouped-query heads are handled by reshaping queries
 into (B, Hkv, G, N, D) groups, with no copy of K or V. CPU only, no autograd.
@@ -28,10 +32,13 @@ def numpy_attention(q, k, v, *, mask, causal, scale):
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     dtype = q.dtype
-    scale = dtype.type(1.0 / np.sqrt(D) if scale is None else scale)
+    scale = 1.0 / np.sqrt(D) if scale is None else scale
     qg = q.reshape(B, Hkv, H // Hkv, N, D)                                   # (B, Hkv, G, N, D)
-    # Scale q before the product: Q K^T itself can exceed float16's 65504 when Q K^T * scale does not.
-    s = (qg * scale) @ np.swapaxes(k, -1, -2)[:, :, None]                    # (B, Hkv, G, N, M)
+    # Scale q before the product: Q K^T itself can exceed float16's 65504 when Q K^T * scale does not. The
+    # product is formed in at least float32 and rounded once: a scale rounded to float16 is a systematic error.
+    wide = np.promote_types(dtype, np.float32)
+    scaled_q = (qg.astype(wide) * wide.type(scale)).astype(dtype)
+    s = scaled_q @ np.swapaxes(k, -1, -2)[:, :, None]                        # (B, Hkv, G, N, M)
     allowed = np.ones((N, M), dtype=bool) if causal is None else causal_mask(N, M, causal)
     mask = grouped_mask(mask, Hkv, H // Hkv)                                  # (B|1, Hkv|1, G|1, N|1, M)
     if mask is not None and mask.dtype == np.bool_:
