@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnbench import reference
-from attnbench.budget import Verdict, compare
+from attnbench.budget import (Verdict, backward_floor, compare, forward_floor, score_magnitude,
+                              stored_output_floor)
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
 from attnbench.row_bound import row_bounds
@@ -206,6 +207,7 @@ class BackwardReference:
     expected: tuple[np.ndarray, np.ndarray, np.ndarray]
     naive: tuple[np.ndarray, np.ndarray, np.ndarray]
     magnitudes: tuple[float | None, float | None, float | None]
+    floors: tuple[float | None, float | None, float | None] = (None, None, None)   # budget floor (b), full only
 
 
 def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, rows: RowSample) -> BackwardReference:
@@ -213,13 +215,27 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     p = problem
     qr, kr = _indices(rows.query, p.N), _indices(rows.key, p.M)
     kwargs = inputs.reference_kwargs(p)
+    floors = (None, None, None)
     if rows.full:
         expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **kwargs)
         magnitudes = backward_magnitudes(inputs, p, grad_out)
+        floors = backward_floors(inputs, p, grad_out, expected, magnitudes)
     else:
         expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
         magnitudes = (None, None, None)
-    return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes)
+    return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes, floors)
+
+
+def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes) -> tuple:
+    """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`); full checks only
+    (it forms (N, M)); a row-sampled check keeps floor (a) alone, never looser."""
+    p, scale = problem, _effective_scale(problem)
+    scores = score_magnitude(inputs.q, inputs.k, reference_bias(inputs, p), scale)
+    out, weights = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **inputs.reference_kwargs(p))
+    stored = stored_output_floor(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
+    return tuple(s + backward_floor(p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M), score_max=scores, terms_max=m,
+                                    result_max=float(np.max(np.abs(e), initial=0.0)))
+                 for s, m, e in zip(stored, magnitudes, expected))
 
 
 @functools.lru_cache(maxsize=8)
@@ -313,7 +329,8 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     qr = _indices(sample.query, p.N)
     if actual.shape == (p.B, p.H, p.N, p.Dv):
         verdicts.append(compare("output", actual[:, :, qr], ref.out, dtype=p.dtype, bound=ref.out_bound,
-                                naive=ref.naive, reduction_length=p.D + p.M))
+                                naive=ref.naive, reduction_length=p.D + p.M,
+                                analytic_floor=forward_floor(ref.out_bound, ref.out, p.dtype)))
     if want_lse:
         actual_lse = backend.to_numpy(lse)
         if actual_lse.shape == (p.B, p.H, p.N):
@@ -345,11 +362,12 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     broken += inputs_contract(backend, run, inputs, pristine)
     verdicts = [_contract("contract", broken)]
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
-    for (name, shape), a, e, n, mag, rows_ in zip(shapes.items(), arrays, ref.expected, ref.naive, ref.magnitudes,
-                                                   picks):
+    for (name, shape), a, e, n, mag, floor, rows_ in zip(shapes.items(), arrays, ref.expected, ref.naive,
+                                                          ref.magnitudes, ref.floors, picks):
         if a.shape == shape:
             verdicts.append(compare(name, a[:, :, rows_], e, naive=n, dtype=p.dtype,
-                                    reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag))
+                                    reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
+                                    analytic_floor=floor))
     return Verdicts(verdicts, sample)
 
 
