@@ -5,7 +5,8 @@
     thorough  many random examples, for a night run or before a release.
 
 Pick one with `ATTNBENCH_HYPOTHESIS_PROFILE=thorough` or `pytest --hypothesis-profile thorough`
-(the flag wins: hypothesis' pytest plugin loads it after this module ran).
+(the flag wins: hypothesis' pytest plugin loads it after this module ran). `ATTNBENCH_THOROUGH_EXAMPLES=N`
+sets the thorough profile's examples per test (default 500) for a long search.
 """
 import os
 
@@ -16,7 +17,7 @@ _QUIET = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_to
 
 settings.register_profile("ci", max_examples=25, derandomize=True, database=None, deadline=None,
                           suppress_health_check=_QUIET, print_blob=True)
-settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=_QUIET,
+settings.register_profile("thorough", max_examples=int(os.environ.get("ATTNBENCH_THOROUGH_EXAMPLES", "500")), deadline=None, suppress_health_check=_QUIET,
                           print_blob=True)
 settings.load_profile(os.environ.get("ATTNBENCH_HYPOTHESIS_PROFILE", "ci"))
 

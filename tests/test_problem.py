@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from attnbench.problem import Problem, make_inputs, round_to_dtype
+from attnbench.problem import Problem, make_inputs
 from attnbench.reference import AttentionInputError
 
 
@@ -13,11 +13,40 @@ def test_spec_round_trips_and_id_reads_well():
     assert p.id == "float16-B2-H4-Hkv2-N97-M113-D80-bottom_right-padding-scale0.25-seed3"
 
 
+SIGNIFICAND_BITS = {"float16": 11, "bfloat16": 8, "float32": 24}
+SMALLEST_NORMAL_EXPONENT = {"float16": -14, "bfloat16": -126, "float32": -126}   # x = f * 2^e, 1 <= f < 2
+
+
+def fits_in(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Whether each float64 value is exactly a `dtype` value, from its bits alone (no cast, no torch).
+
+    A finite x = m * 2^e (0.5 <= m < 1, np.frexp) is representable with p significand bits iff m * 2^p is an
+    integer, or, below the smallest normal, iff x is a multiple of the smallest subnormal.
+    """
+    p, emin = SIGNIFICAND_BITS[dtype], SMALLEST_NORMAL_EXPONENT[dtype]
+    m, e = np.frexp(x)
+    normal = np.floor(m * 2.0**p) == m * 2.0**p
+    subnormal_step = 2.0 ** (emin - p + 1)
+    return np.where(e - 1 >= emin, normal, np.floor(x / subnormal_step) == x / subnormal_step)
+
+
+def test_the_representability_check_can_fail():
+    assert fits_in(np.array([1 + 2.0**-10]), "float16").all() and not fits_in(np.array([1 + 2.0**-11]), "float16").any()
+    assert fits_in(np.array([1 + 2.0**-7]), "bfloat16").all() and not fits_in(np.array([1 + 2.0**-8]), "bfloat16").any()
+    assert not fits_in(np.array([0.1]), "float32").any()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_inputs_are_exactly_representable_in_their_dtype(dtype):
-    inputs = make_inputs(Problem(dtype=dtype, mask="bias"))
-    for x in (inputs.q, inputs.k, inputs.v, inputs.mask):
-        np.testing.assert_array_equal(round_to_dtype(x, dtype), x)
+def test_inputs_are_exactly_representable_in_their_dtype_and_rounded_to_nearest(dtype):
+    problem = Problem(dtype=dtype, mask="bias")
+    inputs = make_inputs(problem)
+    raw = make_inputs(problem.replace(dtype="float64"))         # the same draw, unrounded
+    u = 2.0 ** -SIGNIFICAND_BITS[dtype]
+    half_subnormal_step = 2.0 ** (SMALLEST_NORMAL_EXPONENT[dtype] - SIGNIFICAND_BITS[dtype])   # below the normals
+    for x, x64 in zip((inputs.q, inputs.k, inputs.v, inputs.mask), (raw.q, raw.k, raw.v, raw.mask)):
+        assert fits_in(x, dtype).all()
+        assert not np.array_equal(x, x64)                        # rounding happened...
+        assert np.all(np.abs(x - x64) <= np.maximum(u * np.abs(x64), half_subnormal_step))  # ...to nearest
 
 
 def test_same_seed_same_inputs_other_seed_other_inputs():
