@@ -79,6 +79,21 @@ A backend's output in a given dtype is held to two conditions:
    at M = 16385 (bfloat16 1.5x and 16x), and hides under it at M <= 1024. The suite therefore runs half
    precision at M = 16385 (`conformance/long_cases.py`), which the row-sampled reference makes cheap.
 
+   In float16/bfloat16 one more term is the dtype's, not the accumulator's:
+   FlashAttention's backward (and torch's CPU flash kernel) forms
+   delta = rowsum(dO O) from the output O as stored, rounded to the dtype,
+   where the naive autograd path uses P instead. That moves delta_n by at
+   most eps_n = u sum_e |dO_ne| |O_ne| (a hard bound: one rounding per
+   element), dS by P_nm eps_n, and so (`stored_output_floor`)
+
+       dQ_nd by scale sum_m P_nm eps_n |K_md|,   dK_md by scale sum_n P_nm eps_n |Q_nd| (over the group),
+
+   dV not at all. Where dS nearly cancels (peaked rows: P ~ one-hot, dP ~
+   delta) this is larger than the naive error (torch_sdpa_flash, bfloat16,
+   N = M = 3, D 8, peaked: dQ 5x the naive error, 1.2x the 2x limit, while a
+   kernel using P sits at 0.1x); it does not grow with M and is zero where
+   dO O vanishes, so a half-precision accumulator still fails.
+
 Gradients use condition 2 (the naive backward is torch autograd through the
 same plain formula) with the same multiple and floors. One exception: where a
 gradient is identically zero (every query reaches one key: M = 1, N = 1 with
@@ -145,6 +160,23 @@ def backward_floor(dtype: str, *, D: int, Dv: int, length: int, score_max: float
     u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[dtype]]
     reach = 3 * (np.sqrt(D) + 2) * score_max + np.sqrt(Dv) + 2 + 2 * (np.sqrt(length) + 2)
     return float(LAMBDA * u_acc * reach * terms_max + UNIT_ROUNDOFF[dtype] * result_max)
+
+
+def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tuple[float, float, float]:
+    """The (dQ, dK, dV) error of forming delta from the output rounded to a half dtype (0 otherwise).
+
+    p (B, H, N, M) softmax weights, q (B, H, N, D), k (B, Hkv, M, D), out and grad_out (B, H, N, Dv).
+    """
+    if ACCUMULATION_DTYPE[dtype] == dtype:
+        return 0.0, 0.0, 0.0
+    B, H, N, _ = q.shape
+    Hkv = k.shape[1]
+    eps = UNIT_ROUNDOFF[dtype] * np.sum(np.abs(grad_out) * np.abs(out), axis=-1, keepdims=True)   # (B, H, N, 1)
+    weighted = np.where(np.isfinite(p), p, 0.0) * np.where(np.isfinite(eps), eps, 0.0)          # (B, H, N, M)
+    dq = abs(scale) * (weighted @ np.abs(np.repeat(k, H // Hkv, axis=1)))                       # (B, H, N, D)
+    dk = abs(scale) * (weighted.swapaxes(-1, -2) @ np.abs(q))                                   # (B, H, M, D)
+    dk = dk.reshape(B, Hkv, H // Hkv, *dk.shape[2:]).sum(axis=2)
+    return float(np.max(dq, initial=0.0)), float(np.max(dk, initial=0.0)), 0.0
 
 
 def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:

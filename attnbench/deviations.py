@@ -1,0 +1,108 @@
+"""Known deviations: measured inaccuracies of third-party kernels, declared instead of hidden or budgeted away.
+
+A `KnownDeviation` names a backend, a device, a problem class and the tensors affected, the worst ratio
+max error / naive error measured across the FlashAttention grid (`conformance/flash_grid.py`), the evidence,
+and a witness problem on which it shows. `judge` re-labels a verdict that fails only the 2x-naive rule, inside
+its class, at no more than the declared ratio, as `known deviation` (passed, and reported as such); anything
+beyond the ratio still fails, and the budget itself is unchanged for every other backend and class.
+`conformance/test_known_deviations.py` fails when a deviation disappears (its witness meets the 2x rule again:
+delete the entry) or grows past its ratio.
+
+    KNOWN_DEVIATIONS                          every declared entry (the perf report can list them)
+    deviations_for(backend, device)           the entries of one backend on one device
+    judge(backend, device, problem, verdicts, backward=...) -> (verdicts, [notes])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from attnbench.budget import Verdict
+from attnbench.problem import Problem
+
+
+@dataclass(frozen=True)
+class KnownDeviation:
+    """One declared inaccuracy of one backend on one device, for one class of problems."""
+
+    name: str
+    backend: str
+    device: str
+    problem_class: str                     # in words, for the report
+    applies: Callable[[Problem, bool], bool]   # (problem, backward) -> inside the class
+    tensors: tuple[str, ...]               # verdict names affected ("dk", "dv", "output", ...)
+    declared_ratio: float                  # worst max error / naive error measured (see evidence)
+    evidence: str
+    witness: str                           # a Problem spec on which the 2x-naive rule fails today
+
+    def describe(self) -> str:
+        return (f"{self.backend} on {self.device}, {self.problem_class}: {'/'.join(self.tensors)} up to "
+                f"{self.declared_ratio:g}x the naive error ({self.name})")
+
+
+def _half_gqa_backward(problem: Problem, backward: bool) -> bool:
+    return backward and problem.Hkv < problem.H and problem.dtype in ("float16", "bfloat16")
+
+
+KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
+    KnownDeviation(
+        name="sdpa_flash_cpu_gqa_backward",
+        backend="torch_sdpa_flash",
+        device="cpu",
+        problem_class="backward, grouped/multi-query heads (Hkv < H), float16/bfloat16",
+        applies=_half_gqa_backward,
+        tensors=("dk", "dv"),
+        declared_ratio=3.2,
+        evidence=(
+            "torch 2.13 CPU flash backward with enable_gqa: dK/dV error up to 3.2x the naive same-dtype error "
+            "across the FlashAttention grid (N, M <= 1024 scanned), median about 1.4x; the same kernel called "
+            "on K/V heads expanded by hand (autograd sums the copies) stays at about 0.5-1.3x, and MHA "
+            "(Hkv = H) stays under 1x. So the per-group reduction of dK/dV inside the GQA path loses "
+            "precision (consistent with summing the group's per-head gradients in the half dtype); dQ is "
+            "unaffected. Measured with /work/notes/i10budget.md's scan."),
+        witness="B=1,H=6,Hkv=1,N=113,M=203,D=256,dtype=float16,causal=bottom_right",
+    ),
+)
+
+
+def deviations_for(backend: str, device: str) -> list[KnownDeviation]:
+    """The declared deviations of `backend` on `device`."""
+    return [d for d in KNOWN_DEVIATIONS if d.backend == backend and d.device == device]
+
+
+def _only_naive_failed(verdict: Verdict) -> bool:
+    """Failed the 2x-naive rule and nothing else (condition 1 and the shape still hold)."""
+    return (not verdict.passed and verdict.naive_error is not None and verdict.max_error != float("inf")
+            and verdict.reason == f"worse than 2x the naive {_dtype_of(verdict)} formula")
+
+
+def _dtype_of(verdict: Verdict) -> str:
+    return verdict.reason.rsplit("naive ", 1)[-1].split(" ")[0] if "naive " in verdict.reason else ""
+
+
+def judge(backend: str, device: str, problem: Problem, verdicts: list[Verdict], *,
+          backward: bool) -> tuple[list[Verdict], list[str]]:
+    """Verdicts with declared deviations re-labelled, and one note per deviation applied.
+
+    A verdict is re-labelled only if it failed the 2x-naive rule alone, its tensor and problem are in a
+    declared class, and max error / naive error <= the declared ratio; past the ratio it stays failed and says
+    by how much the deviation grew.
+    """
+    judged, notes = [], []
+    for verdict in verdicts:
+        entry = next((d for d in deviations_for(backend, device)
+                      if verdict.name in d.tensors and d.applies(problem, backward)), None)
+        if entry is None or not _only_naive_failed(verdict) or not verdict.naive_error:
+            judged.append(verdict)
+            continue
+        ratio = verdict.max_error / verdict.naive_error
+        if ratio > entry.declared_ratio:
+            judged.append(replace(verdict, reason=f"{verdict.reason}; {ratio:.3g}x naive exceeds known deviation "
+                                                  f"{entry.name} (declared {entry.declared_ratio:g}x)"))
+            continue
+        judged.append(replace(verdict, passed=True,
+                              reason=f"known deviation {entry.name}: {ratio:.3g}x naive "
+                                     f"(declared up to {entry.declared_ratio:g}x)"))
+        notes.append(f"{backend} {verdict.name} on {problem.id}: {ratio:.3g}x naive, known deviation "
+                     f"{entry.name} ({entry.problem_class})")
+    return judged, notes
