@@ -3,8 +3,9 @@
 A `KnownDeviation` names a backend, a device, a problem class and the tensors affected, the worst ratio
 max error / naive error measured across the FlashAttention grid (`conformance/flash_grid.py`), the evidence,
 and a witness problem on which it shows. `judge` re-labels a verdict that fails only the 2x-naive rule, inside
-its class, at no more than the declared ratio, as `known deviation` (passed, and reported as such); anything
-beyond the ratio still fails, and the budget itself is unchanged for every other backend and class.
+its class, at no more than the declared ratio, as `known deviation` (passed, and reported as such), and notes
+every verdict of the class above 2x naive even where the budget's floor passed it; anything beyond the ratio
+fails, and the budget itself is unchanged for every other backend and class.
 `conformance/test_known_deviations.py` fails when a deviation disappears (its witness meets the 2x rule again:
 delete the entry) or grows past its ratio.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from attnbench.budget import Verdict
+from attnbench.budget import NAIVE_MULTIPLE, Verdict
 from attnbench.problem import Problem
 
 
@@ -60,7 +61,7 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
             "(Hkv = H) stays under 1x. So the per-group reduction of dK/dV inside the GQA path loses "
             "precision (consistent with summing the group's per-head gradients in the half dtype); dQ is "
             "unaffected. Measured with /work/notes/i10budget.md's scan."),
-        witness="B=1,H=6,Hkv=1,N=113,M=203,D=256,dtype=float16,causal=bottom_right",
+        witness="B=1,H=6,Hkv=1,N=108,M=256,D=59,dtype=float16,causal=bottom_right",   # dV 2.63x, expanded 0.84x
     ),
 )
 
@@ -71,38 +72,37 @@ def deviations_for(backend: str, device: str) -> list[KnownDeviation]:
 
 
 def _only_naive_failed(verdict: Verdict) -> bool:
-    """Failed the 2x-naive rule and nothing else (condition 1 and the shape still hold)."""
-    return (not verdict.passed and verdict.naive_error is not None and verdict.max_error != float("inf")
-            and verdict.reason == f"worse than 2x the naive {_dtype_of(verdict)} formula")
-
-
-def _dtype_of(verdict: Verdict) -> str:
-    return verdict.reason.rsplit("naive ", 1)[-1].split(" ")[0] if "naive " in verdict.reason else ""
+    """Failed the 2x-naive rule and nothing else (condition 1, shape and NaN placement still hold)."""
+    return (not verdict.passed and verdict.naive_error is not None
+            and verdict.reason.startswith(f"worse than {NAIVE_MULTIPLE:g}x the naive") and ";" not in verdict.reason)
 
 
 def judge(backend: str, device: str, problem: Problem, verdicts: list[Verdict], *,
           backward: bool) -> tuple[list[Verdict], list[str]]:
-    """Verdicts with declared deviations re-labelled, and one note per deviation applied.
+    """Verdicts with declared deviations re-labelled, and one note per verdict inside a deviation.
 
-    A verdict is re-labelled only if it failed the 2x-naive rule alone, its tensor and problem are in a
-    declared class, and max error / naive error <= the declared ratio; past the ratio it stays failed and says
-    by how much the deviation grew.
+    Inside a declared class (backend, device, problem class, tensor), a verdict above NAIVE_MULTIPLE x the naive
+    error is noted; if it failed the 2x-naive rule alone at no more than the declared ratio it is re-labelled
+    passed ("known deviation ..."); past the ratio it stays failed and says by how much the deviation grew.
+    Every other verdict is returned unchanged.
     """
     judged, notes = [], []
     for verdict in verdicts:
         entry = next((d for d in deviations_for(backend, device)
                       if verdict.name in d.tensors and d.applies(problem, backward)), None)
-        if entry is None or not _only_naive_failed(verdict) or not verdict.naive_error:
+        ratio = verdict.max_error / verdict.naive_error if verdict.naive_error else None
+        if entry is None or ratio is None or ratio <= NAIVE_MULTIPLE:
             judged.append(verdict)
             continue
-        ratio = verdict.max_error / verdict.naive_error
         if ratio > entry.declared_ratio:
-            judged.append(replace(verdict, reason=f"{verdict.reason}; {ratio:.3g}x naive exceeds known deviation "
-                                                  f"{entry.name} (declared {entry.declared_ratio:g}x)"))
+            judged.append(replace(verdict, passed=False,
+                                  reason=f"{verdict.reason}; {ratio:.3g}x naive exceeds known deviation "
+                                         f"{entry.name} (declared {entry.declared_ratio:g}x)"))
             continue
-        judged.append(replace(verdict, passed=True,
-                              reason=f"known deviation {entry.name}: {ratio:.3g}x naive "
-                                     f"(declared up to {entry.declared_ratio:g}x)"))
+        if _only_naive_failed(verdict):
+            verdict = replace(verdict, passed=True, reason=f"known deviation {entry.name}: {ratio:.3g}x naive "
+                                                          f"(declared up to {entry.declared_ratio:g}x)")
+        judged.append(verdict)
         notes.append(f"{backend} {verdict.name} on {problem.id}: {ratio:.3g}x naive, known deviation "
-                     f"{entry.name} ({entry.problem_class})")
+                     f"{entry.name} ({entry.problem_class}, declared up to {entry.declared_ratio:g}x)")
     return judged, notes

@@ -38,6 +38,9 @@ def pytest_addoption(parser):
     group.addoption("--backend", action="append", default=[], help="check only this backend (repeatable)")
     group.addoption("--device", action="append", default=[],
                     help="device to check on (repeatable; default: cpu, plus cuda when present)")
+    group.addoption("--grid", default=None, choices=("flash",),
+                    help="flash: run FlashAttention's whole test grid (conformance/flash_grid.py, 648 problems, "
+                         "forward and backward); without it CI runs a slice")
     group.addoption("--mutant", default=None,
                     help="register this deliberately wrong backend from conformance/mutants (or 'twin') and check "
                          "only it: the meta-test's way to prove the suite catches bugs")
@@ -107,7 +110,10 @@ def pytest_generate_tests(metafunc):
         return
     if not {"backend", "problem"} <= set(metafunc.fixturenames):
         return
-    problems = list(getattr(metafunc.module, "PROBLEMS"))
+    problems = getattr(metafunc.module, "PROBLEMS")
+    if callable(problems):                       # chosen by command-line options (the flash grid)
+        problems = problems(metafunc.config)
+    problems = list(problems)
     if metafunc.config.getoption("--long"):
         problems += getattr(metafunc.module, "LONG_PROBLEMS", [])
     need_grad = getattr(metafunc.module, "NEEDS_GRAD", False)
