@@ -53,14 +53,14 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
         problem_class="backward, grouped/multi-query heads (Hkv < H), float16/bfloat16",
         applies=_half_gqa_backward,
         tensors=("dk", "dv"),
-        declared_ratio=3.2,
+        declared_ratio=2.7,
         evidence=(
-            "torch 2.13 CPU flash backward with enable_gqa: dK/dV error up to 3.2x the naive same-dtype error "
-            "across the FlashAttention grid (N, M <= 1024 scanned), median about 1.4x; the same kernel called "
-            "on K/V heads expanded by hand (autograd sums the copies) stays at about 0.5-1.3x, and MHA "
-            "(Hkv = H) stays under 1x. So the per-group reduction of dK/dV inside the GQA path loses "
-            "precision (consistent with summing the group's per-head gradients in the half dtype); dQ is "
-            "unaffected. Measured with /work/notes/i10budget.md's scan."),
+            "torch 2.13 CPU flash backward with enable_gqa, FlashAttention grid (seed 0), the 192 GQA/MQA "
+            "problems with N, M <= 256: dK/dV error median 1.25x, max 2.69x the naive same-dtype error (MQA "
+            "worst; GQA max 2.00x). The same kernel called on K/V heads repeated by hand (autograd sums the "
+            "copies) on the same problems: median 0.70x, max 1.51x. dQ is unaffected (identical either way). "
+            "So the GQA path's reduction of dK/dV over the query heads of a group loses precision, "
+            "consistent with summing per-head gradients in the half dtype. Scan: /work/notes/i10budget.md."),
         witness="B=1,H=6,Hkv=1,N=108,M=256,D=59,dtype=float16,causal=bottom_right",   # dV 2.63x, expanded 0.84x
     ),
 )
