@@ -58,6 +58,8 @@ def test_judge_relabels_only_declared_failures_within_the_ratio():
     assert [v.passed for v in judged] == [False, True, False]         # dq is not declared; dv grew
     assert "known deviation" in judged[1].reason and "exceeds known deviation" in judged[2].reason
     assert len(notes) == 1 and "dk" in notes[0]
+    passed_by_the_floor = [_verdict("dk", 30.0, 1.0, passed=True)]     # a tiny naive error, within the floor
+    assert judge("torch_sdpa_flash", "cpu", inside, passed_by_the_floor, backward=True) == (passed_by_the_floor, [])
     for other in (dict(backend="torch_sdpa_math"), dict(problem=inside.replace(Hkv=6)),
                   dict(problem=inside.replace(dtype="float32")), dict(backward=False)):
         args = dict(backend="torch_sdpa_flash", problem=inside, backward=True) | other
