@@ -83,7 +83,7 @@ def test_the_analytic_floor_lets_a_correct_float32_kernel_pass_where_the_naive_y
 
     problem = Problem.parse("B=1,H=2,N=65,D=8,Hkv=1,M=3,Dv=8,dtype=float32,scale=1.0,inputs=peaked,"
                             "layout=strided,seed=1")
-    verdict = check_forward(get_backend("torch_eager"), problem)[0]
+    verdict = next(v for v in check_forward(get_backend("torch_eager"), problem) if v.name == "output")
     assert verdict.passed
     assert verdict.max_error > 2 * verdict.naive_error          # the case really is one the yardstick was lucky on
 
