@@ -2,7 +2,7 @@
 
 Each mutant (`conformance/mutants`) is the correct blockwise twin with one
 realistic bug. For each, `pytest conformance -x --mutant NAME` runs in a
-subprocess (two at a time: the machine has two cores); exit code 1 means a test
+subprocess (as many at a time as this process's share of the cores); exit code 1 means a test
 caught the bug ("killed"), 0 means the whole suite passed it (a survivor, i.e.
 a hole in the suite: strengthen the cases, never delete the mutant). The table
 printed with `pytest -s` names the test that killed each mutant.
@@ -25,7 +25,14 @@ if str(ROOT) not in sys.path:         # conformance/ is the repo's test suite, n
     sys.path.insert(0, str(ROOT))
 
 from conformance.mutants import MUTANTS  # noqa: E402
-WORKERS = 2
+
+
+def side_by_side() -> int:
+    """Suite runs at once: the cores this process may use, shared with the other pytest-xdist workers."""
+    xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // xdist_workers)
+
+
 KILLED, PASSED = 1, 0          # pytest exit codes; anything else (usage, collection error) is a broken run
 FAILED_LINE = re.compile(r"^FAILED (\S+?)(?: - .*)?$", re.MULTILINE)
 
@@ -46,7 +53,7 @@ def run_suite(mutant: str, *pytest_args: str, paths=("conformance",)) -> Outcome
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-x", "-p", "no:cacheprovider",
            "--mutant", mutant, *pytest_args]
     start = time.perf_counter()
-    # One thread per run: WORKERS runs side by side already fill the cores; more threads only contend.
+    # One thread per run: the runs side by side already fill the cores; more threads only contend.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
@@ -56,7 +63,7 @@ def run_suite(mutant: str, *pytest_args: str, paths=("conformance",)) -> Outcome
 
 
 def run_all(names, *pytest_args: str) -> list[Outcome]:
-    with ThreadPoolExecutor(WORKERS) as pool:
+    with ThreadPoolExecutor(side_by_side()) as pool:
         return list(pool.map(lambda name: run_suite(name, *pytest_args), names))
 
 

@@ -2,7 +2,9 @@
 and timed; a plugin that fails to load is reported and skipped, never fatal."""
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import EntryPoint, entry_points
@@ -48,21 +50,51 @@ def isolated_registry(monkeypatch):
     return registry
 
 
+def overlay_package(root: Path, extra: Path) -> Path:
+    """A copy of the attnbench package made of symlinks, whose implementations/ also holds the files in `extra`.
+
+    A subprocess with `root` first on PYTHONPATH imports attnbench from here (ahead of the installed
+    package), so it discovers the extra backend files as if dropped into implementations/.
+    """
+    package = root / "attnbench"
+    package.mkdir(parents=True)
+    for entry in (REPO / "attnbench").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    for sub in ("reference", "perf"):
+        (package / sub).symlink_to(REPO / sub)
+    implementations = package / "implementations"
+    implementations.mkdir()
+    for entry in [*(REPO / "implementations").iterdir(), *extra.iterdir()]:
+        if entry.name != "__pycache__":
+            (implementations / entry.name).symlink_to(entry)
+    return root
+
+
 @pytest.fixture
-def dropped_backend(isolated_registry):
-    """A new backend file in implementations/ for the test's duration: its backend name."""
-    path = REPO / "implementations" / f"{DROPPED_MODULE}.py"
-    path.write_text(DROPPED_SOURCE)
+def dropped_backend(isolated_registry, tmp_path, monkeypatch):
+    """A new backend file "dropped into implementations/" for the test's duration: its backend name.
+
+    Never written into the repo's implementations/, where other pytest-xdist workers (and their
+    subprocesses) would discover it too: this process finds it in a temporary directory added to the
+    package's search path; subprocesses import an overlay of the package through PYTHONPATH.
+    """
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / f"{DROPPED_MODULE}.py").write_text(DROPPED_SOURCE)
+    package = importlib.import_module("attnbench.implementations")
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(extra)])
+    root = overlay_package(tmp_path / "overlay", extra)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     try:
         isolated_registry.rediscover()
         yield DROPPED_NAME
     finally:
-        path.unlink()
         sys.modules.pop(f"attnbench.implementations.{DROPPED_MODULE}", None)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_dropped_backend_file_is_registered_with_its_origin(dropped_backend):
@@ -70,16 +102,19 @@ def test_dropped_backend_file_is_registered_with_its_origin(dropped_backend):
     assert registry.origin(dropped_backend) == f"implementations/{DROPPED_MODULE}.py"
 
 
-def test_dropped_backend_file_is_listed_checked_and_run_by_conformance(dropped_backend):
-    listed = run_cli("-m", "attnbench", "backends", "--json")
+def test_dropped_backend_file_is_listed_checked_and_run_by_conformance(dropped_backend, tmp_path):
+    # Run from tmp_path: from the repo, `-m` would put the repo's attnbench/ ahead of the overlay.
+    listed = run_cli("-m", "attnbench", "backends", "--json", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     sources = {row["backend"]: row["source"] for row in json.loads(listed.stdout)}
     assert sources[dropped_backend] == f"implementations/{DROPPED_MODULE}.py"
     assert sources["torch_eager"] == "implementations/torch_eager.py"      # not the file that imported it first
-    checked = run_cli("-m", "attnbench", "check", dropped_backend, "--problem", "B=2,N=33,M=40,causal=bottom_right")
+    checked = run_cli("-m", "attnbench", "check", dropped_backend, "--problem", "B=2,N=33,M=40,causal=bottom_right",
+                      cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    conformance = run_cli("-m", "pytest", "conformance", "-v", "-rN", "--backend", dropped_backend,
-                          "-k", "float32 and N97")
+    # `-p attnbench` imports the overlay's package before pytest puts the repo on sys.path for the conftest.
+    conformance = run_cli("-m", "pytest", "-p", "attnbench", str(REPO / "conformance"), "-v", "-rN",
+                          "--backend", dropped_backend, "-k", "float32 and N97", cwd=tmp_path)
     assert conformance.returncode == 0, conformance.stdout[-3000:]
     assert f"[{dropped_backend}-cpu-float32-B1-H2-N97-M113-D80" in conformance.stdout
 
@@ -87,7 +122,7 @@ def test_dropped_backend_file_is_listed_checked_and_run_by_conformance(dropped_b
 def test_dropped_backend_file_is_swept_by_attnbench_perf(dropped_backend, tmp_path):
     """The perf workers are fresh processes: they find the file by discovery, with no --plugin."""
     done = run_cli("-m", "attnbench", "perf", "--backends", dropped_backend, "--seq-lens", "64", "--pass", "fwd",
-                   "--time-budget", "0.05", "--out", str(tmp_path))
+                   "--time-budget", "0.05", "--out", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in next(tmp_path.glob("run-*/results.jsonl")).read_text().splitlines()]
     mine = [r for r in records if r["backend"] == dropped_backend]
