@@ -3,7 +3,6 @@
 The cluster is started here (`ray.init(num_cpus=2)`, no dashboard, its own temp
 dir) and shared by the tests of this module; skipped where Ray is not installed.
 """
-import os
 import platform
 import shutil
 import tempfile
@@ -17,11 +16,12 @@ from attnbench.perf.measure import MeasureOptions
 from attnbench.perf.runner import run_sweep
 from attnbench.perf.sweep import SweepSpec
 
+from perf_helpers import perf
+
 ray = pytest.importorskip("ray")
 from attnbench.perf.ray_executor import RayExecutor  # noqa: E402
 
 OPTIONS = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
-SPEC = SweepSpec(seq_lens=(32, 64), heads=(2,), head_dims=(16,), backends=("numpy",))   # each point costs a Ray worker
 NOT_COMPARABLE = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
                   "fraction_of_peak", "peak_bytes", "machine"}
 
@@ -72,16 +72,20 @@ def comparable(path) -> dict[str, dict]:
     return {r.key: {k: v for k, v in r.to_dict().items() if k not in NOT_COMPARABLE} for r in records.read(path)}
 
 
-def test_a_ray_sweep_records_what_the_local_executor_does(cluster, tmp_path):
-    ray_path = run_sweep(SPEC, tmp_path / "ray", OPTIONS, executor=RayExecutor(log=lambda _: None),
-                         log=lambda _: None)
-    local_path = run_sweep(SPEC, tmp_path / "local", OPTIONS, log=lambda _: None)
+def test_attnbench_perf_on_ray_records_what_the_local_executor_does(cluster, tmp_path):
+    sweep = ("--backends", "numpy", "--seq-lens", "32,64", "--pass", "fwd")      # each point costs a Ray worker
+    code, ray_run = perf(tmp_path / "ray", "--executor", "ray", *sweep)    # joins the cluster started above
+    assert code == 0
+    code, local_run = perf(tmp_path / "local", *sweep)
+    assert code == 0
+    ray_path, local_path = ray_run / "results.jsonl", local_run / "results.jsonl"
     keys = [r.key for r in records.read(ray_path)]
     assert len(keys) == len(set(keys)) == 2                      # every point arrives once
     assert comparable(ray_path) == comparable(local_path)
     for r in records.read(ray_path):                             # measured by a Ray worker on this host
         assert r.machine["host"] == platform.node() and r.machine["threads"] == 1
         assert r.machine["peak_flops"]["float32"] > 0            # the driver's peaks: same machine
+    assert (ray_run / "report.html").is_file()
 
 
 def test_a_killed_worker_costs_one_point_and_resume_skips_what_is_done(cluster, tmp_path, killer_plugin):
