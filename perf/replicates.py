@@ -46,6 +46,7 @@ def merge(runs: list[dict]) -> dict:
         "freed_memory_kept": first.get("freed_memory_kept"),
         "warmup_calls": max((r.get("warmup_calls") or 0) for r in runs),
         "minor_faults_per_call": faults, "fault_time_share": share,
+        "minor_faults_median_per_call": _median_of(r.get("minor_faults_median_per_call") for r in runs),
         "steady_state": share is None or share <= noise.MAX_FAULT_SHARE,
         "cpu_share": min((r["cpu_share"] for r in runs if r.get("cpu_share") is not None), default=None),
         "involuntary_switches_per_s": max((r.get("involuntary_switches_per_s") or 0) for r in runs),

@@ -17,22 +17,33 @@ from . import noise
 L2_FLUSH_BYTES = 256 * 1024 * 1024
 SETTLE_SPREAD = 1.10     # warm-up ends when the last SETTLE_CALLS calls are within 10% of each other
 SETTLE_CALLS = 3
+# ... and none of them faulted in more than this many pages: the allocator has stopped growing. A heap that still
+# grows (glibc reuses freed blocks only once fragmentation settles) re-faults a whole buffer now and then; a point
+# timed before that shows it as minor faults per call in its noise record.
+SETTLED_FAULTS = 64
 MAX_WARMUP_CALLS = 30
 
 
 def time_callable(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, warmup: int = 1,
-                  min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0) -> list[float]:
-    """Seconds per call: `warmup` untimed calls, then at least `min_repeats`, until `budget_s` or `max_repeats`."""
+                  min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0,
+                  faults: list[int] | None = None) -> list[float]:
+    """Seconds per call: `warmup` untimed calls, then at least `min_repeats`, until `budget_s` or `max_repeats`.
+
+    `faults`, if given, receives each timed call's minor page faults (read outside the timed interval).
+    """
     for _ in range(warmup):
         fn()
     synchronize()
     samples: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(samples) < min_repeats or (len(samples) < max_repeats and time.perf_counter() < deadline):
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt if faults is not None else 0
         start = time.perf_counter()
         fn()
         synchronize()
         samples.append(time.perf_counter() - start)
+        if faults is not None:
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     return samples
 
 
@@ -41,17 +52,21 @@ def warm_up(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambd
     """Call `fn` until its time settles (last SETTLE_CALLS within SETTLE_SPREAD), or budget_s / MAX_WARMUP_CALLS.
 
     Returns the number of warm-up calls. Caches, lazy initialisation, JIT and the
-    allocator's first growth all show as early calls slower than the rest.
+    allocator's first growth all show as early calls slower than the rest, or as calls that fault in pages.
     """
     times: list[float] = []
+    faults: list[int] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < MAX_WARMUP_CALLS:
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         fn()
         synchronize()
         times.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         last = times[-SETTLE_CALLS:]
-        settled = len(times) >= max(min_calls, SETTLE_CALLS) and max(last) <= SETTLE_SPREAD * min(last)
+        settled = (len(times) >= max(min_calls, SETTLE_CALLS) and max(last) <= SETTLE_SPREAD * min(last)
+                   and max(faults[-SETTLE_CALLS:]) <= SETTLED_FAULTS)
         if settled or (len(times) >= min_calls and time.perf_counter() > deadline):
             break
     return len(times)
@@ -61,7 +76,8 @@ def time_steady(fn: Callable[[], object], *, synchronize: Callable[[], None] = l
                 min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0) -> dict:
     """Warm up until settled, then time repeats; with what the process saw meanwhile.
 
-    Returns samples (s), warmup_calls, minor_faults_per_call, cpu_share (the
+    Returns samples (s), warmup_calls, minor_faults_per_call (mean: what faulting costs the point) and
+    minor_faults_median_per_call (the typical call: 0 in steady state even when the heap grew once), cpu_share (the
     process's CPU time over wall time, capped at 1: below 1 when another task held the CPU),
     involuntary context switches per second, and the machine's load around it.
     """
@@ -69,12 +85,14 @@ def time_steady(fn: Callable[[], object], *, synchronize: Callable[[], None] = l
     before_sys, before_ru = noise.system_snapshot(), resource.getrusage(resource.RUSAGE_SELF)
     # Process CPU time, all threads: a backend may compute on its own pool (XLA) while the caller waits.
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    faults: list[int] = []
     samples = time_callable(fn, synchronize=synchronize, warmup=0, min_repeats=min_repeats,
-                            max_repeats=max_repeats, budget_s=budget_s)
+                            max_repeats=max_repeats, budget_s=budget_s, faults=faults)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     after_ru, after_sys = resource.getrusage(resource.RUSAGE_SELF), noise.system_snapshot()
     return {"samples": samples, "warmup_calls": warmup_calls,
             "minor_faults_per_call": (after_ru.ru_minflt - before_ru.ru_minflt) / len(samples),
+            "minor_faults_median_per_call": float(np.median(faults)),
             "cpu_share": min(1.0, cpu / wall) if wall > 0 else None,
             "involuntary_switches_per_s": (after_ru.ru_nivcsw - before_ru.ru_nivcsw) / wall if wall > 0 else None,
             "timed_wall_s": wall, **noise.system_delta(before_sys, after_sys, wall)}

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from attnbench.cli import main
+from attnbench.perf import records
 from attnbench.perf.records import PointResult
 
 FAST = ["--time-budget", "0.02", "--repeats", "5", "--head-dim", "16", "--heads", "2", "--processes", "2", "--remeasure", "0"]
@@ -15,6 +16,16 @@ def perf(tmp_path: Path, *args: str) -> tuple[int, Path]:
     code = main(["perf", "--out", str(tmp_path), *FAST, *args])
     runs = sorted(tmp_path.glob("run-*"))
     return code, runs[-1] if runs else tmp_path
+
+
+# What differs between two measurements of the same point: timings, their noise, the machine that measured.
+TIMING = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
+          "fraction_of_peak", "peak_bytes", "machine", "tflops_fa2", "process_medians_s", "noisy", "noise"}
+
+
+def untimed(path) -> dict[str, dict]:
+    """Records of a results.jsonl by key, without what differs between two measurements of the same point."""
+    return {r.key: {k: v for k, v in r.to_dict().items() if k not in TIMING} for r in records.read(path)}
 
 
 def by_backend(run_dir: Path) -> dict[str, list[dict]]:

@@ -12,17 +12,10 @@ from attnbench.perf.runner import run_sweep, with_peaks
 from attnbench.perf.sweep import Case, SweepSpec
 from attnbench.problem import Problem
 
+from perf_helpers import untimed
+
 SPEC = SweepSpec(seq_lens=(32, 64), heads=(2,), head_dims=(16,), backends=("torch_eager", "numpy"))
 OPTIONS = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
-TIMING = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
-          "fraction_of_peak", "peak_bytes", "machine", "tflops_fa2", "process_medians_s", "noisy", "noise"}
-
-
-def untimed(path) -> dict[str, dict]:
-    """Records by key, without what differs between two measurements of the same point."""
-    return {r.key: {k: v for k, v in r.to_dict().items() if k not in TIMING} for r in records.read(path)}
-
-
 def test_cpu_sets_split_the_cores_disjointly():
     sets = cpu_sets(3, cpus=[0, 1, 2, 3, 4, 5, 6])
     assert sorted(c for s in sets for c in s) == list(range(7)) and min(len(s) for s in sets) == 2

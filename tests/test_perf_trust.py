@@ -132,7 +132,10 @@ def test_steady_state_calls_do_not_refault_their_buffers(tmp_path):
                          "--heads", "4", "--head-dim", "64", "--processes", "1")
     (r,) = [r for r in rows(run_dir) if r["status"] == "ok"]
     pattern_pages = r["predicted_pattern_bytes"] // 4096
-    assert r["noise"]["minor_faults_per_call"] < 0.1 * pattern_pages
+    # The typical call faults in (almost) nothing; the mean may carry one growth of glibc's heap (one buffer
+    # re-faulted once in a handful of calls), never the old four buffers on every call (4x the pattern's pages).
+    assert r["noise"]["minor_faults_median_per_call"] < 0.1 * pattern_pages
+    assert r["noise"]["minor_faults_per_call"] < pattern_pages
     assert r["noise"]["freed_memory_kept"]
 
 

@@ -16,14 +16,12 @@ from attnbench.perf.measure import MeasureOptions
 from attnbench.perf.runner import run_sweep
 from attnbench.perf.sweep import SweepSpec
 
-from perf_helpers import perf
+from perf_helpers import perf, untimed
 
 ray = pytest.importorskip("ray")
 from attnbench.perf.ray_executor import RayExecutor  # noqa: E402
 
 OPTIONS = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
-NOT_COMPARABLE = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
-                  "fraction_of_peak", "peak_bytes", "machine"}
 
 # A backend whose measuring process kills the Ray worker above it (the worker runs a forkserver,
 # whose child measures), then dies itself: to Ray, the task's worker vanished mid-run.
@@ -68,10 +66,6 @@ def killer_plugin(tmp_path, monkeypatch):
     return str(path)
 
 
-def comparable(path) -> dict[str, dict]:
-    return {r.key: {k: v for k, v in r.to_dict().items() if k not in NOT_COMPARABLE} for r in records.read(path)}
-
-
 def test_attnbench_perf_on_ray_records_what_the_local_executor_does(cluster, tmp_path):
     sweep = ("--backends", "numpy", "--seq-lens", "32,64", "--pass", "fwd")      # each point costs a Ray worker
     code, ray_run = perf(tmp_path / "ray", "--executor", "ray", *sweep)    # joins the cluster started above
@@ -81,7 +75,7 @@ def test_attnbench_perf_on_ray_records_what_the_local_executor_does(cluster, tmp
     ray_path, local_path = ray_run / "results.jsonl", local_run / "results.jsonl"
     keys = [r.key for r in records.read(ray_path)]
     assert len(keys) == len(set(keys)) == 2                      # every point arrives once
-    assert comparable(ray_path) == comparable(local_path)
+    assert untimed(ray_path) == untimed(local_path)
     for r in records.read(ray_path):                             # measured by a Ray worker on this host
         assert r.machine["host"] == platform.node() and r.machine["threads"] == 1
         assert r.machine["peak_flops"]["float32"] > 0            # the driver's peaks: same machine
