@@ -81,6 +81,7 @@ def score_table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.starts_first
 def test_suite_passes_the_twin_and_kills_every_mutant(capsys):
     outcomes = run_all(["twin", *sorted(MUTANTS)])
     twin, mutants = outcomes[0], outcomes[1:]
