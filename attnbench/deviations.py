@@ -1,8 +1,8 @@
 """Known deviations: measured inaccuracies of third-party kernels, declared instead of hidden or budgeted away.
 
 A `KnownDeviation` names a backend, a device, a problem class and the tensors affected, the worst ratio
-max error / naive error measured across the FlashAttention grid (`conformance/flash_grid.py`), the evidence,
-and a witness problem on which it shows. `judge` re-labels a verdict that fails only the 2x-naive rule, inside
+max error / naive error measured across the FlashAttention grid (`conformance/flash_grid.py`, scanned with
+`scripts/flash_grid_scan.py`) per sequence length, the evidence, and a witness problem on which it shows. `judge` re-labels a verdict that fails only the 2x-naive rule, inside
 its class, at no more than the declared ratio, as `known deviation` (passed, and reported as such); beyond
 the ratio it still fails, and the budget itself is unchanged for every other backend and class.
 `conformance/test_known_deviations.py` fails when a deviation disappears (its witness meets the 2x rule again:
@@ -23,7 +23,12 @@ from attnbench.problem import Problem
 
 @dataclass(frozen=True)
 class KnownDeviation:
-    """One declared inaccuracy of one backend on one device, for one class of problems."""
+    """One declared inaccuracy of one backend on one device, for one class of problems.
+
+    ratio_by_length: ((L, worst ratio), ...) ascending in L = max(N, M): the worst max error / naive error
+    measured on problems no longer than L. A deviation that grows with the length is declared per length, and
+    a problem longer than the last L measured is outside the class (it fails like any other).
+    """
 
     name: str
     backend: str
@@ -31,35 +36,44 @@ class KnownDeviation:
     problem_class: str                     # in words, for the report
     applies: Callable[[Problem, bool], bool]   # (problem, backward) -> inside the class
     tensors: tuple[str, ...]               # verdict names affected ("dk", "dv", "output", ...)
-    declared_ratio: float                  # worst max error / naive error measured (see evidence)
+    ratio_by_length: tuple[tuple[int, float], ...]
     evidence: str
     witness: str                           # a Problem spec on which the 2x-naive rule fails today
 
+    def declared_ratio(self, problem: Problem) -> float | None:
+        """The worst ratio measured up to this problem's length; None beyond what was measured."""
+        length = max(problem.N, problem.M)
+        return next((ratio for longest, ratio in self.ratio_by_length if length <= longest), None)
+
     def describe(self) -> str:
+        ratios = ", ".join(f"{r:g}x to L {n}" for n, r in self.ratio_by_length)
         return (f"{self.backend} on {self.device}, {self.problem_class}: {'/'.join(self.tensors)} up to "
-                f"{self.declared_ratio:g}x the naive error ({self.name})")
+                f"{ratios} ({self.name})")
 
 
-def _half_gqa_backward(problem: Problem, backward: bool) -> bool:
-    return backward and problem.Hkv < problem.H and problem.dtype in ("float16", "bfloat16")
+def _half_backward(problem: Problem, backward: bool) -> bool:
+    return backward and problem.dtype in ("float16", "bfloat16")
 
 
 KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
     KnownDeviation(
-        name="sdpa_flash_cpu_gqa_backward",
+        name="sdpa_flash_cpu_half_backward",
         backend="torch_sdpa_flash",
         device="cpu",
-        problem_class="backward, grouped/multi-query heads (Hkv < H), float16/bfloat16",
-        applies=_half_gqa_backward,
+        problem_class="backward, float16/bfloat16, any head layout (grouped heads worst), up to L = max(N, M) 2048",
+        applies=_half_backward,
         tensors=("dk", "dv"),
-        declared_ratio=2.7,
+        ratio_by_length=((256, 2.7), (512, 4.2), (1024, 6.2), (2048, 8.7)),
         evidence=(
-            "torch 2.13 CPU flash backward with enable_gqa, FlashAttention grid (seed 0), the 192 GQA/MQA "
-            "problems with N, M <= 256: dK/dV error median 1.25x, max 2.69x the naive same-dtype error (MQA "
-            "worst; GQA max 2.00x). The same kernel called on K/V heads repeated by hand (autograd sums the "
-            "copies) on the same problems: median 0.70x, max 1.51x. dQ is unaffected (identical either way). "
-            "So the GQA path's reduction of dK/dV over the query heads of a group loses precision, "
-            "consistent with summing per-head gradients in the half dtype. Scan: /work/notes/i10budget.md."),
+            "torch 2.13 CPU flash backward, the whole FlashAttention grid (648 problems, seed 0; "
+            "reports/flash-grid-scan/torch_sdpa_flash-cpu-backward.json): the worst dK/dV error over the naive "
+            "same-dtype error grows with L = max(N, M): 2.69x up to L 256, 4.18x to 512, 6.15x to 1024, 8.64x "
+            "at 2048 (MQA worst; MHA 2.24, 2.26, 2.88, 4.39x; GQA 2.00, 3.47, 3.12, 3.64x); dQ stays <= 1.24x. "
+            "torch_sdpa_math, checked on N = M = 2048 MHA (D 64 bfloat16, D 128 float16), stays <= 0.94x where "
+            "flash gives up to 4.39x. The same flash kernel on K/V heads repeated by hand: dV 2.21x where the "
+            "grouped call gives 8.64x (MQA, N = M = 2048, D 192, float16), 0.84x where it gives 2.63x (witness). "
+            "So dK/dV lose precision with the number of query blocks summed (consistent with accumulating them "
+            "in the half dtype), and the grouped path's sum over a group's heads adds to it."),
         witness="B=1,H=6,Hkv=1,N=108,M=256,D=59,dtype=float16,causal=bottom_right",   # dV 2.63x, expanded 0.84x
     ),
 )
@@ -81,8 +95,9 @@ def judge(backend: str, device: str, problem: Problem, verdicts: list[Verdict], 
     """Verdicts with declared deviations re-labelled, and one note per verdict re-labelled.
 
     Inside a declared class (backend, device, problem class, tensor), a verdict that failed the 2x-naive rule
-    alone is re-labelled passed ("known deviation ...") if max error / naive error <= the declared ratio, and
-    stays failed, saying by how much the deviation grew, if it is larger. A verdict the budget passes (its floor
+    alone is re-labelled passed ("known deviation ...") if max error / naive error <= the ratio declared at the
+    problem's length, and stays failed, saying by how much the deviation grew, if it is larger or the problem
+    is longer than any measured. A verdict the budget passes (its floor
     can exceed 2x a tiny naive error) and every verdict outside a declared class are returned unchanged.
     """
     judged, notes = [], []
@@ -92,13 +107,17 @@ def judge(backend: str, device: str, problem: Problem, verdicts: list[Verdict], 
         if entry is None or not _only_naive_failed(verdict) or not verdict.naive_error:
             judged.append(verdict)
             continue
-        ratio = verdict.max_error / verdict.naive_error
-        if ratio > entry.declared_ratio:
+        ratio, declared = verdict.max_error / verdict.naive_error, entry.declared_ratio(problem)
+        if declared is None:
+            judged.append(replace(verdict, reason=f"{verdict.reason}; longer than known deviation {entry.name} "
+                                                  f"was measured (L <= {entry.ratio_by_length[-1][0]})"))
+            continue
+        if ratio > declared:
             judged.append(replace(verdict, reason=f"{verdict.reason}; {ratio:.3g}x naive exceeds known deviation "
-                                                  f"{entry.name} (declared {entry.declared_ratio:g}x)"))
+                                                  f"{entry.name} (declared {declared:g}x at this length)"))
             continue
         judged.append(replace(verdict, passed=True, reason=f"known deviation {entry.name}: {ratio:.3g}x naive "
-                                                           f"(declared up to {entry.declared_ratio:g}x)"))
+                                                           f"(declared up to {declared:g}x at this length)"))
         notes.append(f"{backend} {verdict.name} on {problem.id}: {ratio:.3g}x naive, known deviation "
-                     f"{entry.name} ({entry.problem_class}, declared up to {entry.declared_ratio:g}x)")
+                     f"{entry.name} ({entry.problem_class}, declared up to {declared:g}x at this length)")
     return judged, notes
