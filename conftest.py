@@ -9,3 +9,13 @@ def pytest_collection_modifyitems(session, config, items):
     The order is deterministic, so every xdist worker collects the same list.
     """
     items.sort(key=lambda item: item.get_closest_marker("starts_first") is None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what tests recorded with `record_property("summary", text)` (the mutation score), serial or -n."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, text in getattr(report, "user_properties", ()):
+                if name == "summary" and report.when == "call":
+                    terminalreporter.write_sep("-", report.nodeid.split("::")[-1])
+                    terminalreporter.write_line(str(text))

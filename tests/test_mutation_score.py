@@ -82,11 +82,12 @@ def score_table(outcomes: list[Outcome]) -> str:
 
 
 @pytest.mark.starts_first
-def test_suite_passes_the_twin_and_kills_every_mutant(capsys):
+def test_suite_passes_the_twin_and_kills_every_mutant(record_property):
     outcomes = run_all(["twin", *sorted(MUTANTS)])
     twin, mutants = outcomes[0], outcomes[1:]
-    with capsys.disabled():             # the score belongs in every CI log, not only in failures
-        print("\n" + score_table(mutants))
+    # The score belongs in every CI log, not only in failures: the root conftest prints this property in the
+    # terminal summary, which works under pytest-xdist too (a worker's stdout never reaches the log).
+    record_property("summary", score_table(mutants))
     assert twin.returncode == PASSED, f"the correct twin must pass the suite:\n{twin.tail}"
     # Mutants share the twin's capabilities, so a case the twin skips is a case no mutant is ever checked on.
     assert "skipped" not in twin.tail, f"the twin must run every case:\n{twin.tail}"
