@@ -126,6 +126,10 @@ class Backend(ABC):
         """Why this backend cannot run here at all (missing package, ...), or None."""
         return None
 
+    def simulated_reason(self, device: str) -> str | None:
+        """Why this backend's times on `device` say nothing about the kernel (it runs under a simulator), or None."""
+        return None
+
     def device_unavailable_reason(self, device: str) -> str | None:
         """Why `device` cannot be used by this backend here, or None."""
         if device not in self.devices:

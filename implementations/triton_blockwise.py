@@ -468,6 +468,9 @@ class TritonBlockwise(TorchBackend):
             reason = "kernels were built for the Triton interpreter (TRITON_INTERPRET=1); unset it for CUDA runs"
         return reason
 
+    def simulated_reason(self, device: str) -> str | None:
+        return "runs under the Triton interpreter on the CPU" if device == "cpu" and INTERPRETED else None
+
     def capabilities(self, device: str) -> Capabilities:
         if device == "cpu":
             return CAPS.replace(dtypes=("float16", "float32"), max_seq=INTERPRETER_MAX_SEQ)

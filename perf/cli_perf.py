@@ -18,8 +18,10 @@ from attnbench.reference import AttentionInputError
 from .measure import MeasureOptions
 from .sweep import PERF_PASSES, SweepSpec
 
-QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20, processes=2)
-DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=0.3, repeats=50, processes=3)
+# --quick is a look, not a record: no re-measuring (noisy points are still flagged) and no simulated backends.
+QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20, processes=2, remeasure=0)
+DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=0.3, repeats=50, processes=3,
+                remeasure=1)
 CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -107,7 +109,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pin-cpus", help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
     p.add_argument("--processes", type=int,
                    help=f"fresh processes per point (default {DEFAULTS['processes']}; --quick {QUICK['processes']})")
-    p.add_argument("--remeasure", type=int, default=1, help="re-measures of a noisy point before it is flagged")
+    p.add_argument("--remeasure", type=int,
+                   help=f"re-measures of a noisy point before it is flagged (default {DEFAULTS['remeasure']}; "
+                        f"--quick {QUICK['remeasure']})")
 
 
 # Flags that do not define the sweep: free to differ on --resume and not saved in spec.json.
@@ -135,6 +139,24 @@ def explicit_values(argv: list[str]) -> dict:
     return {k: v for k, v in vars(p.parse_known_args(rest)[0]).items() if k not in NOT_SWEEP}
 
 
+def quick_backends(device: str, plugins: tuple[str, ...]) -> tuple[str, ...]:
+    """Every registered backend (--plugin files' included) but those simulated on `device` (their times say
+    nothing about a kernel and take minutes under a simulator); says which were left out, and how to include them."""
+    from attnbench.implementations import all_backends
+
+    from .sweep import load_plugins
+
+    load_plugins(plugins)
+    kept, left_out = [], []
+    for backend in all_backends():
+        reason = backend.simulated_reason(device)
+        (left_out if reason else kept).append(backend.name if not reason else f"{backend.name} ({reason})")
+    if left_out:
+        print(f"attnbench perf --quick: leaves out {', '.join(left_out)}; name it with --backends to time it",
+              file=sys.stderr)
+    return tuple(kept)
+
+
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
     base = QUICK if args.quick else DEFAULTS
@@ -142,13 +164,15 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     for plugin in args.plugin:
         if not Path(plugin).is_file():
             raise AttentionInputError(f"--plugin: no file {plugin!r}")
+    backends = tuple(b for b in args.backends.split(",") if b) if args.backends else None
+    if args.quick and backends is None:
+        backends = quick_backends(args.device, tuple(str(Path(p).resolve()) for p in args.plugin))
     spec = SweepSpec(
         seq_lens=ints(args.seq_lens or base["seq_lens"], "seq-lens"), heads=ints(args.heads, "heads"),
         batch=ints(args.batch, "batch"), head_dims=ints(args.head_dim, "head-dim"),
         dtypes=words(args.dtype, DTYPES, "dtype"), causal=causal,
         passes=words(args.passes or base["passes"], PERF_PASSES, "pass"),
-        backends=tuple(b for b in args.backends.split(",") if b) if args.backends else None,
-        device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
+        backends=backends, device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
     for flag in ("kv_len", "heads_at_n"):
         if getattr(spec, flag) is not None and getattr(spec, flag) < 1:
@@ -158,13 +182,14 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     if repeats < 1 or (args.time_budget is not None and args.time_budget < 0) or args.timeout <= 0:
         raise AttentionInputError("--repeats, --time-budget and --timeout must be positive")
     processes = args.processes or base["processes"]
-    if args.threads < 1 or processes < 1 or args.remeasure < 0:
+    remeasure = base["remeasure"] if args.remeasure is None else args.remeasure
+    if args.threads < 1 or processes < 1 or remeasure < 0:
         raise AttentionInputError("--threads and --processes must be >= 1, --remeasure >= 0")
     options = MeasureOptions(time_budget_s=base["time_budget"] if args.time_budget is None else args.time_budget,
                              min_repeats=min(5, repeats), max_repeats=repeats,
                              memory_cap=parse_bytes(args.memory_cap), threads=args.threads,
                              pin_cpus=cpus(args.pin_cpus) if args.pin_cpus else None,
-                             processes=processes, remeasure=args.remeasure)
+                             processes=processes, remeasure=remeasure)
     return spec, options, args.timeout
 
 
