@@ -50,21 +50,14 @@ def backward_nondeterminism(backend, device, problem: Problem, runs: int = 3) ->
     return first_difference([[backend.to_numpy(g) for g in run] for run in grads], problem.id + " (backward)")
 
 
-def test_declared_deterministic_backends_are_bitwise_repeatable(backend, device):
-    checked = [p for p in PROBLEMS_TO_REPEAT if backend.why_not(p, device) is None]
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_declared_deterministic_backends_are_bitwise_repeatable(backend, device, backward):
+    checked = [p for p in PROBLEMS_TO_REPEAT if backend.why_not(p, device, need_grad=backward) is None]
     if not checked:
-        pytest.skip(f"{backend.name}: none of the repeat problems is supported")
-    found = [d for d in (nondeterminism(backend, device, p) for p in checked) if d]
-    if not backend.capabilities(device).deterministic:
-        pytest.skip(f"{backend.name} does not declare deterministic; observed: {found or 'bitwise repeatable'}")
-    assert not found, f"{backend.name} declares deterministic but: {found}"
-
-
-def test_declared_deterministic_backends_have_a_bitwise_repeatable_backward(backend, device):
-    checked = [p for p in PROBLEMS_TO_REPEAT if backend.why_not(p, device, need_grad=True) is None]
-    if not checked:
-        pytest.skip(f"{backend.name}: no backward (grad) on any of the repeat problems")
-    found = [d for d in (backward_nondeterminism(backend, device, p) for p in checked) if d]
+        pytest.skip(f"{backend.name}: none of the repeat problems is supported"
+                    f"{' with a backward (grad)' if backward else ''}")
+    repeat = backward_nondeterminism if backward else nondeterminism
+    found = [d for d in (repeat(backend, device, p) for p in checked) if d]
     if not backend.capabilities(device).deterministic:
         pytest.skip(f"{backend.name} does not declare deterministic; observed: {found or 'bitwise repeatable'}")
     assert not found, f"{backend.name} declares deterministic but: {found}"
