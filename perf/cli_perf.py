@@ -152,7 +152,7 @@ def quick_backends(device: str, plugins: tuple[str, ...]) -> tuple[str, ...]:
         reason = backend.simulated_reason(device)
         (left_out if reason else kept).append(backend.name if not reason else f"{backend.name} ({reason})")
     if left_out:
-        print(f"attnbench perf --quick: leaves out {', '.join(left_out)}; name it with --backends to time it",
+        print(f"attnbench: leaves out {', '.join(left_out)}; time it with `attnbench perf --backends NAME`",
               file=sys.stderr)
     return tuple(kept)
 
