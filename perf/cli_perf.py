@@ -139,24 +139,6 @@ def explicit_values(argv: list[str]) -> dict:
     return {k: v for k, v in vars(p.parse_known_args(rest)[0]).items() if k not in NOT_SWEEP}
 
 
-def quick_backends(device: str, plugins: tuple[str, ...]) -> tuple[str, ...]:
-    """Every registered backend (--plugin files' included) but those simulated on `device` (their times say
-    nothing about a kernel and take minutes under a simulator); says which were left out, and how to include them."""
-    from attnbench.implementations import all_backends
-
-    from .sweep import load_plugins
-
-    load_plugins(plugins)
-    kept, left_out = [], []
-    for backend in all_backends():
-        reason = backend.simulated_reason(device)
-        (left_out if reason else kept).append(backend.name if not reason else f"{backend.name} ({reason})")
-    if left_out:
-        print(f"attnbench: leaves out {', '.join(left_out)}; time it with `attnbench perf --backends NAME`",
-              file=sys.stderr)
-    return tuple(kept)
-
-
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
     base = QUICK if args.quick else DEFAULTS
@@ -166,7 +148,7 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
             raise AttentionInputError(f"--plugin: no file {plugin!r}")
     backends = tuple(b for b in args.backends.split(",") if b) if args.backends else None
     if args.quick and backends is None:
-        backends = quick_backends(args.device, tuple(str(Path(p).resolve()) for p in args.plugin))
+        backends = measurable_backends(args.device, tuple(str(Path(p).resolve()) for p in args.plugin))
     spec = SweepSpec(
         seq_lens=ints(args.seq_lens or base["seq_lens"], "seq-lens"), heads=ints(args.heads, "heads"),
         batch=ints(args.batch, "batch"), head_dims=ints(args.head_dim, "head-dim"),

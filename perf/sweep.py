@@ -117,3 +117,18 @@ def expand(spec: SweepSpec) -> tuple[list[Case], list[tuple[Case, str]]]:
                 reason = backend.why_not(problem, spec.device, need_grad=pass_ != "fwd")
                 (skipped.append((case, reason)) if reason else cases.append(case))
     return cases, skipped
+
+
+def measurable_backends(device: str, plugins: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every registered backend (--plugin files' included) but those simulated on `device`: their times say
+    nothing about a kernel and take minutes under a simulator. Says on stderr which were left out, and how to
+    time them anyway. `perf --quick` and `attnbench run` sweep these; conformance still checks the others."""
+    from attnbench.implementations import all_backends
+
+    load_plugins(plugins)
+    backends = all_backends()
+    left_out = [f"{b.name} ({b.simulated_reason(device)})" for b in backends if b.simulated_reason(device)]
+    if left_out:
+        print(f"attnbench: leaves out {', '.join(left_out)}; time it with `attnbench perf --backends NAME`",
+              file=sys.stderr)
+    return tuple(b.name for b in backends if not b.simulated_reason(device))

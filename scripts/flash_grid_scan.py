@@ -6,7 +6,8 @@ false alarm across the grid. Prints one line per problem and writes a JSON of ev
     python scripts/flash_grid_scan.py torch_sdpa_flash --layouts gqa,mqa --backward --json scan.json
     python scripts/flash_grid_scan.py numpy --max-len 512                 # forward, the small pairs only
 
-It runs the one check (`attnbench.check`), so a ratio above 2 is exactly what conformance would fail.
+It runs the one check (`attnbench.check`), so a failed verdict is exactly what conformance would fail (a ratio above
+2 can still pass where the budget's floor covers it).
 """
 from __future__ import annotations
 

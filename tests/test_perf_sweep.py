@@ -46,11 +46,11 @@ def test_resume_skips_points_already_recorded(tmp_path):
 def test_quick_leaves_out_backends_that_run_under_a_simulator(capsys, monkeypatch):
     # --quick used to time triton_blockwise under the Triton interpreter: 59 of its 112 s, times of no kernel.
     from attnbench.implementations import triton_blockwise
-    from attnbench.perf.cli_perf import quick_backends
+    from attnbench.perf.sweep import measurable_backends
 
     monkeypatch.setattr(triton_blockwise, "INTERPRETED", True)     # as the CLI sets it without CUDA
-    kept = quick_backends("cpu", ())
+    kept = measurable_backends("cpu", ())
     assert "torch_eager" in kept and "numpy" in kept and "triton_blockwise" not in kept
     assert "triton_blockwise (runs under the Triton interpreter" in capsys.readouterr().err
     monkeypatch.setattr(triton_blockwise, "INTERPRETED", False)
-    assert "triton_blockwise" in quick_backends("cpu", ())
+    assert "triton_blockwise" in measurable_backends("cpu", ())
