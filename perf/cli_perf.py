@@ -16,7 +16,7 @@ from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError
 
 from .measure import MeasureOptions
-from .sweep import PERF_PASSES, SweepSpec
+from .sweep import PERF_PASSES, SweepSpec, measurable_backends
 
 # --quick is a look, not a record: no re-measuring (noisy points are still flagged) and no simulated backends.
 QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20, processes=2, remeasure=0)
