@@ -94,6 +94,35 @@ A backend's output in a given dtype is held to two conditions:
    kernel using P sits at 0.1x); it does not grow with M and is zero where
    dO O vanishes, so a half-precision accumulator still fails.
 
+3. Declared precision (`attnbench.precision`): a backend that declares how it computes for a dtype (scores
+   and statistics in float32, P rounded to the input dtype for P V, float32 accumulation, one output
+   rounding) is held, on top of 1 and 2, to the bound that model implies, derived the same way. In float16 and
+   bfloat16 it is one to a few output ulps where condition 2 allows several: a float16-rounded scale or a
+   per-tile statistic kept in the half dtype shows here. A backend that declares nothing is not asked.
+
+4. No lean (`lean`), for a backend that declares its precision (3): its result is its float32 value rounded
+   once to nearest, so its errors are as often above as below. In float16/bfloat16,
+   measured against the reference rounded to the dtype, in units of the dtype's spacing there, each row of
+   the verdict (all axes but the last: a query row of O or dQ, a key row of dK or dV) gets a signed sum of its
+   elements' errors, once as they are (round-up leans positive) and once relative to the reference's sign
+   (truncation leans toward zero). Rows are independent and, for a correct kernel, each sum is symmetric about
+   zero, so the count of rows leaning up is Binomial(J, 1/2) whatever the error distribution (a sign test: no
+   variance to estimate, heavy tails and rows of one-hot P included). A kernel's float32 internals may still
+   tilt a result that sits near a rounding boundary a little (torch's CPU flash kernel: 51.3% of 69,000 float16
+   rows lean away from zero, on every seed tried, a mean of +0.015 ulp), which is not the class of bug; so
+   the test is against a lean of LEAN_TOLERANCE: a verdict fails when either count is beyond the two-sided
+   LEAN_FALSE_ALARM quantile of Binomial(J, 1/2 + LEAN_TOLERANCE) (1e-9 per test: a thorough campaign of 10^6
+   verdicts flags a correct kernel with probability about 10^-3). The classes it is for lean far more: a
+   one-sided output rounding 100% of rows, a scale rounded to float16 72% toward zero (bfloat16, scale 0.3:
+   85% away). Needs a few dozen rows to see anything. Rounded references and rows, not raw errors and
+   elements: a row of one-hot P snaps to a representable value of V, so its raw errors lean toward |O| larger;
+   errors within one row share the row's normaliser. An element whose exact value sits within the declared
+   model's pre-rounding error of a rounding boundary is left out (`lean`, slack). Not for a backend that
+   declares nothing: a kernel computing in the half dtype (the plain formula) rounds shared quantities there,
+   and where P is uniform (inputs of 2^-10) every row rounds the same 1/M the same way, so its rows lean
+   together, legitimately, and are not independent. Not in float32/float64: there the kernel's own
+   approximations (a vectorised exp of a few ulps) are the size of the output's ulp and may lean legitimately.
+
 Gradients use condition 2 (the naive backward is torch autograd through the
 same plain formula) with the same multiple and floors. One exception: where a
 gradient is identically zero (every query reaches one key: M = 1, N = 1 with
@@ -221,6 +250,91 @@ def lse_bound(q, k, lse_ref, bias, scale: float, dtype: str) -> np.ndarray:
                     0.0)
 
 
+LEAN_FALSE_ALARM = 1e-9
+LEAN_TOLERANCE = 0.1          # a row leans one way with probability up to 1/2 + this in a correct kernel
+LEAN_DTYPES = ("float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Lean:
+    """Condition 4 on one verdict: the signed error and the two sign tests over its rows.
+
+    mean_ulps: mean of sign(expected) (actual - expected) / spacing over the elements (+: away from zero);
+    up/down: rows leaning up/down as they are; away/toward: rows leaning away from/toward zero;
+    limit: the most rows one way the test allows out of `rows` (those that lean at all, per test).
+    """
+
+    mean_ulps: float
+    up: int
+    down: int
+    away: int
+    toward: int
+    limit_raw: int
+    limit_signed: int
+
+    @property
+    def passed(self) -> bool:
+        return max(self.up, self.down) <= self.limit_raw and max(self.away, self.toward) <= self.limit_signed
+
+    def describe(self) -> str:
+        return (f"mean signed error {self.mean_ulps:+.3f} ulp; rows up/down {self.up}/{self.down} "
+                f"(limit {self.limit_raw}), away/toward zero {self.away}/{self.toward} (limit {self.limit_signed}:"
+                f" a {0.5 + LEAN_TOLERANCE:g} lean at false alarm {LEAN_FALSE_ALARM:g})")
+
+
+def sign_test_limit(rows: int, false_alarm: float = LEAN_FALSE_ALARM, tolerance: float = LEAN_TOLERANCE) -> int:
+    """The most of `rows` that may lean one way: k with P(X > k) <= false_alarm / 2, X ~ Binomial(rows,
+    1/2 + tolerance) (two-sided: either way)."""
+    from scipy.stats import binom
+
+    if rows == 0:
+        return 0
+    k = int(binom.isf(false_alarm / 2, rows, 0.5 + tolerance))
+    return min(rows, k)
+
+
+def spacing(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The distance between adjacent `dtype` values around each |x| (its ulp; the subnormal spacing near 0)."""
+    u = UNIT_ROUNDOFF[dtype]
+    tiny = {"float16": 2.0**-14, "bfloat16": 2.0**-126}[dtype]
+    return 2 * u * np.exp2(np.floor(np.log2(np.maximum(np.abs(x), tiny))))
+
+
+def lean(actual: np.ndarray, expected: np.ndarray, dtype: str, slack=0.0) -> Lean | None:
+    """Condition 4 (see the module docstring) on arrays (..., E) whose leading axes index rows; None where it
+    does not apply (not a half dtype, or no finite element).
+
+    slack: how far the kernel's result may sit from `expected` before its final rounding (scalar or
+    broadcastable): an element whose exact value lies within it of a rounding boundary may round either way
+    in a correct kernel, so it says nothing about the rounding and is left out. Without this, a correct
+    FlashAttention-style kernel fails: where every score is tiny, every p rounds up to 1.0 for P V, |O| grows
+    by 1e-6 relative, and the few outputs sitting on a rounding midpoint, alike in every row (P is uniform),
+    all round away from zero (torch's CPU flash kernel, float16, inputs of 2^-10).
+    """
+    from attnbench.problem import round_to_dtype
+
+    if dtype not in LEAN_DTYPES:
+        return None
+    ok = np.isfinite(actual) & np.isfinite(expected)
+    if not np.any(ok):
+        return None
+    nearest = round_to_dtype(np.where(ok, expected, 0.0), dtype)
+    step = spacing(nearest, dtype)
+    to_boundary = (0.5 - np.abs(np.where(ok, expected, 0.0) - nearest) / step) * step
+    with np.errstate(invalid="ignore"):
+        ok &= to_boundary > np.broadcast_to(np.nan_to_num(np.asarray(slack, dtype=np.float64), nan=np.inf),
+                                            expected.shape)
+    ulps = np.where(ok, (actual - nearest) / step, 0.0)
+    sign = np.sign(nearest)
+    raw, signed = ulps.sum(axis=-1).ravel(), (sign * ulps).sum(axis=-1).ravel()
+    nonzero = ok & (expected != 0)
+    with np.errstate(invalid="ignore"):                      # non-finite elements are masked out below
+        signed_ulps = sign * (actual - expected) / spacing(expected, dtype)
+    mean = float(np.mean(signed_ulps[nonzero])) if np.any(nonzero) else 0.0
+    up, down, away, toward = (int(np.sum(x)) for x in (raw > 0, raw < 0, signed > 0, signed < 0))
+    return Lean(mean, up, down, away, toward, sign_test_limit(up + down), sign_test_limit(away + toward))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The outcome of comparing one output tensor against the reference."""
@@ -235,14 +349,20 @@ class Verdict:
     naive_error: float | None  # max error of the plain same-dtype formula, if computed
     naive_limit: float | None  # NAIVE_MULTIPLE * naive_error + floor
     reason: str
+    model: str | None = None             # the declared precision held to (condition 3), if any
+    model_units: float | None = None     # max of error / the declared model's bound
+    lean: "Lean | None" = None           # condition 4, where it applies
 
     def describe(self) -> str:
         idx = ",".join(map(str, self.worst_index))
         units = f", {self.budget_units:.3g} budget units" if self.budget_units is not None else ""
         naive = (f"; naive {self.naive_error:.3g}, limit {self.naive_limit:.3g}" if self.naive_error is not None
                  else "")
+        model = (f"; declared {self.model}: {self.model_units:.3g}x its bound" if self.model is not None
+                 and self.model_units is not None else "")
+        lean = f"; {self.lean.describe()}" if self.lean is not None else ""
         return (f"{self.name}: {'ok' if self.passed else 'FAIL'} {self.reason} | max error {self.max_error:.3g} at "
-                f"[{idx}] (got {self.worst_actual:.6g}, want {self.worst_expected:.6g}){units}{naive}")
+                f"[{idx}] (got {self.worst_actual:.6g}, want {self.worst_expected:.6g}){units}{naive}{model}{lean}")
 
 
 def _errors(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -254,7 +374,8 @@ def _errors(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, reduction_length: int = 1,
-            magnitude: float | None = None, analytic_floor=None) -> Verdict:
+            magnitude: float | None = None, analytic_floor=None, model_bound=None, model: str | None = None,
+            rows_lean: bool = False, lean_slack=0.0) -> Verdict:
     """Compare `actual` with `expected` (same shape) against an elementwise `bound` and/or a `naive` output.
 
     bound: array broadcastable to expected, or None to skip condition 1.
@@ -267,6 +388,10 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
         below one rounding of it in `dtype` (an identically zero result, up to float64 residue).
     analytic_floor: floor (b) of condition 2, scalar or broadcastable to expected (`forward_floor`,
         `backward_floor`); None: floor (a) alone.
+    model_bound, model: condition 3, the bound of the backend's declared precision (scalar or broadcastable)
+        and its name; None: not declared.
+    rows_lean: apply condition 4 (`lean`) over the rows of `expected` (all axes but the last), with
+        `lean_slack` the error the kernel may have before its final rounding (see `lean`).
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
@@ -276,17 +401,18 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
     err = _errors(actual, expected)
     worst = np.unravel_index(int(np.argmax(err)), err.shape) if err.size else ()
     max_err = float(err[worst]) if err.size else 0.0
-    reasons, units = [], None
+    reasons, units, model_units = [], None, None
     if bound is not None:
-        bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(err == 0, 0.0, err / bound)
-        # A NaN bound (NaN inputs in that row) must not hide an error there: np.max would return NaN and NaN > 1
-        # is False. Matching NaN/inf outputs have err 0 above, so only real mismatches become inf.
-        ratio = np.where(np.isnan(ratio), np.inf, ratio)
-        units = float(np.max(ratio)) if ratio.size else 0.0
+        units = _units(err, bound)
         if units > 1:
             reasons.append(f"exceeds the analytic budget ({units:.3g}x)")
+    if model_bound is not None:
+        model_units = _units(err, model_bound)
+        if model_units > 1:
+            reasons.append(f"exceeds its declared precision ({model}: {model_units:.3g}x)")
+    leaning = lean(actual, expected, dtype, lean_slack) if rows_lean and err.size else None
+    if leaning is not None and not leaning.passed:
+        reasons.append("errors lean one way")
     naive_err = naive_limit = None
     if naive is not None:
         naive_err = float(np.max(_errors(np.asarray(naive, dtype=np.float64), expected)))
@@ -307,4 +433,16 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
             reasons.append(f"worse than {NAIVE_MULTIPLE:g}x the naive {dtype} formula")
     return Verdict(name, not reasons, max_err, tuple(int(i) for i in worst),
                    float(actual[worst]) if err.size else np.nan, float(expected[worst]) if err.size else np.nan,
-                   units, naive_err, naive_limit, "; ".join(reasons) or "within budget")
+                   units, naive_err, naive_limit, "; ".join(reasons) or "within budget", model, model_units,
+                   leaning)
+
+
+def _units(err: np.ndarray, bound) -> float:
+    """max of err / bound elementwise (0 where err is 0; inf where the bound is 0 or NaN and err is not)."""
+    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), err.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(err == 0, 0.0, err / bound)
+    # A NaN bound (NaN inputs in that row) must not hide an error there: np.max would return NaN and NaN > 1
+    # is False. Matching NaN/inf outputs have err 0 above, so only real mismatches become inf.
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    return float(np.max(ratio)) if ratio.size else 0.0

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnbench import reference
-from attnbench.budget import (Verdict, backward_floor, compare, forward_floor, score_magnitude,
+from attnbench.budget import (UNIT_ROUNDOFF, Verdict, backward_floor, compare, forward_floor, score_magnitude,
                               stored_output_floor)
+from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
-from attnbench.row_bound import row_bounds
+from attnbench.row_bound import RowStats, condition_one, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -73,12 +74,24 @@ def _tile_edges(length: int) -> set[int]:
     return edges
 
 
+def one_per_tile(length: int, rng: np.random.Generator) -> set[int]:
+    """One random index in every TILE_STEP-long tile of 0..length: every tile of every size 16..256 holds one.
+
+    The rows are shared by every (batch, head), so each (batch, head, tile) block of any launch grid has a
+    checked row: a kernel that loses one block anywhere (a persistent scheduler's off-by-one) fails. Cost:
+    length / 16 more rows, so the row-sampled reference does 1/16 of the full O(N M D) work at length.
+    """
+    starts = np.arange(0, length, TILE_STEP)
+    return set((starts + rng.integers(0, np.minimum(TILE_STEP, length - starts))).tolist())
+
+
 def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0) -> np.ndarray:
     """Query rows where bugs hide: first and last, both sides of every tile boundary a kernel might use (in N,
     and the rows whose last visible key sits on a key-tile boundary under causal), around the causal diagonal
-    and the first query that sees a key under bottom_right, fully masked rows, and RANDOM_ROWS random rows."""
+    and the first query that sees a key under bottom_right, fully masked rows, one row in every 16-row tile
+    (`one_per_tile`), and RANDOM_ROWS random rows."""
     N, M = problem.N, problem.M
-    rows = {0, 1, N - 2, N - 1} | _tile_edges(N)
+    rows = {0, 1, N - 2, N - 1} | _tile_edges(N) | one_per_tile(N, np.random.default_rng(seed + 7))
     if problem.causal is not None:
         offset = reference.causal_offset(problem.causal, N, M)
         rows |= {j - offset + d for j in _tile_edges(M) for d in (-1, 0)}   # last visible key j on a tile edge
@@ -94,9 +107,9 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
 
 def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
     """Key rows for dK, dV: first and last, both sides of every key-tile boundary, the keys on the causal
-    diagonal of the first and last query, and RANDOM_ROWS random keys."""
+    diagonal of the first and last query, one key in every 16-key tile, and RANDOM_ROWS random keys."""
     N, M = problem.N, problem.M
-    keys = {0, 1, M - 2, M - 1} | _tile_edges(M)
+    keys = {0, 1, M - 2, M - 1} | _tile_edges(M) | one_per_tile(M, np.random.default_rng(seed + 7))
     if problem.causal is not None:
         offset = reference.causal_offset(problem.causal, N, M)
         keys |= {offset + d for d in (-1, 0, 1)} | {N - 1 + offset + d for d in (-1, 0, 1)}
@@ -147,13 +160,22 @@ def _effective_scale(problem: Problem) -> float:
 
 @dataclass(frozen=True)
 class ForwardReference:
-    """Rows R of: expected O (B, H, R, Dv) and lse (B, H, R), their bounds, the naive same-dtype O."""
+    """Rows R of: expected O (B, H, R, Dv) and lse (B, H, R), their bounds, the naive same-dtype O, and the
+    per-row sums (`RowStats`, grouped (B, Hkv, G, R[, Dv])) a declared precision's bound is built from."""
 
     out: np.ndarray
     lse: np.ndarray
     out_bound: np.ndarray
     lse_bound: np.ndarray
     naive: np.ndarray
+    stats: RowStats
+
+    def model_bounds(self, precision: Precision, problem: Problem, lse_dtype: str):
+        """(O bound (B, H, R, Dv), lse bound (B, H, R)) under `precision` (`attnbench.precision.model_bounds`)."""
+        p, shape = problem, self.stats.p_sum.shape
+        out, lse = model_bounds(self.stats, self.out.reshape(*shape, -1), self.lse.reshape(shape),
+                                precision=precision, dtype=p.dtype, D=p.D, M=p.M, lse_dtype=lse_dtype)
+        return out.reshape(self.out.shape), lse.reshape(self.lse.shape)
 
 
 def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> ForwardReference:
@@ -161,9 +183,13 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     p = problem
     qr = _indices(rows.query, p.N)
     out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
-    out_bound, lse_bound_ = row_bounds(inputs.q, inputs.k, inputs.v, out, lse, qr, mask=inputs.mask,
-                                       causal=p.causal, scale=_effective_scale(p), dtype=p.dtype)
-    return ForwardReference(out, lse, out_bound, lse_bound_, naive_forward(inputs, p, qr))
+    stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, causal=p.causal,
+                      scale=_effective_scale(p))
+    shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
+    out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
+                                          D=p.D, M=p.M)
+    return ForwardReference(out, lse, out_bound.reshape(out.shape), lse_bound_.reshape(lse.shape),
+                            naive_forward(inputs, p, qr), stats)
 
 
 @functools.lru_cache(maxsize=16)
@@ -201,6 +227,20 @@ def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) 
 
 
 @dataclass(frozen=True)
+class GradientScale:
+    """What a declared precision's backward bound needs of one gradient (full checks only; see
+    `attnbench.precision.backward_model_bound`)."""
+
+    terms_max: float          # largest sum of |terms| behind one element
+    rounded_rms: float        # largest root-sum-of-squares of the rounded GEMM operand's terms behind one element
+    rounded_count: int        # rounded terms per element
+    operand_max: float        # largest |other GEMM operand|
+    result_max: float         # max |gradient| of the reference
+    stored_output: float      # `budget.stored_output_floor`'s share
+    score_max: float          # `budget.score_magnitude`
+
+
+@dataclass(frozen=True)
 class BackwardReference:
     """dQ at the query rows, dK and dV at the key rows: expected, naive same-dtype, and the floor magnitudes."""
 
@@ -208,6 +248,18 @@ class BackwardReference:
     naive: tuple[np.ndarray, np.ndarray, np.ndarray]
     magnitudes: tuple[float | None, float | None, float | None]
     floors: tuple[float | None, float | None, float | None] = (None, None, None)   # budget floor (b), full only
+    scales: tuple[GradientScale, ...] | None = None                                 # full only
+
+    def model_bounds(self, precision: Precision | None, problem: Problem) -> tuple:
+        """The declared-precision bound of dQ, dK, dV (None each where nothing is declared or rows are sampled)."""
+        if precision is None or precision.grad_accumulate is None or self.scales is None:
+            return (None, None, None)
+        p = problem
+        return tuple(backward_model_bound(precision, p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M),
+                                          score_max=g.score_max, terms_max=g.terms_max, rounded_rms=g.rounded_rms,
+                                          rounded_count=g.rounded_count, operand_max=g.operand_max,
+                                          result_max=g.result_max, stored_output=g.stored_output)
+                     for g in self.scales)
 
 
 def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, rows: RowSample) -> BackwardReference:
@@ -215,27 +267,62 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     p = problem
     qr, kr = _indices(rows.query, p.N), _indices(rows.key, p.M)
     kwargs = inputs.reference_kwargs(p)
-    floors = (None, None, None)
+    floors, scales = (None, None, None), None
     if rows.full:
         expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **kwargs)
         magnitudes = backward_magnitudes(inputs, p, grad_out)
-        floors = backward_floors(inputs, p, grad_out, expected, magnitudes)
+        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes)
     else:
         expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
         magnitudes = (None, None, None)
-    return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes, floors)
+    return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes, floors,
+                             scales)
+
+
+def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> tuple[tuple[float, int, float], ...]:
+    """Per gradient (dQ, dK, dV): (largest root-sum-of-squares of the rounded operand's terms behind one element,
+    terms per element, largest |other operand|), for a backward that rounds dS (dQ = scale dS K, dK = scale
+    dS^T Q) and P (dV = P^T dO) to the input dtype. Forms (B, H, N, M): full checks only."""
+    q, k, v = inputs.q, inputs.k, inputs.v
+    out, p = reference.sdpa(q, k, v, return_weights=True, **inputs.reference_kwargs(problem))
+    group = problem.H // problem.Hkv
+    kr, vr = (np.repeat(x, group, axis=1) for x in (k, v))                      # (B, H, M, .)
+    delta = np.sum(grad_out * out, axis=-1, keepdims=True)                      # (B, H, N, 1)
+    ds = p * (grad_out @ vr.swapaxes(-1, -2) - delta)                           # (B, H, N, M)
+    scale = abs(_effective_scale(problem))
+
+    def per_kv_head(x):                                                        # (B, H, M, .) -> (B, Hkv, M, .)
+        return x.reshape(problem.B, problem.Hkv, group, *x.shape[2:]).sum(axis=2)
+
+    def largest(x) -> float:
+        return float(np.sqrt(np.max(np.where(np.isfinite(x), x, 0.0), initial=0.0)))
+
+    def top(x) -> float:
+        return float(np.max(np.abs(np.where(np.isfinite(x), x, 0.0)), initial=0.0))
+
+    rq = scale * largest((ds * ds) @ (kr * kr))
+    rk = scale * largest(per_kv_head((ds * ds).swapaxes(-1, -2) @ (q * q)))
+    rv = largest(per_kv_head((p * p).swapaxes(-1, -2) @ (grad_out * grad_out)))
+    N, M = problem.N, problem.M
+    return ((rq, M, scale * top(k)), (rk, N * group, scale * top(q)), (rv, N * group, top(grad_out)))
 
 
 def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes) -> tuple:
-    """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`); full checks only
-    (it forms (N, M)); a row-sampled check keeps floor (a) alone, never looser."""
+    """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`) and what a declared
+    precision's bound needs (`GradientScale` each); full checks only (it forms (N, M)); a row-sampled check keeps
+    floor (a) alone, never looser."""
     p, scale = problem, _effective_scale(problem)
     scores = score_magnitude(inputs.q, inputs.k, reference_bias(inputs, p), scale)
     out, weights = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **inputs.reference_kwargs(p))
     stored = stored_output_floor(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
-    return tuple(s + backward_floor(p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M), score_max=scores, terms_max=m,
-                                    result_max=float(np.max(np.abs(e), initial=0.0)))
-                 for s, m, e in zip(stored, magnitudes, expected))
+    result_max = [float(np.max(np.abs(e), initial=0.0)) for e in expected]
+    floors = tuple(s + backward_floor(p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M), score_max=scores, terms_max=m,
+                                      result_max=r)
+                   for s, m, r in zip(stored, magnitudes, result_max))
+    scales = tuple(GradientScale(m, rms, count, operand, r, s, scores)
+                   for (rms, count, operand), m, r, s in zip(rounded_operands(inputs, p, grad_out), magnitudes,
+                                                             result_max, stored))
+    return floors, scales
 
 
 @functools.lru_cache(maxsize=8)
@@ -316,7 +403,8 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
-    want_lse = backend.capabilities(device).lse
+    caps = backend.capabilities(device)
+    want_lse, precision = caps.lse, caps.precision_for(problem.dtype)
     run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
     result = run()
     out, lse = result if want_lse else (result, None)
@@ -327,14 +415,22 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     broken += inputs_contract(backend, run, inputs, pristine)
     verdicts = [_contract("contract", broken)]
     qr = _indices(sample.query, p.N)
+    lse_dtype = _dtype_name(lse) if lse is not None else None
+    model_out, model_lse = (None, None) if precision is None else ref.model_bounds(
+        precision, p, lse_dtype if lse_dtype in UNIT_ROUNDOFF else "float32")
+    named = precision.describe(p.dtype) if precision is not None else None
     if actual.shape == (p.B, p.H, p.N, p.Dv):
         verdicts.append(compare("output", actual[:, :, qr], ref.out, dtype=p.dtype, bound=ref.out_bound,
                                 naive=ref.naive, reduction_length=p.D + p.M,
-                                analytic_floor=forward_floor(ref.out_bound, ref.out, p.dtype)))
+                                analytic_floor=forward_floor(ref.out_bound, ref.out, p.dtype),
+                                model_bound=model_out, model=named, rows_lean=model_out is not None,
+                                lean_slack=0.0 if model_out is None else _before_rounding(model_out, ref.out,
+                                                                                          p.dtype)))
     if want_lse:
         actual_lse = backend.to_numpy(lse)
         if actual_lse.shape == (p.B, p.H, p.N):
-            verdicts.append(compare("lse", actual_lse[:, :, qr], ref.lse, dtype=p.dtype, bound=ref.lse_bound))
+            verdicts.append(compare("lse", actual_lse[:, :, qr], ref.lse, dtype=p.dtype, bound=ref.lse_bound,
+                                    model_bound=model_lse, model=named))
         else:
             verdicts[0] = _contract("contract", broken + [f"lse shape {actual_lse.shape}, expected "
                                                           f"{(p.B, p.H, p.N)}"])
@@ -362,13 +458,25 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     broken += inputs_contract(backend, run, inputs, pristine)
     verdicts = [_contract("contract", broken)]
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
-    for (name, shape), a, e, n, mag, floor, rows_ in zip(shapes.items(), arrays, ref.expected, ref.naive,
-                                                          ref.magnitudes, ref.floors, picks):
+    precision = backend.capabilities(device).precision_for(p.dtype)
+    named = precision.describe(p.dtype) if precision is not None else None
+    for (name, shape), a, e, n, mag, floor, model, rows_ in zip(shapes.items(), arrays, ref.expected, ref.naive,
+                                                                 ref.magnitudes, ref.floors,
+                                                                 ref.model_bounds(precision, p), picks):
         if a.shape == shape:
+            slack = 0.0 if model is None else _before_rounding(model, np.max(np.abs(e), initial=0.0), p.dtype)
             verdicts.append(compare(name, a[:, :, rows_], e, naive=n, dtype=p.dtype,
                                     reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
-                                    analytic_floor=floor))
+                                    analytic_floor=floor, model_bound=model, model=named if model is not None
+                                    else None, rows_lean=model is not None, lean_slack=slack))
     return Verdicts(verdicts, sample)
+
+
+def _before_rounding(bound, result, dtype: str):
+    """The part of an error bound that comes before the final rounding to `dtype` (bound - u |result|, >= 0):
+    what the lean test leaves kernels near a rounding boundary (`budget.lean`)."""
+    with np.errstate(invalid="ignore"):        # inf - inf where a row holds non-finite inputs: NaN, left out
+        return np.maximum(np.asarray(bound, dtype=np.float64) - UNIT_ROUNDOFF[dtype] * np.abs(result), 0.0)
 
 
 def failure_message(backend_name: str, problem: Problem, verdicts: list[Verdict], device: str = "cpu", *,

@@ -52,6 +52,12 @@ FORWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
                     for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
                      for dtype in LARGE_LOGIT_DTYPES for i, shape in enumerate(LARGE_LOGITS)]
+# A large launch grid, every row checked: 72 heads x 16 query tiles of 64 = 1,152 (batch, head, tile) blocks
+# (4,608 of 16 rows), more than a persistent kernel's workers (a GPU has about 100 SMs x a few blocks each), so
+# a scheduler that loses one block is seen. N x M stays under the full-check size.
+LARGE_GRID = [dict(B=2, H=36, Hkv=12, N=1000, M=48, D=32)]
+FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=200 + i)
+                     for dtype in ("float32", "float16") for i, shape in enumerate(LARGE_GRID)]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
 BACKWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from attnbench.precision import Precision
 from attnbench.problem import DTYPES, Inputs, Problem
 
 ALL_CAUSAL = ("top_left", "bottom_right")
@@ -43,6 +44,8 @@ class Capabilities:
     empty_rows: a query row whose every key is masked gives O = 0 and lse = -inf (as the reference does).
     deterministic: bitwise-identical output for identical inputs.
     strided: accepts non-contiguous inputs.   max_seq: largest N or M (None: no limit).
+    precision: ((dtype, Precision), ...): how it computes per input dtype (`attnbench.precision`); a dtype
+        declared here is held to the bound its model implies, on top of the two budget conditions.
     """
 
     dtypes: tuple[str, ...] = DTYPES
@@ -59,6 +62,11 @@ class Capabilities:
     deterministic: bool = True
     strided: bool = True
     max_seq: int | None = None
+    precision: tuple[tuple[str, Precision], ...] = ()
+
+    def precision_for(self, dtype: str) -> Precision | None:
+        """The declared `Precision` for input `dtype`, or None (held to the budget's two conditions alone)."""
+        return dict(self.precision).get(dtype)
 
     def why_not(self, p: Problem, *, need_grad: bool = False) -> str | None:
         """The first reason these capabilities do not cover problem `p`, or None if they do."""

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 
 from ._torch_common import TorchBackend
+from attnbench.precision import FLOAT32_INTERNAL, for_half
+
 from .base import Capabilities
 from .masks import causal_offset, grouped_mask
 from .registry import register
@@ -163,7 +165,9 @@ class TorchBlockwise(TorchBackend):
 
     name = "torch_blockwise"
     devices = ("cpu", "cuda")
-    caps = Capabilities(grad=True, lse=True)
+    # Half inputs: scores, statistics and both passes in float32, the result rounded once (measured:
+    # tests/test_precision.py).
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL))
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
         return blockwise_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._torch_common import TorchBackend
+from attnbench.precision import FLOAT32_INTERNAL, INPUT, Precision, for_half
+
 from .base import Capabilities
 from .registry import register
 from .masks import causal_keep
@@ -91,6 +93,18 @@ def _runs(kernel, device: str, dtype: str, *, B=1, H=2, Hkv=2, N=8, M=8, D=16, D
         return False
 
 
+# How each kernel computes half inputs where we measured it (tests/test_precision.py); elsewhere (CUDA) nothing
+# is declared: the budget's two conditions alone. CPU math upcasts half inputs to float32 and rounds the result
+# once. CPU flash rounds P to the input dtype before P V (FlashAttention's forward); its backward's dK, dV lose
+# precision with the number of query blocks (the known deviation in attnbench.deviations, consistent with a
+# half-precision accumulator), so the backward it declares accumulates in the input dtype.
+PRECISION = {
+    ("math", "cpu"): for_half(FLOAT32_INTERNAL),
+    ("flash", "cpu"): for_half(Precision("torch CPU flash", p_rounded=True, ds_rounded=True,
+                                         grad_accumulate=INPUT)),
+}
+
+
 @functools.lru_cache(maxsize=None)
 def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
     """Capabilities of SDPA kernel `kernel_name` on `device`, found by running tiny calls; None if it runs nothing."""
@@ -114,6 +128,7 @@ def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
         # Both non-contiguous layouts: flash on CPU takes transposed inputs but refuses a last-dim stride != 1.
         strided=runs(layout="transposed") and runs(layout="strided"),
         lse=False,
+        precision=PRECISION.get((kernel_name, device), ()),
     )
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import torch
 
 from ._torch_common import TorchBackend
+from attnbench.precision import FLASH, for_half
+
 from .base import Capabilities
 from .masks import causal_offset
 from .registry import register
@@ -444,8 +446,11 @@ class TritonAttention(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------------------------- backend
 
+# FlashAttention's precision by construction: float32 scores and accumulators, p.to(v.dtype) before P V,
+# p and ds cast to the input dtype before the dV, dK, dQ dots (measured under the interpreter:
+# tests/test_precision.py).
 CAPS = Capabilities(dtypes=("float16", "bfloat16", "float32"), masks=(), mask_with_causal=False,
-                    head_dims=(16, 256), grad=True, lse=True)
+                    head_dims=(16, 256), grad=True, lse=True, precision=for_half(FLASH))
 
 
 @register

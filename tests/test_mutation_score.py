@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:         # conformance/ is the repo's test suite, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from conformance.mutants import MUTANTS  # noqa: E402
+from conformance.mutants import MUTANTS, TWINS  # noqa: E402
 
 
 def side_by_side() -> int:
@@ -82,15 +82,16 @@ def score_table(outcomes: list[Outcome]) -> str:
 
 
 @pytest.mark.starts_first
-def test_suite_passes_the_twin_and_kills_every_mutant(record_property):
-    outcomes = run_all(["twin", *sorted(MUTANTS)])
-    twin, mutants = outcomes[0], outcomes[1:]
+def test_suite_passes_the_twins_and_kills_every_mutant(record_property):
+    outcomes = run_all([*TWINS, *sorted(MUTANTS)])
+    twins, mutants = outcomes[:len(TWINS)], outcomes[len(TWINS):]
     # The score belongs in every CI log, not only in failures: the root conftest prints this property in the
     # terminal summary, which works under pytest-xdist too (a worker's stdout never reaches the log).
     record_property("summary", score_table(mutants))
-    assert twin.returncode == PASSED, f"the correct twin must pass the suite:\n{twin.tail}"
-    # Mutants share the twin's capabilities, so a case the twin skips is a case no mutant is ever checked on.
-    assert "skipped" not in twin.tail, f"the twin must run every case:\n{twin.tail}"
+    for twin in twins:     # the plain twin, and one rounding P to the input dtype as FlashAttention does
+        assert twin.returncode == PASSED, f"the correct {twin.mutant} must pass the suite:\n{twin.tail}"
+        # Mutants share the twin's capabilities, so a case the twin skips is one no mutant is ever checked on.
+        assert "skipped" not in twin.tail, f"{twin.mutant} must run every case:\n{twin.tail}"
     broken = [o for o in mutants if o.returncode not in (KILLED, PASSED)]
     assert not broken, "runs that neither passed nor failed a test:\n" + "\n".join(o.tail for o in broken)
     assert not survivors(mutants), f"the suite lets these mutants pass: {survivors(mutants)}\n{score_table(mutants)}"

@@ -7,7 +7,10 @@ every mutant and passes the twin.
 from __future__ import annotations
 
 from . import mutants
-from .twin import BlockwiseTwin
+from .twin import BlockwiseTwin, FlashPrecisionTwin
+
+# Correct twins: the suite must pass each (the plain twin, and one rounding P as FlashAttention does).
+TWINS = {BlockwiseTwin.name: BlockwiseTwin, FlashPrecisionTwin.name: FlashPrecisionTwin}
 
 
 def _name(cls) -> str:
@@ -20,11 +23,11 @@ MUTANTS = {_name(c): c for c in vars(mutants).values()
 
 
 def make_backend(name: str) -> BlockwiseTwin:
-    """A fresh instance of the twin (`twin`) or of the mutant called `name`, carrying that name."""
-    if name == BlockwiseTwin.name:
-        return BlockwiseTwin()
+    """A fresh instance of a correct twin (`TWINS`) or of the mutant called `name`, carrying that name."""
+    if name in TWINS:
+        return TWINS[name]()
     if name not in MUTANTS:
-        raise KeyError(f"unknown mutant {name!r}; known: twin, {', '.join(sorted(MUTANTS))}")
+        raise KeyError(f"unknown mutant {name!r}; known: {', '.join(TWINS)}, {', '.join(sorted(MUTANTS))}")
     backend = MUTANTS[name]()
     backend.name = name
     return backend

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.implementations import Capabilities
+from attnbench.precision import FLASH, FLOAT32_INTERNAL, for_half
 from attnbench.implementations._torch_common import TorchBackend
 
 KEY_TILE = 32
@@ -54,7 +55,8 @@ class BlockwiseTwin(TorchBackend):
     """twin: tiled online-softmax attention in PyTorch, correct; each mutant overrides one step."""
 
     name = "twin"
-    caps = Capabilities(grad=True, lse=True)
+    # Half inputs computed in float32 and rounded once: every mutant inherits the claim and is held to it.
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL))
 
     # --- the steps a mutant may override -------------------------------------------------------------------------
 
@@ -104,6 +106,10 @@ class BlockwiseTwin(TorchBackend):
     def tile_order(self, tiles: list[slice]) -> list[slice]:
         return tiles
 
+    def round_output(self, out: torch.Tensor, io_dtype: torch.dtype) -> torch.Tensor:
+        """The result in the input dtype: one rounding to nearest."""
+        return out.to(io_dtype)
+
     def corrupt_grads(self, dq, dk, dv, *, scale):
         """What a hand-written backward would return; the twin's is exact."""
         return dq, dk, dv
@@ -130,7 +136,9 @@ class BlockwiseTwin(TorchBackend):
         Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
         acc_dtype = torch.float32 if io_dtype in (torch.float16, torch.bfloat16) else q.dtype
         heads = self.kv_heads(H, Hkv, q.device)
-        q, k, v = q.to(acc_dtype), k[:, heads].to(acc_dtype), v[:, heads].to(acc_dtype)  # k, v: (B, H, M, .)
+        # Cast before the head gather: autograd then sums a group's dK, dV in float32 and rounds once (gathering
+        # first sums the group's half-precision gradients, more roundings than the twin's claim allows).
+        q, k, v = q.to(acc_dtype), k.to(acc_dtype)[:, heads], v.to(acc_dtype)[:, heads]  # k, v: (B, H, M, .)
         scale = self.effective_scale(D, scale)
         bias = self.bias(mask, causal, B, N, M, acc_dtype, q.device)
         m = torch.full((B, H, N, 1), NEG_INF, dtype=acc_dtype, device=q.device)
@@ -140,7 +148,7 @@ class BlockwiseTwin(TorchBackend):
             s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale)
             m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
         out, lse = self.finish(m, l, acc, scale)
-        return out.to(io_dtype), lse
+        return self.round_output(out, io_dtype), lse
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
         options = dict(mask=mask, causal=causal, scale=scale)
@@ -148,3 +156,23 @@ class BlockwiseTwin(TorchBackend):
             return _RecordedGrad.apply(q, k, v, self, options)
         out, lse = self.blockwise(q, k, v, **options)
         return (out, lse) if return_lse else out
+
+
+class FlashPrecisionTwin(BlockwiseTwin):
+    """twin_flash: the twin rounding P to the input dtype before P V, as FlashAttention's tensor-core GEMM does;
+    correct, and declared so (`attnbench.precision.FLASH`): a kernel the declared-precision rule must pass."""
+
+    name = "twin_flash"
+    caps = BlockwiseTwin.caps.replace(precision=for_half(FLASH))
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        self.io_dtype = q.dtype
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def online_update(self, m, l, acc, s, v_tile):
+        m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True)).detach()
+        shift = torch.where(m_new == NEG_INF, torch.zeros_like(m_new), m_new)
+        alpha = torch.exp(m - shift)
+        p = torch.exp(s - shift)                                  # in [0, 1]: rounded relative to the running max
+        p_rounded = p.to(self.io_dtype).to(p.dtype)               # what the half-precision GEMM reads
+        return m_new, alpha * l + p.sum(dim=-1, keepdim=True), alpha * acc + p_rounded @ v_tile
