@@ -53,8 +53,10 @@ def _cmd_run(args) -> int:
 def _cmd_check(args) -> int:
     from attnbench.check import check_backward, check_forward, failure_message
     from attnbench.implementations import get_backend
+    from attnbench.implementations.registry import load_plugins
     from attnbench.problem import Problem
 
+    load_plugins(args.plugin)
     backend = get_backend(args.backend)
     problem = Problem.parse(args.problem)
     reason = backend.why_not(problem, args.device, need_grad=args.backward)
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--backward", action="store_true", help="check dQ, dK, dV instead of the output")
     check.add_argument("--rows", help="check only these query rows (comma-separated), as a failure's repro names them")
     check.add_argument("--key-rows", help="with --backward: check dK, dV only at these key rows")
+    check.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                       help="import this backend file first (repeatable), as `perf --plugin` and "
+                            "`pytest conformance --plugin` do")
     check.set_defaults(func=_cmd_check)
     perf = sub.add_parser("perf", help="sweep N, H, B, D, dtype, causal and pass over backends; time, memory, "
                                        "accuracy; write reports/<run-id>/")

@@ -36,6 +36,8 @@ from . import _hypothesis  # noqa: F401 - registers and loads the hypothesis pro
 def pytest_addoption(parser):
     group = parser.getgroup("attnbench")
     group.addoption("--backend", action="append", default=[], help="check only this backend (repeatable)")
+    group.addoption("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="import this backend file first (repeatable): its @register backends join the suite")
     group.addoption("--device", action="append", default=[],
                     help="device to check on (repeatable; default: cpu, plus cuda when present)")
     group.addoption("--grid", default=None, choices=("flash",),
@@ -53,7 +55,13 @@ def pytest_configure(config):
     """An unknown --backend, or a --device that cannot run here, is one usage line (exit 4): not a traceback per
     collected module, and not a run where every case skips and the session passes."""
     from attnbench.devices import device_unavailable_reason
+    from attnbench.implementations.registry import load_plugins
+    from attnbench.reference import AttentionInputError
 
+    try:
+        load_plugins(config.getoption("--plugin"))
+    except AttentionInputError as exc:
+        raise pytest.UsageError(f"--plugin: {exc}") from None
     for name in config.getoption("--backend"):
         try:
             get_backend(name)

@@ -2,7 +2,8 @@
 
     problems(caps)  ->  Problem with B, H (a multiple of Hkv), N, M in 1..max_len (mostly not multiples
                         of 16), D and Dv (odd sizes included), causal alignment, mask kind, scale,
-                        dtype, layout, input distribution and seed
+                        dtype, layout, input distribution and seed; within the shape constraints
+                        the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima)
 
 Drawing within a backend's declared `Capabilities` keeps rejections rare (a
 filter on `why_not` alone would throw most draws away for narrow backends);
@@ -25,14 +26,21 @@ _SPECIAL_HEAD_DIMS = (1, 3, 8, 16, 24, 59, 64, 80, 111, 128)
 PROPERTY_INPUTS = ("normal", "near_ties", "peaked")
 
 
-def lengths(max_len: int) -> st.SearchStrategy[int]:
-    """A sequence length in 1..max_len, half the time one of the sizes that break tiling."""
+def lengths(max_len: int, multiple: int = 1) -> st.SearchStrategy[int]:
+    """A sequence length in 1..max_len, half the time one of the sizes that break tiling; with `multiple` > 1
+    a multiple of it (at least one multiple, even past max_len: a backend that takes only multiples of 128
+    is still checked)."""
+    if multiple > 1:
+        return st.integers(1, max(1, max_len // multiple)).map(lambda n: n * multiple)
     special = [n for n in _SPECIAL_LENGTHS if n <= max_len]
     return st.one_of(st.sampled_from(special), st.integers(1, max_len))
 
 
-def head_dims(lo: int, hi: int) -> st.SearchStrategy[int]:
-    """A head dim in lo..hi, half the time an odd or common one."""
+def head_dims(lo: int, hi: int, choices: tuple[int, ...] | None = None) -> st.SearchStrategy[int]:
+    """A head dim in lo..hi, half the time an odd or common one; one of `choices` where the backend takes only
+    those."""
+    if choices is not None:
+        return st.sampled_from(sorted(d for d in choices if lo <= d <= max(hi, min(choices))))
     special = [d for d in _SPECIAL_HEAD_DIMS if lo <= d <= hi] or [lo]
     return st.one_of(st.sampled_from(special), st.integers(lo, hi))
 
@@ -45,11 +53,12 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     dtype = draw(st.sampled_from([d for d in DTYPES if d in caps.dtypes]))
     Hkv = draw(st.integers(1, 2))
     H = Hkv * (draw(st.integers(1, 3)) if caps.gqa else 1)
-    N = draw(lengths(max_len))
-    M = draw(lengths(max_len)) if caps.cross else N
+    longest = min(max_len, caps.longest(dtype) or max_len)
+    N = draw(lengths(longest, caps.seq_multiple))
+    M = draw(lengths(longest, caps.seq_multiple)) if caps.cross and not caps.same_length else N
     lo, hi = caps.head_dims[0], min(caps.head_dims[1], max_head_dim)
-    D = draw(head_dims(lo, hi))
-    Dv = draw(st.one_of(st.just(D), head_dims(lo, hi))) if caps.dv_differs else D
+    D = draw(head_dims(lo, hi, caps.head_dim_choices))
+    Dv = draw(st.one_of(st.just(D), head_dims(lo, hi, caps.head_dim_choices))) if caps.dv_differs else D
     causal = draw(st.sampled_from((None, *caps.causal)))
     kinds = [m for m in (masks if masks is not None else (None, *MASK_FORMS))
              if m is None or MASK_FORMS[m] in caps.masks]

@@ -15,32 +15,59 @@ from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
 from attnbench.reference import AttentionInputError
 
 
-def _arrays(B=1, H=2, Hkv=2, N=5, M=7, D=8, Dv=8, dtype="float32"):
+# The shapes of the bad calls; a backend with shape constraints gets the nearest shapes it declares, and a
+# dtype it takes, so a bad call is refused for what is wrong with it and nothing else.
+BASE = dict(B=1, H=2, Hkv=2, N=5, M=7, D=8, Dv=8, dtype="float32")
+
+
+def shape_for(caps=None) -> dict:
+    """BASE within `caps`: N, M rounded up to its multiple (N = M where required), D and Dv its smallest
+    allowed head dim if 8 is not, its first dtype if float32 is not."""
+    if caps is None:
+        return dict(BASE)
+    multiple = caps.seq_multiple
+    up = lambda n: -(-n // multiple) * multiple                        # noqa: E731
+    N, M = up(BASE["N"]), up(BASE["M"]) if caps.cross and not caps.same_length else up(BASE["N"])
+    if M == N and caps.cross and not caps.same_length:
+        M = N + multiple                                               # keep N != M: the length checks need it
+    allowed = [d for d in (caps.head_dim_choices or (BASE["D"], caps.head_dims[0]))
+               if caps.head_dims[0] <= d <= caps.head_dims[1]]
+    D = BASE["D"] if BASE["D"] in allowed else min(allowed)
+    dtype = BASE["dtype"] if BASE["dtype"] in caps.dtypes else caps.dtypes[0]
+    return dict(BASE, N=N, M=M, D=D, Dv=D, dtype=dtype)
+
+
+def _arrays(B=1, H=2, Hkv=2, N=5, M=7, D=8, Dv=8, dtype="float32", **_):
+    """q, k, v as NumPy arrays (bfloat16, which NumPy lacks, travels as float32: `_native` converts it)."""
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((B, H, N, D)).astype(dtype), rng.standard_normal((B, Hkv, M, D)).astype(dtype),
-            rng.standard_normal((B, Hkv, M, Dv)).astype(dtype))
+    carrier = "float32" if dtype == "bfloat16" else dtype
+    return (rng.standard_normal((B, H, N, D)).astype(carrier), rng.standard_normal((B, Hkv, M, D)).astype(carrier),
+            rng.standard_normal((B, Hkv, M, Dv)).astype(carrier))
 
 
 def _replace(args, i, new):
     return tuple(new if j == i else a for j, a in enumerate(args))
 
 
-# (id, build(q, k, v) -> (q, k, v, kwargs), words the message must contain)
+# (id, build(q, k, v) -> (q, k, v, kwargs), words the message must contain: templates over `shape_for`)
 BAD_CALLS = [
-    ("q-rank-3", lambda q, k, v: (q[0], k, v, {}), ["q", "rank 4", "(2, 5, 8)"]),
-    ("k-rank-5", lambda q, k, v: (q, k[None], v, {}), ["k", "rank 4", "(1, 1, 2, 7, 8)"]),
-    ("empty-q", lambda q, k, v: (q[:, :, :0], k, v, {}), ["q", "empty", "(1, 2, 0, 8)"]),
+    ("q-rank-3", lambda q, k, v: (q[0], k, v, {}), ["q", "rank 4", "({H}, {N}, {D})"]),
+    ("k-rank-5", lambda q, k, v: (q, k[None], v, {}), ["k", "rank 4", "(1, 1, 2, {M}, {D})"]),
+    ("empty-q", lambda q, k, v: (q[:, :, :0], k, v, {}), ["q", "empty", "(1, 2, 0, {D})"]),
     ("empty-v", lambda q, k, v: (q, k, v[..., :0], {}), ["v", "empty"]),
-    ("batch-mismatch", lambda q, k, v: (q, np.concatenate([k, k]), v, {}), ["B", "(2, 2, 7, 8)"]),
-    ("head-dim-mismatch", lambda q, k, v: (q, k[..., :4], v, {}), ["D", "(1, 2, 7, 4)"]),
-    ("kv-length-mismatch", lambda q, k, v: (q, k, v[:, :, :3], {}), ["k, v", "(1, 2, 3, 8)"]),
+    ("batch-mismatch", lambda q, k, v: (q, np.concatenate([k, k]), v, {}), ["B", "(2, 2, {M}, {D})"]),
+    ("head-dim-mismatch", lambda q, k, v: (q, k[..., :4], v, {}), ["D", "(1, 2, {M}, 4)"]),
+    ("kv-length-mismatch", lambda q, k, v: (q, k, v[:, :, :3], {}), ["k, v", "(1, 2, 3, {Dv})"]),
     ("heads-not-multiple", lambda q, k, v: (np.concatenate([q, q[:, :1]], axis=1), k, v, {}),
      ["H=3", "Hkv=2"]),
-    ("mask-wrong-shape", lambda q, k, v: (q, k, v, {"mask": np.ones((1, 1, 5, 6), bool)}),
-     ["mask", "(1, 1, 5, 6)", "(1, 2, 5, 7)"]),
-    ("mask-rank-5", lambda q, k, v: (q, k, v, {"mask": np.ones((1, 1, 1, 5, 7), bool)}), ["mask", "(1, 1, 1, 5, 7)"]),
-    ("mask-int", lambda q, k, v: (q, k, v, {"mask": np.ones((1, 1, 5, 7), np.int64)}), ["mask", "int64"]),
-    ("mixed-dtypes", lambda q, k, v: (q, k.astype(np.float64), v, {}), ["dtype", "float64", "float32"]),
+    ("mask-wrong-shape", lambda q, k, v: (q, k, v, {"mask": np.ones((1, 1, q.shape[2], k.shape[2] - 1), bool)}),
+     ["mask", "(1, 1, {N}, {Mm1})", "(1, 2, {N}, {M})"]),
+    ("mask-rank-5", lambda q, k, v: (q, k, v, {"mask": np.ones((1, 1, 1, q.shape[2], k.shape[2]), bool)}),
+     ["mask", "(1, 1, 1, {N}, {M})"]),
+    ("mask-int", lambda q, k, v: (q, k, v, {"mask": np.ones((1, 1, q.shape[2], k.shape[2]), np.int64)}),
+     ["mask", "int64"]),
+    ("mixed-dtypes", lambda q, k, v: (q, k.astype(np.float64 if q.dtype != np.float64 else np.float32), v, {}),
+     ["dtype", "{dtype}", "{other}"]),
     ("integer-inputs", lambda q, k, v: (q.astype(np.int32), k.astype(np.int32), v.astype(np.int32), {}),
      ["q", "int32"]),
     ("bad-causal", lambda q, k, v: (q, k, v, {"causal": "diagonal"}), ["causal", "diagonal"]),
@@ -51,14 +78,21 @@ BAD_CALL_IDS = [case[0] for case in BAD_CALLS]
 BAD_CALLS_REFERENCE = [c for c in BAD_CALLS if c[0] not in ("mixed-dtypes", "integer-inputs")]
 
 
-def _native(backend, device, q, k, v, kwargs):
-    """The arrays as the backend's native type (torch tensors on `device` for TorchBackend)."""
+def _words(templates, shape: dict) -> list[str]:
+    other = "float32" if shape["dtype"] == "float64" else "float64"           # the mixed-dtypes case's k
+    return [w.format(**{"Mm1": shape["M"] - 1, "other": other, **shape}) for w in templates]
+
+
+def _native(backend, device, dtype, q, k, v, kwargs):
+    """The arrays as the backend's native type (torch tensors on `device` for TorchBackend; float32 carriers of
+    a bfloat16 problem become bfloat16)."""
     if not isinstance(backend, TorchBackend):
         return q, k, v, kwargs
     import torch
 
     def t(x):
-        return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        tensor = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        return tensor.to(torch.bfloat16) if dtype == "bfloat16" and x.dtype == np.float32 else tensor
 
     kwargs = {key: t(val) if isinstance(val, np.ndarray) else val for key, val in kwargs.items()}
     return t(q), t(k), t(v), kwargs
@@ -69,10 +103,11 @@ def test_backend_call_rejects_bad_arguments_naming_them(backend, device, case):
     if not callable(backend):
         pytest.skip(f"{backend.name}: no tensor-level entry point")
     _, build, words = case
-    q, k, v, kwargs = _native(backend, device, *build(*_arrays()))
+    shape = shape_for(backend.capabilities(device))
+    q, k, v, kwargs = _native(backend, device, shape["dtype"], *build(*_arrays(**shape)))
     with pytest.raises(AttentionInputError) as exc:
         backend(q, k, v, **kwargs)
-    assert backend.name in str(exc.value) and all(w in str(exc.value) for w in words), str(exc.value)
+    assert backend.name in str(exc.value) and all(w in str(exc.value) for w in _words(words, shape)), str(exc.value)
 
 
 @pytest.mark.parametrize("case", BAD_CALLS_REFERENCE, ids=[c[0] for c in BAD_CALLS_REFERENCE])
@@ -81,7 +116,7 @@ def test_reference_rejects_bad_arguments_naming_them(case):
     q, k, v, kwargs = build(*_arrays())
     with pytest.raises(AttentionInputError) as exc:
         reference.sdpa(q, k, v, **kwargs)
-    assert all(w in str(exc.value) for w in words), str(exc.value)
+    assert all(w in str(exc.value) for w in _words(words, shape_for())), str(exc.value)
 
 
 def test_reference_backward_rejects_grad_out_of_the_wrong_shape():
@@ -95,40 +130,51 @@ def test_backend_call_rejects_a_device_it_does_not_run_on(backend, device):
         pytest.skip(f"{backend.name}: takes NumPy arrays, which have no device")
     import torch
 
-    q, k, v = (torch.empty(x.shape, device="meta") for x in _arrays())
+    shape = shape_for(backend.capabilities(device))
+    q, k, v = (torch.empty(x.shape, dtype=getattr(torch, shape["dtype"]), device="meta") for x in _arrays(**shape))
     with pytest.raises(AttentionInputError, match="device meta not supported"):
         backend(q, k, v)
 
 
+def _problem_for(backend, device) -> Problem:
+    """The bad calls' shapes as a Problem the backend declares."""
+    shape = shape_for(backend.capabilities(device))
+    return Problem(**{key: shape[key] for key in ("B", "H", "Hkv", "N", "M", "D", "Dv", "dtype")})
+
+
 def test_prepare_rejects_inputs_that_do_not_match_the_problem(backend, device):
-    problem = Problem(B=1, H=2, N=5, M=7, D=8)
+    problem = _problem_for(backend, device)
     if backend.why_not(problem, device):
         pytest.skip(f"{backend.name}: {backend.why_not(problem, device)}")
-    other = make_inputs(problem.replace(M=6))
-    with pytest.raises(AttentionInputError, match=r"do not match problem.*'k': \(1, 2, 7, 8\).*'k': \(1, 2, 6, 8\)"):
+    other = make_inputs(problem.replace(M=problem.M - 1))
+    p = problem
+    with pytest.raises(AttentionInputError, match=rf"do not match problem.*'k': \(1, 2, {p.M}, {p.D}\).*'k': "
+                                                  rf"\(1, 2, {p.M - 1}, {p.D}\)"):
         backend.prepare(other, problem, device=device)
 
 
 def test_prepare_rejects_problems_the_backend_does_not_declare(backend, device):
     caps = backend.capabilities(device)
     missing = [d for d in ("float16", "bfloat16", "float32", "float64") if d not in caps.dtypes]
-    problem = Problem(B=1, H=2, N=5, M=7, D=8, dtype=missing[0]) if missing else None
+    supported = _problem_for(backend, device)
+    problem = supported.replace(dtype=missing[0]) if missing else None
     unsupported_device = next(d for d in ("cuda", "mps", "xpu") if backend.device_unavailable_reason(d))
     # The error must name the dtype and refuse it; backends may say why (triton: the interpreter's bf16).
     cases = ([(problem, device, f"{missing[0]} not supported")] if problem else []) + [
-        (Problem(B=1, H=2, N=5, M=7, D=8), unsupported_device, unsupported_device)]
+        (supported, unsupported_device, unsupported_device)]
     for p, dev, words in cases:
         with pytest.raises(AttentionInputError, match=words):
             backend.prepare(make_inputs(p), p, device=dev)
 
 
 def test_prepare_backward_rejects_backends_without_grad_or_bad_inputs(backend, device):
-    problem = Problem(B=1, H=2, N=5, M=7, D=8)
+    problem = _problem_for(backend, device)
     if backend.why_not(problem, device):
         pytest.skip(f"{backend.name}: {backend.why_not(problem, device)}")
     error = (AttentionInputError if backend.capabilities(device).grad else (AttentionInputError, NotImplementedError))
     with pytest.raises(error):
-        backend.prepare_backward(make_inputs(problem.replace(D=4)), problem, make_grad_out(problem), device=device)
+        backend.prepare_backward(make_inputs(problem.replace(D=4, Dv=4)), problem, make_grad_out(problem),
+                                 device=device)
 
 
 @pytest.mark.parametrize("fields, words", [

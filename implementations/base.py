@@ -44,6 +44,11 @@ class Capabilities:
     empty_rows: a query row whose every key is masked gives O = 0 and lse = -inf (as the reference does).
     deterministic: bitwise-identical output for identical inputs.
     strided: accepts non-contiguous inputs.   max_seq: largest N or M (None: no limit).
+    Shape constraints (data every suite reads: drawn problems, fixed cases, bad-input tests, perf sweeps):
+    seq_multiple: N and M must be multiples of it (a kernel without masking of partial tiles: 128).
+    head_dim_choices: the only D (and Dv) it takes, e.g. (64, 128), on top of `head_dims`; None: any.
+    same_length: N = M only (self-attention kernels).
+    max_seq_by_dtype: ((dtype, largest N or M), ...) where the limit depends on the dtype.
     precision: ((dtype, Precision), ...): how it computes per input dtype (`attnbench.precision`); a dtype
         declared here is held to the bound its model implies, on top of the two budget conditions.
     """
@@ -63,6 +68,15 @@ class Capabilities:
     strided: bool = True
     max_seq: int | None = None
     precision: tuple[tuple[str, Precision], ...] = ()
+    seq_multiple: int = 1
+    head_dim_choices: tuple[int, ...] | None = None
+    same_length: bool = False
+    max_seq_by_dtype: tuple[tuple[str, int], ...] = ()
+
+    def longest(self, dtype: str) -> int | None:
+        """The largest N or M allowed in `dtype` (None: no limit)."""
+        limits = [x for x in (self.max_seq, dict(self.max_seq_by_dtype).get(dtype)) if x is not None]
+        return min(limits) if limits else None
 
     def precision_for(self, dtype: str) -> Precision | None:
         """The declared `Precision` for input `dtype`, or None (held to the budget's two conditions alone)."""
@@ -82,7 +96,13 @@ class Capabilities:
             (not (self.head_dims[0] <= min(p.D, p.Dv) and max(p.D, p.Dv) <= self.head_dims[1]),
              f"head dim D={p.D}, Dv={p.Dv} outside supported {self.head_dims[0]}..{self.head_dims[1]}"),
             (p.layout != "contiguous" and not self.strided, f"{p.layout} (non-contiguous) inputs not supported"),
-            (self.max_seq is not None and max(p.N, p.M) > self.max_seq, f"N/M above max {self.max_seq}"),
+            (self.longest(p.dtype) is not None and max(p.N, p.M) > self.longest(p.dtype),
+             f"N/M above max {self.longest(p.dtype)} in {p.dtype}"),
+            (p.N % self.seq_multiple or p.M % self.seq_multiple,
+             f"N={p.N}, M={p.M}: both must be multiples of {self.seq_multiple}"),
+            (self.head_dim_choices is not None and not {p.D, p.Dv} <= set(self.head_dim_choices),
+             f"head dim D={p.D}, Dv={p.Dv} not one of {', '.join(map(str, self.head_dim_choices or ()))}"),
+            (self.same_length and p.N != p.M, f"N={p.N} != M={p.M}: N = M only"),
             (need_grad and not self.grad, "no backward (grad) support"),
             (has_empty_rows(p) and not self.empty_rows, "rows with every key masked (O = 0 expected) not supported"),
         ]

@@ -10,6 +10,7 @@ import is recorded in `load_errors()` and skipped; discovery never crashes.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 import sys
 from importlib.metadata import entry_points
@@ -116,3 +117,25 @@ def load_errors() -> dict[str, str]:
     """Modules or plugins that failed to load: name -> error."""
     discover()
     return dict(_LOAD_ERRORS)
+
+
+def load_plugins(paths) -> None:
+    """Import backend module files (each registers its backends on import), once per process: how `check`,
+    `perf`, `compare` and `pytest conformance --plugin FILE.py` see a backend that is neither in
+    implementations/ nor installed with an entry point."""
+    from pathlib import Path
+
+    from attnbench.reference import AttentionInputError
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise AttentionInputError(f"plugin: no such file {str(path)!r}")
+        name = f"attnbench_plugin_{Path(path).stem}_{abs(hash(str(Path(path).resolve()))):x}"
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise AttentionInputError(f"plugin: cannot import {path!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)

@@ -8,13 +8,13 @@ Shape letters: B batch, H heads, N queries, M keys, D head dim.
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnbench.implementations.registry import load_plugins  # noqa: F401 - workers import it from here
 from attnbench.problem import Problem
 from attnbench.reference import AttentionInputError
 
@@ -84,20 +84,6 @@ class SweepSpec:
                     *itertools.product(self.batch, self.heads[1:], *rest, (self.heads_at_n,))]
         return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n)
                 for b, h, d, dt, c, n in grid]
-
-
-def load_plugins(paths) -> None:
-    """Import backend module files (each registers its backends on import), once per process."""
-    for path in paths:
-        name = f"attnbench_plugin_{Path(path).stem}_{abs(hash(str(Path(path).resolve()))):x}"
-        if name in sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise AttentionInputError(f"plugin: cannot import {path!r}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
 
 
 def expand(spec: SweepSpec) -> tuple[list[Case], list[tuple[Case, str]]]:
