@@ -94,8 +94,8 @@ def inline_html(text: str) -> str:
 
 
 # Cell colours by what a cell says: the status column, the accuracy column ("NO") and the summary's verdicts.
-BAD_CELLS = {"error": "bad", "inaccurate": "bad", "NO": "bad", "oom": "warn", "timeout": "warn", "ok": "good",
-             "yes": "good"}
+BAD_CELLS = {"error": "bad", "inaccurate": "bad", "implausible": "bad", "NO": "bad", "oom": "warn",
+             "timeout": "warn", "suspicious: look": "warn", "ok": "good", "yes": "good"}
 
 
 def _html_table(rows: list[list[str]]) -> str:
@@ -163,7 +163,8 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
 
 def _verdicts(results: list[PointResult]) -> list[tuple[str, list[list[str]]]]:
     """What a reader needs first: every point that went wrong, then the fastest accurate backend per size."""
-    return [("Inaccurate or failed (error, oom, timeout, outside the error budget)", problem_rows(results)),
+    return [("Implausible, inaccurate, suspicious or failed (faster than the roofline; outside the error budget, "
+             "first or timed calls; error, oom, timeout)", problem_rows(results)),
             ("Fastest accurate backend per size", fastest_rows(results))]
 
 
