@@ -121,8 +121,9 @@ class TimedCalls:
         if index is not None:
             self.timed = index + 1
             self._note_storage(addresses, index)
-            if index & (index - 1) == 0:                         # 0 and the powers of two; the one before is
-                self.copies = {i: c for i, c in self.copies.items() if i in (0, index // 2)}   # the middle if this is last
+            if index & (index - 1) == 0:                         # 0 and the powers of two
+                # Keep the first and the power of two before this one: the middle, should this call be the last.
+                self.copies = {i: c for i, c in self.copies.items() if i in (0, index // 2)}
                 self.copies[index] = (self.rotation.last_set, snapshot(result))
         self.held.append((result, addresses))
 

@@ -11,6 +11,7 @@ from attnbench.reference import AttentionInputError
 from . import records
 from .analysis import noisy_table, slopes
 from .derived import FLOP_CONVENTION
+from .integrity import INPUT_SETS, ROOFLINE_MARGIN, SUSPICIOUS_SPEEDUP
 from .machine import describe as describe_machine
 from .machine import machine_label
 from .noise import METHOD as NOISE_METHOD
@@ -121,7 +122,12 @@ def _method(device: str) -> str:
             "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
             "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
             "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` at the point's own N "
-            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference).")
+            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference), and in "
+            "every process the first, a middle and the last timed call, the timed calls rotating among "
+            f"{INPUT_SETS} input sets, against the row-sampled reference of the set each was given. A point "
+            f"faster than {ROOFLINE_MARGIN:g}x the measured roofline is implausible; one more than "
+            f"{SUSPICIOUS_SPEEDUP:g}x faster than the fastest trusted peer, or whose outputs lie in memory "
+            "the caller still held or in an input, is suspicious.")
 
 
 def by_machine(results: list[PointResult]) -> dict[str, list[PointResult]]:

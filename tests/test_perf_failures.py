@@ -46,7 +46,8 @@ PLUGIN = textwrap.dedent('''
     class Wrong(_Test):
         name = "test_wrong"                                        # runs fine, answers q: inaccurate
         def misbehave(self, q, problem):
-            return q
+            # an attention's matmuls, so the time is plausible (answering q at once is implausible)
+            return q + 0 * ((q @ q.swapaxes(-1, -2)) @ q)
 
     @register
     class Hangs(_Test):

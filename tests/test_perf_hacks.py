@@ -11,11 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnbench.implementations import registry
 from attnbench.perf import integrity, records
 from attnbench.perf.summary import fastest_rows, problem_rows, suspicious
 from attnbench.perf.sweep import load_plugins
+from attnbench.perf.timing import time_callable
 
 from perf_helpers import perf, synthetic
 
@@ -121,3 +123,33 @@ def test_roofline_margin_decides_implausible():
     at_margin = flops / (integrity.ROOFLINE_MARGIN * attainable)                 # seconds of a call at the margin
     assert integrity.implausible_reason(flops, 1.01 * at_margin, attainable) is None
     assert "roofline" in integrity.implausible_reason(flops, at_margin / 1.01, attainable)
+
+
+def _watched(calls, n=5):
+    """Time `calls` in rotation (no warm-up, n timed calls) under a TimedCalls watching them; the watcher."""
+    rotation = integrity.Rotation(calls)
+    watch = integrity.TimedCalls(rotation, integrity.storage_addresses(INPUT))
+    time_callable(rotation, warmup=0, min_repeats=n, max_repeats=n, budget_s=0, after=watch)
+    return watch
+
+
+INPUT = torch.zeros(4)
+
+
+def right_for(which: int, result) -> str | None:
+    return None if float(result[0]) == which else f"holds {float(result[0])}"
+
+
+def test_timed_calls_are_checked_against_the_input_set_each_was_given():
+    honest = _watched([lambda i=i: torch.full((4,), float(i)) for i in range(3)]).findings(right_for)
+    assert honest["checked"] == [1, 3, 5] and honest["failure"] is None and honest["reused_storage"] is None
+    stuck = _watched([lambda: torch.zeros(4)] * 3).findings(right_for)              # right for set 0 only
+    assert stuck["failure"].startswith("timed call 3 of 5 wrong (input set 2): holds 0.0")
+
+
+def test_an_output_in_held_or_input_memory_is_reported():
+    cached = torch.ones(4)
+    found = _watched([lambda: cached, lambda: torch.ones(4), lambda: torch.ones(4)]).findings(right_for)
+    assert "memory the caller still held" in found["reused_storage"] and found["aliases_input"] is None
+    found = _watched([lambda: INPUT[1:]] * 3).findings(right_for)                    # a view of an input
+    assert "input's memory" in found["aliases_input"]
