@@ -55,7 +55,7 @@ def time_callable(fn: Callable[[], object], *, synchronize: Callable[[], None] =
         if faults is not None:
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         after(result, len(samples) - 1)
-        del result                                               # not alive during the next call unless `after` keeps it
+        del result                                               # not alive in the next call unless `after` keeps it
     return samples
 
 

@@ -8,6 +8,7 @@ the perf mutation score is printed in the terminal summary like the conformance 
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -33,22 +34,29 @@ def flag(r) -> str | None:
     return "inaccurate" if r.status == "ok" and r.accurate is False else None
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """(records of the sweep, every hack's name, {hack: why it did not run here}); the registry left as it was."""
+@contextlib.contextmanager
+def hacks_registered():
+    """Every hack registered (as `--plugin` does in the sweep's process) for the block; yields their names.
+    The registry is left as it was."""
     registry.discover()                                              # the built-in backends are not the plugin's
     saved = dict(registry._BACKENDS)
     try:
-        load_plugins([str(HACK_FILE)])                               # registers them, once per process (the sweep's too)
-        hacks = sorted(name for name in registry._BACKENDS if name not in saved)
+        load_plugins([str(HACK_FILE)])                               # once per process, the sweep's too
+        yield sorted(name for name in registry._BACKENDS if name not in saved)
+    finally:
+        registry._BACKENDS.clear()
+        registry._BACKENDS.update(saved)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """(records of the sweep, every hack's name, {hack: why it did not run here})."""
+    with hacks_registered() as hacks:
         not_run = {name: registry._BACKENDS[name].device_unavailable_reason("cpu") for name in hacks}
         not_run = {name: why for name, why in not_run.items() if why}
         runnable = [name for name in hacks if name not in not_run]
         code, run_dir = perf(tmp_path_factory.mktemp("hacks"), "--plugin", str(HACK_FILE), "--seq-lens", "512",
                              "--pass", "fwd,fwd+bwd", "--backends", ",".join([*runnable, *CORRECT]))
-    finally:
-        registry._BACKENDS.clear()
-        registry._BACKENDS.update(saved)
     assert code == 1                                                 # implausible and inaccurate points fail
     return [r for r in records.read(run_dir / "results.jsonl") if r.status != "skipped"], hacks, not_run
 
@@ -125,6 +133,9 @@ def test_roofline_margin_decides_implausible():
     assert "roofline" in integrity.implausible_reason(flops, at_margin / 1.01, attainable)
 
 
+INPUT = torch.zeros(4)
+
+
 def _watched(calls, n=5):
     """Time `calls` in rotation (no warm-up, n timed calls) under a TimedCalls watching them; the watcher."""
     rotation = integrity.Rotation(calls)
@@ -133,10 +144,8 @@ def _watched(calls, n=5):
     return watch
 
 
-INPUT = torch.zeros(4)
-
-
 def right_for(which: int, result) -> str | None:
+    """A stand-in check: input set i's right answer is a tensor of i."""
     return None if float(result[0]) == which else f"holds {float(result[0])}"
 
 
@@ -153,3 +162,16 @@ def test_an_output_in_held_or_input_memory_is_reported():
     assert "memory the caller still held" in found["reused_storage"] and found["aliases_input"] is None
     found = _watched([lambda: INPUT[1:]] * 3).findings(right_for)                    # a view of an input
     assert "input's memory" in found["aliases_input"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream hack needs CUDA")
+def test_work_on_a_side_stream_is_implausible_on_cuda(tmp_path):
+    with hacks_registered():
+        code, run_dir = perf(tmp_path, "--plugin", str(HACK_FILE), "--device", "cuda", "--seq-lens", "4096",
+                             "--heads", "8", "--head-dim", "64", "--pass", "fwd",
+                             "--backends", "hack_side_stream,hack_cache_on_address,torch_sdpa_flash")
+    assert code == 1
+    rows = {r.backend: r for r in records.read(run_dir / "results.jsonl")}
+    assert rows["hack_side_stream"].status == "implausible", rows["hack_side_stream"].message
+    assert rows["hack_cache_on_address"].status == "implausible", rows["hack_cache_on_address"].message
+    assert rows["torch_sdpa_flash"].status == "ok" and rows["torch_sdpa_flash"].accurate is True
