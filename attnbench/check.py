@@ -3,6 +3,7 @@
     verdicts = check_forward(backend, problem)                 # output (+ lse if the backend returns it)
     verdicts = check_backward(backend, problem)                # dQ, dK, dV
     verdicts = check_forward(backend, problem, rows=[0, 63, 64, 8191])   # a verdict on chosen query rows
+    verdicts = verify_forward(backend, problem, out, rows=sampled_rows(problem))   # an output already computed
     all(v.passed for v in verdicts)
 
 The reference side is a parameter. At small sizes (N * M <= FULL_CHECK_PAIRS) every row is checked; above
@@ -118,9 +119,14 @@ def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
 
 
 def default_rows(problem: Problem, inputs: Inputs | None = None) -> RowSample:
-    """All rows at small sizes; a `choose_rows` / `choose_key_rows` sample above FULL_CHECK_PAIRS."""
+    """All rows at small sizes; a `sampled_rows` sample above FULL_CHECK_PAIRS."""
     if problem.N * problem.M <= FULL_CHECK_PAIRS:
         return RowSample()
+    return sampled_rows(problem, inputs)
+
+
+def sampled_rows(problem: Problem, inputs: Inputs | None = None) -> RowSample:
+    """The `choose_rows` query rows and `choose_key_rows` key rows of `problem`, whatever its size."""
     return RowSample(tuple(choose_rows(problem, inputs, seed=problem.seed).tolist()),
                      tuple(choose_key_rows(problem, seed=problem.seed + 1).tolist()))
 
@@ -407,12 +413,25 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     want_lse, precision = caps.lse, caps.precision_for(problem.dtype)
     run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
     result = run()
+    ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
+    return _judge_forward(backend, problem, result, ref, sample, device, want_lse=want_lse,
+                          broken=inputs_contract(backend, run, inputs, pristine))
+
+
+def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
+    """`check_forward`'s verdicts on `result`, an output O (B, H, N, Dv) the backend already returned for
+    `make_inputs(problem)` (a timed call's, in perf): the same compare and output contract, no call made."""
+    ref = _cached_forward_reference(problem, rows)
+    return _judge_forward(backend, problem, result, ref, rows, device, want_lse=False, broken=[])
+
+
+def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sample: RowSample, device: str, *,
+                   want_lse: bool, broken: list[str]) -> Verdicts:
+    """Verdicts of a forward `result` (O, or (O, lse) with want_lse) against `ref` on the rows of `sample`."""
     out, lse = result if want_lse else (result, None)
     p = problem
-    ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
     actual = backend.to_numpy(out)
-    broken = output_contract("output", out, actual, (p.B, p.H, p.N, p.Dv), p.dtype, device)
-    broken += inputs_contract(backend, run, inputs, pristine)
+    broken = output_contract("output", out, actual, (p.B, p.H, p.N, p.Dv), p.dtype, device) + broken
     verdicts = [_contract("contract", broken)]
     qr = _indices(sample.query, p.N)
     lse_dtype = _dtype_name(lse) if lse is not None else None
@@ -448,14 +467,27 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     grad_out = make_grad_out(problem)
     run = backend.prepare_backward(inputs, problem, grad_out, device=device)
     actual = run()
-    p = problem
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
+    return _judge_backward(backend, problem, actual, ref, sample, device,
+                           broken=inputs_contract(backend, run, inputs, pristine))
+
+
+def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
+    """`check_backward`'s verdicts on `result`, (dQ, dK, dV) the backend already returned for `make_inputs(problem)`
+    and `make_grad_out(problem)` (a timed call's, in perf): the same compare and output contract, no call made."""
+    ref = _cached_backward_reference(problem, rows)
+    return _judge_backward(backend, problem, result, ref, rows, device, broken=[])
+
+
+def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, sample: RowSample, device: str, *,
+                    broken: list[str]) -> Verdicts:
+    """Verdicts of dQ (B, H, N, D), dK (B, Hkv, M, D), dV (B, Hkv, M, Dv) against `ref` on the rows of `sample`."""
+    p = problem
     shapes = {"dq": (p.B, p.H, p.N, p.D), "dk": (p.B, p.Hkv, p.M, p.D), "dv": (p.B, p.Hkv, p.M, p.Dv)}
     arrays = [backend.to_numpy(a) for a in actual]
     broken = [msg for (name, shape), a, arr in zip(shapes.items(), actual, arrays)
-              for msg in output_contract(name, a, arr, shape, p.dtype, device)]
-    broken += inputs_contract(backend, run, inputs, pristine)
+              for msg in output_contract(name, a, arr, shape, p.dtype, device)] + broken
     verdicts = [_contract("contract", broken)]
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
     precision = backend.capabilities(device).precision_for(p.dtype)

@@ -216,7 +216,8 @@ def resume_command(run_dir: Path) -> str:
 
 
 def finish(run_dir: Path, results_path: Path, allow_failures: bool, log=print, *, render_report: bool = True) -> int:
-    """Render the report, print the summary; exit 1 if a point errored or was inaccurate (unless allowed)."""
+    """Render the report, print the summary; exit 1 if a point errored, was inaccurate or implausible (unless
+    allowed)."""
     from . import records
     from .report import render
     from .summary import failing, format_summary
@@ -228,7 +229,7 @@ def finish(run_dir: Path, results_path: Path, allow_failures: bool, log=print, *
     log(f"report written to {run_dir}")
     bad = failing(results)
     if bad and not allow_failures:
-        log(f"exit 1: {len(bad)} points errored or were inaccurate (--allow-failures to exit 0)")
+        log(f"exit 1: {len(bad)} points errored, were inaccurate or implausible (--allow-failures to exit 0)")
         return 1
     return 0
 

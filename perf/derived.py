@@ -48,11 +48,9 @@ def predicted_pattern_bytes(problem: Problem) -> int:
     return attention_pattern_size(p.N, p.M, batch=p.B, heads=p.H) * ITEMSIZE[p.dtype]
 
 
-def roofline_fraction(flop_count: int, byte_count: int, seconds: float, peak_flops: float,
-                      peak_bandwidth: float) -> float:
-    """Achieved FLOP/s over the roofline's attainable min(peak FLOP/s, bandwidth * intensity)."""
-    attainable = min(peak_flops, peak_bandwidth * flop_count / byte_count)
-    return flop_count / seconds / attainable
+def attainable_flops(flop_count: int, byte_count: int, peak_flops: float, peak_bandwidth: float) -> float:
+    """The roofline's attainable FLOP/s for a pass: min(peak FLOP/s, bandwidth * FLOPs per byte moved)."""
+    return min(peak_flops, peak_bandwidth * flop_count / byte_count)
 
 
 def loglog_slope(xs, ys) -> float | None:

@@ -17,6 +17,10 @@ on CPU, the per-process memory fraction on CUDA.
 The process is set up first (process_setup.py): the thread count, optional CPU
 pinning, and glibc told to keep freed memory so repeats measure the steady
 state of a long-running process rather than the kernel's page-fault path.
+
+The timed calls rotate among `integrity.INPUT_SETS` input sets, each prepared
+before the first call, and a sample of them is verified after the timing
+(integrity.py): a point is only as accurate as its timed calls.
 """
 from __future__ import annotations
 
@@ -24,13 +28,12 @@ import resource
 import time
 from dataclasses import dataclass
 
-from attnbench.check import check_forward
-from attnbench.problem import make_grad_out, make_inputs
+from attnbench.check import check_forward, sampled_rows, verify_backward, verify_forward
+from attnbench.problem import Problem, make_grad_out, make_inputs
 
-from . import process_setup
+from . import integrity, process_setup
 from .sweep import Case, load_plugins
 from .timing import summarize, time_cuda, time_steady
-
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,32 @@ def accuracy(backend, case: Case) -> tuple[float, bool]:
     return max(errors, default=float("inf")), all(v.passed for v in verdicts)
 
 
-def prepare(backend, case: Case):
-    """The zero-argument callable of the case's pass, inputs converted (not timed)."""
-    inputs = make_inputs(case.problem)
+def prepare(backend, case: Case, problem: Problem | None = None):
+    """The zero-argument callable of the case's pass on `problem`'s inputs (default the case's), converted
+    (not timed)."""
+    problem = problem or case.problem
+    inputs = make_inputs(problem)
     if case.pass_ == "fwd":
-        return backend.prepare(inputs, case.problem, device=case.device)
-    return backend.prepare_backward(inputs, case.problem, make_grad_out(case.problem), device=case.device)
+        return backend.prepare(inputs, problem, device=case.device)
+    return backend.prepare_backward(inputs, problem, make_grad_out(problem), device=case.device)
+
+
+def input_addresses(calls) -> set[int]:
+    """Memory of every input a prepared call reads: the converted tensors it exposes (`native_inputs`)."""
+    return set().union(*(integrity.storage_addresses(tuple(getattr(call, "native_inputs", ()))) for call in calls))
+
+
+def verifier(backend, case: Case, problems: list[Problem]):
+    """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the
+    row-sampled float64 reference of that set's inputs (the rows `attnbench.check.sampled_rows` picks)."""
+    verify = verify_forward if case.pass_ == "fwd" else verify_backward
+
+    def wrong(which: int, result) -> str | None:
+        problem = problems[which]
+        verdicts = verify(backend, problem, result, case.device, rows=sampled_rows(problem))
+        return next((v.describe() for v in verdicts if not v.passed), None)
+
+    return wrong
 
 
 def _vm_size_bytes() -> int:
@@ -147,14 +170,22 @@ def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = 
     load_plugins(case.plugins)
     backend = get_backend(case.backend)
     error, passed = accuracy(backend, case) if check_accuracy else (None, None)
-    fn = prepare(backend, case)
+    problems = integrity.input_problems(case.problem)
+    calls = [prepare(backend, case, p) for p in problems]
     first_call = _first_call_cuda if case.device == "cuda" else _first_call_cpu
-    first_s, peak = first_call(fn, options.memory_cap)
-    repeats = dict(warmup=options.warmup, min_repeats=options.min_repeats, max_repeats=options.max_repeats,
-                   budget_s=options.time_budget_s)
+    first_s, peak = first_call(calls[0], options.memory_cap)
+    rotation = integrity.Rotation(calls)
+    watch = integrity.TimedCalls(rotation, input_addresses(calls))
+    # At least two rotations of warm-up: the outputs held and the copies of checked ones take heap the call's own
+    # buffers then cannot reuse; until each set has come round twice, calls re-fault those buffers (torch_eager at
+    # N 1024: a typical 4096 faults a call after one warm-up call, 256 after four, 0 after six).
+    repeats = dict(warmup=max(options.warmup, 2 * len(calls)), min_repeats=options.min_repeats,
+                   max_repeats=options.max_repeats, budget_s=options.time_budget_s, after=watch)
     if case.device == "cuda":
-        timed = {"samples": time_cuda(fn, **repeats)}
+        timed = {"samples": time_cuda(rotation, **repeats)}
     else:
-        timed = time_steady(fn, synchronize=lambda: backend.synchronize(case.device), **repeats)
+        timed = time_steady(rotation, synchronize=lambda: backend.synchronize(case.device), **repeats)
+        set_cpu_cap(None)                    # the cap bounds the call; the reference the check computes is ours
     return {"first_call_s": first_s, "peak_bytes": int(peak), **timed, **summarize(timed["samples"]),
-            "error_vs_ref": error, "accurate": passed, **setup}
+            "error_vs_ref": error, "accurate": passed, "timed_check": watch.findings(verifier(backend, case, problems)),
+            **setup}

@@ -15,8 +15,11 @@ from pathlib import Path
 
 from .sweep import Case
 
-STATUSES = ("ok", "oom", "timeout", "error", "skipped")
-SCHEMA_VERSION = 1   # bump when a field changes meaning; readers refuse records newer than they know
+# implausible: measured faster than the machine's roofline allows (integrity.py); timed, never ranked.
+STATUSES = ("ok", "implausible", "oom", "timeout", "error", "skipped")
+# Bump when a field changes meaning; readers refuse records newer than they know.
+# 2: status implausible; `accurate` covers the timed calls too; `integrity`.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class PointResult:
     noise: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)                  # MeasureOptions the point was measured with
     tflops_fa2: float | None = None                              # FlashAttention's convention: backward = 2.5x fwd
+    # what the timing passed (integrity.combine): input sets rotated, timed calls checked, the first wrong one,
+    # an output in memory the caller still held or in an input's memory
+    integrity: dict = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

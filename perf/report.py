@@ -11,6 +11,7 @@ from attnbench.reference import AttentionInputError
 from . import records
 from .analysis import noisy_table, slopes
 from .derived import FLOP_CONVENTION
+from .integrity import INPUT_SETS, ROOFLINE_MARGIN, SUSPICIOUS_SPEEDUP
 from .machine import describe as describe_machine
 from .machine import machine_label
 from .noise import METHOD as NOISE_METHOD
@@ -94,8 +95,8 @@ def inline_html(text: str) -> str:
 
 
 # Cell colours by what a cell says: the status column, the accuracy column ("NO") and the summary's verdicts.
-BAD_CELLS = {"error": "bad", "inaccurate": "bad", "NO": "bad", "oom": "warn", "timeout": "warn", "ok": "good",
-             "yes": "good"}
+BAD_CELLS = {"error": "bad", "inaccurate": "bad", "implausible": "bad", "NO": "bad", "oom": "warn",
+             "timeout": "warn", "suspicious: look": "warn", "ok": "good", "yes": "good"}
 
 
 def _html_table(rows: list[list[str]]) -> str:
@@ -121,7 +122,12 @@ def _method(device: str) -> str:
             "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
             "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
             "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` at the point's own N "
-            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference).")
+            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference), and in "
+            "every process the first, a middle and the last timed call, the timed calls rotating among "
+            f"{INPUT_SETS} input sets, against the row-sampled reference of the set each was given. A point "
+            f"faster than {ROOFLINE_MARGIN:g}x the measured roofline is implausible; one more than "
+            f"{SUSPICIOUS_SPEEDUP:g}x faster than the fastest trusted peer, or whose outputs lie in memory "
+            "the caller still held or in an input, is suspicious.")
 
 
 def by_machine(results: list[PointResult]) -> dict[str, list[PointResult]]:
@@ -163,7 +169,8 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
 
 def _verdicts(results: list[PointResult]) -> list[tuple[str, list[list[str]]]]:
     """What a reader needs first: every point that went wrong, then the fastest accurate backend per size."""
-    return [("Inaccurate or failed (error, oom, timeout, outside the error budget)", problem_rows(results)),
+    return [("Implausible, inaccurate, suspicious or failed (faster than the roofline; outside the error budget, "
+             "first or timed calls; error, oom, timeout)", problem_rows(results)),
             ("Fastest accurate backend per size", fastest_rows(results))]
 
 

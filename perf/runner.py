@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import derived, records
+from . import derived, integrity, records
 from .executors import PointJob, SerialExecutor
 from .machine import measure_machine, same_machine
 from .measure import MeasureOptions
@@ -61,10 +61,14 @@ def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResu
     if status == "ok":
         t = fields["time_median_s"]
         peak = machine["peak_flops"].get(p.dtype)
+        attainable = peak and derived.attainable_flops(flop_count, byte_count, peak, machine["peak_bandwidth"])
         extra = dict(tflops=flop_count / t / 1e12, gbps=byte_count / t / 1e9,
                      tflops_fa2=derived.flops_fa2(p, case.pass_) / t / 1e12,
-                     fraction_of_peak=peak and derived.roofline_fraction(flop_count, byte_count, t, peak,
-                                                                         machine["peak_bandwidth"]))
+                     fraction_of_peak=attainable and flop_count / t / attainable)
+        impossible = attainable and integrity.implausible_reason(flop_count, t, attainable)
+        if impossible:
+            status, fields = "implausible", {**fields, "message": "; ".join(filter(None, [impossible,
+                                                                                         fields.get("message")]))}
     measured = {k: v for k, v in fields.items() if k != "repeats"}
     if "time_ci95_s" in measured:
         measured["time_ci95_s"] = tuple(measured["time_ci95_s"])

@@ -30,7 +30,7 @@ import os
 import signal
 import sys
 
-from . import replicates
+from . import integrity, replicates
 from .machine import fingerprint
 from .measure import MeasureOptions, measure_case, set_cpu_cap
 from .sweep import Case
@@ -124,7 +124,7 @@ def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
     A measured point's fields carry "machine", the first child's fingerprint, and "options".
     """
     caps = dataclasses.asdict(caps) if dataclasses.is_dataclass(caps) else caps
-    best, accuracy, machine = None, None, None
+    best, accuracy, machine, checks = None, None, None, []
     for attempt in range(1 + max(0, options.remeasure)):
         runs = []
         for i in range(max(1, options.processes)):
@@ -132,6 +132,7 @@ def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
                                      check_accuracy=accuracy is None and i == 0)
             if status != "ok":
                 return status, fields
+            checks.append(fields.pop("timed_check"))
             runs.append(fields)
         if accuracy is None:
             accuracy = {k: runs[0][k] for k in ("error_vs_ref", "accurate")}
@@ -142,7 +143,11 @@ def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
         best["noise"]["attempts"] = attempt + 1
         if not best["noisy"]:
             break
-    return "ok", {**best, "machine": machine, "options": dataclasses.asdict(options)}
+    # Every process's timed calls count, the attempts not kept too: one wrong timed call anywhere is a wrong kernel.
+    timed = integrity.combine(checks)
+    wrong = {"accurate": False} if timed["failure"] else {}
+    return "ok", {**best, **wrong, "message": timed["failure"] or "", "integrity": timed, "machine": machine,
+                  "options": dataclasses.asdict(options)}
 
 
 def run_one(case: Case, options: MeasureOptions, timeout_s: float, *, caps: dict | None = None,

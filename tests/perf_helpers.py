@@ -18,9 +18,11 @@ def perf(tmp_path: Path, *args: str) -> tuple[int, Path]:
     return code, runs[-1] if runs else tmp_path
 
 
-# What differs between two measurements of the same point: timings, their noise, the machine that measured.
+# What differs between two measurements of the same point: timings, their noise, the machine that measured, and
+# how many calls were timed (so checked: `integrity`).
 TIMING = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
-          "fraction_of_peak", "peak_bytes", "machine", "tflops_fa2", "process_medians_s", "noisy", "noise"}
+          "fraction_of_peak", "peak_bytes", "machine", "tflops_fa2", "process_medians_s", "noisy", "noise",
+          "integrity"}
 
 
 def untimed(path) -> dict[str, dict]:

@@ -73,7 +73,7 @@ def test_report_renders_in_a_browser(tmp_path):
     assert "`" not in text and "**" not in text, "unrendered markdown in the page"
     assert "<code>ru_maxrss</code>" in dom
     # failures come first and are coloured; the page says what went wrong
-    assert dom.index("Inaccurate or failed") < dom.index("Points")
+    assert dom.index("Implausible, inaccurate, suspicious or failed") < dom.index("Points")
     for status in ("inaccurate", "error", "oom"):
         assert re.search(rf"<td class=\"(bad|warn)\">{status}</td>", dom), status
 
