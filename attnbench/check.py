@@ -409,8 +409,7 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
-    caps = backend.capabilities(device)
-    want_lse, precision = caps.lse, caps.precision_for(problem.dtype)
+    want_lse = backend.capabilities(device).lse
     run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
     result = run()
     ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
@@ -434,6 +433,7 @@ def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sam
     broken = output_contract("output", out, actual, (p.B, p.H, p.N, p.Dv), p.dtype, device) + broken
     verdicts = [_contract("contract", broken)]
     qr = _indices(sample.query, p.N)
+    precision = backend.capabilities(device).precision_for(p.dtype)
     lse_dtype = _dtype_name(lse) if lse is not None else None
     model_out, model_lse = (None, None) if precision is None else ref.model_bounds(
         precision, p, lse_dtype if lse_dtype in UNIT_ROUNDOFF else "float32")

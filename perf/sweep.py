@@ -12,7 +12,6 @@ import itertools
 import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from attnbench.implementations.registry import load_plugins  # noqa: F401 - workers import it from here
 from attnbench.problem import Problem
