@@ -100,10 +100,18 @@ def all_backends() -> list[Backend]:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called `name`; a KeyError listing the known names otherwise."""
+    """The backend called `name`; a KeyError listing the known names otherwise. A name 'module:function'
+    (optionally '@bnhd') is a plain attention function, adapted and registered on first use
+    (`implementations/_function.py`), so every command and suite takes it where it takes a name."""
     discover()
+    if name not in _BACKENDS and ":" in name:
+        from ._function import function_backend
+
+        _BACKENDS[name] = function_backend(name)
+        _ORIGINS[name] = f"function {name.partition('@')[0]}"
     if name not in _BACKENDS:
-        raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
+        raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}; or a function as "
+                       f"'package.module:function' (optionally '@bnhd')")
     return _BACKENDS[name]
 
 

@@ -1,0 +1,113 @@
+"""A plain attention function as a backend: `--backend "package.module:function"`, no class to write.
+
+    attnbench check "my_pkg.attn:flash_fn@bnhd" --problem "B=1,H=4,N=128,D=64,dtype=float16"
+    pytest conformance --backend "my_pkg.attn:flash_fn@bnhd"
+    attnbench perf --backends "my_pkg.attn:flash_fn@bnhd"
+
+The name is `module:function`, optionally `@layout`: `bhnd` (the default: q (B, H, N, D), as torch SDPA)
+or `bnhd` (q (B, N, H, D), as FlashAttention, Keras and transformers' outputs). The adapter reads the
+function's signature for the call convention users meet, and declares only what that convention can say:
+
+    causal      `is_causal=` (torch SDPA: top-left)  or  `causal=` (FlashAttention: bottom-right)
+    scale       `scale=` or `softmax_scale=`; neither: the problem's default scale only
+    mask        `attn_mask=` (torch: bool True = attend, or an additive float bias); none: no masks
+    GQA         `enable_gqa=` (torch) or a bnhd function (FlashAttention takes Hkv < H); else Hkv = H only
+    result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...))
+
+Inputs are torch tensors in the problem's dtype; gradients flow through torch autograd (declared). Anything
+the signature does not show is a skip with its reason, never a call the function was not written for.
+
+Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys, D, Dv head dims.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+
+from attnbench.reference import AttentionInputError
+
+from ._torch_common import TorchBackend
+from .base import Capabilities
+
+LAYOUTS = ("bhnd", "bnhd")
+
+
+def parse_name(name: str) -> tuple[str, str, str]:
+    """'pkg.mod:fn@bnhd' -> ('pkg.mod', 'fn', 'bnhd'); a one-line error for anything else."""
+    target, _, layout = name.partition("@")
+    module, _, function = target.partition(":")
+    layout = layout or "bhnd"
+    if not module or not function or layout not in LAYOUTS:
+        raise AttentionInputError(f"backend {name!r}: expected 'package.module:function' with an optional "
+                                  f"'@{'|@'.join(LAYOUTS)}' layout")
+    return module, function, layout
+
+
+def _load(module: str, function: str, name: str):
+    try:
+        fn = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        raise AttentionInputError(f"backend {name!r}: cannot load {module}:{function} ({exc})") from None
+    if not callable(fn):
+        raise AttentionInputError(f"backend {name!r}: {module}:{function} is not callable")
+    return fn
+
+
+def _keyword(params, *names: str) -> str | None:
+    return next((n for n in names if n in params), None)
+
+
+def capabilities_of(params, layout: str) -> Capabilities:
+    """What a function with these keyword parameters can be asked (see the module docstring)."""
+    causal = (("top_left",) if "is_causal" in params else ("bottom_right",) if "causal" in params else ())
+    masks = ("bool", "bias") if "attn_mask" in params else ()
+    return Capabilities(causal=causal, masks=masks, mask_with_causal=False, grad=True,
+                        gqa="enable_gqa" in params or layout == "bnhd")
+
+
+class FunctionBackend(TorchBackend):
+    """A function `module:function[@layout]` called with torch tensors (see the module docstring)."""
+
+    devices = ("cpu", "cuda")
+
+    def __init__(self, name: str):
+        module, function, self.layout = parse_name(name)
+        self.name = name
+        self.fn = _load(module, function, name)
+        self.params = set(inspect.signature(self.fn).parameters)
+        self.caps = capabilities_of(self.params, self.layout)
+        self.scale_keyword = _keyword(self.params, "scale", "softmax_scale")
+
+    @property
+    def description(self) -> str:
+        doc = (self.fn.__doc__ or "").strip()
+        return f"function {self.name}" + (f": {doc.splitlines()[0]}" if doc else "")
+
+    def why_not(self, problem, device: str = "cpu", *, need_grad: bool = False) -> str | None:
+        reason = super().why_not(problem, device, need_grad=need_grad)
+        if reason is None and problem.scale is not None and self.scale_keyword is None:
+            reason = "custom scale not supported (the function takes no scale= or softmax_scale=)"
+        return reason
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        if return_lse:
+            raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
+        kwargs = {}
+        if causal is not None:
+            kwargs["is_causal" if "is_causal" in self.params else "causal"] = True
+        if mask is not None:
+            kwargs["attn_mask"] = mask
+        if scale is not None:
+            kwargs[self.scale_keyword] = scale
+        if "enable_gqa" in self.params and k.shape[1] != q.shape[1]:
+            kwargs["enable_gqa"] = True
+        if self.layout == "bnhd":
+            q, k, v = (x.transpose(1, 2) for x in (q, k, v))                       # (B, L, H, D)
+        out = self.fn(q, k, v, **kwargs)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.transpose(1, 2) if self.layout == "bnhd" else out              # (B, H, N, Dv)
+
+
+def function_backend(name: str) -> FunctionBackend:
+    """The backend for `name` ('module:function[@layout]')."""
+    return FunctionBackend(name)
