@@ -10,43 +10,18 @@ the online-softmax state and never holds more than a (block_n, block_m) tile:
 When a new tile raises the max from m_old to m_new, everything accumulated so
 far is rescaled by exp(m_old - m_new); at the end O = acc / l_i and
 lse = m_i + log(l_i). Rows that saw no unmasked key keep m_i = -inf and give
-O = 0, lse = -inf, exactly like `sdpa`.
+O = 0, lse = -inf, exactly like `sdpa`; a row holding NaN stays NaN.
+
+The online-softmax loop is written once, in `rows._online` (the row-sampled
+reference runs the same loop over chosen rows); this runs it per query tile.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._checks import AttentionInputError
-from .sdpa import group_queries, prepare, ungroup
-
-
-def _tile_bias(bias, rows: slice, cols: slice):
-    """The (.., bn, bm) slice of a bias broadcastable to (B, Hkv, G, N, M); scalars pass through."""
-    return bias if np.ndim(bias) == 0 else bias[..., rows, cols]
-
-
-def _attend_query_tile(qg, k, v, bias, scale, rows: slice, block_m: int):
-    """Online softmax over key tiles for one query tile; returns (O, lse) for those rows."""
-    q_tile = qg[..., rows, :]                                               # (B, Hkv, G, bn, D)
-    M = k.shape[2]
-    m_i = np.full(q_tile.shape[:-1], -np.inf)                               # (B, Hkv, G, bn)
-    l_i = np.zeros(q_tile.shape[:-1])
-    acc = np.zeros((*q_tile.shape[:-1], v.shape[-1]))                       # (B, Hkv, G, bn, Dv)
-    for start in range(0, M, block_m):
-        cols = slice(start, min(start + block_m, M))
-        s = scale * np.einsum("bkgnd,bkmd->bkgnm", q_tile, k[:, :, cols]) + _tile_bias(bias, rows, cols)
-        m_new = np.maximum(m_i, s.max(axis=-1))
-        shift = np.where(m_new == -np.inf, 0.0, m_new)                      # all masked so far: nothing to rescale
-        p = np.exp(s - shift[..., None])
-        alpha = np.exp(m_i - shift)
-        l_i = alpha * l_i + p.sum(axis=-1)
-        acc = alpha[..., None] * acc + np.einsum("bkgnm,bkme->bkgne", p, v[:, :, cols])
-        m_i = m_new
-    seen = l_i > 0
-    out = np.where(seen[..., None], acc / np.where(seen, l_i, 1.0)[..., None], 0.0)
-    with np.errstate(divide="ignore"):
-        lse = np.where(seen, m_i + np.log(np.where(seen, l_i, 1.0)), -np.inf)
-    return out, lse
+from .rows import _grouped_rows, _online
+from .sdpa import prepare_qkv
 
 
 def blockwise_sdpa(q, k, v, *, mask=None, causal=None, scale=None, block_n: int = 64, block_m: int = 64,
@@ -58,12 +33,12 @@ def blockwise_sdpa(q, k, v, *, mask=None, causal=None, scale=None, block_n: int 
     """
     if block_n < 1 or block_m < 1:
         raise AttentionInputError(f"block_n, block_m: must be >= 1, got {block_n}, {block_m}")
-    q, k, v, bias, scale, (B, H, Hkv, N, M, D, Dv) = prepare(q, k, v, mask, causal, scale)
-    qg = group_queries(q, Hkv)
+    q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
     outs, lses = [], []
     for start in range(0, N, block_n):
-        o, lse = _attend_query_tile(qg, k, v, bias, scale, slice(start, min(start + block_n, N)), block_m)
-        outs.append(o)
-        lses.append(lse)
-    out = ungroup(np.concatenate(outs, axis=-2))
-    return (out, ungroup(np.concatenate(lses, axis=-1))) if return_lse else out
+        rows = np.arange(start, min(start + block_n, N))
+        o, lse = _online(_grouped_rows(q, Hkv, rows), k, v, mask, causal, rows, N, M, scale, block_m)
+        outs.append(o.reshape(B, H, len(rows), Dv))
+        lses.append(lse.reshape(B, H, len(rows)))
+    out = np.concatenate(outs, axis=2)
+    return (out, np.concatenate(lses, axis=2)) if return_lse else out

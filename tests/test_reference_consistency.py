@@ -136,3 +136,23 @@ def test_sdpa_backward_matches_central_differences():
 def test_bad_input_is_refused_with_a_named_error(call, message):
     with pytest.raises(AttentionInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+def test_every_reference_path_agrees_on_nan_and_minus_inf():
+    """sdpa, sdpa_rows and blockwise_sdpa run one online-softmax loop: a NaN query row stays NaN everywhere (it
+    came back 0 from blockwise_sdpa), a -inf bias masks, a fully masked row is 0."""
+    from attnbench.reference import blockwise_sdpa, sdpa, sdpa_rows
+
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((1, 2, 4, 8)), rng.standard_normal((1, 2, 5, 8)), rng.standard_normal((1, 2, 5, 8))
+    q[0, 0, 1, 3] = np.nan
+    bias = np.zeros((1, 1, 4, 5))
+    bias[..., 2, :2] = -np.inf
+    bias[..., 3, :] = -np.inf
+    full = sdpa(q, k, v, mask=bias)
+    rows, _ = sdpa_rows(q, k, v, np.arange(4), mask=bias)
+    tiled = blockwise_sdpa(q, k, v, mask=bias, block_n=3, block_m=2)
+    assert np.isnan(full[0, 0, 1]).all() and not np.isnan(full[0, 1, 1]).any()
+    assert np.all(full[..., 3, :] == 0)
+    for other in (rows, tiled):
+        np.testing.assert_allclose(other, full, rtol=1e-12, atol=1e-14, equal_nan=True)
