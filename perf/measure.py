@@ -28,7 +28,6 @@ import resource
 import time
 from dataclasses import dataclass
 
-from attnbench.check import check_forward, sampled_rows, verify_backward, verify_forward
 from attnbench.problem import Problem, make_grad_out, make_inputs
 
 from . import integrity, process_setup
@@ -66,6 +65,8 @@ def accuracy(backend, case: Case) -> tuple[float, bool]:
     """(max error, passed) of `check_forward` on the case's own problem: every row at small sizes, the rows
     `attnbench.check.choose_rows` picks at length (the row-sampled float64 reference costs O(rows M D)), so
     the accuracy is that of the very N and M being timed. The pass includes the call's contract."""
+    from attnbench.check import check_forward     # here, not at import: the CLI builds its parser from this module
+
     verdicts = check_forward(backend, case.problem, case.device)
     errors = [v.max_error for v in verdicts if v.name != "contract"]
     return max(errors, default=float("inf")), all(v.passed for v in verdicts)
@@ -89,6 +90,8 @@ def input_addresses(calls) -> set[int]:
 def verifier(backend, case: Case, problems: list[Problem]):
     """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the
     row-sampled float64 reference of that set's inputs (the rows `attnbench.check.sampled_rows` picks)."""
+    from attnbench.check import sampled_rows, verify_backward, verify_forward
+
     verify = verify_forward if case.pass_ == "fwd" else verify_backward
 
     def wrong(which: int, result) -> str | None:

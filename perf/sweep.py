@@ -13,7 +13,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from attnbench.implementations.registry import load_plugins  # noqa: F401 - workers import it from here
 from attnbench.problem import Problem
 from attnbench.reference import AttentionInputError
 
@@ -83,6 +82,14 @@ class SweepSpec:
                     *itertools.product(self.batch, self.heads[1:], *rest, (self.heads_at_n,))]
         return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n)
                 for b, h, d, dt, c, n in grid]
+
+
+def load_plugins(paths) -> None:
+    """`attnbench.implementations.registry.load_plugins`, imported when called: the CLI builds its parser from
+    this module, and the registry's import pulls in torch."""
+    from attnbench.implementations.registry import load_plugins as load
+
+    load(paths)
 
 
 def expand(spec: SweepSpec) -> tuple[list[Case], list[tuple[Case, str]]]:
