@@ -57,11 +57,23 @@ class RowSample:
 
 
 class Verdicts(list):
-    """A list of `Verdict`s that remembers the rows it covers (for the repro line)."""
+    """A list of `Verdict`s that remembers the rows it covers (for the repro line) and the declared known
+    deviations it was judged inside (`attnbench.deviations`: one line each, empty when none applied)."""
 
-    def __init__(self, items, rows: RowSample):
+    def __init__(self, items, rows: RowSample, notes: list[str] | None = None):
         super().__init__(items)
         self.rows = rows
+        self.notes = notes or []
+
+
+def _judged(backend, problem: Problem, device: str, verdicts: list[Verdict], sample: RowSample, *,
+            backward: bool) -> Verdicts:
+    """The verdicts with declared known deviations re-labelled (`deviations.judge`), so `attnbench check`,
+    every conformance test and perf give one problem the same verdict."""
+    from attnbench.deviations import judge
+
+    judged, notes = judge(backend.name, device, problem, verdicts, backward=backward)
+    return Verdicts(judged, sample, notes)
 
 
 def _tile_edges(length: int) -> set[int]:
@@ -453,7 +465,7 @@ def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sam
         else:
             verdicts[0] = _contract("contract", broken + [f"lse shape {actual_lse.shape}, expected "
                                                           f"{(p.B, p.H, p.N)}"])
-    return Verdicts(verdicts, sample)
+    return _judged(backend, problem, device, verdicts, sample, backward=False)
 
 
 def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: Inputs | None = None,
@@ -501,7 +513,7 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
                                     reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
                                     analytic_floor=floor, model_bound=model, model=named if model is not None
                                     else None, rows_lean=model is not None, lean_slack=slack))
-    return Verdicts(verdicts, sample)
+    return _judged(backend, problem, device, verdicts, sample, backward=True)
 
 
 def _before_rounding(bound, result, dtype: str):
@@ -515,6 +527,7 @@ def failure_message(backend_name: str, problem: Problem, verdicts: list[Verdict]
                     backward: bool = False) -> str:
     """Every verdict on one line each, then the repro command (naming the rows when they were sampled)."""
     lines = [v.describe() for v in verdicts]
+    lines += [f"known deviation: {note}" for note in getattr(verdicts, "notes", ())]
     rows = getattr(verdicts, "rows", None)
     if rows is not None and not rows.full:
         lines.append(f"rows checked: {len(rows.query or ())} query rows"

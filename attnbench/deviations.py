@@ -79,6 +79,10 @@ KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
 )
 
 
+class KnownDeviationWarning(UserWarning):
+    """A verdict inside a declared known deviation: passed, and listed in pytest's warnings summary."""
+
+
 def deviations_for(backend: str, device: str) -> list[KnownDeviation]:
     """The declared deviations of `backend` on `device`."""
     return [d for d in KNOWN_DEVIATIONS if d.backend == backend and d.device == device]

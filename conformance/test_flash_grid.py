@@ -8,24 +8,20 @@ as such.
 import warnings
 
 from attnbench.check import check_backward, check_forward, failure_message
-from attnbench.deviations import judge
+from attnbench.deviations import KnownDeviationWarning
 
 from .flash_grid import grid_problems as PROBLEMS  # noqa: N812 - conftest reads PROBLEMS (callable: options)
 
 
-class KnownDeviationWarning(UserWarning):
-    """A verdict inside a declared known deviation: passed, and listed in pytest's warnings summary."""
-
-
-def _judged(backend, device, problem, verdicts, *, backward):
-    verdicts, notes = judge(backend.name, device, problem, verdicts, backward=backward)
-    for note in notes:
+def _judged(verdicts):
+    """The check's verdicts (known deviations already judged there), each one it re-labelled listed as a warning."""
+    for note in verdicts.notes:
         warnings.warn(KnownDeviationWarning(note))
     return verdicts
 
 
 def test_flash_grid_forward(backend, device, problem):
-    verdicts = _judged(backend, device, problem, check_forward(backend, problem, device), backward=False)
+    verdicts = _judged(check_forward(backend, problem, device))
     assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device)
 
 
@@ -34,5 +30,5 @@ def test_flash_grid_backward(backend, device, problem):
         import pytest
 
         pytest.skip(f"{backend.name}: no backward (grad) support")
-    verdicts = _judged(backend, device, problem, check_backward(backend, problem, device), backward=True)
+    verdicts = _judged(check_backward(backend, problem, device))
     assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device, backward=True)

@@ -70,3 +70,23 @@ def test_judge_relabels_only_declared_failures_within_the_ratio():
         args = dict(backend="torch_sdpa_flash", problem=inside, backward=True) | other
         judged, notes = judge(args["backend"], "cpu", args["problem"], verdicts, backward=args["backward"])
         assert judged == verdicts and not notes
+
+
+
+def test_every_check_judges_known_deviations_and_its_message_names_them(monkeypatch):
+    """check_forward / check_backward (so `attnbench check`, every conformance test and perf) go through
+    `judge`: a verdict the judge re-labels comes back re-labelled, with its note in the failure message."""
+    from dataclasses import replace
+
+    import attnbench.deviations as deviations
+    from attnbench.check import failure_message
+
+    def relabel(backend, device, problem, verdicts, *, backward):
+        return [v if v.name == "contract" else replace(v, reason="known deviation x") for v in verdicts], ["note x"]
+
+    monkeypatch.setattr(deviations, "judge", relabel)
+    problem = Problem(B=1, H=2, N=8, M=8, D=8)
+    for check in (check_forward, check_backward):
+        verdicts = check(get_backend("torch_eager"), problem)
+        assert verdicts.notes == ["note x"] and all("known deviation" in v.reason for v in verdicts[1:])
+        assert "known deviation: note x" in failure_message("torch_eager", problem, verdicts)
