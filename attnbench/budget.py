@@ -71,8 +71,7 @@ A backend's output in a given dtype is held to two conditions:
 
    one scalar per gradient, at least as large as each element's own term.
 
-   Where condition 2 sees a half-precision accumulator (issue 10, item 6; this paragraph is the only change
-   that item needed here, the rule is unchanged): a kernel that rounds its running O and denominator to
+   Where condition 2 sees a half-precision accumulator: a kernel that rounds its running O and denominator to
    float16/bfloat16 once per key tile adds about sqrt(M / tile) roundings of size u |O|, while the plain
    formula's error does not grow with M (its sums are float32). So the ratio grows like sqrt(M): measured with
    the half_precision_accumulator mutant (32-key tiles), float16 is 1.5x over the limit at M = 4097 and 2.2x

@@ -61,7 +61,6 @@ INTERPRETER_MAX_SEQ = 256
 BF16_INTERPRETER_REASON = ("bfloat16 not supported under the Triton interpreter (TRITON_INTERPRET=1): it does "
                            "bf16 arithmetic on the uint16 bit patterns, so tl.dot gives garbage; declared on CUDA")
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 
 # ----------------------------------------------------------------------------------------------- kernels

@@ -9,6 +9,6 @@ derived.py  FLOPs, minimum bytes, roofline fraction, log-log slopes
 records.py  frozen PointResult; results.jsonl, the single source of truth
 runner.py   the sweep loop: resume, progress/ETA, append + flush per point
 report.py, plots.py, analysis.py   report.md / report.html / PNGs from results.jsonl only
-compare.py  two runs point by point, Mann-Whitney U on the raw samples
+compare.py  two runs point by point, one-sided Welch t-test on the per-process log medians (Holm-corrected)
 main_job.py `attnbench run`, a small sweep through the same code
 """

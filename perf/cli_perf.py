@@ -1,4 +1,4 @@
-"""`attnbench perf | report | compare` argument handling: parse user input into a SweepSpec and options.
+"""`attnbench perf | report` argument handling (compare's is in cli_compare.py): parse user input into a SweepSpec and options.
 
 A user mistake raises AttentionInputError (the CLI prints one line and exits 2).
 """

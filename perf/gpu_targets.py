@@ -105,8 +105,3 @@ def peaks_for_device_name(name: str) -> GpuPeaks | None:
         if key in upper:
             return next(p for p in PEAKS.values() if p.gpu.startswith(key))
     return None
-
-
-def target_for_capability(major: int, minor: int) -> TargetLimits | None:
-    """The audited target whose code runs on a device of compute capability major.minor (exact family only)."""
-    return TARGETS.get(f"sm_{major}{minor}")

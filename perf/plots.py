@@ -29,7 +29,7 @@ STATUS_MARKERS = {"oom": "v", "timeout": "s", "error": "X"}
 def _parts(r: PointResult, vary: str) -> tuple[str, ...]:
     """A series' identity, one readable part per dimension except the varied one."""
     fixed = {"N": f"H{r.H}", "H": f"N{r.N}"}[vary]
-    return (r.backend, r.pass_, r.dtype, f"B{r.B}", fixed, f"D{r.D}", f"causal {r.causal}" if r.causal else "no mask")
+    return (r.backend, r.pass_, r.dtype, f"B{r.B}", fixed, f"D{r.D}", f"causal {r.causal}" if r.causal else "not causal")
 
 
 def series(results: list[PointResult], vary: str) -> dict[tuple[str, ...], list[PointResult]]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from .sweep import Case
 
 # implausible: measured faster than the machine's roofline allows (integrity.py); timed, never ranked.
-STATUSES = ("ok", "implausible", "oom", "timeout", "error", "skipped")
 # Bump when a field changes meaning; readers refuse records newer than they know.
 # 2: status implausible; `accurate` covers the timed calls too; `integrity`.
 SCHEMA_VERSION = 2

@@ -23,7 +23,7 @@ from ._checks import AttentionInputError, normalize_causal
 def causal_offset(alignment, n: int, m: int) -> int:
     """Key j is visible from query i when j <= i + offset: 0 for top_left, M - N for bottom_right.
 
-    The one definition every backend and the reference share (`attnbench.implementations._masks`).
+    The one definition every backend and the reference share (`attnbench.implementations.masks` re-exports it).
     """
     return m - n if normalize_causal(alignment) == "bottom_right" else 0
 

@@ -21,7 +21,7 @@ def test_legend_labels_keep_only_what_differs():
     groups = plots.series(results, "N")
     labels, shared = plots.short_labels(groups)
     assert sorted(labels.values()) == ["numpy", "torch_eager"]
-    assert shared == "fwd, float32, B1, H2, D16, no mask"
+    assert shared == "fwd, float32, B1, H2, D16, not causal"
 
 
 def test_a_sweep_with_one_n_still_draws_its_points():
