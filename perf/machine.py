@@ -13,6 +13,9 @@ import time
 import numpy as np
 
 MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
+# A dtype without a fast path (float16 on this CPU: 0.27 GFLOP/s, a 2048^2 matmul takes a minute) is measured
+# at the smallest size whose call takes this long: seconds, not minutes, and its rate hardly depends on size.
+MATMUL_MIN_SECONDS = 0.05
 COPY_BYTES = {"cpu": 256 * 1024 * 1024, "cuda": 1024 * 1024 * 1024}
 
 
@@ -34,14 +37,31 @@ def _sync(device: str):
     return torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
 
-def matmul_peak_flops(dtype: str, device: str = "cpu", *, repeats: int = 5) -> float:
-    """FLOP/s of an (S, S) @ (S, S) torch matmul in `dtype`: 2 S^3 operations over the best repeat."""
+def matmul_peak(dtype: str, device: str = "cpu", *, repeats: int = 5) -> tuple[float, int]:
+    """(FLOP/s, S) of an (S, S) @ (S, S) torch matmul in `dtype`: 2 S^3 operations over the best repeat, S
+    doubled from 256 up to MATMUL_SIZE while one call takes under MATMUL_MIN_SECONDS."""
     import torch
 
-    s = MATMUL_SIZE[device]
-    a = torch.randn(s, s, device=device).to(getattr(torch, dtype))
-    b = torch.randn(s, s, device=device).to(getattr(torch, dtype))
-    return 2 * s ** 3 / _best_seconds(lambda: a @ b, _sync(device), repeats)
+    s = 256
+    while True:
+        a = torch.randn(s, s, device=device).to(getattr(torch, dtype))
+        b = torch.randn(s, s, device=device).to(getattr(torch, dtype))
+        if s >= MATMUL_SIZE[device] or _best_seconds(lambda: a @ b, _sync(device), 1) >= MATMUL_MIN_SECONDS:
+            return 2 * s ** 3 / _best_seconds(lambda: a @ b, _sync(device), repeats), s
+        s *= 2
+
+
+def matmul_peak_flops(dtype: str, device: str = "cpu", *, repeats: int = 5) -> float:
+    """FLOP/s of the largest torch matmul in `dtype` `matmul_peak` reaches."""
+    return matmul_peak(dtype, device, repeats=repeats)[0]
+
+
+def roofline_flops(machine: dict) -> float | None:
+    """The compute roof of a point: the best matmul rate this machine reached in any dtype measured (float32
+    always is). A kernel may compute half inputs in float32 (torch's CPU kernels do, where float16 has no fast
+    path), so its own dtype's matmul rate is no limit; faster than every rate measured is."""
+    peaks = [v for v in machine.get("peak_flops", {}).values() if v]
+    return max(peaks) if peaks else None
 
 
 def copy_bandwidth(device: str = "cpu", *, repeats: int = 5) -> float:
@@ -166,9 +186,12 @@ def measure_machine(device: str, dtypes, *, threads: int | None = None) -> dict:
 
 
 def _measure(device: str, dtypes) -> dict:
+    measured = {dt: matmul_peak(dt, device) for dt in dict.fromkeys([*dtypes, "float32"])}
+    sizes = ", ".join(f"{dt} {s}^2" for dt, (_, s) in measured.items())
     return {**fingerprint(device),
-            "peak_flops": {dt: matmul_peak_flops(dt, device) for dt in dtypes},
+            "peak_flops": {dt: flops for dt, (flops, _) in measured.items()},
             "peak_bandwidth": copy_bandwidth(device),
             # A busy machine depresses these; a fraction of peak above 1 means the peak was measured low.
-            "peaks_measured_by": f"best of 5: {MATMUL_SIZE[device]}^2 torch matmul per dtype; "
+            "peaks_measured_by": f"best of 5 torch matmuls per dtype ({sizes}: up to {MATMUL_SIZE[device]}^2, "
+                                 f"smaller where one call takes {MATMUL_MIN_SECONDS:g} s); "
                                  f"{COPY_BYTES[device] >> 20} MiB tensor copy (read + write)"}

@@ -55,8 +55,9 @@ def node_peaks(machine: dict, dtype: str, run_token: str) -> dict:
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         peaks = json.loads(path.read_text()) if path.exists() else {"peak_flops": {}}
-        if dtype not in peaks["peak_flops"]:
-            peaks["peak_flops"][dtype] = matmul_peak_flops(dtype, device)
+        for wanted in dict.fromkeys([dtype, "float32"]):            # float32 always: machine.roofline_flops
+            if wanted not in peaks["peak_flops"]:
+                peaks["peak_flops"][wanted] = matmul_peak_flops(wanted, device)
         if "peak_bandwidth" not in peaks:
             peaks["peak_bandwidth"] = copy_bandwidth(device)
             peaks["peaks_measured_by"] = "best of 5 on this node, once per run (see machine.py)"

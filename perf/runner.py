@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from . import derived, integrity, records
 from .executors import PointJob, SerialExecutor
-from .machine import measure_machine, same_machine
+from .machine import measure_machine, roofline_flops, same_machine
 from .measure import MeasureOptions
 from .records import PointResult
 from .rundir import save_or_check_spec, writer_lock
@@ -60,7 +60,7 @@ def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResu
     extra = {}
     if status == "ok":
         t = fields["time_median_s"]
-        peak = machine["peak_flops"].get(p.dtype)
+        peak = roofline_flops(machine)                       # the best rate in any dtype: see machine.roofline_flops
         attainable = peak and derived.attainable_flops(flop_count, byte_count, peak, machine["peak_bandwidth"])
         extra = dict(tflops=flop_count / t / 1e12, gbps=byte_count / t / 1e9,
                      tflops_fa2=derived.flops_fa2(p, case.pass_) / t / 1e12,

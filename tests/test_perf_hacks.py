@@ -175,3 +175,16 @@ def test_work_on_a_side_stream_is_implausible_on_cuda(tmp_path):
     assert rows["hack_side_stream"].status == "implausible", rows["hack_side_stream"].message
     assert rows["hack_cache_on_address"].status == "implausible", rows["hack_cache_on_address"].message
     assert rows["torch_sdpa_flash"].status == "ok" and rows["torch_sdpa_flash"].accurate is True
+
+
+def test_the_roofline_is_the_best_rate_in_any_dtype_so_a_kernel_computing_half_in_float32_is_plausible():
+    """torch's CPU kernels compute float16 in float32; where float16 has no fast path (0.27 GFLOP/s measured on
+    one machine) its own matmul rate would call every correct float16 point implausible."""
+    from attnbench.perf.integrity import implausible_reason
+    from attnbench.perf.machine import roofline_flops
+
+    machine = {"peak_flops": {"float16": 2.7e8, "float32": 8e10}}
+    assert roofline_flops(machine) == 8e10
+    flops, seconds = 1e9, 0.05                                   # 20 GFLOP/s: 74x float16's rate, 0.25x float32's
+    assert implausible_reason(flops, seconds, roofline_flops(machine)) is None
+    assert implausible_reason(flops, 1e-4, roofline_flops(machine)) is not None
