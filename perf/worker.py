@@ -95,14 +95,29 @@ def _apply_placement(placement: dict | None) -> None:
         torch.set_num_threads(threads)
 
 
+def capabilities_from_dict(caps: dict):
+    """`dataclasses.asdict(Capabilities)` (through JSON or pickling: lists for tuples) back to Capabilities, the
+    declared `Precision` of each dtype and the per-dtype pairs included."""
+    from attnbench.implementations import Capabilities
+    from attnbench.precision import Precision
+
+    def as_tuple(value):
+        return tuple(as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    fields = {k: as_tuple(v) for k, v in caps.items()}
+    fields["precision"] = tuple((dtype, Precision(**model)) for dtype, model in caps.get("precision", ()))
+    return Capabilities(**fields)
+
+
 def _reuse_capabilities(case: Case, caps: dict) -> None:
     """Give the child's backend the capabilities the parent already probed (SDPA probes cost ~1 s a kernel)."""
-    from attnbench.implementations import Capabilities, get_backend
+    from attnbench.implementations import get_backend
+
     from .sweep import load_plugins
 
     load_plugins(case.plugins)
     backend = get_backend(case.backend)
-    known = Capabilities(**{k: tuple(v) if isinstance(v, list) else v for k, v in caps.items()})
+    known = capabilities_from_dict(caps)
     # Instance attributes shadow the probing methods; the parent only hands caps for a device it found usable.
     backend.capabilities = lambda device: known
     backend.device_unavailable_reason = lambda device: None

@@ -63,3 +63,17 @@ def test_quick_without_backends_builds_its_sweep(tmp_path, capsys):
 
     assert main(["perf", "--quick", "--memory-cap", "0", "--out", str(tmp_path)]) == 2
     assert "--memory-cap" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_capabilities_survive_the_trip_to_a_worker():
+    """The parent hands each worker its probed capabilities as a dict: the declared precision and the shape
+    constraints come back as they were (a Precision came back a dict, and every half-precision point errored)."""
+    import dataclasses
+    import json
+
+    from attnbench.implementations import get_backend
+    from attnbench.perf.worker import capabilities_from_dict
+
+    for name in ("torch_sdpa_flash", "torch_blockwise"):
+        caps = get_backend(name).capabilities("cpu").replace(seq_multiple=16, max_seq_by_dtype=(("float16", 64),))
+        assert capabilities_from_dict(json.loads(json.dumps(dataclasses.asdict(caps)))) == caps
