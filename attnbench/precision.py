@@ -39,7 +39,8 @@ stored (rounded) output (`budget.stored_output_floor`) and one rounding of the g
 gradient, at least each element's own bound; full checks only (the magnitudes form (N, M)).
 
 A backend that declares nothing for a dtype keeps `budget`'s two conditions alone. The declaration is
-measured, not assumed: `tests/test_precision.py` holds our backends to theirs on drawn problems, and a
+measured, not assumed (`scripts/precision_units.py`, `reports/precision/`), every conformance check holds
+a backend to its claim, `tests/test_precision.py` pins the rules on synthetic kernels, and a
 kernel that cannot meet a float32 backward (torch's CPU flash kernel, `attnbench.deviations`) declares the
 accumulation it has.
 
@@ -86,7 +87,7 @@ class Precision:
                 f"{self.resolved('accumulate', dtype)}, output rounded once; {grad}")
 
 
-# The models our backends declare (each measured: `tests/test_precision.py`).
+# The models our backends declare (each measured: `scripts/precision_units.py`, `reports/precision/`).
 FLOAT32_INTERNAL = Precision("float32 internally")
 FLASH = Precision("FlashAttention", p_rounded=True, ds_rounded=True)
 HALF_DTYPES = ("float16", "bfloat16")
@@ -159,8 +160,8 @@ def model_bounds(stats: RowStats, out: np.ndarray, lse: np.ndarray, *, precision
 def backward_model_bound(precision: Precision, dtype: str, *, D: int, Dv: int, length: int, score_max: float,
                          terms_max: float, rounded_rms: float, rounded_count: int, operand_max: float,
                          result_max: float, stored_output: float) -> float:
-    """The declared-precision bound on one gradient (module docstring, "Backward"); None-free: the caller checks
-    `precision.grad_accumulate` first.
+    """The declared-precision bound on one gradient (module docstring, "Backward"); the caller checks that
+    `precision.grad_accumulate` is declared first.
 
     terms_max: largest sum of |terms| behind one element; rounded_rms: largest root-sum-of-squares of the rounded
     GEMM terms behind one element; rounded_count, operand_max: the number of rounded terms per element and the

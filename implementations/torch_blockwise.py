@@ -166,7 +166,7 @@ class TorchBlockwise(TorchBackend):
     name = "torch_blockwise"
     devices = ("cpu", "cuda")
     # Half inputs: scores, statistics and both passes in float32, the result rounded once (measured:
-    # tests/test_precision.py).
+    # reports/precision/; every conformance check holds it to the claim).
     caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL))
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):

@@ -93,7 +93,7 @@ def _runs(kernel, device: str, dtype: str, *, B=1, H=2, Hkv=2, N=8, M=8, D=16, D
         return False
 
 
-# How each kernel computes half inputs where we measured it (tests/test_precision.py); elsewhere (CUDA) nothing
+# How each kernel computes half inputs where we measured it (reports/precision/); elsewhere (CUDA) nothing
 # is declared: the budget's two conditions alone. CPU math upcasts half inputs to float32 and rounds the result
 # once. CPU flash rounds P to the input dtype before P V (FlashAttention's forward); its backward's dK, dV lose
 # precision with the number of query blocks (the known deviation in attnbench.deviations, consistent with a

@@ -446,8 +446,8 @@ class TritonAttention(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------- backend
 
 # FlashAttention's precision by construction: float32 scores and accumulators, p.to(v.dtype) before P V,
-# p and ds cast to the input dtype before the dV, dK, dQ dots (measured under the interpreter:
-# tests/test_precision.py).
+# p and ds cast to the input dtype before the dV, dK, dQ dots (measured under the interpreter, float16: 0.22 to
+# 0.38 of the bound on the grid slice and fixed cases; every conformance check holds it to the claim).
 CAPS = Capabilities(dtypes=("float16", "bfloat16", "float32"), masks=(), mask_with_causal=False,
                     head_dims=(16, 256), grad=True, lse=True, precision=for_half(FLASH))
 
