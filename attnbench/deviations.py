@@ -8,7 +8,9 @@ the ratio it still fails, and the budget itself is unchanged for every other bac
 `conformance/test_known_deviations.py` fails when a deviation disappears (its witness meets the 2x rule again:
 delete the entry) or grows past its ratio.
 
-    KNOWN_DEVIATIONS                          every declared entry (the perf report can list them)
+    KNOWN_DEVIATIONS                          the entries for the backends shipped here
+    Backend.known_deviations                  a plugin's own entries, on its backend class (same fields)
+    all_declared()                            both, for every registered backend
     deviations_for(backend, device)           the entries of one backend on one device
     judge(backend, device, problem, verdicts, backward=...) -> (verdicts, [notes])
 """
@@ -83,9 +85,26 @@ class KnownDeviationWarning(UserWarning):
     """A verdict inside a declared known deviation: passed, and listed in pytest's warnings summary."""
 
 
+def _declared_by(backend: str) -> tuple[KnownDeviation, ...]:
+    """The entries a registered backend declares itself (`Backend.known_deviations`); () for an unknown name."""
+    from attnbench.implementations import get_backend
+
+    try:
+        return tuple(getattr(get_backend(backend), "known_deviations", ()))
+    except KeyError:
+        return ()
+
+
+def all_declared() -> list[KnownDeviation]:
+    """KNOWN_DEVIATIONS and every registered backend's own entries (a plugin's included)."""
+    from attnbench.implementations import all_backends
+
+    return [*KNOWN_DEVIATIONS, *(d for b in all_backends() for d in getattr(b, "known_deviations", ()))]
+
+
 def deviations_for(backend: str, device: str) -> list[KnownDeviation]:
-    """The declared deviations of `backend` on `device`."""
-    return [d for d in KNOWN_DEVIATIONS if d.backend == backend and d.device == device]
+    """The declared deviations of `backend` on `device`: ours and the ones the backend declares itself."""
+    return [d for d in (*KNOWN_DEVIATIONS, *_declared_by(backend)) if d.backend == backend and d.device == device]
 
 
 def _only_naive_failed(verdict: Verdict) -> bool:

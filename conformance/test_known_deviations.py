@@ -9,7 +9,7 @@ import pytest
 
 from attnbench.budget import NAIVE_MULTIPLE, Verdict
 from attnbench.check import check_backward, check_forward
-from attnbench.deviations import KNOWN_DEVIATIONS, judge
+from attnbench.deviations import KNOWN_DEVIATIONS, all_declared, judge
 from attnbench.implementations import get_backend
 from attnbench.problem import Inputs, Problem, make_inputs
 
@@ -25,7 +25,7 @@ def _ratios(deviation, problem, inputs=None):
     return {v.name: v.max_error / v.naive_error for v in verdicts if v.name in deviation.tensors}
 
 
-@pytest.mark.parametrize("deviation", KNOWN_DEVIATIONS, ids=lambda d: d.name)
+@pytest.mark.parametrize("deviation", all_declared(), ids=lambda d: d.name)   # a --plugin's entries included
 def test_known_deviation_still_shows_on_its_witness_and_has_not_grown(deviation):
     ratios = _ratios(deviation, Problem.parse(deviation.witness))
     worst, declared = max(ratios.values()), deviation.declared_ratio(Problem.parse(deviation.witness))
@@ -90,3 +90,20 @@ def test_every_check_judges_known_deviations_and_its_message_names_them(monkeypa
         verdicts = check(get_backend("torch_eager"), problem)
         assert verdicts.notes == ["note x"] and all("known deviation" in v.reason for v in verdicts[1:])
         assert "known deviation: note x" in failure_message("torch_eager", problem, verdicts)
+
+
+def test_a_plugin_declares_its_own_known_deviation_and_the_judge_uses_it(monkeypatch):
+    from dataclasses import replace
+
+    from attnbench.implementations import registry
+
+    ours = next(d for d in KNOWN_DEVIATIONS if d.name == "sdpa_flash_cpu_half_backward")
+    theirs = replace(ours, name="plugin_dk_growth", backend="my_plugin_attention")
+    plugin = type(get_backend("torch_eager"))()
+    plugin.name, plugin.known_deviations = "my_plugin_attention", (theirs,)
+    monkeypatch.setitem(registry._BACKENDS, plugin.name, plugin)
+    assert theirs in all_declared()
+    inside = Problem(B=1, H=6, Hkv=2, N=16, M=16, D=32, dtype="float16")
+    judged, notes = judge("my_plugin_attention", "cpu", inside, [_verdict("dk", 2.5, 1.0)],
+                          backward=True)
+    assert judged[0].passed and "plugin_dk_growth" in notes[0]
