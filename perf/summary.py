@@ -69,17 +69,26 @@ def suspicious(results: list[PointResult]) -> dict[str, str]:
     return out
 
 
+def evidence(ranked: list[PointResult]) -> str:
+    """Whether a size's ranking rests on noisy points: the fastest's, the runner-up's, both, or neither."""
+    noisy = [bool(r.noisy) for r in ranked[:2]]
+    if not any(noisy):
+        return "clean"
+    return "noisy: " + ("both" if all(noisy) and len(noisy) == 2 else "fastest" if noisy[0] else "next")
+
+
 def fastest_rows(results: list[PointResult]) -> list[list[str]]:
-    """[pass, dtype, causal, B, H, D, N, fastest accurate backend, ms, runner-up] per problem size, among trusted
-    points (an implausible, inaccurate or storage-flagged point is never ranked)."""
+    """[pass, dtype, causal, B, H, D, N, fastest accurate backend, ms, runner-up, evidence] per problem size,
+    among trusted points (an implausible, inaccurate or storage-flagged point is never ranked); evidence says
+    when the ranking rests on points flagged noisy."""
     marked = suspicious(results)
-    rows = [["pass", "dtype", "causal", "B", "H", "D", "N", "fastest accurate", "ms", "next (x slower)"]]
+    rows = [["pass", "dtype", "causal", "B", "H", "D", "N", "fastest accurate", "ms", "next (x slower)", "evidence"]]
     for size, ranked in sorted(_ranked(results).items()):
         best = ranked[0]
         nxt = (f"{ranked[1].backend} ({ranked[1].time_median_s / best.time_median_s:.2f}x)"
                if len(ranked) > 1 else "-")
         name = best.backend + (f" ({marked[best.key]})" if best.key in marked else "")
-        rows.append([*map(str, size[:7]), name, f"{best.time_median_s * 1e3:.3g}", nxt])
+        rows.append([*map(str, size[:7]), name, f"{best.time_median_s * 1e3:.3g}", nxt, evidence(ranked)])
     return rows
 
 
@@ -106,6 +115,10 @@ def format_summary(results: list[PointResult]) -> str:
     """The console summary printed after a sweep."""
     fastest, bad = fastest_rows(results), problem_rows(results)
     parts = [_text_table(fastest) if len(fastest) > 1 else "no accurate point was measured"]
+    noisy = sum(bool(r.noisy) for r in results if r.status == "ok")
+    if noisy:
+        parts.append(f"{noisy} of {len(results)} points flagged noisy (the evidence column): their ranking is a "
+                     "hint, not a measurement; re-run on a quiet machine or gate with `compare --interleaved`")
     if len(bad) > 1:
         parts.append(f"{len(bad) - 1} points implausible, inaccurate, suspicious or failed:\n" + _text_table(bad))
     else:

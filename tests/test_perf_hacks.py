@@ -188,3 +188,14 @@ def test_the_roofline_is_the_best_rate_in_any_dtype_so_a_kernel_computing_half_i
     flops, seconds = 1e9, 0.05                                   # 20 GFLOP/s: 74x float16's rate, 0.25x float32's
     assert implausible_reason(flops, seconds, roofline_flops(machine)) is None
     assert implausible_reason(flops, 1e-4, roofline_flops(machine)) is not None
+
+
+def test_the_fastest_table_says_when_its_ranking_rests_on_noisy_points():
+    from attnbench.perf.summary import format_summary
+
+    quiet, loud = synthetic("quiet", 256, [1e-3] * 9), synthetic("loud", 256, [2e-3] * 9, noisy=True)
+    assert fastest_rows([quiet])[1][-1] == "clean"
+    assert fastest_rows([quiet, loud])[1][-1] == "noisy: next"
+    assert fastest_rows([loud])[1][-1] == "noisy: fastest"
+    assert "1 of 2 points flagged noisy" in format_summary([quiet, loud])
+    assert "flagged noisy" not in format_summary([quiet])
