@@ -61,7 +61,7 @@ def pytest_configure(config):
     try:
         load_plugins(config.getoption("--plugin"))
     except AttentionInputError as exc:
-        raise pytest.UsageError(f"--plugin: {exc}") from None
+        raise pytest.UsageError(str(exc)) from None
     for name in config.getoption("--backend"):
         try:
             get_backend(name)
