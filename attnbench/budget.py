@@ -374,7 +374,7 @@ def _errors(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, reduction_length: int = 1,
             magnitude: float | None = None, analytic_floor=None, model_bound=None, model: str | None = None,
-            rows_lean: bool = False, lean_slack=0.0) -> Verdict:
+            lean_slack=None) -> Verdict:
     """Compare `actual` with `expected` (same shape) against an elementwise `bound` and/or a `naive` output.
 
     bound: array broadcastable to expected, or None to skip condition 1.
@@ -389,8 +389,8 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
         `backward_floor`); None: floor (a) alone.
     model_bound, model: condition 3, the bound of the backend's declared precision (scalar or broadcastable)
         and its name; None: not declared.
-    rows_lean: apply condition 4 (`lean`) over the rows of `expected` (all axes but the last), with
-        `lean_slack` the error the kernel may have before its final rounding (see `lean`).
+    lean_slack: apply condition 4 (`lean`) over the rows of `expected` (all axes but the last), this being the
+        error the kernel may have before its final rounding (scalar or broadcastable; see `lean`); None: not.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
@@ -409,7 +409,7 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
         model_units = _units(err, model_bound)
         if model_units > 1:
             reasons.append(f"exceeds its declared precision ({model}: {model_units:.3g}x)")
-    leaning = lean(actual, expected, dtype, lean_slack) if rows_lean and err.size else None
+    leaning = lean(actual, expected, dtype, lean_slack) if lean_slack is not None and err.size else None
     if leaning is not None and not leaning.passed:
         reasons.append("errors lean one way")
     naive_err = naive_limit = None

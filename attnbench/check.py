@@ -216,7 +216,7 @@ def _cached_forward_reference(problem: Problem, rows: RowSample) -> ForwardRefer
     return forward_reference(make_inputs(problem), problem, rows)
 
 
-def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> tuple[float, float, float]:
+def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward) -> tuple[float, float, float]:
     """Largest sum of |terms| behind one element of dQ, dK and dV: the magnitude rounding is relative to.
 
     With P (B, H, N, M), dP = dO V^T and delta = rowsum(dO * O) (B, H, N):
@@ -225,10 +225,10 @@ def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray) 
         dV = P^T dO                        terms  P^T |dO|, likewise summed
     Full checks only: it forms (N, M). It matters where a gradient is identically zero (M = 1, ...; see
     `budget`), which only tiny problems are; a row-sampled check passes magnitude None (floor relative to
-    max|gradient|, never looser).
+    max|gradient|, never looser). forward: (O, P) of the reference (`reference.sdpa(..., return_weights=True)`).
     """
     q, k, v = inputs.q, inputs.k, inputs.v
-    out, p = reference.sdpa(q, k, v, return_weights=True, **inputs.reference_kwargs(problem))
+    out, p = forward
     group = problem.H // problem.Hkv
     kr, vr = (np.repeat(x, group, axis=1) for x in (k, v))                      # (B, H, M, .)
     delta = np.abs(np.sum(grad_out * out, axis=-1, keepdims=True))             # (B, H, N, 1)
@@ -288,8 +288,9 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     floors, scales = (None, None, None), None
     if rows.full:
         expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **kwargs)
-        magnitudes = backward_magnitudes(inputs, p, grad_out)
-        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes)
+        forward = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **kwargs)   # (O, P), once
+        magnitudes = backward_magnitudes(inputs, p, grad_out, forward)
+        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward)
     else:
         expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
         magnitudes = (None, None, None)
@@ -297,12 +298,13 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
                              scales)
 
 
-def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> tuple[tuple[float, int, float], ...]:
+def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
+                     forward) -> tuple[tuple[float, int, float], ...]:
     """Per gradient (dQ, dK, dV): (largest root-sum-of-squares of the rounded operand's terms behind one element,
     terms per element, largest |other operand|), for a backward that rounds dS (dQ = scale dS K, dK = scale
-    dS^T Q) and P (dV = P^T dO) to the input dtype. Forms (B, H, N, M): full checks only."""
+    dS^T Q) and P (dV = P^T dO) to the input dtype. Forms (B, H, N, M): full checks only. forward: (O, P)."""
     q, k, v = inputs.q, inputs.k, inputs.v
-    out, p = reference.sdpa(q, k, v, return_weights=True, **inputs.reference_kwargs(problem))
+    out, p = forward
     group = problem.H // problem.Hkv
     kr, vr = (np.repeat(x, group, axis=1) for x in (k, v))                      # (B, H, M, .)
     delta = np.sum(grad_out * out, axis=-1, keepdims=True)                      # (B, H, N, 1)
@@ -325,20 +327,20 @@ def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray) -> 
     return ((rq, M, scale * top(k)), (rk, N * group, scale * top(q)), (rv, N * group, top(grad_out)))
 
 
-def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes) -> tuple:
+def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward) -> tuple:
     """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`) and what a declared
     precision's bound needs (`GradientScale` each); full checks only (it forms (N, M)); a row-sampled check keeps
     floor (a) alone, never looser."""
     p, scale = problem, _effective_scale(problem)
     scores = score_magnitude(inputs.q, inputs.k, reference_bias(inputs, p), scale)
-    out, weights = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **inputs.reference_kwargs(p))
+    out, weights = forward
     stored = stored_output_floor(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
     result_max = [float(np.max(np.abs(e), initial=0.0)) for e in expected]
     floors = tuple(s + backward_floor(p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M), score_max=scores, terms_max=m,
                                       result_max=r)
                    for s, m, r in zip(stored, magnitudes, result_max))
     scales = tuple(GradientScale(m, rms, count, operand, r, s, scores)
-                   for (rms, count, operand), m, r, s in zip(rounded_operands(inputs, p, grad_out), magnitudes,
+                   for (rms, count, operand), m, r, s in zip(rounded_operands(inputs, p, grad_out, forward), magnitudes,
                                                              result_max, stored))
     return floors, scales
 
@@ -454,9 +456,9 @@ def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sam
         verdicts.append(compare("output", actual[:, :, qr], ref.out, dtype=p.dtype, bound=ref.out_bound,
                                 naive=ref.naive, reduction_length=p.D + p.M,
                                 analytic_floor=forward_floor(ref.out_bound, ref.out, p.dtype),
-                                model_bound=model_out, model=named, rows_lean=model_out is not None,
-                                lean_slack=0.0 if model_out is None else _before_rounding(model_out, ref.out,
-                                                                                          p.dtype)))
+                                model_bound=model_out, model=named,
+                                lean_slack=None if model_out is None else _before_rounding(model_out, ref.out,
+                                                                                           p.dtype)))
     if want_lse:
         actual_lse = backend.to_numpy(lse)
         if actual_lse.shape == (p.B, p.H, p.N):
@@ -508,11 +510,11 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
                                                                  ref.magnitudes, ref.floors,
                                                                  ref.model_bounds(precision, p), picks):
         if a.shape == shape:
-            slack = 0.0 if model is None else _before_rounding(model, np.max(np.abs(e), initial=0.0), p.dtype)
+            slack = None if model is None else _before_rounding(model, np.max(np.abs(e), initial=0.0), p.dtype)
             verdicts.append(compare(name, a[:, :, rows_], e, naive=n, dtype=p.dtype,
                                     reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
                                     analytic_floor=floor, model_bound=model, model=named if model is not None
-                                    else None, rows_lean=model is not None, lean_slack=slack))
+                                    else None, lean_slack=slack))
     return _judged(backend, problem, device, verdicts, sample, backward=True)
 
 
