@@ -114,6 +114,8 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
         mask = np.asarray(inputs.mask)
         empty = ~np.any(mask, axis=-1) if mask.dtype == np.bool_ else np.all(np.isneginf(mask), axis=-1)
         rows |= set(np.flatnonzero(empty.reshape(-1, N).any(axis=0))[:8].tolist())
+    for mod in problem.mods:                                                  # where each modification's edges fall
+        rows |= mod.query_rows(problem)
     rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
     return np.array(sorted(r for r in rows if 0 <= r < N))
 
@@ -126,6 +128,8 @@ def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
     if problem.causal is not None:
         offset = reference.causal_offset(problem.causal, N, M)
         keys |= {offset + d for d in (-1, 0, 1)} | {N - 1 + offset + d for d in (-1, 0, 1)}
+    for mod in problem.mods:
+        keys |= mod.key_rows(problem)
     keys |= set(np.random.default_rng(seed).integers(0, M, RANDOM_ROWS).tolist())
     return np.array(sorted(j for j in keys if 0 <= j < M))
 
@@ -170,6 +174,21 @@ def reference_bias(inputs: Inputs, problem: Problem):
     return reference.mask_to_bias(inputs.mask, problem.causal, problem.N, problem.M)
 
 
+def _with_modifications(score_max: float, inputs: Inputs, problem: Problem) -> float:
+    """`budget.score_magnitude` with the modifications' share: the largest bias they add (ALiBi) and the widening
+    of their extra roundings (as `row_bound.row_stats` does). Forms (N, M): full checks only."""
+    if not inputs.mods:
+        return score_max
+    from attnbench.reference import mods as modifications
+    from attnbench.reference.block import block_of
+
+    p = problem
+    whole = block_of(np.arange(p.N), np.arange(p.M), p.N, p.M, p.H, p.Hkv)
+    added = np.asarray(modifications.magnitude(np.zeros((1, 1, 1, p.N, p.M)), inputs.mods, whole))
+    widen = (np.sqrt(p.D) + 2 + modifications.extra_roundings(inputs.mods)) / (np.sqrt(p.D) + 2)
+    return widen * (score_max + float(np.max(added, initial=0.0)))
+
+
 def _effective_scale(problem: Problem) -> float:
     return 1.0 / np.sqrt(problem.D) if problem.scale is None else problem.scale
 
@@ -202,7 +221,7 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     qr = _indices(rows.query, p.N)
     out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
     stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, causal=p.causal,
-                      scale=_effective_scale(p))
+                      scale=_effective_scale(p), mods=inputs.mods)
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)
@@ -333,6 +352,7 @@ def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expe
     floor (a) alone, never looser."""
     p, scale = problem, _effective_scale(problem)
     scores = score_magnitude(inputs.q, inputs.k, reference_bias(inputs, p), scale)
+    scores = _with_modifications(scores, inputs, p)
     out, weights = forward
     stored = stored_output_floor(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
     result_max = [float(np.max(np.abs(e), initial=0.0)) for e in expected]
@@ -388,7 +408,7 @@ def output_contract(name: str, value, canonical: np.ndarray, shape: tuple, dtype
 
 def _pristine(inputs: Inputs) -> Inputs:
     return Inputs(*(None if x is None else np.array(x, copy=True) for x in (inputs.q, inputs.k, inputs.v,
-                                                                            inputs.mask)))
+                                                                            inputs.mask)), inputs.mods)
 
 
 def _same_bits(a, b) -> bool:

@@ -1,6 +1,9 @@
 """The naive yardstick of budget condition 2: the plain formula computed in the problem's own dtype.
 
-    S = (scale Q) K^T + bias    P = exp(S - rowmax) / rowsum    O = P V    (dQ, dK, dV by torch autograd)
+    S = mods((scale Q) K^T) + bias    P = exp(S - rowmax) / rowsum    O = P V    (dQ, dK, dV by torch autograd)
+
+(modifications as the reference applies them, `attnbench.reference.mods.apply`, on tensors in the dtype; a sink
+is one more column of the softmax, in the dtype)
 
 every tensor held in the dtype (torch on CPU), on chosen rows only. Every quantity of a query row depends on
 that row alone, so the rows of O and dQ are the rows of the full computation. dK and dV of a key row sum over
@@ -15,6 +18,8 @@ import numpy as np
 import torch
 
 from attnbench.reference import bias_rows
+from attnbench.reference import mods as modifications
+from attnbench.reference.block import block_of
 
 # Query rows per chunk: keeps one (B, H, chunk, M) score tile near 2^22 elements.
 CHUNK_ELEMENTS = 1 << 22
@@ -35,28 +40,39 @@ def _grouped_bias(bias: np.ndarray | float, Hkv: int, G: int, dtype: str) -> tor
     return _tensor(b, dtype)
 
 
-def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float):
+def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+           mods=(), block=None):
     """O (B, Hkv, G, R, Dv) of grouped query rows q (B, Hkv, G, R, D) against k (B, Hkv, 1, M, D),
-    v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None, all in one dtype."""
+    v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None and the bound modifications
+    `mods` of `block` (those rows, every key), all in one dtype."""
     # Scale q first: in float16, Q K^T can overflow 65504 where scale * Q K^T does not.
     s = (q * scale) @ k.transpose(-1, -2)
+    if mods:
+        s = modifications.apply(s, mods, block, torch)
     if bias is not None:
         s = s + bias
+    sink = modifications.sink_logits(mods, block) if mods else None
+    if sink is not None:                                   # one more column, of value 0: only the denominator
+        column = torch.as_tensor(sink, dtype=s.dtype)[..., None].expand(*s.shape[:-1], 1)
+        s = torch.cat([s, column], dim=-1)
     row_max = s.amax(dim=-1, keepdim=True)
     shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max).detach()
     e = torch.exp(s - shift)
     total = e.sum(dim=-1, keepdim=True)
-    return (e / torch.where(total > 0, total, torch.ones_like(total))) @ v   # an empty row: P = 0, not 0/0
+    p = e / torch.where(total > 0, total, torch.ones_like(total))            # an empty row: P = 0, not 0/0
+    return (p[..., :-1] if sink is not None else p) @ v
 
 
 def _operands(inputs, problem, rows: np.ndarray, *, requires_grad: bool = False):
-    """(q rows grouped (B, Hkv, G, R, D), k, v (B, Hkv, 1, M, .), bias, scale) in the problem's dtype."""
+    """(q rows grouped (B, Hkv, G, R, D), bias, scale, the modifications' keyword arguments of `_plain`) in the
+    problem's dtype."""
     p = problem
     G = p.H // p.Hkv
     q = _tensor(inputs.q[:, :, rows], p.dtype).reshape(p.B, p.Hkv, G, len(rows), p.D)
     bias = _grouped_bias(bias_rows(inputs.mask, p.causal, rows, np.arange(p.M), p.N, p.M), p.Hkv, G, p.dtype)
     scale = p.D ** -0.5 if p.scale is None else p.scale
-    return q.requires_grad_(requires_grad), bias, scale
+    mods = dict(mods=inputs.mods, block=block_of(rows, np.arange(p.M), p.N, p.M, p.H, p.Hkv))
+    return q.requires_grad_(requires_grad), bias, scale, mods
 
 
 def _chunks(problem, rows: np.ndarray):
@@ -72,8 +88,8 @@ def naive_forward(inputs, problem, rows: np.ndarray | None = None) -> np.ndarray
     outs = []
     with torch.no_grad():
         for chunk in _chunks(p, rows):
-            q, bias, scale = _operands(inputs, p, chunk)
-            outs.append(_plain(q, k, v, bias, scale))
+            q, bias, scale, mods = _operands(inputs, p, chunk)
+            outs.append(_plain(q, k, v, bias, scale, **mods))
     return torch.cat(outs, dim=3).reshape(p.B, p.H, len(rows), p.Dv).double().numpy()
 
 
@@ -93,8 +109,8 @@ def naive_backward(inputs, problem, grad_out: np.ndarray, query_rows: np.ndarray
     dk = np.zeros((p.B, p.Hkv, len(kr), p.D))
     dv = np.zeros((p.B, p.Hkv, len(kr), p.Dv))
     for chunk in _chunks(p, np.arange(p.N)):
-        q, bias, scale = _operands(inputs, p, chunk, requires_grad=True)
-        out = _plain(q, k, v, bias, scale)
+        q, bias, scale, mods = _operands(inputs, p, chunk, requires_grad=True)
+        out = _plain(q, k, v, bias, scale, **mods)
         do = _tensor(grad_out[:, :, chunk], p.dtype).reshape(out.shape)
         gq, gk, gv = torch.autograd.grad(out, (q, k, v), do)
         dq[:, :, chunk] = gq.reshape(p.B, p.H, len(chunk), p.D).double().numpy()

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from attnbench.reference import AttentionInputError, normalize_causal
+from attnbench.reference import mods as modifications
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Mask kinds and the form a backend must accept for each. The shapes cover every broadcast the API accepts:
@@ -95,6 +96,8 @@ class Problem:
 
     Hkv, M and Dv default to H, N and D. `mask` is None or a key of MASK_FORMS;
     `causal` None, "top_left" or "bottom_right"; `scale` None means 1/sqrt(D).
+    `mods`: an ordered tuple of modifications (`attnbench.reference.mods`: Window, Softcap, Alibi, Sinks),
+    declared without their inputs; `make_inputs` binds them. In the spec each is one item: `window=256:0`.
     """
 
     B: int = 1
@@ -111,12 +114,14 @@ class Problem:
     inputs: str = "normal"
     layout: str = "contiguous"
     seed: int = 0
+    mods: tuple = ()
 
     def __post_init__(self):
         for name, default in (("Hkv", self.H), ("M", self.N), ("Dv", self.D)):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
         object.__setattr__(self, "causal", normalize_causal(self.causal))
+        object.__setattr__(self, "mods", modifications.check(self.mods))
         sizes = {k: getattr(self, k) for k in ("B", "H", "Hkv", "N", "M", "D", "Dv")}
         bad = {k: v for k, v in sizes.items() if not isinstance(v, (int, np.integer)) or v < 1}
         if bad:
@@ -130,6 +135,14 @@ class Problem:
                                      ("layout", self.layout, LAYOUTS)):
             if value not in allowed:
                 raise AttentionInputError(f"Problem: {name} must be one of {allowed}, got {value!r}")
+        for mod in self.mods:
+            reason = mod.check(self)
+            if reason:
+                raise AttentionInputError(f"Problem: {mod.label()}: {reason}")
+
+    def mod(self, key: str):
+        """The modification named `key` ("window", ...) in this problem, or None."""
+        return next((m for m in self.mods if m.key == key), None)
 
     @property
     def mask_form(self) -> str | None:
@@ -146,27 +159,33 @@ class Problem:
         parts += [p for p in (self.causal, self.mask) if p]
         parts += [f"scale{self.scale:g}"] if self.scale is not None else []
         parts += [p for p in (self.inputs, self.layout) if p not in ("normal", "contiguous")]
+        parts += [f"{m.key}{m.spec_value()}" for m in self.mods]
         return "-".join(parts + ([f"seed{self.seed}"] if self.seed else []))
 
     def spec(self) -> str:
         """`key=value,...`: sizes and dtype always, other fields where not default; `Problem.parse` reads it back."""
         always = ("B", "H", "Hkv", "N", "M", "D", "Dv", "dtype")
-        fields = [f for f in dataclasses.fields(self)]
-        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields
-                        if f.name in always or getattr(self, f.name) != f.default)
+        fields = [f for f in dataclasses.fields(self) if f.name != "mods"]
+        return ",".join([f"{f.name}={getattr(self, f.name)}" for f in fields
+                         if f.name in always or getattr(self, f.name) != f.default] + [m.label() for m in self.mods])
 
     @classmethod
     def parse(cls, spec: str) -> "Problem":
-        """Inverse of `spec`: "B=2,H=4,N=97,dtype=float16,causal=top_left" -> Problem."""
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        values = {}
+        """Inverse of `spec`: "B=2,H=4,N=97,dtype=float16,causal=top_left,window=256:0" -> Problem.
+
+        Modifications are items named by their key (`attnbench.reference.mods.MODS`), kept in their order."""
+        kinds = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "mods"}
+        values, mods = {}, []
         for item in filter(None, (s.strip() for s in spec.split(","))):
             key, sep, raw = item.partition("=")
+            if sep and key in modifications.MODS:
+                mods.append(modifications.parse(key, raw))
+                continue
             if not sep or key not in kinds:
-                raise AttentionInputError(f"problem spec: expected key=value with key in {sorted(kinds)}, "
-                                          f"got {item!r}")
+                raise AttentionInputError(f"problem spec: expected key=value with key in "
+                                          f"{sorted(kinds) + sorted(modifications.MODS)}, got {item!r}")
             values[key] = _parse_value(key, raw, kinds[key])
-        return cls(**values)
+        return cls(**values, mods=tuple(mods))
 
     def replace(self, **changes) -> "Problem":
         return dataclasses.replace(self, **changes)
@@ -210,10 +229,11 @@ class Inputs:
     k: np.ndarray
     v: np.ndarray
     mask: np.ndarray | None
+    mods: tuple = ()           # the problem's modifications bound to their inputs (sink logits, ALiBi slopes)
 
     def reference_kwargs(self, problem: Problem) -> dict:
         """Keyword arguments for `attnbench.reference.sdpa` on these inputs."""
-        return dict(mask=self.mask, causal=problem.causal, scale=problem.scale)
+        return dict(mask=self.mask, causal=problem.causal, scale=problem.scale, mods=self.mods)
 
 
 def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:
@@ -248,7 +268,9 @@ def make_inputs(problem: Problem) -> Inputs:
     k = draw(rng, (p.B, p.Hkv, p.M, p.D), "k")
     v = draw(rng, (p.B, p.Hkv, p.M, p.Dv), "v")
     mask = _make_mask(p, rng)
-    return Inputs(*(round_to_dtype(x, p.dtype) for x in (q, k, v)), mask)
+    # The modifications draw from their own generator: adding one leaves q, k, v and the mask unchanged.
+    mods = modifications.bind(p.mods, p, np.random.default_rng([p.seed, 4099]))
+    return Inputs(*(round_to_dtype(x, p.dtype) for x in (q, k, v)), mask, mods)
 
 
 def make_grad_out(problem: Problem) -> np.ndarray:

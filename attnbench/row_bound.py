@@ -16,14 +16,20 @@ import numpy as np
 
 from attnbench.budget import LAMBDA, UNIT_ROUNDOFF
 from attnbench.precision import Precision, RowStats, model_bounds
-from attnbench.reference.rows import BLOCK_M, _grouped, bias_rows
+from attnbench.reference import block, mods as modifications
+from attnbench.reference.rows import BLOCK_M
 
 
-def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, block_m: int = BLOCK_M) -> RowStats:
+def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_m: int = BLOCK_M) -> RowStats:
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
-    (P = exp(S - lse)); mask broadcastable to (B, H, N, M) or None; causal None or an alignment.
+    (P = exp(S - lse)); mask broadcastable to (B, H, N, M) or None; causal None or an alignment; mods: bound
+    modifications. Scores and their magnitude T come from the reference's block function.
+
+    A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
+    raises the score error from LAMBDA u (sqrt(D) + 2) T to at most LAMBDA u (sqrt(D) + 2 + extra) T: T is
+    scaled by (sqrt(D) + 2 + extra) / (sqrt(D) + 2), so every bound built on it carries the extra terms.
     """
     B, H, N, D = q.shape
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -35,13 +41,14 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, block_m: int = 
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)
     t_seen, t_finite, p_sum, p2, visible = (np.zeros(per_row) for _ in range(5))
     mass, p2_v2, p2_vs, vis_v2, vis_v = (np.zeros(per_elem) for _ in range(5))
+    kwargs = dict(mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
+    widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
     for start in range(0, M, block_m):
         kj = np.arange(start, min(start + block_m, M))
-        bias = np.broadcast_to(_grouped(bias_rows(mask, causal, rows, kj, N, M), Hkv, G), (B, Hkv, G, R, len(kj)))
-        kt, vt = k[:, :, None, kj], v[:, :, None, kj]
-        p = np.exp(scale * (qg @ kt.swapaxes(-1, -2)) + bias - shift)
-        finite = np.isfinite(bias)
-        t = abs(scale) * (np.abs(qg) @ np.abs(kt).swapaxes(-1, -2)) + np.where(finite, np.abs(bias), 0.0)
+        vt = v[:, :, None, kj]
+        p = np.exp(block.scores(qg, k, rows, kj, **kwargs) - shift)
+        t, finite = block.magnitude(qg, k, rows, kj, **kwargs)
+        t = widen * t
         t_seen = np.maximum(t_seen, np.max(np.where(p > 0, t, 0.0), axis=-1))
         t_finite = np.maximum(t_finite, np.max(np.where(finite, t, 0.0), axis=-1))
         abs_v, vis = np.abs(vt), finite.astype(np.float64)
@@ -71,7 +78,7 @@ def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
 
 
 def row_bounds(q, k, v, out, lse, rows, *, mask, causal, scale: float, dtype: str, block_m: int = BLOCK_M,
-               precision: Precision | None = None, lse_dtype: str = "float32"):
+               precision: Precision | None = None, lse_dtype: str = "float32", mods=()):
     """(bound on |O - O_ref| (B, H, R, Dv), bound on |lse - lse_ref| (B, H, R)) at query `rows` (R,): condition
     1, or with `precision` the declared-precision bounds (`attnbench.precision.model_bounds`).
 
@@ -80,7 +87,7 @@ def row_bounds(q, k, v, out, lse, rows, *, mask, causal, scale: float, dtype: st
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     G, R = H // Hkv, len(rows)
-    stats = row_stats(q, k, v, lse, rows, mask=mask, causal=causal, scale=scale, block_m=block_m)
+    stats = row_stats(q, k, v, lse, rows, mask=mask, causal=causal, scale=scale, mods=mods, block_m=block_m)
     out_g, lse_g = out.reshape(B, Hkv, G, R, -1), lse.reshape(B, Hkv, G, R)
     if precision is None:
         bound, lse_err = condition_one(stats, out_g, lse_g, dtype=dtype, D=D, M=M)

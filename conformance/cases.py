@@ -4,6 +4,7 @@ Sizes are deliberately odd (N 97, M 113, D 80, ...) so that tiled kernels hit
 partial tiles, and inputs are standard normal (never uniform positive).
 """
 from attnbench.problem import Problem
+from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 
 SHAPES = [
     dict(B=2, H=4, N=64, D=64),                                       # self-attention, B and H > 1
@@ -48,8 +49,22 @@ LARGE_LOGITS = [dict(B=1, H=2, N=64, M=96, D=64, scale=10.0)]
 LARGE_LOGIT_DTYPES = ("float32", "float16", "bfloat16")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
-FORWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
-                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
+# Modifications (`attnbench.reference.mods`) with the conventions of the kernels that ship them. First in the
+# lists: a kernel (or a mutant) wrong in one fails within seconds of `pytest -x`.
+MODS = [
+    dict(B=2, H=4, Hkv=2, N=97, M=113, D=64, causal="bottom_right", mods=(Window(31, 0),)),   # sliding + causal
+    dict(B=1, H=2, N=113, M=97, D=32, mods=(Window(16, 16),)),                # two-sided, N > M, edges at 16/17
+    dict(B=2, H=4, N=64, D=64, inputs="peaked", mods=(Softcap(5.0),)),        # scores ~16 wide: the cap bites
+    dict(B=2, H=4, Hkv=2, N=64, M=80, D=64, mods=(Alibi("batch"),)),          # per (batch, head) slopes, N < M
+    dict(B=1, H=8, Hkv=2, N=50, D=32, causal="bottom_right", mods=(Alibi("head"),)),   # the paper's slopes
+    dict(B=2, H=4, Hkv=2, N=64, M=72, D=64, mods=(Sinks(),)),
+    dict(B=2, H=4, Hkv=2, N=97, M=113, D=64, causal="bottom_right",          # all of them, in FlashAttention's order
+         mods=(Softcap(20.0), Alibi("batch"), Window(48, 0), Sinks())),
+]
+MOD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=300 + i) for dtype in DTYPES for i, shape in enumerate(MODS)]
+
+FORWARD_PROBLEMS = MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
+                                   for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
                      for dtype in LARGE_LOGIT_DTYPES for i, shape in enumerate(LARGE_LOGITS)]
 # A large launch grid, every row checked: 72 heads x 16 query tiles of 64 = 1,152 (batch, head, tile) blocks
@@ -59,7 +74,8 @@ LARGE_GRID = [dict(B=2, H=36, Hkv=12, N=1000, M=48, D=32)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=200 + i)
                      for dtype in ("float32", "float16") for i, shape in enumerate(LARGE_GRID)]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
-BACKWARD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=i)
+BACKWARD_PROBLEMS = [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
+BACKWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")
                      for i, shape in enumerate([SHAPES[1], SHAPES[3], SHAPES[5], CAUSAL[2], CAUSAL[3], MASKS[1],
                                                 MASKS[2], MASKS[3], MASKS[7], MASKS[9]])]

@@ -3,7 +3,8 @@
     problems(caps)  ->  Problem with B, H (a multiple of Hkv), N, M in 1..max_len (mostly not multiples
                         of 16), D and Dv (odd sizes included), causal alignment, mask kind, scale,
                         dtype, layout, input distribution and seed; within the shape constraints
-                        the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima)
+                        the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima);
+                        and a list of the modifications the capabilities declare (`modification_lists`)
 
 Drawing within a backend's declared `Capabilities` keeps rejections rare (a
 filter on `why_not` alone would throw most draws away for narrow backends);
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from attnbench.implementations import Capabilities
 from attnbench.problem import DTYPES, LAYOUTS, MASK_FORMS, Problem
+from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 
 # Sizes kernel authors get wrong: 1, just around a tile (15, 17, 63, 65), odd (59, 111), plus any size.
 _SPECIAL_LENGTHS = (1, 2, 15, 17, 31, 63, 65, 97, 113, 129, 200)
@@ -45,6 +47,31 @@ def head_dims(lo: int, hi: int, choices: tuple[int, ...] | None = None) -> st.Se
     return st.one_of(st.sampled_from(special), st.integers(lo, hi))
 
 
+# Window sides: unbounded, 0 (causal-like), and both sides of tile edges (a window edge on a tile boundary is
+# where tile-skipping kernels go wrong), plus any width.
+_WINDOW_SIDES = (-1, 0, 1, 15, 16, 17, 31, 32, 63, 64, 65, 127, 128)
+
+
+def windows() -> st.SearchStrategy[Window]:
+    side = st.one_of(st.sampled_from(_WINDOW_SIDES), st.integers(0, 200))
+    return st.builds(Window, side, side)
+
+
+def modification_lists(supported: tuple[str, ...]) -> st.SearchStrategy[tuple]:
+    """An ordered tuple of distinct modifications among `supported` keys (often empty): softcap and ALiBi in
+    either order (order matters for them), the window and sinks anywhere (they commute with everything)."""
+    makers = {"window": windows(),
+              "softcap": st.builds(Softcap, st.sampled_from((1.0, 5.0, 30.0))),
+              "alibi": st.builds(Alibi, st.sampled_from(("head", "batch"))),
+              "sinks": st.just(Sinks())}
+    choices = [makers[k] for k in supported if k in makers]
+    if not choices:
+        return st.just(())
+    some = st.lists(st.sampled_from(range(len(choices))), unique=True, max_size=len(choices)).flatmap(
+        lambda picks: st.tuples(*(choices[i] for i in picks)))
+    return st.one_of(st.just(()), some)
+
+
 @st.composite
 def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_head_dim: int = 160,
              inputs: tuple[str, ...] = PROPERTY_INPUTS, masks: tuple[str | None, ...] | None = None) -> Problem:
@@ -65,10 +92,11 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     mask = draw(st.sampled_from(kinds))
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
+    mods = draw(modification_lists(caps.mods))
     return Problem(
         B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
         scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),
         inputs=draw(st.sampled_from(inputs)),
         layout=draw(st.sampled_from(LAYOUTS if caps.strided else ("contiguous",))),
-        seed=draw(st.integers(0, 2**16)),
+        seed=draw(st.integers(0, 2**16)), mods=mods,
     )

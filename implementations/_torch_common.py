@@ -87,11 +87,12 @@ class TorchBackend(Backend):
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
         q, k, v, mask = to_tensors(inputs, problem, device)
-        causal, scale = problem.causal, problem.scale
+        causal, scale, mods = problem.causal, problem.scale, self.modifications(inputs, device)
 
         def run():
             with torch.no_grad():
-                return self.attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)
+                return self.attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse,
+                                      **mods)
 
         run.native_inputs = (q, k, v)       # the check compares them with pristine copies after the call
         return run
@@ -100,14 +101,24 @@ class TorchBackend(Backend):
                          device: str = "cpu") -> Callable[[], Any]:
         q, k, v, mask = to_tensors(inputs, problem, device, requires_grad=True)
         g = torch.from_numpy(grad_out).to(device=device, dtype=torch_dtype(problem.dtype))
-        causal, scale = problem.causal, problem.scale
+        causal, scale, mods = problem.causal, problem.scale, self.modifications(inputs, device)
 
         def run():
-            out = self.attention(q, k, v, mask=mask, causal=causal, scale=scale)
+            out = self.attention(q, k, v, mask=mask, causal=causal, scale=scale, **mods)
             return torch.autograd.grad(out, (q, k, v), g)
 
         run.native_inputs = (q, k, v)
         return run
+
+    def modifications(self, inputs: Inputs, device: str) -> dict:
+        """Keyword arguments carrying the problem's modifications to `attention` ({} without any, so a backend
+        that declares none keeps its signature): `mods`, converted once here, outside the timed call. A backend
+        whose `attention` wants another form overrides this."""
+        if not inputs.mods:
+            return {}
+        from .torch_mods import convert
+
+        return {"mods": convert(inputs.mods, device)}
 
     def to_numpy(self, value) -> np.ndarray:
         return value.detach().to(device="cpu", dtype=torch.float64).numpy()

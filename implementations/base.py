@@ -28,8 +28,19 @@ ALL_MASKS = ("bool", "bias")
 
 
 def has_empty_rows(p: Problem) -> bool:
-    """Whether some query row of `p` sees no key: a fully masked row, or bottom_right causal with N > M."""
-    return p.mask == "fully_masked" or (p.causal == "bottom_right" and p.N > p.M)
+    """Whether some query row of `p` sees no key: a fully masked row, bottom_right causal with N > M, or a
+    window (with causal) that holds no key for the first or last query."""
+    if p.mask == "fully_masked" or (p.causal == "bottom_right" and p.N > p.M):
+        return True
+    from attnbench.reference import causal_offset
+    from attnbench.reference.mods import visible_range
+
+    for i in (0, p.N - 1):
+        first, last = visible_range(p.mods, i, i, p.N, p.M)
+        last = last if p.causal is None else min(last, i + causal_offset(p.causal, p.N, p.M))
+        if first > last:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class Capabilities:
     max_seq_by_dtype: ((dtype, largest N or M), ...) where the limit depends on the dtype.
     precision: ((dtype, Precision), ...): how it computes per input dtype (`attnbench.precision`); a dtype
         declared here is held to the bound its model implies, on top of the two budget conditions.
+    mods: the modifications it computes natively, by key (`attnbench.reference.mods.MODS`: "window",
+        "softcap", "alibi", "sinks"); a problem with any other is a skip with its reason.
     """
 
     dtypes: tuple[str, ...] = DTYPES
@@ -72,6 +85,7 @@ class Capabilities:
     head_dim_choices: tuple[int, ...] | None = None
     same_length: bool = False
     max_seq_by_dtype: tuple[tuple[str, int], ...] = ()
+    mods: tuple[str, ...] = ()
 
     def longest(self, dtype: str) -> int | None:
         """The largest N or M allowed in `dtype` (None: no limit)."""
@@ -104,6 +118,9 @@ class Capabilities:
              f"head dim D={p.D}, Dv={p.Dv} not one of {', '.join(map(str, self.head_dim_choices or ()))}"),
             (self.same_length and p.N != p.M, f"N={p.N} != M={p.M}: N = M only"),
             (need_grad and not self.grad, "no backward (grad) support"),
+            (any(m.key not in self.mods for m in p.mods),
+             f"modification {next((m.label() for m in p.mods if m.key not in self.mods), '')} not supported"
+             f" (has {', '.join(self.mods) or 'none'})"),
             (has_empty_rows(p) and not self.empty_rows, "rows with every key masked (O = 0 expected) not supported"),
         ]
         return next((reason for failed, reason in checks if failed), None)

@@ -11,6 +11,13 @@ once. Grouped-query heads are a reshape of the queries, not a copy of K/V.
 Causal (both alignments) and bool/bias masks are sliced per key tile; rows
 that see no key give O = 0 and lse = -inf, like the reference.
 
+Modifications (`torch_mods`: window, softcap, ALiBi, sinks) apply per tile in
+the work dtype. With a sliding window the queries are processed in tiles of
+BLOCK_N too, and each query tile visits only the key tiles its window reaches
+(tile skipping, as FlashAttention's local kernel does): time grows like
+N · (window + tile), not N · M. A sink starts each row's state at (m, l) =
+(sink, 1), one more term of the denominator with value 0.
+
 CPU and CUDA, every dtype, lse, and a backward (a torch.autograd.Function)
 that is blockwise too, so it also holds O(N) memory: P is recomputed per key
 tile from the saved lse, dS = P * (dP - delta). delta = rowsum(P * dP) is
@@ -27,11 +34,14 @@ import torch
 from ._torch_common import TorchBackend
 from attnbench.precision import FLOAT32_INTERNAL, for_half
 
+from . import torch_mods
 from .base import Capabilities
 from .masks import causal_offset, grouped_mask
 from .registry import register
 
 BLOCK_M = 128
+BLOCK_N = 256          # query tile under a sliding window (one tile of all N otherwise)
+NO_MODS = torch_mods.TorchMods()
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,28 +61,45 @@ def tile_keep(mask, causal, n: int, cols: slice, offset: int, device):
     return keep
 
 
-def key_tiles(n: int, m: int, causal, block_m: int) -> list[slice]:
-    """Key tiles (slices of M) that at least one query may see: causal drops the tiles right of the diagonal."""
-    last = m - 1 if causal is None else min(m - 1, n - 1 + causal_offset(causal, n, m))
-    return [slice(start, min(start + block_m, m)) for start in range(0, last + 1, block_m)]
+def key_tiles(n: int, m: int, causal, block_m: int, rows: slice | None = None, mods=NO_MODS) -> list[slice]:
+    """Key tiles (slices of M) that at least one query of `rows` (default all) may see: causal drops the tiles
+    right of the diagonal, a window those outside it. Tiles are aligned to multiples of block_m."""
+    rows = rows or slice(0, n)
+    first, last = torch_mods.key_range(mods, rows.start, rows.stop - 1, n, m)
+    if causal is not None:
+        last = min(last, rows.stop - 1 + causal_offset(causal, n, m))
+    return [slice(start, min(start + block_m, m)) for start in range(first // block_m * block_m, last + 1, block_m)]
 
 
-def tile_scores(qg, k, v, mask, causal, cols: slice, work):
-    """Scaled, masked scores (B, Hkv, G, N, bm) of one key tile, and its K (B, Hkv, 1, bm, D), V (.., bm, Dv).
+def query_tiles(n: int, mods) -> list[slice]:
+    """Query tiles: BLOCK_N rows each under a window (so key tiles can be skipped per query tile), else one."""
+    step = BLOCK_N if mods.window is not None else n
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
-    qg: queries (B, Hkv, G, N, D) already multiplied by the scale, in the work dtype.
+
+def tile_scores(qg, k, v, mask, causal, rows: slice, cols: slice, work, n: int, mods=NO_MODS):
+    """Scaled, modified, masked scores (B, Hkv, G, R, bm) of query tile `rows` against one key tile, its
+    K (B, Hkv, 1, bm, D), V (.., bm, Dv), and d S / d (scaled scores) where a softcap makes it not 1 (else None).
+
+    qg: the tile's queries (B, Hkv, G, R, D) already multiplied by the scale, in the work dtype; n: all N.
     mask: None, bool or float (B|1, Hkv|1, G|1, N|1, M).
     """
-    N, M = qg.shape[3], k.shape[2]
+    M = k.shape[2]
     kt = k[:, :, cols].to(work).unsqueeze(2)
     vt = v[:, :, cols].to(work).unsqueeze(2)
     s = qg @ kt.transpose(-1, -2)
+    factor = None
+    if not mods.empty:
+        s, factor = torch_mods.scores(s, mods, torch.arange(rows.start, rows.stop, device=qg.device),
+                                      torch.arange(cols.start, cols.stop, device=qg.device), n, M, with_grad=True)
+    mask = None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., rows, :])
     if mask is not None and mask.dtype != torch.bool:
         s = s + mask[..., cols].to(work)
-    keep = tile_keep(mask, causal, N, cols, causal_offset(causal, N, M), qg.device)
+    keep = tile_keep(mask, causal, rows.stop - rows.start, cols, causal_offset(causal, n, M) + rows.start,
+                     qg.device)
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))
-    return s, kt, vt
+    return s, kt, vt, factor
 
 
 def grouped(q, k, mask, scale):
@@ -82,55 +109,73 @@ def grouped(q, k, mask, scale):
     return qg, grouped_mask(mask, k.shape[1], H // k.shape[1])
 
 
-def blockwise_forward(q, k, v, *, mask, causal, scale, block_m: int = BLOCK_M):
+def initial_state(qg, mods, dv: int):
+    """(m, l, acc) a tile of grouped queries qg (B, Hkv, G, R, D) starts from: (-inf, 0, 0), or (sink, 1, 0)."""
+    m_i = torch.full(qg.shape[:-1], float("-inf"), dtype=qg.dtype, device=qg.device)    # (B, Hkv, G, R)
+    l_i = torch.zeros_like(m_i)
+    sink = torch_mods.sink_logits(mods, qg.shape[1], qg.dtype)
+    if sink is not None:
+        m_i, l_i = sink.expand_as(m_i).clone(), torch.ones_like(l_i)
+    return m_i, l_i, torch.zeros((*qg.shape[:-1], dv), dtype=qg.dtype, device=qg.device)
+
+
+def blockwise_forward(q, k, v, *, mask, causal, scale, block_m: int = BLOCK_M, mods=NO_MODS):
     """O (B, H, N, Dv) in q's dtype and lse (B, H, N) in the work dtype, for q (B, H, N, D), k (B, Hkv, M, D),
     v (B, Hkv, M, Dv); mask None, bool (True = attend) or a float bias, rank 4 broadcastable to (B, H, N, M)."""
     B, H, N, D = q.shape
     M, Dv = k.shape[2], v.shape[3]
-    qg, mask = grouped(q, k, mask, scale)
-    m_i = torch.full(qg.shape[:-1], float("-inf"), dtype=qg.dtype, device=q.device)    # (B, Hkv, G, N)
-    l_i = torch.zeros_like(m_i)
-    acc = torch.zeros((*qg.shape[:-1], Dv), dtype=qg.dtype, device=q.device)         # (B, Hkv, G, N, Dv)
-    for cols in key_tiles(N, M, causal, block_m):
-        s, _, vt = tile_scores(qg, k, v, mask, causal, cols, qg.dtype)
-        m_new = torch.maximum(m_i, s.amax(dim=-1))
-        shift = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)  # nothing seen yet
-        p = torch.exp(s - shift[..., None])
-        alpha = torch.exp(m_i - shift)
-        l_i = alpha * l_i + p.sum(dim=-1)
-        acc = alpha[..., None] * acc + p @ vt
-        m_i = m_new
-    empty = l_i == 0                                                          # saw no key; NaN rows are not empty
-    l_safe = torch.where(empty, torch.ones_like(l_i), l_i)
-    out = (acc / l_safe[..., None]).reshape(B, H, N, Dv).to(q.dtype)          # empty rows: acc is 0
-    lse = torch.where(empty, torch.full_like(m_i, float("-inf")), m_i + torch.log(l_safe))
-    return out, lse.reshape(B, H, N)
+    qg_all, mask = grouped(q, k, mask, scale)
+    outs, lses = [], []
+    for rows in query_tiles(N, mods):
+        qg = qg_all[..., rows, :]
+        m_i, l_i, acc = initial_state(qg, mods, Dv)
+        for cols in key_tiles(N, M, causal, block_m, rows, mods):
+            s, _, vt, _ = tile_scores(qg, k, v, mask, causal, rows, cols, qg.dtype, N, mods)
+            m_new = torch.maximum(m_i, s.amax(dim=-1))
+            shift = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)  # nothing seen yet
+            p = torch.exp(s - shift[..., None])
+            alpha = torch.exp(m_i - shift)
+            l_i = alpha * l_i + p.sum(dim=-1)
+            acc = alpha[..., None] * acc + p @ vt
+            m_i = m_new
+        empty = l_i == 0                                                      # saw no key; NaN rows are not empty
+        l_safe = torch.where(empty, torch.ones_like(l_i), l_i)
+        outs.append(acc / l_safe[..., None])                                  # empty rows: acc is 0
+        lses.append(torch.where(empty, torch.full_like(m_i, float("-inf")), m_i + torch.log(l_safe)))
+    out = torch.cat(outs, dim=3).reshape(B, H, N, Dv).to(q.dtype)
+    return out, torch.cat(lses, dim=3).reshape(B, H, N)
 
 
-def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int = BLOCK_M):
-    """(dQ, dK, dV) shaped like q, k, v from lse (B, H, N) and dO (B, H, N, Dv), one key tile at a time."""
+def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int = BLOCK_M, mods=NO_MODS):
+    """(dQ, dK, dV) shaped like q, k, v from lse (B, H, N) and dO (B, H, N, Dv), one key tile at a time (and one
+    query tile at a time under a window). The softcap's derivative 1 - tanh^2 scales dS per tile."""
     B, H, N, D = q.shape
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
-    qg, mask = grouped(q, k, mask, scale)
-    do = d_out.to(qg.dtype).reshape(B, Hkv, H // Hkv, N, Dv)
-    lse = lse.to(qg.dtype).reshape(qg.shape[:-1])
-    lse = torch.where(lse == float("-inf"), torch.full_like(lse, float("inf")), lse)  # rows that saw no key: P = 0
-    tiles = key_tiles(N, M, causal, block_m)
+    qg_all, mask = grouped(q, k, mask, scale)
+    do_all = d_out.to(qg_all.dtype).reshape(B, Hkv, H // Hkv, N, Dv)
+    lse_all = lse.to(qg_all.dtype).reshape(qg_all.shape[:-1])
+    lse_all = torch.where(lse_all == float("-inf"), torch.full_like(lse_all, float("inf")), lse_all)  # P = 0
+    dq = torch.zeros_like(qg_all)
+    dk = torch.zeros((B, Hkv, M, D), dtype=qg_all.dtype, device=q.device)
+    dv = torch.zeros((B, Hkv, M, Dv), dtype=qg_all.dtype, device=q.device)
+    for rows in query_tiles(N, mods):
+        qg, do, lse_t = qg_all[..., rows, :], do_all[..., rows, :], lse_all[..., rows]
+        tiles = key_tiles(N, M, causal, block_m, rows, mods)
 
-    def recompute(cols):
-        s, kt, vt = tile_scores(qg, k, v, mask, causal, cols, qg.dtype)
-        return torch.exp(s - lse[..., None]), do @ vt.transpose(-1, -2), kt       # P, dP (B, Hkv, G, N, bm), K
+        def recompute(cols):
+            s, kt, vt, factor = tile_scores(qg, k, v, mask, causal, rows, cols, qg.dtype, N, mods)
+            # P, dP (B, Hkv, G, R, bm), K, and the softcap's derivative (None without one)
+            return torch.exp(s - lse_t[..., None]), do @ vt.transpose(-1, -2), kt, factor
 
-    delta = sum((p * dp).sum(dim=-1) for p, dp, _ in map(recompute, tiles))       # (B, Hkv, G, N)
-    dq = torch.zeros_like(qg)
-    dk = torch.zeros((B, Hkv, M, D), dtype=qg.dtype, device=q.device)
-    dv = torch.zeros((B, Hkv, M, Dv), dtype=qg.dtype, device=q.device)
-    for cols in tiles:
-        p, dp, kt = recompute(cols)
-        ds = p * (dp - delta[..., None])
-        dq += ds @ kt
-        dk[:, :, cols] = (ds.transpose(-1, -2) @ qg).sum(dim=2)                 # qg carries the scale
-        dv[:, :, cols] = (p.transpose(-1, -2) @ do).sum(dim=2)                 # GQA: summed over the group
+        delta = sum((p * dp).sum(dim=-1) for p, dp, _, _ in map(recompute, tiles))   # (B, Hkv, G, R)
+        for cols in tiles:
+            p, dp, kt, factor = recompute(cols)
+            ds = p * (dp - delta[..., None])
+            if factor is not None:                     # through the softcap: d(cap tanh(x / cap))/dx = 1 - tanh^2
+                ds = ds * factor
+            dq[..., rows, :] += ds @ kt
+            dk[:, :, cols] += (ds.transpose(-1, -2) @ qg).sum(dim=2)               # qg carries the scale
+            dv[:, :, cols] += (p.transpose(-1, -2) @ do).sum(dim=2)               # GQA: summed over the group
     return (dq.reshape(B, H, N, D) * scale).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -138,24 +183,24 @@ class BlockwiseAttention(torch.autograd.Function):
     """O, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale); lse and the mask get no gradient."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, causal, scale):
-        out, lse = blockwise_forward(q, k, v, mask=mask, causal=causal, scale=scale)
+    def forward(ctx, q, k, v, mask, causal, scale, mods=NO_MODS):
+        out, lse = blockwise_forward(q, k, v, mask=mask, causal=causal, scale=scale, mods=mods)
         ctx.save_for_backward(q, k, v, mask, lse)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.mods = causal, scale, mods
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, d_out, _d_lse):
         q, k, v, mask, lse = ctx.saved_tensors
-        grads = blockwise_backward(q, k, v, mask, lse, d_out, causal=ctx.causal, scale=ctx.scale)
-        return (*grads, None, None, None)
+        grads = blockwise_backward(q, k, v, mask, lse, d_out, causal=ctx.causal, scale=ctx.scale, mods=ctx.mods)
+        return (*grads, None, None, None, None)
 
 
-def blockwise_attention(q, k, v, *, mask, causal, scale, return_lse=False):
+def blockwise_attention(q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):
     """O (B, H, N, Dv) [and lse (B, H, N)] for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    out, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale)
+    out, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale, mods)
     return (out, lse) if return_lse else out
 
 
@@ -167,7 +212,8 @@ class TorchBlockwise(TorchBackend):
     devices = ("cpu", "cuda")
     # Half inputs: scores, statistics and both passes in float32, the result rounded once (measured:
     # reports/precision/; every conformance check holds it to the claim).
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL))
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=torch_mods.SUPPORTED)
 
-    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
-        return blockwise_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse)
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):
+        return blockwise_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse,
+                                   mods=mods)

@@ -3,10 +3,13 @@
 Shape letters: B batch, H query heads, Hkv key/value heads (H a multiple of
 Hkv; Hkv == 1 is multi-query), N queries, M keys, D query/key dim, Dv value dim.
 
-    S = scale * Q K^T + bias        (B, H, N, M)   bias: mask (0 / -inf) or float bias, plus causal
-    P = softmax(S) over keys        (B, H, N, M)   the attention pattern
+    S = mods(scale * Q K^T) + bias  (B, H, N, M)   bias: mask (0 / -inf) or float bias, plus causal
+    P = softmax(S) over keys        (B, H, N, M)   the attention pattern (a sink joins the denominator)
     O = P V                         (B, H, N, Dv)
     lse = log sum_m exp(S)          (B, H, N)
+
+`mods`: the modifications (`attnbench.reference.mods`: window, softcap, ALiBi, sinks), bound to their inputs;
+scores come from the one block function (`block.scores`) every reference path shares.
 
 Query head h reads key/value head h // (H / Hkv) (grouped-query attention).
 A query whose every key is masked gets O = 0, P = 0 and lse = -inf.
@@ -16,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import AttentionInputError, as_float64, check_mask, check_qkv, normalize_causal
+from . import block
+from . import mods as modifications
 from .masks import mask_to_bias
 from .softmax import logsumexp, softmax
 
@@ -50,51 +55,73 @@ def prepare_qkv(q, k, v, mask, causal, scale):
     return q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv)
 
 
-def prepare(q, k, v, mask, causal, scale):
-    """Validate and return (q, k, v, bias, scale, dims) in float64, bias broadcastable to (B, Hkv, G, N, M)."""
-    q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
-    bias = bias_grouped(mask_to_bias(mask, causal, N, M), B, H, Hkv, N, M)
-    return q, k, v, bias, scale, (B, H, Hkv, N, M, D, Dv)
+def full_scores(q, k, mask, causal, scale, mods, *, with_grad: bool = False):
+    """Scores (B, Hkv, G, N, M) of every query against every key (`block.scores`), and with_grad the factor
+    d S / d (scale Q K^T) (None: 1)."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    return block.scores(group_queries(q, Hkv), k, np.arange(N), np.arange(M), mask=mask, causal=causal,
+                        mods=mods, N=N, M=M, scale=scale, with_grad=with_grad)
 
 
-def sdpa(q, k, v, *, mask=None, causal=None, scale=None, return_weights=False, return_lse=False):
+def softmax_with_sink(s, sink):
+    """(P (..., R, C), lse (..., R)) of scores s, a sink logit (broadcastable to (..., R)) joining the
+    denominator as one more column whose value is 0 (None: the plain softmax)."""
+    if sink is None:
+        return softmax(s, axis=-1), logsumexp(s, axis=-1)
+    column = np.broadcast_to(np.asarray(sink)[..., None], (*s.shape[:-1], 1))
+    extended = np.concatenate([s, column], axis=-1)
+    return softmax(extended, axis=-1)[..., :-1], logsumexp(extended, axis=-1)
+
+
+def _sink(mods, dims):
+    B, H, Hkv, N, M, D, Dv = dims
+    return modifications.sink_logits(mods, block.block_of(np.arange(N), np.arange(0), N, M, H, Hkv))
+
+
+def sdpa(q, k, v, *, mask=None, causal=None, scale=None, mods=(), return_weights=False, return_lse=False):
     """O (B, H, N, Dv) for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv).
 
     mask: bool broadcastable to (B, H, N, M), True = attend, or a float additive bias.
     causal: None, True (= "top_left"), "top_left" or "bottom_right" (see `masks`).
     scale: multiplies Q K^T; default 1 / sqrt(D).
+    mods: modifications bound to their inputs (`attnbench.reference.mods`), applied in order.
     Returns O, or a tuple (O, P (B, H, N, M)?, lse (B, H, N)?) for what was asked.
     """
-    q, k, v, bias, scale, _ = prepare(q, k, v, mask, causal, scale)
-    qg = group_queries(q, k.shape[1])                                      # (B, Hkv, G, N, D)
-    s = scale * np.einsum("bkgnd,bkmd->bkgnm", qg, k) + bias               # (B, Hkv, G, N, M)
-    p = softmax(s, axis=-1)
+    q, k, v, mask, causal, scale, dims = prepare_qkv(q, k, v, mask, causal, scale)
+    mods = modifications.check(mods)
+    p, lse = softmax_with_sink(full_scores(q, k, mask, causal, scale, mods), _sink(mods, dims))
     out = ungroup(np.einsum("bkgnm,bkme->bkgne", p, v))                    # (B, H, N, Dv)
     extras = []
     if return_weights:
         extras.append(ungroup(p))
     if return_lse:
-        extras.append(ungroup(logsumexp(s, axis=-1)))
+        extras.append(ungroup(lse))
     return (out, *extras) if extras else out
 
 
-def sdpa_backward(q, k, v, grad_out, *, mask=None, causal=None, scale=None):
+def sdpa_backward(q, k, v, grad_out, *, mask=None, causal=None, scale=None, mods=()):
     """(dQ, dK, dV) of sum(O * grad_out), grad_out (B, H, N, Dv); GQA grads summed into Hkv heads.
 
         dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O)),
-        dQ = scale dS K,   dK = scale dS^T Q
-    Fully masked rows have P = 0 and so contribute nothing.
+        dQ = scale (dS f') K,   dK = scale (dS f')^T Q
+    with f' the derivative of the score modifications (softcap; 1 without). A sink adds a column of value 0 to
+    the softmax: it changes P and O, and dS of the real keys keeps this form. Fully masked rows have P = 0.
     """
-    q, k, v, bias, scale, (B, H, Hkv, N, M, D, Dv) = prepare(q, k, v, mask, causal, scale)
+    q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
+    mods = modifications.check(mods)
     g = as_float64("grad_out", grad_out, rank=4)
     if g.shape != (B, H, N, Dv):
         raise AttentionInputError(f"grad_out: expected shape {(B, H, N, Dv)}, got {g.shape}")
     qg, gg = group_queries(q, Hkv), group_queries(g, Hkv)                   # (B, Hkv, G, N, .)
-    p = softmax(scale * np.einsum("bkgnd,bkmd->bkgnm", qg, k) + bias, axis=-1)
+    s, factor = full_scores(q, k, mask, causal, scale, mods, with_grad=True)
+    p, _ = softmax_with_sink(s, _sink(mods, (B, H, Hkv, N, M, D, Dv)))
     out = np.einsum("bkgnm,bkme->bkgne", p, v)
     dv = np.einsum("bkgnm,bkgne->bkme", p, gg)                             # (B, Hkv, M, Dv)
     dp = np.einsum("bkgne,bkme->bkgnm", gg, v)
     ds = p * (dp - np.sum(gg * out, axis=-1, keepdims=True))
+    if factor is not None:
+        ds = ds * np.where(p > 0, factor, 0.0)                             # hidden keys: P = 0, factor unused
     dq = ungroup(scale * np.einsum("bkgnm,bkmd->bkgnd", ds, k))            # (B, H, N, D)
     dk = scale * np.einsum("bkgnm,bkgnd->bkmd", ds, qg)                     # (B, Hkv, M, D)
     return dq, dk, dv

@@ -42,8 +42,8 @@ class ScaleTwice(BlockwiseTwin):
 class ScaleAfterSoftmax(BlockwiseTwin):
     """scale_after_softmax: softmax of the unscaled scores, the scale multiplied into the output instead."""
 
-    def scores(self, q, k_tile, bias_tile, scale):
-        return super().scores(q, k_tile, bias_tile, 1.0)
+    def scores(self, q, k_tile, bias_tile, scale, cols=None):
+        return super().scores(q, k_tile, bias_tile, 1.0, cols)
 
     def finish(self, m, l, acc, scale):
         out, lse = super().finish(m, l, acc, scale)
@@ -290,3 +290,61 @@ class LostTileInLargeGrid(BlockwiseTwin):
         lost = torch.zeros(B, H, N, 1, dtype=torch.bool, device=out.device)
         lost[b, h, t * LOST_TILE_ROWS:(t + 1) * LOST_TILE_ROWS] = True
         return out.masked_fill(lost, 0.0), lse
+
+
+# --- modifications (`attnbench.reference.mods`): one class of bug each ---------------------------------------------
+
+class WindowOffByOne(BlockwiseTwin):
+    """window_off_by_one: the window's left edge exclusive (i + M - N - j < left): each query loses its oldest key."""
+
+    def window_keep(self, n, m, window, device):
+        keep = super().window_keep(n, m, window, device)
+        left = window[0]
+        d = torch.arange(n, device=device)[:, None] + m - n - torch.arange(m, device=device)[None, :]
+        return keep & (d != left) if left >= 0 else keep
+
+
+class WindowWrongSide(BlockwiseTwin):
+    """window_wrong_side: left and right swapped (a causal window looks ahead instead of behind)."""
+
+    def window_keep(self, n, m, window, device):
+        return super().window_keep(n, m, window[::-1], device)
+
+
+class WindowTopLeft(BlockwiseTwin):
+    """window_top_left: the window aligned top-left (i - j) where FlashAttention aligns it bottom-right."""
+
+    def window_keep(self, n, m, window, device):
+        keep = super().window_keep(max(n, m), max(n, m), window, device)
+        return keep[:n, :m]
+
+
+class SoftcapBeforeScale(BlockwiseTwin):
+    """softcap_before_scale: scale * cap tanh(q k / cap): the cap applied to the unscaled scores."""
+
+    def scores(self, q, k_tile, bias_tile, scale, cols=None):
+        if cols is None or self.mods.softcap is None:
+            return super().scores(q, k_tile, bias_tile, scale, cols)
+        s = self.softcap(q @ k_tile.transpose(-1, -2), self.mods.softcap) * scale
+        return s if bias_tile is None else s + bias_tile
+
+
+class AlibiHeadsReversed(BlockwiseTwin):
+    """alibi_heads_reversed: ALiBi slopes read in reverse head order."""
+
+    def alibi_slopes(self, slopes):
+        return super().alibi_slopes(slopes.flip(-1))
+
+
+class AlibiFirstBatchSlopes(BlockwiseTwin):
+    """alibi_first_batch_slopes: per-batch ALiBi slopes, batch 0's used for every batch."""
+
+    def alibi_slopes(self, slopes):
+        return super().alibi_slopes(slopes[:1] if slopes.ndim == 2 else slopes)
+
+
+class SinkMissing(BlockwiseTwin):
+    """sink_missing: the sink logit left out of the softmax denominator."""
+
+    def sink_state(self, m, l):
+        return m, l

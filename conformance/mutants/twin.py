@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.implementations import Capabilities
+from attnbench.implementations.torch_mods import SUPPORTED, TorchMods
 from attnbench.precision import FLASH, FLOAT32_INTERNAL, for_half
 from attnbench.implementations._torch_common import TorchBackend
 
@@ -56,7 +57,8 @@ class BlockwiseTwin(TorchBackend):
 
     name = "twin"
     # Half inputs computed in float32 and rounded once: every mutant inherits the claim and is held to it.
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL))
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED)
+    mods = TorchMods()      # the call's modifications, set by `attention` for the steps below
 
     # --- the steps a mutant may override -------------------------------------------------------------------------
 
@@ -80,10 +82,55 @@ class BlockwiseTwin(TorchBackend):
         """Key tiles covering 0..M, the last one partial when KEY_TILE does not divide M."""
         return [slice(j, min(j + KEY_TILE, M)) for j in range(0, M, KEY_TILE)]
 
-    def scores(self, q, k_tile, bias_tile, scale):
-        """S_tile (B, H, N, T) = scale q k^T + bias; bias holds -inf where masked."""
+    def scores(self, q, k_tile, bias_tile, scale, cols=None):
+        """S_tile (B, H, N, T) = mods(scale q k^T) + bias; bias holds -inf where masked (window included)."""
         s = (q @ k_tile.transpose(-1, -2)) * scale
+        if cols is not None:
+            s = self.modify(s, cols)
         return s if bias_tile is None else s + bias_tile
+
+    # --- modifications: each a step a mutant may override --------------------------------------------------------
+
+    def modify(self, s, cols: slice):
+        """The score modifications in the problem's order on scores s (B, H, N, T) of key columns `cols`."""
+        n, m = self.sizes
+        rows = torch.arange(n, device=s.device)
+        for key in self.mods.order:
+            if key == "softcap":
+                s = self.softcap(s, self.mods.softcap)
+            else:
+                s = s + self.alibi_bias(self.mods.alibi.to(s.dtype), rows,
+                                        torch.arange(cols.start, cols.stop, device=s.device), n, m)
+        return s
+
+    def softcap(self, s, cap: float):
+        """cap tanh(s / cap) of the scaled scores."""
+        return cap * torch.tanh(s / cap)
+
+    def alibi_slopes(self, slopes):
+        """Slopes (H,) or (B, H) as (B|1, H, 1, 1)."""
+        per = slopes if slopes.ndim == 2 else slopes[None]
+        return per[..., None, None]
+
+    def alibi_bias(self, slopes, rows, cols, n: int, m: int):
+        """-slope_h |i + M - N - j| (B|1, H, R, T)."""
+        return -self.alibi_slopes(slopes) * (rows[:, None] + m - n - cols[None, :]).abs().to(slopes.dtype)
+
+    def window_keep(self, n: int, m: int, window, device):
+        """Bool (N, M): -right <= i + M - N - j <= left (-1: unbounded)."""
+        left, right = window
+        d = torch.arange(n, device=device)[:, None] + m - n - torch.arange(m, device=device)[None, :]
+        keep = torch.ones(n, m, dtype=torch.bool, device=device)
+        if left >= 0:
+            keep &= d <= left
+        if right >= 0:
+            keep &= d >= -right
+        return keep
+
+    def sink_state(self, m, l):
+        """(m, l) with the sink logits (H,) as one more term of each row's denominator: (sink, 1)."""
+        sinks = self.mods.sinks.to(m.dtype)[None, :, None, None].expand_as(m)
+        return sinks.clone(), torch.ones_like(l)
 
     def online_update(self, m, l, acc, s, v_tile):
         """One tile of the recurrence; m, l (B, H, N, 1), acc (B, H, N, Dv), s (B, H, N, T)."""
@@ -126,6 +173,10 @@ class BlockwiseTwin(TorchBackend):
             c = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(~self.causal_keep(N, M, causal, device),
                                                                           NEG_INF)
             bias = c if bias is None else bias + c
+        if self.mods.window is not None:
+            w = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(
+                ~self.window_keep(N, M, self.mods.window, device), NEG_INF)
+            bias = w if bias is None else bias + w
         return bias
 
     def blockwise(self, q, k, v, *, mask, causal, scale):
@@ -140,17 +191,22 @@ class BlockwiseTwin(TorchBackend):
         # first sums the group's half-precision gradients, more roundings than the twin's claim allows).
         q, k, v = q.to(acc_dtype), k.to(acc_dtype)[:, heads], v.to(acc_dtype)[:, heads]  # k, v: (B, H, M, .)
         scale = self.effective_scale(D, scale)
+        self.sizes = (N, M)
         bias = self.bias(mask, causal, B, N, M, acc_dtype, q.device)
         m = torch.full((B, H, N, 1), NEG_INF, dtype=acc_dtype, device=q.device)
         l = torch.zeros_like(m)
+        if self.mods.sinks is not None:
+            m, l = self.sink_state(m, l)
         acc = torch.zeros(B, H, N, Dv, dtype=acc_dtype, device=q.device)
         for cols in self.tile_order(self.key_tiles(M)):
-            s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale)
+            s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale,
+                            cols if self.mods.order else None)
             m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
         out, lse = self.finish(m, l, acc, scale)
         return self.round_output(out, io_dtype), lse
 
-    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=TorchMods()):
+        self.mods = mods
         options = dict(mask=mask, causal=causal, scale=scale)
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
             return _RecordedGrad.apply(q, k, v, self, options)

@@ -1,0 +1,106 @@
+"""Modifications on torch tensors, for the torch backends (torch_eager, torch_blockwise): their own code, not the
+reference's, so a backend is never its own yardstick. Conventions as in `attnbench.reference.mods` (cited there):
+
+    window (left, right)  key j visible from query i iff -right <= i + M - N - j <= left (-1: unbounded)
+    softcap cap           cap * tanh(s / cap) on the scaled scores
+    alibi slopes          s - slope_h |i + M - N - j|, slopes (H,) or (B, H) float32, applied in the scores' dtype
+    sinks logits          one more term exp(sink_h) in each row's denominator
+
+`convert` turns a problem's bound modifications into `TorchMods` once (in `prepare`, outside the timed call);
+`scores` applies them to a block of grouped scores (B, Hkv, G, R, C) given its query rows and key columns.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED = ("window", "softcap", "alibi", "sinks")
+
+
+@dataclass(frozen=True)
+class TorchMods:
+    """What the torch backends need of a problem's modifications (None: absent)."""
+
+    window: tuple[int, int] | None = None
+    softcap: float | None = None
+    alibi: torch.Tensor | None = None      # (H,) or (B, H) float32
+    sinks: torch.Tensor | None = None      # (H,) float32
+    order: tuple[str, ...] = ()            # score modifications in the problem's order
+
+    @property
+    def empty(self) -> bool:
+        return self.window is None and self.softcap is None and self.alibi is None and self.sinks is None
+
+
+def convert(mods, device) -> TorchMods:
+    """The reference modifications `mods` (bound) as a `TorchMods` on `device`."""
+    fields, order = {}, []
+    for m in mods:
+        if m.key == "window":
+            fields["window"] = (m.left, m.right)
+        elif m.key == "softcap":
+            fields["softcap"], _ = float(m.cap), order.append("softcap")
+        elif m.key == "alibi":
+            fields["alibi"], _ = torch.as_tensor(m.slopes, dtype=torch.float32, device=device), order.append("alibi")
+        elif m.key == "sinks":
+            fields["sinks"] = torch.as_tensor(m.logits, dtype=torch.float32, device=device)
+        else:
+            raise ValueError(f"torch backends: modification {m.key!r} not implemented")
+    return TorchMods(**fields, order=tuple(order))
+
+
+def _per_head(values: torch.Tensor, hkv: int) -> torch.Tensor:
+    """(H,) or (B, H) -> (B|1, Hkv, G, 1, 1), query head h at [h // G, h % G]."""
+    v = values if values.ndim == 2 else values[None]
+    return v.reshape(v.shape[0], hkv, v.shape[1] // hkv, 1, 1)
+
+
+def distance(rows: torch.Tensor, cols: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """(R, C) i + M - N - j."""
+    return rows[:, None] + (m - n) - cols[None, :]
+
+
+def window_keep(rows: torch.Tensor, cols: torch.Tensor, n: int, m: int, window) -> torch.Tensor | None:
+    if window is None:
+        return None
+    left, right = window
+    d = distance(rows, cols, n, m)
+    keep = torch.ones_like(d, dtype=torch.bool)
+    if left >= 0:
+        keep &= d <= left
+    if right >= 0:
+        keep &= d >= -right
+    return keep
+
+
+def scores(s: torch.Tensor, mods: TorchMods, rows: torch.Tensor, cols: torch.Tensor, n: int, m: int, *,
+           with_grad: bool = False):
+    """Grouped scaled scores s (B, Hkv, G, R, C) after softcap / ALiBi (in order) and the window (last); with_grad
+    also d(result) / d s (None: 1), for a hand-written backward: the softcap's 1 - tanh^2 at its own input."""
+    factor = None
+    for key in mods.order:
+        if key == "softcap":
+            t = torch.tanh(s / mods.softcap)
+            factor = 1 - t * t if with_grad else None
+            s = mods.softcap * t
+        else:       # in the scores' dtype: float32 for half inputs (as FlashAttention), float64 for float64
+            s = s - _per_head(mods.alibi, s.shape[1]).to(s.dtype) * distance(rows, cols, n, m).abs().to(s.dtype)
+    keep = window_keep(rows, cols, n, m, mods.window)
+    s = s if keep is None else s.masked_fill(~keep, float("-inf"))
+    return (s, factor) if with_grad else s
+
+
+def sink_logits(mods: TorchMods, hkv: int, dtype) -> torch.Tensor | None:
+    """(1, Hkv, G, 1) sink logits in `dtype`, or None."""
+    return None if mods.sinks is None else _per_head(mods.sinks, hkv)[..., 0].to(dtype)
+
+
+def key_range(mods: TorchMods, lo: int, hi: int, n: int, m: int) -> tuple[int, int]:
+    """Inclusive key columns queries lo..hi can see under the window (tile skipping)."""
+    if mods.window is None:
+        return 0, m - 1
+    left, right = mods.window
+    first = 0 if left < 0 else max(0, lo + m - n - left)
+    last = m - 1 if right < 0 else min(m - 1, hi + m - n + right)
+    return first, last

@@ -1,0 +1,94 @@
+"""The one block function: scores of query rows against key columns, with the mask, causal and modifications.
+
+Every float64 path (`sdpa`, `sdpa_backward`, `sdpa_rows`, `sdpa_backward_rows`, `blockwise_sdpa`) and the
+error budget's row statistics compute scores here, and every softmax state starts from `initial_state`, so
+they agree on every input, NaN and -inf included:
+
+    S = mods(scale Q K^T) + bias(mask) - inf where causal, a masking modification or a bool mask hides the key
+
+Score modifications (softcap, ALiBi) apply in the problem's order to the scaled scores; a float bias mask adds
+after them; every mask (bool, causal, window, ...) applies last (see `mods.base`). Sinks join the softmax's
+denominator through `initial_state`, not the scores.
+
+Shape letters: B batch, H query heads, Hkv key/value heads, G = H / Hkv, N, M, D, Dv, R rows, C columns.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import mods as modifications
+from .masks import causal_offset
+
+
+def _index(x: np.ndarray, axis: int, idx: np.ndarray) -> np.ndarray:
+    """Rows/cols `idx` of `x` along `axis`, or `x` unchanged where that axis is broadcast (size 1)."""
+    return x if x.shape[axis] == 1 else np.take(x, idx, axis=axis)
+
+
+def bias_rows(mask, causal, rows, cols, N: int, M: int):
+    """Additive float64 bias (B|1, H|1, R, C) of query rows `rows` (R,) and keys `cols` (C,), or 0.0.
+
+    mask: None, bool (True = attend) or a float bias, broadcastable to (B, H, N, M).
+    causal: None, "top_left" or "bottom_right".
+    """
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    bias: np.ndarray | float = 0.0
+    if mask is not None:
+        m = np.asarray(mask)
+        m = m.reshape((1,) * (4 - m.ndim) + m.shape)                         # (B|1, H|1, N|1, M|1)
+        m = _index(_index(m, 2, rows), 3, cols)
+        bias = np.where(m, 0.0, -np.inf) if m.dtype == np.bool_ else m.astype(np.float64)
+    if causal is not None:
+        keep = cols[None, :] <= rows[:, None] + causal_offset(causal, N, M)   # (R, C)
+        bias = bias + np.where(keep, 0.0, -np.inf)
+    return bias
+
+
+def grouped(bias, Hkv: int, G: int):
+    """A bias (b, h, R, C) with h in {1, H} as (b, Hkv|1, G|1, R, C), matching grouped queries."""
+    if np.ndim(bias) == 0:
+        return bias
+    bias = np.asarray(bias)
+    if bias.ndim < 4:
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    b, h = bias.shape[:2]
+    return bias.reshape(b, Hkv, G, *bias.shape[2:]) if h != 1 else bias[:, :, None]
+
+
+def block_of(rows, cols, N: int, M: int, H: int, Hkv: int) -> modifications.Block:
+    return modifications.Block(np.asarray(rows), np.asarray(cols), N, M, H, Hkv)
+
+
+def scores(qg, k, rows, cols, *, mask, causal, mods, N: int, M: int, scale: float, with_grad: bool = False):
+    """Final scores (B, Hkv, G, R, C) of grouped query rows qg (B, Hkv, G, R, D) against keys `cols` of
+    k (B, Hkv, M, D); with_grad also returns d S / d (scale Q K^T) (None: 1, no nonlinear modification)."""
+    Hkv, G = qg.shape[1], qg.shape[2]
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    raw = scale * (qg @ k[:, :, None, cols].swapaxes(-1, -2))
+    block = block_of(rows, cols, N, M, Hkv * G, Hkv)
+    s, factor = modifications.apply(raw, mods, block, with_grad=True)
+    s = s + grouped(bias_rows(mask, causal, rows, cols, N, M), Hkv, G)
+    return (s, factor) if with_grad else s
+
+
+def magnitude(qg, k, rows, cols, *, mask, causal, mods, N: int, M: int, scale: float):
+    """T (B, Hkv, G, R, C) = |scale| sum_d |q_d k_d| + |bias| after the modifications (0 where a key is hidden):
+    the magnitude every score's rounding error is relative to (`attnbench.budget`)."""
+    Hkv, G = qg.shape[1], qg.shape[2]
+    block = block_of(rows, cols, N, M, Hkv * G, Hkv)
+    t = abs(scale) * (np.abs(qg) @ np.abs(k[:, :, None, cols]).swapaxes(-1, -2))
+    t = modifications.magnitude(t, mods, block)
+    bias = grouped(bias_rows(mask, causal, rows, cols, N, M), Hkv, G)
+    t = t + np.where(np.isfinite(bias), np.abs(bias), 0.0)
+    keep = modifications.visible(mods, block)
+    visible = np.isfinite(bias) if keep is None else np.isfinite(bias) & keep
+    return np.where(visible, t, 0.0), np.broadcast_to(visible, t.shape)
+
+
+def initial_state(mods, rows, shape, N: int, M: int, H: int, Hkv: int):
+    """(m, l) the online softmax of rows (shape (B, Hkv, G, R)) starts from: (-inf, 0), or with a sink logit
+    (sink, 1): the sink is one more term exp(sink - m) of the denominator, with value 0."""
+    sink = modifications.sink_logits(mods, block_of(rows, np.arange(0), N, M, H, Hkv))
+    if sink is None:
+        return np.full(shape, -np.inf), np.zeros(shape)
+    return np.broadcast_to(sink, shape).copy(), np.ones(shape)

@@ -1,0 +1,103 @@
+"""Modifications of attention, one module each, and the few functions every path applies them with.
+
+    Window(left, right)   sliding window, bottom-right aligned (window.py)
+    Softcap(cap)          cap · tanh(s / cap) on the scaled scores (softcap.py)
+    Alibi(per)            -slope_h |i + M - N - j| (alibi.py)
+    Sinks()               a per-head logit in every row's denominator (sinks.py)
+
+`MODS` maps a spec key to its class: adding a modification is its module and one line here. The reference's
+block function (`attnbench.reference.block`) is the only place scores meet them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from attnbench.reference._checks import AttentionInputError
+
+from .alibi import Alibi
+from .base import Block, Modification, edges
+from .sinks import Sinks
+from .softcap import Softcap
+from .window import Window
+
+MODS: dict[str, type[Modification]] = {cls.key: cls for cls in (Window, Softcap, Alibi, Sinks)}
+
+__all__ = ["MODS", "Alibi", "Block", "Modification", "Sinks", "Softcap", "Window", "apply", "edges",
+           "magnitude", "parse", "sink_logits", "visible_range"]
+
+
+def parse(key: str, raw: str) -> Modification:
+    """The modification a spec item `key=raw` names ("window", "256:0" -> Window(256, 0))."""
+    return MODS[key].parse(raw)
+
+
+def check(mods) -> tuple[Modification, ...]:
+    """`mods` as a tuple of modifications, each kind at most once (two windows are one narrower window)."""
+    mods = tuple(mods or ())
+    for m in mods:
+        if not isinstance(m, Modification):
+            raise AttentionInputError(f"mods: expected modifications ({', '.join(MODS)}), got {m!r}")
+    keys = [m.key for m in mods]
+    if len(set(keys)) != len(keys):
+        raise AttentionInputError(f"mods: each modification at most once, got {', '.join(keys)}")
+    return mods
+
+
+def apply(s, mods, block: Block, xp=np, *, with_grad: bool = False):
+    """Scores after `mods` (score modifications in order, then every mask), and with_grad: also d(result)/d s
+    (None where it is 1 everywhere). s: the scaled scores (..., R, C) of `block`, NumPy or torch (xp)."""
+    factor = None
+    for m in mods:
+        if not m.masks:
+            if with_grad:
+                g = m.score_grad(s, block, xp)
+                factor = g if factor is None else (factor * g if g is not None else factor)
+            s = m.score(s, block, xp)
+    keep = visible(mods, block)
+    if keep is not None:
+        keep = keep if xp is np else xp.as_tensor(keep, device=s.device)
+        s = xp.where(keep, s, -np.inf if xp is np else float("-inf"))
+    return (s, factor) if with_grad else s
+
+
+def visible(mods, block: Block):
+    """Bool (R, C) of the pairs every masking modification keeps, or None (all)."""
+    keep = None
+    for m in mods:
+        k = m.keep(block) if m.masks else None
+        if k is not None:
+            keep = k if keep is None else keep & k
+    return keep
+
+
+def sink_logits(mods, block: Block):
+    """(B|1, Hkv, G, 1) float64 sink logits joining each row's denominator, or None."""
+    sinks = [m.sink(block) for m in mods]
+    sinks = [x for x in sinks if x is not None]
+    return sinks[0] if sinks else None
+
+
+def magnitude(t, mods, block: Block):
+    """The score magnitude the error budget is relative to, after every modification."""
+    for m in mods:
+        t = m.magnitude(t, block)
+    return t
+
+
+def extra_roundings(mods) -> int:
+    """Roundings the modifications add to each score in a kernel (budget)."""
+    return sum(m.extra_roundings for m in mods)
+
+
+def visible_range(mods, lo: int, hi: int, N: int, M: int) -> tuple[int, int]:
+    """Inclusive key columns that queries lo..hi may see at most under every masking modification."""
+    first, last = 0, M - 1
+    for m in mods:
+        a, b = m.visible_range(lo, hi, N, M)
+        first, last = max(first, a), min(last, b)
+    return first, last
+
+
+def bind(mods, problem, rng: np.random.Generator) -> tuple[Modification, ...]:
+    """Each modification with its own inputs drawn for `problem`, in order (one rng: deterministic)."""
+    return tuple(m.bind(problem, rng) for m in mods)

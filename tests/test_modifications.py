@@ -1,0 +1,187 @@
+"""The modifications' float64 spec (`attnbench.reference.mods`): each against its published definition written
+out element by element, every reference path agreeing on them (NaN and -inf included), the backward against
+finite differences, and the spec string."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnbench import reference
+from attnbench.problem import Problem, make_inputs
+from attnbench.reference import AttentionInputError
+from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
+from attnbench.reference.mods.alibi import geometric_slopes
+
+
+def _bound(mods, B, H, seed=0):
+    return tuple(m.bind(Problem(B=B, H=H, N=1, D=1), np.random.default_rng(seed)) for m in mods)
+
+
+def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, causal=None):
+    """O (B, H, N, Dv) from the definitions as the kernels' docs state them, one (query, key) at a time: FlashAttention's
+    window [i + M - N - left, i + M - N + right], softcap cap tanh(s / cap) of the scaled score, ALiBi
+    -slope |i + M - N - j| added after it, a sink logit in the denominator. No shared code with the reference."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    out = np.zeros((B, H, N, v.shape[-1]))
+    for b in range(B):
+        for h in range(H):
+            kv = h // (H // Hkv)
+            for i in range(N):
+                logits, values = [], []
+                for j in range(M):
+                    if causal == "bottom_right" and j > i + M - N:
+                        continue
+                    if window is not None:
+                        left, right = window
+                        if (left >= 0 and j < i + M - N - left) or (right >= 0 and j > i + M - N + right):
+                            continue
+                    s = float(q[b, h, i] @ k[b, kv, j]) / np.sqrt(D)
+                    if softcap is not None:
+                        s = softcap * np.tanh(s / softcap)
+                    if slopes is not None:
+                        slope = slopes[b, h] if slopes.ndim == 2 else slopes[h]
+                        s -= slope * abs(i + M - N - j)
+                    logits.append(s)
+                    values.append(v[b, kv, j])
+                denominator_terms = logits + ([sinks[h]] if sinks is not None else [])
+                if not denominator_terms or not logits:
+                    continue
+                top = max(denominator_terms)
+                weights = np.exp(np.array(logits) - top) / np.sum(np.exp(np.array(denominator_terms) - top))
+                out[b, h, i] = weights @ np.array(values)
+    return out
+
+
+@pytest.fixture
+def qkv():
+    rng = np.random.default_rng(3)
+    return rng.standard_normal((2, 4, 9, 5)) * 2, rng.standard_normal((2, 2, 13, 5)) * 2, rng.standard_normal((2, 2, 13, 3))
+
+
+@pytest.mark.parametrize("mods, definition", [
+    ((Window(3, 1),), dict(window=(3, 1))),
+    ((Window(-1, 0),), dict(window=(-1, 0))),
+    ((Window(2, -1),), dict(window=(2, -1))),
+    ((Softcap(1.5),), dict(softcap=1.5)),
+    ((Alibi("head"),), dict(slopes=geometric_slopes(4))),
+    ((Sinks(),), dict()),
+    ((Softcap(2.0), Alibi("batch"), Window(4, 0), Sinks()), dict(softcap=2.0, window=(4, 0))),
+])
+def test_reference_matches_the_published_definitions(qkv, mods, definition):
+    q, k, v = qkv
+    bound = _bound(mods, 2, 4)
+    for m in bound:                                # the drawn inputs go to the definition too
+        if isinstance(m, Alibi):
+            definition = {**definition, "slopes": m.slopes}
+        if isinstance(m, Sinks):
+            definition = {**definition, "sinks": m.logits}
+    for causal in (None, "bottom_right"):
+        np.testing.assert_allclose(reference.sdpa(q, k, v, mods=bound, causal=causal),
+                                   _by_element(q, k, v, causal=causal, **definition), rtol=1e-12, atol=1e-12)
+
+
+def test_alibi_head_slopes_are_the_papers():
+    np.testing.assert_allclose(geometric_slopes(8), [2.0 ** -(h + 1) for h in range(8)])
+
+
+def test_a_window_is_a_band_and_composes_with_causal():
+    """Window(2, 0) with N = M is causal within 2 keys: the band, and causal changes nothing more."""
+    q, k, v = np.zeros((1, 1, 6, 2)), np.zeros((1, 1, 6, 2)), np.eye(6)[None, None]
+    weights = reference.sdpa(q, k, v, mods=(Window(2, 0),))[0, 0]
+    expected = np.tril(np.ones((6, 6))) - np.tril(np.ones((6, 6)), -3)
+    np.testing.assert_allclose(weights, expected / expected.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(reference.sdpa(q, k, v, mods=(Window(2, 0),), causal="bottom_right")[0, 0],
+                               weights)
+
+
+def _all_paths(q, k, v, g, mods, **kw):
+    N, M = q.shape[2], k.shape[2]
+    out, lse = reference.sdpa(q, k, v, mods=mods, return_lse=True, **kw)
+    rows_out, rows_lse = reference.sdpa_rows(q, k, v, np.arange(N), mods=mods, block_m=4, **kw)
+    tiled_out, tiled_lse = reference.blockwise_sdpa(q, k, v, mods=mods, block_n=3, block_m=5, return_lse=True, **kw)
+    grads = reference.sdpa_backward(q, k, v, g, mods=mods, **kw)
+    rows_grads = reference.sdpa_backward_rows(q, k, v, g, np.arange(N), np.arange(M), mods=mods, block_n=4,
+                                              block_m=3, **kw)
+    return (out, lse, *grads), (rows_out, rows_lse, *rows_grads), (tiled_out, tiled_lse)
+
+
+@pytest.mark.parametrize("poison", ["none", "nan_query", "neginf_bias", "empty_rows"])
+def test_every_reference_path_agrees_nan_and_inf_included(qkv, poison):
+    q, k, v = (x.copy() for x in qkv)
+    g = np.random.default_rng(5).standard_normal((2, 4, 9, 3))
+    mask = None
+    if poison == "nan_query":
+        q[1, 2, 4, 0] = np.nan
+    if poison == "neginf_bias":
+        mask = np.where(np.random.default_rng(1).random((2, 1, 9, 13)) < 0.3, -np.inf, 0.5)
+    mods = _bound((Softcap(3.0), Alibi("batch"), Window(5, 2), Sinks()), 2, 4)
+    if poison == "empty_rows":
+        mods = _bound((Window(0, 0),), 2, 4)             # one key per row, and a bool mask hiding all of row 2
+        mask = np.ones((1, 1, 9, 13), dtype=bool)
+        mask[..., 2, :] = False                          # row 2 sees nothing at all
+    full, rows, tiled = _all_paths(q, k, v, g, mods, mask=mask)
+    for a, b in zip(full, rows):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+    for a, b in zip(full[:2], tiled):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, equal_nan=True)
+    if poison == "nan_query":
+        assert np.isnan(full[0][1, 2, 4]).all() and np.isnan(tiled[0][1, 2, 4]).all()
+
+
+def test_backward_matches_finite_differences_through_every_modification(qkv):
+    q, k, v = qkv
+    g = np.random.default_rng(6).standard_normal((2, 4, 9, 3))
+    mods = _bound((Alibi("head"), Softcap(2.5), Window(6, 3), Sinks()), 2, 4)
+    dq, dk, dv = reference.sdpa_backward(q, k, v, g, mods=mods, causal="bottom_right")
+    eps = 1e-6
+
+    def loss(**changed):
+        args = {**dict(q=q, k=k, v=v), **changed}
+        return np.sum(reference.sdpa(args["q"], args["k"], args["v"], mods=mods, causal="bottom_right") * g)
+
+    for name, x, grad, index in (("q", q, dq, (1, 3, 7, 2)), ("k", k, dk, (0, 1, 10, 4)), ("v", v, dv, (1, 0, 8, 1))):
+        up, down = x.copy(), x.copy()
+        up[index] += eps
+        down[index] -= eps
+        numeric = (loss(**{name: up}) - loss(**{name: down})) / (2 * eps)
+        assert abs(numeric - grad[index]) < 1e-6 * max(1.0, abs(numeric)), (name, numeric, grad[index])
+
+
+def test_spec_round_trips_and_keeps_the_order():
+    spec = "B=2,H=4,Hkv=2,N=97,M=113,D=64,dtype=float16,causal=bottom_right,alibi=batch,softcap=30,window=256:0,sinks=1"
+    problem = Problem.parse(spec)
+    assert [m.key for m in problem.mods] == ["alibi", "softcap", "window", "sinks"]
+    assert Problem.parse(problem.spec()) == problem
+    assert "window256:0" in problem.id
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("N=8,window=abc", "window: expected LEFT:RIGHT"),
+    ("N=8,window=-2:0", "window: left must be an integer >= -1"),
+    ("N=8,softcap=-1", "softcap: expected a finite number > 0"),
+    ("N=8,softcap=x", "softcap: expected a number"),
+    ("N=8,alibi=row", "alibi: expected one of"),
+    ("N=8,softcap=1,softcap=2", "each modification at most once"),
+    ("N=8,blur=3", "expected key=value with key in"),
+])
+def test_bad_modification_specs_are_one_line_errors(spec, words):
+    with pytest.raises(AttentionInputError, match=words) as err:
+        Problem.parse(spec)
+    assert "\n" not in str(err.value)
+
+
+def test_inputs_bind_the_modifications_without_changing_q_k_v():
+    plain = make_inputs(Problem(B=2, H=4, N=8, D=4))
+    modified = make_inputs(Problem(B=2, H=4, N=8, D=4, mods=(Alibi("batch"), Sinks())))
+    assert np.array_equal(plain.q, modified.q) and np.array_equal(plain.v, modified.v)
+    alibi, sinks = modified.mods
+    assert alibi.slopes.shape == (2, 4) and sinks.logits.shape == (4,)
+    assert np.array_equal(alibi.slopes, alibi.slopes.astype(np.float32))     # float32, as kernels take them
+
+
+def test_a_backend_without_a_modification_skips_with_its_reason():
+    from attnbench.implementations import get_backend
+
+    reason = get_backend("torch_sdpa_math").why_not(Problem(N=8, D=16, mods=(Window(2, 0),)))
+    assert reason.startswith("modification window=2:0 not supported")
