@@ -147,6 +147,15 @@ LAMBDA = 6.0
 NAIVE_MULTIPLE = 2.0
 
 
+# Weights exp(s - m) below these underflow to 0 in a kernel: the smallest normal float32 for every dtype a kernel
+# computes its softmax in float32 (half and float32 inputs; GPU exp is ex2.approx.ftz, flushing subnormals), the
+# smallest normal float64 for float64. Only a weight P < tiny can be lost (the running max m is at most the row's
+# final max, and the denominator is >= 1 in its frame), so the output can lose sum_m min(P_m, tiny) |v_m|: nothing
+# in practice, but a sink far above every score (P ~ 1e-57 for all keys) makes it the whole output.
+FLUSH_THRESHOLD = {"float16": float(np.finfo(np.float32).tiny), "bfloat16": float(np.finfo(np.float32).tiny),
+                   "float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
+
+
 def naive_floor(dtype: str, reduction_length: int, magnitude: float) -> float:
     """Absolute error any correct kernel may add beyond the naive one (see condition 2 above)."""
     u_acc = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[dtype]]
@@ -228,7 +237,8 @@ def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
     score_err = LAMBDA * u * (np.sqrt(D) + 2) * np.max(np.where(p > 0, t, 0.0), axis=-1)     # (B, Hkv, G, N)
     mass = np.einsum("bkgnm,bkme->bkgne", p, np.abs(v))
     spread = mass + np.sum(p, axis=-1, keepdims=True) * np.abs(out)
-    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out)
+    flushed = np.einsum("bkgnm,bkme->bkgne", np.minimum(p, FLUSH_THRESHOLD[dtype]), np.abs(v))
+    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed
     return ungroup(bound)
 
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnbench import reference
-from attnbench.budget import (UNIT_ROUNDOFF, Verdict, backward_floor, compare, forward_floor, score_magnitude,
-                              stored_output_floor)
+from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, Verdict, backward_floor, compare, forward_floor,
+                              score_magnitude, stored_output_floor)
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
@@ -221,7 +221,7 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     qr = _indices(rows.query, p.N)
     out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
     stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, causal=p.causal,
-                      scale=_effective_scale(p), mods=inputs.mods)
+                      scale=_effective_scale(p), mods=inputs.mods, tiny=FLUSH_THRESHOLD[p.dtype])
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)

@@ -109,6 +109,7 @@ class RowStats:
     t_seen: largest |scale q k| + |bias| over keys with P > 0;  t_finite: over unmasked keys.
     mass: sum_m P |v|;  p_sum: sum_m P;  p2_v2, p2_vs, p2: sum_m P^2 v^2, P^2 v (signed), P^2;
     vis_v2, vis_v, visible: sum over unmasked keys of v^2, |v|, 1.
+    flushed: sum_m min(P, tiny) |v|: what weights that underflow to 0 can lose (`budget.FLUSH_THRESHOLD`).
     """
 
     t_seen: np.ndarray
@@ -121,6 +122,7 @@ class RowStats:
     vis_v2: np.ndarray
     vis_v: np.ndarray
     visible: np.ndarray
+    flushed: np.ndarray | float = 0.0
 
 
 def _sum_sq_shifted(sq: np.ndarray, lin: np.ndarray, count: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -144,6 +146,7 @@ def model_bounds(stats: RowStats, out: np.ndarray, lse: np.ndarray, *, precision
     o = np.abs(out)
     score = LAMBDA * u_s * (np.sqrt(D) + 2) * stats.t_seen
     inner = score[..., None] * (stats.mass + stats.p_sum[..., None] * o) + LAMBDA * u_a * (np.sqrt(M) + 2) * stats.mass
+    inner = inner + stats.flushed                                  # weights below the flush threshold become 0
     if precision.p_rounded:
         shifted = _sum_sq_shifted(stats.p2_v2, stats.p2_vs, stats.p2, -np.where(np.isfinite(out), out, 0.0))
         inner = inner + LAMBDA * u_in * np.sqrt(np.maximum(stats.p2_v2, shifted))

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnbench.budget import LAMBDA, UNIT_ROUNDOFF
+from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, UNIT_ROUNDOFF
 from attnbench.precision import Precision, RowStats, model_bounds
 from attnbench.reference import block, mods as modifications
 from attnbench.reference.rows import BLOCK_M
 
 
-def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_m: int = BLOCK_M) -> RowStats:
+def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_m: int = BLOCK_M,
+              tiny: float = 0.0) -> RowStats:
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
     (P = exp(S - lse)); mask broadcastable to (B, H, N, M) or None; causal None or an alignment; mods: bound
-    modifications. Scores and their magnitude T come from the reference's block function.
+    modifications; tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`). Scores
+    and their magnitude T come from the reference's block function.
 
     A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
     raises the score error from LAMBDA u (sqrt(D) + 2) T to at most LAMBDA u (sqrt(D) + 2 + extra) T: T is
@@ -40,7 +42,7 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
     shift = np.where(np.isneginf(lse_g), np.inf, lse_g)[..., None]            # rows with no key: P = 0
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)
     t_seen, t_finite, p_sum, p2, visible = (np.zeros(per_row) for _ in range(5))
-    mass, p2_v2, p2_vs, vis_v2, vis_v = (np.zeros(per_elem) for _ in range(5))
+    mass, p2_v2, p2_vs, vis_v2, vis_v, flushed = (np.zeros(per_elem) for _ in range(6))
     kwargs = dict(mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
     for start in range(0, M, block_m):
@@ -53,6 +55,7 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
         t_finite = np.maximum(t_finite, np.max(np.where(finite, t, 0.0), axis=-1))
         abs_v, vis = np.abs(vt), finite.astype(np.float64)
         mass += p @ abs_v
+        flushed += np.minimum(p, tiny) @ abs_v
         p_sum += p.sum(axis=-1)
         p2 += (p * p).sum(axis=-1)
         p2_v2 += (p * p) @ (abs_v * abs_v)
@@ -60,7 +63,7 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
         vis_v2 += vis @ (abs_v * abs_v)
         vis_v += vis @ abs_v
         visible += vis.sum(axis=-1)
-    return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible)
+    return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed)
 
 
 def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
@@ -70,7 +73,7 @@ def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
     out_g = np.abs(out)
     score_err = LAMBDA * u * (np.sqrt(D) + 2) * stats.t_seen
     spread = stats.mass + stats.p_sum[..., None] * out_g
-    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * stats.mass + u * out_g
+    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * stats.mass + u * out_g + stats.flushed
     finite_lse = np.isfinite(lse)
     lse_err = np.where(finite_lse, LAMBDA * u * (np.sqrt(D) + 2) * stats.t_finite + LAMBDA * u * (np.sqrt(M) + 2)
                        + u * np.abs(np.where(finite_lse, lse, 0.0)), 0.0)
@@ -87,7 +90,8 @@ def row_bounds(q, k, v, out, lse, rows, *, mask, causal, scale: float, dtype: st
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     G, R = H // Hkv, len(rows)
-    stats = row_stats(q, k, v, lse, rows, mask=mask, causal=causal, scale=scale, mods=mods, block_m=block_m)
+    stats = row_stats(q, k, v, lse, rows, mask=mask, causal=causal, scale=scale, mods=mods, block_m=block_m,
+                      tiny=FLUSH_THRESHOLD[dtype])
     out_g, lse_g = out.reshape(B, Hkv, G, R, -1), lse.reshape(B, Hkv, G, R)
     if precision is None:
         bound, lse_err = condition_one(stats, out_g, lse_g, dtype=dtype, D=D, M=M)

@@ -18,7 +18,7 @@ finite, that condition would silently allow anything, so each case also asserts 
 """
 import math
 
-from attnbench.check import check_forward, failure_message
+from ._verdict import assert_passes
 from attnbench.problem import Problem
 
 DISTRIBUTIONS = [
@@ -50,9 +50,8 @@ PROBLEMS = ([Problem(**case, dtype=dtype) for case in DISTRIBUTIONS + EDGES for 
 
 
 def test_adversarial_inputs_match_reference_and_propagate_nonfinite(backend, device, problem):
-    verdicts = check_forward(backend, problem, device)
-    message = failure_message(backend.name, problem, verdicts, device)
-    assert all(v.passed for v in verdicts), message
+    result = assert_passes(backend, problem, device)
+    verdicts, message = result.forward, result.message()
     assert all(math.isfinite(v.max_error) for v in verdicts), "NaN/inf where the reference has none:\n" + message
     naive = [v.naive_error for v in verdicts if v.naive_error is not None]
     assert all(math.isfinite(e) for e in naive), "the naive yardstick itself broke (condition 2 vacuous):\n" + message

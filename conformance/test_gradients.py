@@ -1,5 +1,5 @@
 """Backward agreement: dQ, dK, dV match the float64 reference backward for every backend that declares grad."""
-from attnbench.check import check_backward, failure_message
+from ._verdict import assert_passes
 
 from .cases import BACKWARD_PROBLEMS as PROBLEMS
 
@@ -7,5 +7,4 @@ NEEDS_GRAD = True
 
 
 def test_backward_matches_reference(backend, device, problem):
-    verdicts = check_backward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device, backward=True)
+    assert_passes(backend, problem, device, backward=True)

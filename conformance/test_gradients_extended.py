@@ -6,9 +6,10 @@ derivative of the forward the backend actually computes, independently of our re
 import pytest
 import torch
 
-from attnbench.check import check_backward, failure_message
 from attnbench.implementations import TorchBackend
 from attnbench.problem import MASK_FORMS, Problem
+
+from ._verdict import assert_passes
 
 NEEDS_GRAD = True
 PROBLEMS = (
@@ -23,8 +24,7 @@ PROBLEMS = (
 
 
 def test_backward_matches_reference_on_masks_gqa_and_causal(backend, device, problem):
-    verdicts = check_backward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device, backward=True)
+    assert_passes(backend, problem, device, backward=True)
 
 
 GRADCHECK_CASES = [

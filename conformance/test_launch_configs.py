@@ -11,8 +11,9 @@ a tile run once (the id lists them); on a GPU (`--device cuda`) each runs.
 import pytest
 import torch
 
-from attnbench.check import check_backward, check_forward, failure_message
 from attnbench.problem import Problem
+
+from ._verdict import assert_passes
 
 tb = pytest.importorskip("attnbench.implementations.triton_blockwise")
 
@@ -65,10 +66,8 @@ def test_every_launch_config_forward_and_backward(device, kind, d_pad, forced, i
     reason = backend.why_not(problem, device, need_grad=True)
     if reason:
         pytest.skip(reason)
-    verdicts = check_forward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device)
-    verdicts = check_backward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device, backward=True)
+    assert_passes(backend, problem, device)
+    assert_passes(backend, problem, device, backward=True)
 
 
 def test_config_space_covers_every_dtype_kind_and_width():

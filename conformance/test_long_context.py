@@ -3,12 +3,11 @@
 A kernel that drops keys beyond a tile count, keeps its running accumulator in half precision, or mishandles
 the last partial tile of a long sequence passes every small case and fails here.
 """
-from attnbench.check import check_forward, failure_message
+from ._verdict import assert_passes
 
 from .long_cases import FORWARD as PROBLEMS
 from .long_cases import LONG_FORWARD as LONG_PROBLEMS  # noqa: F401 - added by conftest with --long
 
 
 def test_forward_at_long_context(backend, device, problem):
-    verdicts = check_forward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device)
+    assert_passes(backend, problem, device)

@@ -1,5 +1,5 @@
 """Long context, backward: dQ at the chosen query rows, dK and dV at the chosen key rows (see long_cases)."""
-from attnbench.check import check_backward, failure_message
+from ._verdict import assert_passes
 
 from .long_cases import BACKWARD as PROBLEMS
 from .long_cases import LONG_BACKWARD as LONG_PROBLEMS  # noqa: F401 - added by conftest with --long
@@ -8,5 +8,4 @@ NEEDS_GRAD = True
 
 
 def test_backward_at_long_context(backend, device, problem):
-    verdicts = check_backward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device, backward=True)
+    assert_passes(backend, problem, device, backward=True)

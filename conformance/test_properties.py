@@ -8,7 +8,8 @@ Example counts come from the hypothesis profile (see `_hypothesis.py`); backward
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
-from attnbench.check import check_backward, check_forward, failure_message, repro_command
+from attnbench.check import repro_command
+from attnbench.evaluate import evaluate
 
 from ._hypothesis import examples
 from .strategies import problems
@@ -17,9 +18,8 @@ from .strategies import problems
 def _check(backend, device, problem, *, backward: bool) -> None:
     assume(backend.why_not(problem, device, need_grad=backward) is None)
     note(repro_command(backend.name, problem, device, backward=backward))
-    verdicts = (check_backward if backward else check_forward)(backend, problem, device)   # deviations judged
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device,
-                                                            backward=backward)
+    result = evaluate(backend, problem, device, backward=backward, forward=not backward)   # deviations judged
+    assert result.passed, result.message()
 
 
 @given(data=st.data())

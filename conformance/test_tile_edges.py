@@ -7,7 +7,7 @@ problem here is small (N, M <= 256, so the Triton interpreter runs it in CI)
 and is checked for the output, the lse and dQ, dK, dV; a backend without
 backward skips this module (its forward is covered by test_agreement).
 """
-from attnbench.check import check_backward, check_forward, failure_message
+from ._verdict import assert_passes
 from attnbench.problem import Problem
 
 NEEDS_GRAD = True
@@ -26,10 +26,8 @@ PROBLEMS = [
 
 
 def test_forward_at_tile_edges(backend, device, problem):
-    verdicts = check_forward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device)
+    assert_passes(backend, problem, device)
 
 
 def test_backward_at_tile_edges(backend, device, problem):
-    verdicts = check_backward(backend, problem, device)
-    assert all(v.passed for v in verdicts), failure_message(backend.name, problem, verdicts, device, backward=True)
+    assert_passes(backend, problem, device, backward=True)

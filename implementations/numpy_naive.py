@@ -27,8 +27,29 @@ from .masks import as_4d, grouped_mask
 from .registry import register
 
 
-def numpy_attention(q, k, v, *, mask, causal, scale):
-    """O (B, H, N, Dv) in q's dtype for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv); mask bool or bias."""
+def _modified(s, mods, N: int, M: int, Hkv: int):
+    """Grouped scores s (B, Hkv, G, N, M) after the softcap and ALiBi of `mods` (reference modifications, bound),
+    in their order and in s's dtype, and the window's bool (N, M) keep (None without one)."""
+    dtype = s.dtype
+    distance = np.arange(N)[:, None] + (M - N) - np.arange(M)[None, :]       # i + M - N - j (bottom-right)
+    keep = None
+    for m in mods:
+        if m.key == "softcap":
+            s = dtype.type(m.cap) * np.tanh(s / dtype.type(m.cap))
+        elif m.key == "alibi":
+            slopes = np.asarray(m.slopes, dtype=dtype)
+            slopes = (slopes if slopes.ndim == 2 else slopes[None]).reshape(-1, Hkv, slopes.shape[-1] // Hkv, 1, 1)
+            s = s - slopes * np.abs(distance).astype(dtype)
+        elif m.key == "window":
+            keep = np.ones((N, M), dtype=bool)
+            keep &= (distance <= m.left) if m.left >= 0 else keep
+            keep &= (distance >= -m.right) if m.right >= 0 else keep
+    return s, keep
+
+
+def numpy_attention(q, k, v, *, mask, causal, scale, mods=()):
+    """O (B, H, N, Dv) in q's dtype for q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv); mask bool or bias;
+    mods: the problem's modifications, bound (window, softcap, ALiBi, sinks: a sink is one more softmax column)."""
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     dtype = q.dtype
@@ -39,18 +60,25 @@ def numpy_attention(q, k, v, *, mask, causal, scale):
     wide = np.promote_types(dtype, np.float32)
     scaled_q = (qg.astype(wide) * wide.type(scale)).astype(dtype)
     s = scaled_q @ np.swapaxes(k, -1, -2)[:, :, None]                        # (B, Hkv, G, N, M)
+    s, window = _modified(s, mods, N, M, Hkv)
     allowed = np.ones((N, M), dtype=bool) if causal is None else causal_mask(N, M, causal)
+    allowed = allowed if window is None else allowed & window
     mask = grouped_mask(mask, Hkv, H // Hkv)                                  # (B|1, Hkv|1, G|1, N|1, M)
     if mask is not None and mask.dtype == np.bool_:
         allowed = allowed & mask
     elif mask is not None:
         s = s + mask.astype(dtype)
     s = np.where(allowed, s, dtype.type(-np.inf))
+    sinks = next((np.asarray(m.logits, dtype=dtype) for m in mods if m.key == "sinks"), None)
+    if sinks is not None:                                   # one more column, of value 0: only the denominator
+        column = np.broadcast_to(sinks.reshape(1, Hkv, H // Hkv, 1, 1), (*s.shape[:-1], 1))
+        s = np.concatenate([s, column], axis=-1)
     row_max = s.max(axis=-1, keepdims=True)
     e = np.exp(s - np.where(row_max == -np.inf, dtype.type(0), row_max))
     total = e.sum(axis=-1, keepdims=True)
     # Only an empty row (total == 0) becomes zeros; a NaN total must propagate NaN, as the reference does.
     p = np.where(total == 0, dtype.type(0), e / np.where(total == 0, dtype.type(1), total))
+    p = p[..., :M]
     return (p @ v[:, :, None]).reshape(B, H, N, -1)
 
 
@@ -60,7 +88,7 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     devices = ("cpu",)
-    caps = Capabilities(dtypes=("float16", "float32", "float64"))
+    caps = Capabilities(dtypes=("float16", "float32", "float64"), mods=("window", "softcap", "alibi", "sinks"))
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
@@ -68,8 +96,8 @@ class NumpyBackend(Backend):
         q, k, v = (apply_layout(x.astype(dtype), problem.layout, contiguous=np.ascontiguousarray,
                                 zeros=lambda *shape: np.zeros(shape, dtype)) for x in (inputs.q, inputs.k, inputs.v))
         mask = as_4d(inputs.mask)
-        causal, scale = problem.causal, problem.scale
-        return lambda: numpy_attention(q, k, v, mask=mask, causal=causal, scale=scale)
+        causal, scale, mods = problem.causal, problem.scale, inputs.mods
+        return lambda: numpy_attention(q, k, v, mask=mask, causal=causal, scale=scale, mods=mods)
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, *, mask=None, causal=None, scale=None):
         """The public entry for arrays: validate first, then `numpy_attention`. Shapes as there."""

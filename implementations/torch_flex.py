@@ -7,6 +7,12 @@ copied per head), an additive bias is a score_mod, GQA is `enable_gqa`, and the
 lse comes back through `AuxRequest(lse=True)`. The BlockMask is built in
 `prepare`, outside the timed call, as a user of FlexAttention would build it once.
 
+Modifications the FlexAttention way (attention-gym's mods): softcap and ALiBi
+are score_mods (in the problem's order, before an additive bias), a sliding
+window is a mask_mod (so the BlockMask skips the blocks outside it), and sinks,
+which FlexAttention has no hook for, are applied exactly from its lse:
+O' = O sigmoid(lse - sink), lse' = logaddexp(lse, sink).
+
 `torch_flex` runs it unfused (eager); `torch_flex_compiled` runs
 `torch.compile(flex_attention)`, the fused kernel FlexAttention is meant for.
 Backward runs on CUDA only ("FlexAttention does not support backward on CPU").
@@ -22,6 +28,7 @@ import warnings
 
 import torch
 
+from . import torch_mods
 from ._torch_common import TorchBackend, to_tensors
 from .base import Capabilities
 from .masks import as_4d, causal_offset
@@ -44,26 +51,69 @@ CPU_COMPILE_REASON = ("torch.compile(flex_attention) on CPU (torch 2.13, measure
                       "use torch_flex on CPU")
 
 
-def flex_mods(mask, causal: str | None, B: int, H: int, N: int, M: int):
-    """(mask_mod or None, score_mod or None) for a bool/bias mask broadcastable to (B, H, N, M) and a causal
-    alignment."""
+def _score_mods(mods, B: int, H: int, N: int, M: int) -> list:
+    """score_mods (score, b, h, q_idx, kv_idx) -> score for the softcap and ALiBi of `mods`, in their order."""
+    chain = []
+    for key in mods.order:
+        if key == "softcap":
+            cap = mods.softcap
+            chain.append(lambda score, b, h, q_idx, kv_idx: cap * torch.tanh(score / cap))
+        else:
+            slopes = mods.alibi.expand(B, H) if mods.alibi.ndim == 2 else mods.alibi.expand(1, H)
+            per_batch = mods.alibi.ndim == 2
+            chain.append(lambda score, b, h, q_idx, kv_idx: score - slopes[b if per_batch else 0, h].to(score.dtype)
+                         * (q_idx + (M - N) - kv_idx).abs().to(score.dtype))
+    return chain
+
+
+def _window_mod(window, N: int, M: int):
+    left, right = window
+
+    def keep(b, h, q_idx, kv_idx):
+        d = q_idx + (M - N) - kv_idx
+        inside = (d <= left) if left >= 0 else (d == d)
+        return inside & (d >= -right) if right >= 0 else inside
+
+    return keep
+
+
+def flex_mods(mask, causal: str | None, B: int, H: int, N: int, M: int, mods=torch_mods.TorchMods()):
+    """(mask_mod or None, score_mod or None) for a bool/bias mask broadcastable to (B, H, N, M), a causal
+    alignment and the modifications (`torch_mods.TorchMods`; sinks are applied after the call, `with_sinks`)."""
     predicates = []
     if causal is not None:
         offset = causal_offset(causal, N, M)
         predicates.append(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + offset)
-    score_mod = None
+    if mods.window is not None:
+        predicates.append(_window_mod(mods.window, N, M))
+    scores = _score_mods(mods, B, H, N, M)
     if mask is not None:
         full = as_4d(mask).expand(B, H, N, M)                                # (B, H, N, M), a view: per-head rows
         if mask.dtype == torch.bool:
             predicates.append(lambda b, h, q_idx, kv_idx: full[b, h, q_idx, kv_idx])
         else:
-            score_mod = lambda score, b, h, q_idx, kv_idx: score + full[b, h, q_idx, kv_idx]   # noqa: E731
+            scores.append(lambda score, b, h, q_idx, kv_idx: score + full[b, h, q_idx, kv_idx])
+    return _all_of(predicates), _chained(scores)
+
+
+def _all_of(predicates):
     if not predicates:
-        return None, score_mod
-    if len(predicates) == 1:
-        return predicates[0], score_mod
-    first, second = predicates
-    return (lambda b, h, q_idx, kv_idx: first(b, h, q_idx, kv_idx) & second(b, h, q_idx, kv_idx)), score_mod
+        return None
+    return functools.reduce(lambda f, g: lambda b, h, q, kv: f(b, h, q, kv) & g(b, h, q, kv), predicates)
+
+
+def _chained(score_mods):
+    if not score_mods:
+        return None
+    return functools.reduce(lambda f, g: lambda s, b, h, q, kv: g(f(s, b, h, q, kv), b, h, q, kv), score_mods)
+
+
+def with_sinks(out, lse, sinks):
+    """(O, lse) of a softmax whose denominator also holds exp(sink_h), from FlexAttention's O (B, H, N, Dv) and
+    lse (B, H, N) over the keys alone: O sigmoid(lse - sink), logaddexp(lse, sink). Exact; an empty row (lse =
+    -inf) keeps O = 0 and gets lse = sink."""
+    sink = sinks.to(lse.dtype)[None, :, None]
+    return (out * torch.sigmoid(lse - sink)[..., None].to(out.dtype)), torch.logaddexp(lse, sink)
 
 
 def flex_call(fn, q, k, v, *, block_mask, score_mod, scale, return_lse):
@@ -91,7 +141,7 @@ class TorchFlex(TorchBackend):
 
     name = "torch_flex"
     devices = ("cpu", "cuda")
-    caps = Capabilities(grad=True, lse=True)
+    caps = Capabilities(grad=True, lse=True, mods=torch_mods.SUPPORTED)
 
     def unavailable_reason(self) -> str | None:
         return None if HAS_FLEX else f"torch {torch.__version__} has no torch.nn.attention.flex_attention (needs 2.5+)"
@@ -103,16 +153,21 @@ class TorchFlex(TorchBackend):
     def flex(self):
         return flex_attention
 
-    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, block_mask=None, score_mod=None):
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, block_mask=None, score_mod=None,
+                  mods=torch_mods.TorchMods()):
         if block_mask is None and score_mod is None:
-            block_mask, score_mod = self._mods(q, k, mask, causal)
-        return flex_call(self.flex(), q, k, v, block_mask=block_mask, score_mod=score_mod, scale=scale,
-                         return_lse=return_lse)
+            block_mask, score_mod = self._mods(q, k, mask, causal, mods)
+        if mods.sinks is None:
+            return flex_call(self.flex(), q, k, v, block_mask=block_mask, score_mod=score_mod, scale=scale,
+                             return_lse=return_lse)
+        out, lse = with_sinks(*flex_call(self.flex(), q, k, v, block_mask=block_mask, score_mod=score_mod,
+                                         scale=scale, return_lse=True), mods.sinks)
+        return (out, lse) if return_lse else out
 
     @staticmethod
-    def _mods(q, k, mask, causal):
+    def _mods(q, k, mask, causal, mods=torch_mods.TorchMods()):
         B, H, N, M = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-        mask_mod, score_mod = flex_mods(mask, causal, B, H, N, M)
+        mask_mod, score_mod = flex_mods(mask, causal, B, H, N, M, mods)
         per_head = mask is not None and as_4d(mask).shape[1] != 1
         block_mask = None if mask_mod is None else create_block_mask(mask_mod, B, H if per_head else None, N, M,
                                                                      device=q.device)
@@ -120,13 +175,14 @@ class TorchFlex(TorchBackend):
 
     def prepare(self, inputs, problem, *, device="cpu", return_lse=False):
         q, k, v, mask = to_tensors(inputs, problem, device)
-        block_mask, score_mod = self._mods(q, k, mask, problem.causal)
+        mods = self.modifications(inputs, device).get("mods", torch_mods.TorchMods())
+        block_mask, score_mod = self._mods(q, k, mask, problem.causal, mods)
         scale = problem.scale
 
         def run():
             with torch.no_grad():
                 return self.attention(q, k, v, mask=None, causal=None, scale=scale, return_lse=return_lse,
-                                      block_mask=block_mask, score_mod=score_mod)
+                                      block_mask=block_mask, score_mod=score_mod, mods=mods)
 
         return run
 

@@ -81,6 +81,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", help=f"dtypes, from {', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device every point runs on")
     p.add_argument("--causal", default="none", help="none, top_left (on), bottom_right; comma-separated")
+    p.add_argument("--mods", default="", help="modifications every point computes, as in a problem spec: "
+                   "'window=4096:0,softcap=30,alibi=head,sinks=1' (FLOPs count the attended pairs only)")
     p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {DEFAULTS['passes']})")
     p.add_argument("--out", default="reports", help="parent directory of the new run-* directory")
     p.add_argument("--repeats", type=int,
@@ -139,6 +141,18 @@ def explicit_values(argv: list[str]) -> dict:
     return {k: v for k, v in vars(p.parse_known_args(rest)[0]).items() if k not in NOT_SWEEP}
 
 
+def parse_mods(text: str) -> tuple:
+    """The modifications of --mods ("window=4096:0,softcap=30"), read as the items of a problem spec."""
+    from attnbench.problem import Problem
+
+    if not text:
+        return ()
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if any(item.partition("=")[0] in ("B", "H", "N", "M", "D", "dtype", "causal") for item in items):
+        raise AttentionInputError(f"--mods: modifications only (window, softcap, alibi, sinks), got {text!r}")
+    return Problem.parse(",".join(items)).mods
+
+
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
     base = QUICK if args.quick else DEFAULTS
@@ -155,6 +169,7 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
         dtypes=words(args.dtype, DTYPES, "dtype"), causal=causal,
         passes=words(args.passes or base["passes"], PERF_PASSES, "pass"),
         backends=backends, device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
+        mods=parse_mods(args.mods),
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
     for flag in ("kv_len", "heads_at_n"):
         if getattr(spec, flag) is not None and getattr(spec, flag) < 1:

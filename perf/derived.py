@@ -19,9 +19,9 @@ FLOP_CONVENTION = ("FLOPs are the matmuls' (multiply + add = 2): forward 2·pair
 
 
 def flops(problem: Problem, pass_: str) -> int:
-    """Matmul FLOPs of the pass, counting only the pairs a causal query may attend."""
+    """Matmul FLOPs of the pass, counting only the pairs a query may attend (causal, windows)."""
     p = problem
-    return attention_flops(p.B, p.H, p.N, p.M, p.D, p.Dv, causal=p.causal, pass_=pass_)
+    return attention_flops(p.B, p.H, p.N, p.M, p.D, p.Dv, causal=p.causal, pass_=pass_, mods=p.mods)
 
 
 def flops_fa2(problem: Problem, pass_: str) -> int:

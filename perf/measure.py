@@ -62,14 +62,15 @@ class MeasureOptions:
 
 
 def accuracy(backend, case: Case) -> tuple[float, bool]:
-    """(max error, passed) of `check_forward` on the case's own problem: every row at small sizes, the rows
-    `attnbench.check.choose_rows` picks at length (the row-sampled float64 reference costs O(rows M D)), so
-    the accuracy is that of the very N and M being timed. The pass includes the call's contract."""
-    from attnbench.check import check_forward     # here, not at import: the CLI builds its parser from this module
+    """(max error, passed) of `attnbench.evaluate` on the case's own problem, the pass it times: the forward,
+    and for "bwd" / "fwd+bwd" the gradients too (a wrong backward makes the point inaccurate). Every row at
+    small sizes, the rows `attnbench.check.choose_rows` picks at length (the row-sampled float64 reference
+    costs O(rows M D)), so the accuracy is that of the very N and M being timed; the same verdict `attnbench
+    check` and conformance give, the call's contract and declared known deviations included."""
+    from attnbench.evaluate import evaluate    # here, not at import: the CLI builds its parser from this module
 
-    verdicts = check_forward(backend, case.problem, case.device)
-    errors = [v.max_error for v in verdicts if v.name != "contract"]
-    return max(errors, default=float("inf")), all(v.passed for v in verdicts)
+    result = evaluate(backend, case.problem, case.device, backward=case.pass_ != "fwd")
+    return result.max_error, bool(result.passed)
 
 
 def prepare(backend, case: Case, problem: Problem | None = None):
@@ -172,11 +173,13 @@ def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = 
     setup = setup_process(options)
     load_plugins(case.plugins)
     backend = get_backend(case.backend)
-    error, passed = accuracy(backend, case) if check_accuracy else (None, None)
     problems = integrity.input_problems(case.problem)
     calls = [prepare(backend, case, p) for p in problems]
     first_call = _first_call_cuda if case.device == "cuda" else _first_call_cpu
-    first_s, peak = first_call(calls[0], options.memory_cap)
+    first_s, peak = first_call(calls[0], options.memory_cap)      # the kernel's very first call in this process
+    set_cpu_cap(None)
+    error, passed = accuracy(backend, case) if check_accuracy else (None, None)
+    set_cpu_cap(options.memory_cap if case.device != "cuda" else None)
     rotation = integrity.Rotation(calls)
     watch = integrity.TimedCalls(rotation, input_addresses(calls))
     # At least two rotations of warm-up: the outputs held and the copies of checked ones take heap the call's own

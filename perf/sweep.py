@@ -71,6 +71,7 @@ class SweepSpec:
     kv_len: int | None = None
     plugins: tuple[str, ...] = field(default=())
     heads_at_n: int | None = None
+    mods: tuple = ()            # modifications every problem carries (`attnbench.reference.mods`): --mods
 
     def problems(self) -> list[Problem]:
         """Every Problem of the grid, N fastest-varying so a backend's curve is measured together."""
@@ -80,7 +81,7 @@ class SweepSpec:
         else:
             grid = [*itertools.product(self.batch, self.heads[:1], *rest, self.seq_lens),
                     *itertools.product(self.batch, self.heads[1:], *rest, (self.heads_at_n,))]
-        return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n)
+        return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n, mods=self.mods)
                 for b, h, d, dt, c, n in grid]
 
 

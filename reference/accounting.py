@@ -26,17 +26,23 @@ def attention_pattern_size(n: int, m: int | None = None, *, batch: int = 1, head
     return int(n) * int(m) * int(batch) * int(heads)
 
 
-def attended_pairs(n: int, m: int, causal=None) -> int:
-    """Number of (query, key) pairs a query may attend: N*M, or the causal triangle's exact count."""
+def attended_pairs(n: int, m: int, causal=None, mods=()) -> int:
+    """Number of (query, key) pairs a query may attend: N*M, or the exact count under causal and the masking
+    modifications (a window of W keys behind over N queries: about N (W + 1), not N^2), in O(N)."""
+    from .mods import visible_range
+
     alignment = normalize_causal(causal)
-    if alignment is None:
+    if alignment is None and not mods:
         return int(n) * int(m)
-    offset = 0 if alignment == "top_left" else m - n
-    return int(np.clip(np.arange(n, dtype=np.int64) + offset + 1, 0, m).sum())
+    rows = np.arange(n, dtype=np.int64)
+    first, last = visible_range(mods, rows, rows, n, m)                      # per row, inclusive
+    if alignment is not None:
+        last = np.minimum(last, rows + (0 if alignment == "top_left" else m - n))
+    return int(np.clip(np.asarray(last) - np.asarray(first) + 1, 0, m).sum())
 
 
 def attention_flops(batch: int, heads: int, n: int, m: int, d: int, dv: int | None = None, *, causal=None,
-                    pass_: str = "fwd") -> int:
+                    pass_: str = "fwd", mods=()) -> int:
     """Floating-point operations (multiply and add counted as 2) of the matmuls.
 
     Forward: S = Q K^T (2 D per pair) and O = P V (2 Dv per pair).
@@ -44,12 +50,12 @@ def attention_flops(batch: int, heads: int, n: int, m: int, d: int, dv: int | No
     (2 Dv each), dQ = dS K and dK = dS^T Q (2 D each): twice the forward.
     (FlashAttention also recomputes S in the backward and counts 2.5x; that extra
     is the kernel's choice, not work the math needs.) Softmax and masking are
-    O(pairs), not counted. Causal counts only the pairs a query may attend.
+    O(pairs), not counted. Causal and masking modifications (windows) count only the pairs a query may attend.
     """
     if pass_ not in PASSES:
         raise AttentionInputError(f"pass_: expected one of {PASSES}, got {pass_!r}")
     dv = d if dv is None else dv
-    pairs = attended_pairs(n, m, causal) * int(batch) * int(heads)
+    pairs = attended_pairs(n, m, causal, mods) * int(batch) * int(heads)
     forward = 2 * pairs * (d + dv)
     backward = 2 * forward
     return {"fwd": forward, "bwd": backward, "fwd+bwd": forward + backward}[pass_]

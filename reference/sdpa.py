@@ -21,7 +21,6 @@ import numpy as np
 from ._checks import AttentionInputError, as_float64, check_mask, check_qkv, normalize_causal
 from . import block
 from . import mods as modifications
-from .masks import mask_to_bias
 from .softmax import logsumexp, softmax
 
 

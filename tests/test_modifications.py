@@ -185,3 +185,18 @@ def test_a_backend_without_a_modification_skips_with_its_reason():
 
     reason = get_backend("torch_sdpa_math").why_not(Problem(N=8, D=16, mods=(Window(2, 0),)))
     assert reason.startswith("modification window=2:0 not supported")
+
+
+def test_keys_far_below_a_sink_underflow_within_budget_and_a_missing_sink_still_fails():
+    """Every key ~130 below the sink: a float32 kernel's weights exp(s - m) ~ 1e-57 flush to 0, an output error of
+    1e-58 that the budget's flush term (`budget.FLUSH_THRESHOLD`) allows; leaving the sink out is still caught."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attnbench.check import check_forward
+    from conformance.mutants import make_backend
+
+    problem = Problem.parse("B=1,H=1,N=1,D=24,M=1,dtype=float32,scale=1.0,inputs=peaked,seed=6842,sinks=1")
+    assert all(v.passed for v in check_forward(make_backend("twin"), problem))
+    assert not all(v.passed for v in check_forward(make_backend("sink_missing"), problem))

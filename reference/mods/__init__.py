@@ -89,12 +89,13 @@ def extra_roundings(mods) -> int:
     return sum(m.extra_roundings for m in mods)
 
 
-def visible_range(mods, lo: int, hi: int, N: int, M: int) -> tuple[int, int]:
-    """Inclusive key columns that queries lo..hi may see at most under every masking modification."""
+def visible_range(mods, lo, hi, N: int, M: int):
+    """Inclusive key columns that queries lo..hi may see at most under every masking modification (ints, or
+    int arrays of as many ranges)."""
     first, last = 0, M - 1
     for m in mods:
         a, b = m.visible_range(lo, hi, N, M)
-        first, last = max(first, a), min(last, b)
+        first, last = np.maximum(first, a), np.minimum(last, b)
     return first, last
 
 

@@ -103,8 +103,9 @@ class Modification:
     def key_rows(self, problem) -> set[int]:
         return set()
 
-    def visible_range(self, lo: int, hi: int, N: int, M: int) -> tuple[int, int]:
-        """Inclusive (first, last) key columns that queries lo..hi may see at most ((0, M - 1): no limit)."""
+    def visible_range(self, lo, hi, N: int, M: int):
+        """Inclusive (first, last) key columns that queries lo..hi may see at most ((0, M - 1): no limit); lo and
+        hi may be int arrays (one range each)."""
         return 0, M - 1
 
     def label(self) -> str:

@@ -52,9 +52,9 @@ class Window(Modification):
             keep &= -d <= self.right
         return keep
 
-    def visible_range(self, lo: int, hi: int, N: int, M: int) -> tuple[int, int]:
-        first = 0 if self.left < 0 else max(0, lo + M - N - self.left)
-        last = M - 1 if self.right < 0 else min(M - 1, hi + M - N + self.right)
+    def visible_range(self, lo, hi, N: int, M: int):
+        first = 0 if self.left < 0 else np.maximum(0, np.asarray(lo) + M - N - self.left)
+        last = M - 1 if self.right < 0 else np.minimum(M - 1, np.asarray(hi) + M - N + self.right)
         return first, last
 
     def query_rows(self, problem) -> set[int]:

@@ -1,0 +1,84 @@
+"""One problem, one verdict: `attnbench check`, a conformance test and a perf point all go through
+`attnbench.evaluate`, a declared known deviation included; a perf fwd+bwd point is judged on its gradients."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from attnbench.deviations import KnownDeviation, KnownDeviationWarning
+from attnbench.implementations import registry
+from attnbench.problem import Problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conformance._verdict import assert_passes  # noqa: E402
+from conformance.mutants import make_backend  # noqa: E402
+from conformance.mutants.twin import BlockwiseTwin  # noqa: E402
+from perf.measure import accuracy  # noqa: E402
+from perf.sweep import Case  # noqa: E402
+
+PROBLEM = Problem(B=1, H=2, N=32, M=64, D=32, dtype="float16", seed=4)
+
+
+class Sloppy(BlockwiseTwin):
+    """sloppy: the twin with 4e-3 added away from zero before the output's rounding, about 7x the plain
+    float16 formula's error and inside condition 1's bound: it fails only the 2x-naive rule."""
+
+    name = "sloppy_for_test"
+    caps = BlockwiseTwin.caps.replace(precision=())
+
+    def round_output(self, out, io_dtype):
+        return (out + 4e-3 * out.sign()).to(io_dtype)
+
+
+DECLARED = KnownDeviation(
+    name="sloppy_output", backend=Sloppy.name, device="cpu", problem_class="float16 forward",
+    applies=lambda problem, backward: problem.dtype == "float16" and not backward, tensors=("output",),
+    ratio_by_length=((64, 20.0),), evidence="planted by the test", witness=PROBLEM.spec())
+
+
+def _three_paths(backend, capsys):
+    """(exit code of `attnbench check`, whether the conformance assertion passed, perf's accurate flag)."""
+    from attnbench.cli import main
+
+    code = main(["check", backend.name, "--problem", PROBLEM.spec()])
+    printed = capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            assert_passes(backend, PROBLEM, "cpu")
+            conformance = True
+        except AssertionError:
+            conformance = False
+    _, accurate = accuracy(backend, Case(backend.name, PROBLEM, "fwd"))
+    noted = "known deviation" in printed and any(issubclass(w.category, KnownDeviationWarning) for w in caught)
+    return code, conformance, accurate, noted
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+def test_a_known_deviation_gets_the_same_verdict_on_check_pytest_and_perf(monkeypatch, capsys, declared):
+    backend = Sloppy()
+    backend.known_deviations = (DECLARED,) if declared else ()
+    monkeypatch.setitem(registry._BACKENDS, backend.name, backend)
+    code, conformance, accurate, noted = _three_paths(backend, capsys)
+    if declared:
+        assert (code, conformance, accurate, noted) == (0, True, True, True)
+    else:
+        assert (code, conformance, accurate, noted) == (1, False, False, False)
+
+
+def test_a_perf_fwd_bwd_point_with_a_wrong_backward_is_inaccurate():
+    backend = make_backend("dk_dv_swapped")             # right forward, dK and dV exchanged
+    problem = Problem(B=1, H=2, N=24, M=24, D=16, dtype="float32")
+    assert accuracy(backend, Case(backend.name, problem, "fwd"))[1] is True
+    assert accuracy(backend, Case(backend.name, problem, "fwd+bwd"))[1] is False
+
+
+def test_a_skip_says_why_and_passes_nothing():
+    from attnbench.evaluate import evaluate
+    from attnbench.implementations import get_backend
+
+    result = evaluate(get_backend("numpy"), PROBLEM.replace(dtype="bfloat16"))
+    assert result.passed is None and "dtype bfloat16 not supported" in result.message()
