@@ -92,6 +92,25 @@ def _cmd_backends(args) -> int:
     return 0
 
 
+def run_conformance(pytest_args: list[str]) -> int:
+    """`attnbench conformance [pytest options]`: pytest on the suite installed with attnbench, from any directory.
+
+    Given the suite's directory, pytest loads its conftest, and so the suite's options, before it parses the
+    rest of the command line. -ra lists every skip with its reason; no cache directory is written beside the
+    installed suite."""
+    try:
+        import hypothesis  # noqa: F401
+        import pytest
+    except ImportError as exc:
+        print(f"attnbench: error: the conformance suite needs pytest and hypothesis ({exc}): "
+              "pip install 'attnbench[test]'", file=sys.stderr)
+        return 2
+    import attnbench.conformance
+
+    suite = Path(attnbench.conformance.__file__).parent
+    return int(pytest.main([str(suite), "-ra", "-p", "no:cacheprovider", *pytest_args]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.",
                                      formatter_class=_HelpFormatter)
@@ -136,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "registers, shared memory, spills, tensor cores, occupancy, roofline")
     add_audit_arguments(audit)
     audit.set_defaults(func=run_audit_command)
+    # Listed for --help only: main() hands everything after `conformance` to pytest unparsed.
+    sub.add_parser("conformance", help="run the conformance suite shipped with attnbench under pytest: "
+                                       "--backend, --plugin, --device, --long and any pytest option "
+                                       "(`attnbench conformance --help` lists them)")
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
     backends.add_argument("--json", action="store_true", help="print the rows as JSON")
     backends.set_defaults(func=_cmd_backends)
@@ -144,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["conformance"]:
+        return run_conformance(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv                                             # `perf --resume` tells typed flags from defaults
     try:
