@@ -97,18 +97,28 @@ def run_conformance(pytest_args: list[str]) -> int:
 
     Given the suite's directory, pytest loads its conftest, and so the suite's options, before it parses the
     rest of the command line. -ra lists every skip with its reason; no cache directory is written beside the
-    installed suite."""
-    try:
-        import hypothesis  # noqa: F401
-        import pytest
-    except ImportError as exc:
-        print(f"attnbench: error: the conformance suite needs pytest and hypothesis ({exc}): "
-              "pip install 'attnbench[test]'", file=sys.stderr)
-        return 2
-    import attnbench.conformance
+    installed suite. pytest runs in a fresh process: attnbench is a pytest plugin's package, whose modules
+    pytest rewrites only if it imports them first."""
+    import subprocess
+    from importlib.util import find_spec
 
-    suite = Path(attnbench.conformance.__file__).parent
-    return int(pytest.main([str(suite), "-ra", "-p", "no:cacheprovider", *pytest_args]))
+    missing = [name for name in ("pytest", "hypothesis") if find_spec(name) is None]
+    if missing:
+        print(f"attnbench: error: the conformance suite needs {' and '.join(missing)}: pip install 'attnbench[test]'",
+              file=sys.stderr)
+        return 2
+    spec = find_spec("attnbench.conformance")
+    if spec is None:
+        print("attnbench: error: this attnbench was installed without its conformance suite (attnbench.conformance)",
+              file=sys.stderr)
+        return 2
+    suite = Path(spec.origin).parent
+    with subprocess.Popen([sys.executable, "-m", "pytest", str(suite), "-ra", "-p", "no:cacheprovider",
+                           *pytest_args]) as pytest_run:
+        try:
+            return pytest_run.wait()
+        except KeyboardInterrupt:                                # pytest got the same Ctrl-C: it reports and ends
+            return pytest_run.wait()
 
 
 def build_parser() -> argparse.ArgumentParser:

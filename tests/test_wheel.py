@@ -141,10 +141,10 @@ def _outcomes(junit: Path) -> dict[str, str]:
     return result
 
 
-def _run_suite(venv: Path, workdir: Path, command: list[str], backend: str) -> tuple[int, dict[str, str], str]:
+def _run_suite(workdir: Path, command: list[str], backend: str, *extra: str) -> tuple[int, dict[str, str], str]:
     junit = workdir / f"{backend}.xml"
     done = subprocess.run([*command, "--plugin", "my_attn.py", "--backend", backend, "-k", SELECTION, "-q",
-                           f"--junitxml={junit}"], cwd=workdir, capture_output=True, text=True, timeout=600,
+                           f"--junitxml={junit}", *extra], cwd=workdir, capture_output=True, text=True, timeout=600,
                           env=_clean_env())
     return done.returncode, _outcomes(junit) if junit.exists() else {}, done.stdout[-3000:] + done.stderr[-2000:]
 
@@ -154,12 +154,12 @@ def test_the_installed_suite_passes_a_right_backend_and_fails_a_wrong_one(venv, 
     entry point) on a wrong one; both from a directory that is not the repository."""
     (tmp_path / "my_attn.py").write_text(USER_PLUGIN)
     assert not tmp_path.is_relative_to(REPO)
-    rc, outcomes, log = _run_suite(venv, tmp_path, [str(venv / "bin" / "attnbench"), "conformance"], "my_attn")
+    rc, outcomes, log = _run_suite(tmp_path, [str(venv / "bin" / "attnbench"), "conformance"], "my_attn")
     assert rc == 0, log
     assert len(outcomes) >= 8 and set(outcomes.values()) == {"passed"}, log
     assert all("[my_attn-cpu-float32" in name for name in outcomes), sorted(outcomes)
-    rc, outcomes, log = _run_suite(venv, tmp_path, [str(venv / "bin" / "python"), "-m", "pytest", "--pyargs",
-                                                    "attnbench.conformance"], "my_attn_wrong")
+    rc, outcomes, log = _run_suite(tmp_path, [str(venv / "bin" / "python"), "-m", "pytest", "--pyargs",
+                                              "attnbench.conformance"], "my_attn_wrong", "-x")
     assert rc == 1, log
     assert "failed" in outcomes.values() and "error" not in outcomes.values(), log
     assert all("[my_attn_wrong-cpu-float32" in name for name in outcomes), sorted(outcomes)
