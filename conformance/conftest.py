@@ -13,6 +13,7 @@ lists what was not checked and why.
     pytest conformance --backend torch_eager --backend numpy
     pytest conformance --device cuda
     pytest conformance --mutant no_rescale    # a deliberately wrong backend (conformance/mutants) alone
+    attnbench conformance --plugin my_attn.py --backend my_attn   # the suite as installed, from any directory
 """
 from __future__ import annotations
 

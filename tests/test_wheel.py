@@ -163,3 +163,22 @@ def test_the_installed_suite_passes_a_right_backend_and_fails_a_wrong_one(venv, 
     assert rc == 1, log
     assert "failed" in outcomes.values() and "error" not in outcomes.values(), log
     assert all("[my_attn_wrong-cpu-float32" in name for name in outcomes), sorted(outcomes)
+
+
+OWN_CONFTEST = '''def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu")
+    parser.addoption("--backend", default="mine")
+'''
+OWN_TEST = '''def test_its_own_options(request):
+    assert (request.config.getoption("--device"), request.config.getoption("--backend")) == ("gpu", "mine")
+'''
+
+
+def test_another_project_keeps_its_own_device_and_backend_options(venv, tmp_path):
+    """The entry point is loaded by every pytest run in the venv; it adds the suite's options to no other run, so
+    a project defining `--device` itself still runs (pytest refuses an option defined twice)."""
+    (tmp_path / "conftest.py").write_text(OWN_CONFTEST)
+    (tmp_path / "test_own.py").write_text(OWN_TEST)
+    done = subprocess.run([venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device", "gpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=_clean_env())
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
