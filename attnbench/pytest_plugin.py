@@ -68,7 +68,8 @@ class SuiteOptions:
         from attnbench.implementations.registry import load_plugins
         from attnbench.reference import AttentionInputError
 
-        use_triton_interpreter_without_cuda()      # before the backends below import triton (the conftest may not have run)
+        # Before the backends below import triton: under --pyargs the suite's conftest has not run yet.
+        use_triton_interpreter_without_cuda()
         try:
             load_plugins(plugins)
         except AttentionInputError as exc:

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# What the suite imports from outside attnbench; their directories are all the venv borrows from here.
+# What the suite imports from outside attnbench: the directories holding them (here, one site-packages) go on the
+# venv's sys.path behind the wheel's attnbench.
 THIRD_PARTY = ("torch", "numpy", "scipy", "matplotlib", "tqdm", "pytest", "_pytest", "pluggy", "hypothesis")
 
-USER_PLUGIN = '''"""A user's backend file, outside any checkout: my_attn is torch eager attention; my_attn_wrong forgets 1/sqrt(D)."""
+USER_PLUGIN = '''"""my_attn: a user's file outside the checkout (torch eager); my_attn_wrong forgets 1/sqrt(D)."""
 from attnbench.implementations import Capabilities, TorchBackend, register
 from attnbench.implementations.torch_eager import eager_attention
 
