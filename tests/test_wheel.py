@@ -157,7 +157,7 @@ def test_the_installed_suite_passes_a_right_backend_and_fails_a_wrong_one(venv, 
     assert not tmp_path.is_relative_to(REPO)
     rc, outcomes, log = _run_suite(tmp_path, [str(venv / "bin" / "attnbench"), "conformance"], "my_attn")
     assert rc == 0, log
-    assert len(outcomes) >= 8 and set(outcomes.values()) == {"passed"}, log
+    assert list(outcomes.values()).count("passed") >= 8 and set(outcomes.values()) <= {"passed", "skipped"}, log
     assert all("[my_attn-cpu-float32" in name for name in outcomes), sorted(outcomes)
     rc, outcomes, log = _run_suite(tmp_path, [str(venv / "bin" / "python"), "-m", "pytest", "--pyargs",
                                               "attnbench.conformance"], "my_attn_wrong", "-x")
