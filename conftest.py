@@ -1,4 +1,10 @@
-"""Repository-wide pytest hooks (the conformance suite's own options live in conformance/conftest.py)."""
+"""Repository-wide pytest hooks. The conformance suite's options (--backend, --long, ...) are registered here too,
+so `pytest tests/FILE.py --long` knows them without collecting conformance/ (attnbench/pytest_plugin.py)."""
+from attnbench.pytest_plugin import register as register_suite_options
+
+
+def pytest_addoption(parser, pluginmanager):
+    register_suite_options(pluginmanager)
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -89,6 +89,35 @@ def _cmd_backends(args) -> int:
     return 0
 
 
+def run_conformance(pytest_args: list[str]) -> int:
+    """`attnbench conformance [pytest options]`: pytest on the suite installed with attnbench, from any directory.
+
+    Given the suite's directory, pytest loads its conftest, and so the suite's options, before it parses the
+    rest of the command line. -ra lists every skip with its reason; no cache directory is written beside the
+    installed suite. pytest runs in a fresh process: attnbench is a pytest plugin's package, whose modules
+    pytest rewrites only if it imports them first."""
+    import subprocess
+    from importlib.util import find_spec
+
+    missing = [name for name in ("pytest", "hypothesis") if find_spec(name) is None]
+    if missing:
+        print(f"attnbench: error: the conformance suite needs {' and '.join(missing)}: pip install 'attnbench[test]'",
+              file=sys.stderr)
+        return 2
+    spec = find_spec("attnbench.conformance")
+    if spec is None:
+        print("attnbench: error: this attnbench was installed without its conformance suite (attnbench.conformance)",
+              file=sys.stderr)
+        return 2
+    suite = Path(spec.origin).parent
+    with subprocess.Popen([sys.executable, "-m", "pytest", str(suite), "-ra", "-p", "no:cacheprovider",
+                           *pytest_args]) as pytest_run:
+        try:
+            return pytest_run.wait()
+        except KeyboardInterrupt:                                # pytest got the same Ctrl-C: it reports and ends
+            return pytest_run.wait()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.",
                                      formatter_class=_HelpFormatter)
@@ -133,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "registers, shared memory, spills, tensor cores, occupancy, roofline")
     add_audit_arguments(audit)
     audit.set_defaults(func=run_audit_command)
+    # Listed for --help only: main() hands everything after `conformance` to pytest unparsed.
+    sub.add_parser("conformance", help="run the conformance suite shipped with attnbench under pytest: "
+                                       "--backend, --plugin, --device, --long and any pytest option "
+                                       "(`attnbench conformance --help` lists them)")
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
     backends.add_argument("--json", action="store_true", help="print the rows as JSON")
     backends.set_defaults(func=_cmd_backends)
@@ -141,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["conformance"]:
+        return run_conformance(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv                                             # `perf --resume` tells typed flags from defaults
     try:

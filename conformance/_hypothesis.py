@@ -1,25 +1,7 @@
-"""Hypothesis profiles for the property suites.
-
-    ci        (default) few examples, derandomized, no example database: the same
-              examples on every run and machine, so CI is reproducible and bounded.
-    thorough  many random examples, for a night run or before a release.
-
-Pick one with `ATTNBENCH_HYPOTHESIS_PROFILE=thorough` or `pytest --hypothesis-profile thorough`
-(the flag wins: hypothesis' pytest plugin loads it after this module ran). `ATTNBENCH_THOROUGH_EXAMPLES=N`
-sets the thorough profile's examples per test (default 500) for a long search.
-"""
-import os
-
-from hypothesis import HealthCheck, settings
-
-# Drawing whole problems is slow-ish and filtering by capabilities rejects some draws; neither is a bug.
-_QUIET = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
-
-settings.register_profile("ci", max_examples=25, derandomize=True, database=None, deadline=None,
-                          suppress_health_check=_QUIET, print_blob=True)
-settings.register_profile("thorough", max_examples=int(os.environ.get("ATTNBENCH_THOROUGH_EXAMPLES", "500")), deadline=None, suppress_health_check=_QUIET,
-                          print_blob=True)
-settings.load_profile(os.environ.get("ATTNBENCH_HYPOTHESIS_PROFILE", "ci"))
+"""Example counts for the property suites. The hypothesis profiles (`ci`, the default, and `thorough`) are
+registered and loaded by attnbench/pytest_plugin.py, before hypothesis' pytest plugin reads
+`--hypothesis-profile`, however the suite is started (checkout, `attnbench conformance`, `--pyargs`)."""
+from hypothesis import settings
 
 
 def examples(ci_fraction: float = 1.0) -> int:

@@ -13,6 +13,7 @@ lists what was not checked and why.
     pytest conformance --backend torch_eager --backend numpy
     pytest conformance --device cuda
     pytest conformance --mutant no_rescale    # a deliberately wrong backend (conformance/mutants) alone
+    attnbench conformance --plugin my_attn.py --backend my_attn   # the suite as installed, from any directory
 """
 from __future__ import annotations
 
@@ -29,48 +30,13 @@ import pytest  # noqa: E402
 
 from attnbench.implementations import all_backends, get_backend  # noqa: E402
 from attnbench.implementations.registry import register  # noqa: E402
-
-from . import _hypothesis  # noqa: F401 - registers and loads the hypothesis profiles
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("attnbench")
-    group.addoption("--backend", action="append", default=[], help="check only this backend (repeatable)")
-    group.addoption("--plugin", action="append", default=[], metavar="FILE.py",
-                    help="import this backend file first (repeatable): its @register backends join the suite")
-    group.addoption("--device", action="append", default=[],
-                    help="device to check on (repeatable; default: cpu, plus cuda when present)")
-    group.addoption("--grid", default=None, choices=("flash",),
-                    help="flash: run FlashAttention's whole test grid (conformance/flash_grid.py, 648 problems, "
-                         "forward and backward); without it CI runs a slice")
-    group.addoption("--mutant", default=None,
-                    help="register this deliberately wrong backend from conformance/mutants (or 'twin') and check "
-                         "only it: the meta-test's way to prove the suite catches bugs")
-    group.addoption("--long", action="store_true",
-                    help="add the long-context cases up to N = M = 65,536 (conformance/long_cases.py); a case "
-                         "whose (N, M) pattern exceeds 2 GiB runs only for backends named with --backend")
+from attnbench.pytest_plugin import register as register_suite_options  # noqa: E402
 
 
-def pytest_configure(config):
-    """An unknown --backend, or a --device that cannot run here, is one usage line (exit 4): not a traceback per
-    collected module, and not a run where every case skips and the session passes."""
-    from attnbench.devices import device_unavailable_reason
-    from attnbench.implementations.registry import load_plugins
-    from attnbench.reference import AttentionInputError
-
-    try:
-        load_plugins(config.getoption("--plugin"))
-    except AttentionInputError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    for name in config.getoption("--backend"):
-        try:
-            get_backend(name)
-        except KeyError as exc:
-            raise pytest.UsageError(f"--backend: {exc.args[0]}") from None
-    for device in config.getoption("--device"):
-        reason = device_unavailable_reason(device)
-        if reason:
-            raise pytest.UsageError(f"--device {device}: {reason}")
+def pytest_addoption(parser, pluginmanager):
+    """The suite's options (--backend, --device, --plugin, --long, ...) and hypothesis profiles live in
+    attnbench/pytest_plugin.py, defined once whether this conftest, the repository's or the entry point asks."""
+    register_suite_options(pluginmanager)
 
 
 def selected_backends(config):

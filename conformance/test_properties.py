@@ -3,7 +3,7 @@ float64 reference within the derived budget.
 
 The fixed cases in `cases.py` cover what we thought of; these draw shapes, masks, causal alignments,
 scales, dtypes and layouts we did not. A failure shrinks to a small problem and prints the one-line repro.
-Example counts come from the hypothesis profile (see `_hypothesis.py`); backward runs a quarter of them.
+Example counts come from the hypothesis profile (see `attnbench/pytest_plugin.py`); backward runs a quarter of them.
 """
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
