@@ -1,4 +1,5 @@
-"""The `attnbench` command line. User mistakes print one line and exit 2, never a traceback."""
+"""The `attnbench` command line. User mistakes (`AttentionInputError`: a bad option, problem or backend name) print
+one line and exit 2, never a traceback; any other exception is a bug and shows its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -150,9 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("check", "run", "perf"):
             use_triton_interpreter_without_cuda()
         return args.func(args)
-    except (AttentionInputError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"attnbench: error: {message}", file=sys.stderr)
+    except AttentionInputError as exc:       # UnknownBackendError included; a bug's KeyError keeps its traceback
+        print(f"attnbench: error: {exc}", file=sys.stderr)
         return 2
 
 

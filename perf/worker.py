@@ -116,11 +116,7 @@ def _reuse_capabilities(case: Case, caps: dict) -> None:
     from .sweep import load_plugins
 
     load_plugins(case.plugins)
-    backend = get_backend(case.backend)
-    known = capabilities_from_dict(caps)
-    # Instance attributes shadow the probing methods; the parent only hands caps for a device it found usable.
-    backend.capabilities = lambda device: known
-    backend.device_unavailable_reason = lambda device: None
+    get_backend(case.backend).adopt_capabilities(case.device, capabilities_from_dict(caps))
 
 
 def _context():
