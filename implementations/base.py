@@ -22,8 +22,9 @@ import numpy as np
 
 from attnbench.precision import Precision
 from attnbench.problem import DTYPES, Inputs, Problem
+from attnbench.reference import CAUSAL_ALIGNMENTS
 
-ALL_CAUSAL = ("top_left", "bottom_right")
+ALL_CAUSAL = CAUSAL_ALIGNMENTS         # the reference's alignments, under the name Capabilities reads
 ALL_MASKS = ("bool", "bias")
 
 

@@ -20,6 +20,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._torch_common import TorchBackend
 from attnbench.precision import FLOAT32_INTERNAL, INPUT, Precision, for_half
+from attnbench.problem import DTYPES
+from attnbench.reference import CAUSAL_ALIGNMENTS
 
 from .base import Capabilities
 from .registry import register
@@ -31,7 +33,6 @@ KERNELS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-PROBE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 PROBE_HEAD_DIMS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 512)
 # What torch raises when SDPA's kernel selection finds no kernel for a call's features (a forced kernel that
 # refuses them, on CPU and CUDA alike): the one error a probe reads as "not supported". Anything else raised by
@@ -123,7 +124,7 @@ PRECISION = {
 def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
     """Capabilities of SDPA kernel `kernel_name` on `device`, found by running tiny calls; None if it runs nothing."""
     kernel = KERNELS[kernel_name]
-    dtypes = tuple(d for d in PROBE_DTYPES if _runs(kernel, device, d))
+    dtypes = tuple(d for d in DTYPES if _runs(kernel, device, d))
     if not dtypes:
         return None
     dt = dtypes[0]
@@ -131,7 +132,7 @@ def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
     head_dims = [d for d in PROBE_HEAD_DIMS if runs(D=d, Dv=d)]
     return Capabilities(
         dtypes=dtypes,
-        causal=tuple(a for a in ("top_left", "bottom_right") if runs(causal=a, N=4, M=8) and runs(causal=a, N=8, M=4)),
+        causal=tuple(a for a in CAUSAL_ALIGNMENTS if runs(causal=a, N=4, M=8) and runs(causal=a, N=8, M=4)),
         masks=tuple(m for m in ("bool", "bias") if runs(mask=m)),
         mask_with_causal=runs(mask="bool", causal="top_left"),
         cross=runs(N=8, M=12),
