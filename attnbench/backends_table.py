@@ -2,7 +2,10 @@
 
 Rows are plain dicts built from the registry (`backend_rows`), so the same data
 renders as a text table (`format_table`) or JSON (`format_json`); plugins that
-failed to load are rows too, with status "load error" and the error.
+failed to load are rows too, with status "load error" and the error. A backend
+that runs here only under a simulator (triton_blockwise on a CPU, under the
+Triton interpreter, as `check` and `perf` run it) is "simulated", with the reason.
+The CLI sets the environment as `check` does first, so the table says what `check` would run.
 """
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ ABBREVIATIONS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float6
                  "top_left": "top_left", "bottom_right": "bottom_right"}
 
 
+# What the commands do with a simulated backend (sweep.measurable_backends leaves it out of --quick and run).
+SIMULATED = "check and conformance run it; perf times the simulator (left out of --quick and run), not the kernel"
+
+
 def _yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -22,8 +29,9 @@ def _yes_no(flag: bool) -> str:
 def backend_row(backend, device: str, source: str = "") -> dict:
     """One row: availability on `device` (with the reason) and, when available, the declared capabilities."""
     reason = backend.unavailable_reason() or backend.device_unavailable_reason(device)
+    simulated = backend.simulated_reason(device) if reason is None else None
     row = {"backend": backend.name, "device": device, "available": reason is None, "reason": reason,
-           "source": source, "description": backend.description}
+           "simulated": simulated, "source": source, "description": backend.description}
     # An unavailable backend shows what it declares statically; one that probes (declares nothing) shows blanks.
     if reason is not None and backend.caps is Backend.caps:
         return row
@@ -50,7 +58,7 @@ def _cells(row: dict) -> dict:
         return {"backend": row["backend"], "device": row["device"], "status": "unavailable", "source": row["source"]}
     short = lambda items: ",".join(ABBREVIATIONS.get(x, x) for x in items) or "-"   # noqa: E731
     return {"backend": row["backend"], "device": row["device"],
-            "status": "available" if row["available"] else "unavailable",
+            "status": "simulated" if row.get("simulated") else "available" if row["available"] else "unavailable",
             "dtypes": short(row["dtypes"]), "causal": short(row["causal"]), "masks": short(row["masks"]),
             "gqa": _yes_no(row["gqa"]), "grad": _yes_no(row["grad"]), "det": _yes_no(row["deterministic"]),
             "lse": _yes_no(row["lse"]), "source": row["source"]}
@@ -65,8 +73,11 @@ def format_table(rows: list[dict]) -> str:
         lines.append("  ".join(cell.get(c, "").ljust(widths[c]) for c in COLUMNS).rstrip())
         if not row["available"]:
             lines.append(f"    why: {row['reason']}")
+        elif row.get("simulated"):
+            lines.append(f"    simulated: {row['simulated']}: {SIMULATED}")
     available = sum(r["available"] for r in rows)
-    lines.append(f"{available} of {len(rows)} backend/device pairs available; "
+    simulated = sum(bool(r.get("simulated")) for r in rows)
+    lines.append(f"{available} of {len(rows)} backend/device pairs available ({simulated} simulated); "
                  "det = deterministic, lse = returns the log-sum-exp; an unavailable row shows what it declares")
     return "\n".join(lines)
 

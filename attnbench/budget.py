@@ -141,6 +141,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attnbench.precision import HALF_DTYPES
+
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
 ACCUMULATION_DTYPE = {"float16": "float32", "bfloat16": "float32", "float32": "float32", "float64": "float64"}
 LAMBDA = 6.0
@@ -261,7 +263,7 @@ def lse_bound(q, k, lse_ref, bias, scale: float, dtype: str) -> np.ndarray:
 
 LEAN_FALSE_ALARM = 1e-9
 LEAN_TOLERANCE = 0.1          # a row leans one way with probability up to 1/2 + this in a correct kernel
-LEAN_DTYPES = ("float16", "bfloat16")
+LEAN_DTYPES = HALF_DTYPES
 
 
 @dataclass(frozen=True)

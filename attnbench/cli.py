@@ -1,4 +1,5 @@
-"""The `attnbench` command line. User mistakes print one line and exit 2, never a traceback."""
+"""The `attnbench` command line. User mistakes (`AttentionInputError`: a bad option, problem or backend name) print
+one line and exit 2, never a traceback; any other exception is a bug and shows its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ def _version() -> str:
 def use_triton_interpreter_without_cuda() -> None:
     """Without CUDA, Triton kernels run only under the interpreter, chosen when triton.jit decorates them:
     set TRITON_INTERPRET=1 before any backend is imported (an explicit setting wins), as the conformance
-    conftest does, so `check`, `run` and `perf` include triton_blockwise at the sizes it allows."""
+    conftest does, so `check`, `run` and `perf` include triton_blockwise at the sizes it allows, and
+    `backends` lists what they would run."""
     import torch
 
     if not torch.cuda.is_available():
@@ -118,16 +120,31 @@ def run_conformance(pytest_args: list[str]) -> int:
             return pytest_run.wait()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_report(args) -> int:
+    from attnbench.perf.cli_perf import run_report
+
+    return run_report(args)
+
+
+def _command(argv: list[str]) -> str:
+    """The subcommand named in argv, "" for none: the first word that is not an option (the top-level options,
+    --help and --version, take no value)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser. Given `command`, the subcommand about to run ("" for none: --help, --version), the options of
+    perf, compare and audit are built only for that one, so `backends`, `check` and `--version` never import
+    attnbench.perf; None builds every option (every --help)."""
+    def wanted(name: str) -> bool:
+        return command is None or command == name
+
     parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"attnbench {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_HelpFormatter, **k)  # defaults in every --help
-    from attnbench.perf.cli_compare import add_compare_arguments, run_compare
-    from attnbench.perf.cli_perf import add_sweep_arguments, run_perf, run_report
-
     run = sub.add_parser("run", help="check every available backend and time it on a default set; write a report")
     run.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to run every backend on")
     run.add_argument("--out", default="reports", help="parent directory of the new run-* report directory")
@@ -147,21 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
     perf = sub.add_parser("perf", help="sweep N, H, B, D, dtype, causal and pass over backends; time, memory, "
                                        "accuracy; write reports/<run-id>/")
-    add_sweep_arguments(perf)
-    perf.set_defaults(func=run_perf)
+    if wanted("perf"):
+        from attnbench.perf.cli_perf import add_sweep_arguments, run_perf
+
+        add_sweep_arguments(perf)
+        perf.set_defaults(func=run_perf)
     report = sub.add_parser("report", help="re-render report.md, report.html and plots from DIR/results.jsonl")
     report.add_argument("dir", help="a run directory holding results.jsonl")
-    report.set_defaults(func=run_report)
+    report.set_defaults(func=_cmd_report)
     compare = sub.add_parser("compare", help="per-point time ratios NEW/OLD (two runs, or two backends "
                                              "interleaved); exit 1 on a significant regression")
-    add_compare_arguments(compare)
-    compare.set_defaults(func=run_compare)
-    from attnbench.perf.audit import add_audit_arguments, run_audit_command
+    if wanted("compare"):
+        from attnbench.perf.cli_compare import add_compare_arguments, run_compare
 
+        add_compare_arguments(compare)
+        compare.set_defaults(func=run_compare)
     audit = sub.add_parser("audit", help="compile the Triton kernels for sm_80/sm_90/sm_100 without a GPU; "
                                          "registers, shared memory, spills, tensor cores, occupancy, roofline")
-    add_audit_arguments(audit)
-    audit.set_defaults(func=run_audit_command)
+    if wanted("audit"):
+        from attnbench.perf.audit import add_audit_arguments, run_audit_command
+
+        add_audit_arguments(audit)
+        audit.set_defaults(func=run_audit_command)
     # Listed for --help only: main() hands everything after `conformance` to pytest unparsed.
     sub.add_parser("conformance", help="run the conformance suite shipped with attnbench under pytest: "
                                        "--backend, --plugin, --device, --long and any pytest option "
@@ -176,15 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["conformance"]:
         return run_conformance(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     args.argv = argv                                             # `perf --resume` tells typed flags from defaults
     try:
-        if args.command in ("check", "run", "perf"):
+        if args.command in ("check", "run", "perf", "backends"):       # backends: say what check would run
             use_triton_interpreter_without_cuda()
         return args.func(args)
-    except (AttentionInputError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"attnbench: error: {message}", file=sys.stderr)
+    except AttentionInputError as exc:       # UnknownBackendError included; a bug's KeyError keeps its traceback
+        print(f"attnbench: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from attnbench.budget import NAIVE_MULTIPLE, Verdict
+from attnbench.precision import HALF_DTYPES
 from attnbench.problem import Problem
 
 
@@ -54,7 +55,7 @@ class KnownDeviation:
 
 
 def _half_backward(problem: Problem, backward: bool) -> bool:
-    return backward and problem.dtype in ("float16", "bfloat16")
+    return backward and problem.dtype in HALF_DTYPES
 
 
 KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (

@@ -11,7 +11,7 @@ import pytest
 
 from attnbench import reference
 from attnbench.implementations import TorchBackend
-from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
+from attnbench.problem import DTYPES, Inputs, Problem, make_grad_out, make_inputs
 from attnbench.reference import AttentionInputError
 
 
@@ -155,7 +155,7 @@ def test_prepare_rejects_inputs_that_do_not_match_the_problem(backend, device):
 
 def test_prepare_rejects_problems_the_backend_does_not_declare(backend, device):
     caps = backend.capabilities(device)
-    missing = [d for d in ("float16", "bfloat16", "float32", "float64") if d not in caps.dtypes]
+    missing = [d for d in DTYPES if d not in caps.dtypes]
     supported = _problem_for(backend, device)
     problem = supported.replace(dtype=missing[0]) if missing else None
     unsupported_device = next(d for d in ("cuda", "mps", "xpu") if backend.device_unavailable_reason(d))

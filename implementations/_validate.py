@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError, normalize_causal
 from attnbench.reference._checks import check_qkv
 
@@ -27,7 +28,7 @@ def _is_bool(x) -> bool:
 
 
 def _is_float(x) -> bool:
-    return _dtype_name(x) in ("float16", "bfloat16", "float32", "float64")
+    return _dtype_name(x) in DTYPES
 
 
 def check_attention_args(q, k, v, mask=None, *, causal=None, scale=None, dtypes=None, who: str = "attention"):

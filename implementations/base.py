@@ -22,8 +22,9 @@ import numpy as np
 
 from attnbench.precision import Precision
 from attnbench.problem import DTYPES, Inputs, Problem
+from attnbench.reference import CAUSAL_ALIGNMENTS
 
-ALL_CAUSAL = ("top_left", "bottom_right")
+ALL_CAUSAL = CAUSAL_ALIGNMENTS         # the reference's alignments, under the name Capabilities reads
 ALL_MASKS = ("bool", "bias")
 
 
@@ -193,6 +194,12 @@ class Backend(ABC):
     def capabilities(self, device: str) -> Capabilities:
         """What this backend supports on `device` (probed where it varies by device)."""
         return self.caps
+
+    def adopt_capabilities(self, device: str, caps: Capabilities) -> None:
+        """Take `caps`, what `capabilities(device)` returned in another process on this machine, as this
+        backend's capabilities on `device`: perf's parent hands them to each point's fresh worker, and only for a
+        device it found usable. A backend that probes (runs tiny calls to learn what it supports) overrides this
+        to keep them instead of probing again; one that declares its capabilities has nothing to adopt."""
 
     def why_not(self, problem: Problem, device: str = "cpu", *, need_grad: bool = False) -> str | None:
         """Reason to skip `problem` on `device`, or None if this backend declares support."""

@@ -15,6 +15,8 @@ import pkgutil
 import sys
 from importlib.metadata import entry_points
 
+from attnbench.reference import AttentionInputError
+
 from .base import Backend
 
 ENTRY_POINT_GROUP = "attnbench.backends"
@@ -23,6 +25,15 @@ _LOAD_ERRORS: dict[str, str] = {}
 _ORIGINS: dict[str, str] = {}
 _loading_from: str | None = None   # the entry point being loaded: the origin of what registers meanwhile
 _discovered = False
+
+
+class UnknownBackendError(AttentionInputError, KeyError):
+    """A backend name that is neither registered nor a loadable 'module:function': the user's mistake, one line.
+
+    A KeyError too, so callers that caught get_backend's KeyError keep working; str() is the plain message
+    (KeyError's own quotes its argument)."""
+
+    __str__ = BaseException.__str__
 
 
 def register(backend):
@@ -100,8 +111,8 @@ def all_backends() -> list[Backend]:
 
 
 def get_backend(name: str) -> Backend:
-    """The backend called `name`; a KeyError listing the known names otherwise. A name 'module:function'
-    (optionally '@bnhd') is a plain attention function, adapted and registered on first use
+    """The backend called `name`; an UnknownBackendError listing the known names otherwise. A name
+    'module:function' (optionally '@bnhd') is a plain attention function, adapted and registered on first use
     (`implementations/_function.py`), so every command and suite takes it where it takes a name."""
     discover()
     if name not in _BACKENDS and ":" in name:
@@ -110,8 +121,8 @@ def get_backend(name: str) -> Backend:
         _BACKENDS[name] = function_backend(name)
         _ORIGINS[name] = f"function {name.partition('@')[0]}"
     if name not in _BACKENDS:
-        raise KeyError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}; or a function as "
-                       f"'package.module:function' (optionally '@bnhd')")
+        raise UnknownBackendError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}; or a function "
+                                  f"as 'package.module:function' (optionally '@bnhd')")
     return _BACKENDS[name]
 
 
@@ -132,8 +143,6 @@ def load_plugins(paths) -> None:
     `perf`, `compare` and `pytest conformance --plugin FILE.py` see a backend that is neither in
     implementations/ nor installed with an entry point."""
     from pathlib import Path
-
-    from attnbench.reference import AttentionInputError
 
     for path in paths:
         if not Path(path).is_file():

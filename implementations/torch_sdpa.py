@@ -20,6 +20,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._torch_common import TorchBackend
 from attnbench.precision import FLOAT32_INTERNAL, INPUT, Precision, for_half
+from attnbench.problem import DTYPES
+from attnbench.reference import CAUSAL_ALIGNMENTS
 
 from .base import Capabilities
 from .registry import register
@@ -31,8 +33,11 @@ KERNELS = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-PROBE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 PROBE_HEAD_DIMS = (8, 16, 32, 64, 80, 96, 128, 160, 192, 256, 512)
+# What torch raises when SDPA's kernel selection finds no kernel for a call's features (a forced kernel that
+# refuses them, on CPU and CUDA alike): the one error a probe reads as "not supported". Anything else raised by
+# a probe (a TypeError from a wrong argument, a shape error, an OOM) is a bug or a broken machine and propagates.
+NOT_SUPPORTED = ("No available kernel", "No viable backend for scaled_dot_product_attention")
 
 
 def fold_causal(mask, causal, n: int, m: int, dtype, device):
@@ -61,9 +66,17 @@ def sdpa_call(q, k, v, *, mask, causal, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 
+def not_supported(exc: BaseException) -> bool:
+    """Whether `exc` is torch saying the forced kernel does not take this call (NotImplementedError, or the
+    kernel selection's RuntimeError), as opposed to a failure of the call itself."""
+    return isinstance(exc, NotImplementedError) or (
+        isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in NOT_SUPPORTED))
+
+
 def _runs(kernel, device: str, dtype: str, *, B=1, H=2, Hkv=2, N=8, M=8, D=16, Dv=16, causal=None, mask=None,
           grad=False, layout=None) -> bool:
-    """Whether one tiny SDPA call with these features runs on `kernel` without raising."""
+    """Whether one tiny SDPA call with these features runs on `kernel`: False when torch says the kernel does not
+    take it (`not_supported`); any other exception propagates."""
     dt = getattr(torch, dtype)
     try:
         q = torch.randn(B, H, N, D, dtype=dt, device=device)
@@ -89,7 +102,9 @@ def _runs(kernel, device: str, dtype: str, *, B=1, H=2, Hkv=2, N=8, M=8, D=16, D
             if grad:
                 out.sum().backward()
         return True
-    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError) as exc:
+        if not not_supported(exc):
+            raise
         return False
 
 
@@ -109,7 +124,7 @@ PRECISION = {
 def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
     """Capabilities of SDPA kernel `kernel_name` on `device`, found by running tiny calls; None if it runs nothing."""
     kernel = KERNELS[kernel_name]
-    dtypes = tuple(d for d in PROBE_DTYPES if _runs(kernel, device, d))
+    dtypes = tuple(d for d in DTYPES if _runs(kernel, device, d))
     if not dtypes:
         return None
     dt = dtypes[0]
@@ -117,7 +132,7 @@ def probe_capabilities(kernel_name: str, device: str) -> Capabilities | None:
     head_dims = [d for d in PROBE_HEAD_DIMS if runs(D=d, Dv=d)]
     return Capabilities(
         dtypes=dtypes,
-        causal=tuple(a for a in ("top_left", "bottom_right") if runs(causal=a, N=4, M=8) and runs(causal=a, N=8, M=4)),
+        causal=tuple(a for a in CAUSAL_ALIGNMENTS if runs(causal=a, N=4, M=8) and runs(causal=a, N=8, M=4)),
         masks=tuple(m for m in ("bool", "bias") if runs(mask=m)),
         mask_with_causal=runs(mask="bool", causal="top_left"),
         cross=runs(N=8, M=12),
@@ -138,14 +153,23 @@ class TorchSdpa(TorchBackend):
     devices = ("cpu", "cuda")
     kernel_name = ""
 
+    def __init__(self):
+        self._adopted: dict[str, Capabilities] = {}               # device -> caps probed in another process
+
+    def _probed(self, device: str) -> Capabilities | None:
+        return self._adopted[device] if device in self._adopted else probe_capabilities(self.kernel_name, device)
+
     def device_unavailable_reason(self, device: str) -> str | None:
         reason = super().device_unavailable_reason(device)
-        if reason is None and probe_capabilities(self.kernel_name, device) is None:
+        if reason is None and self._probed(device) is None:
             reason = f"SDPA {self.kernel_name} kernel does not run on {device} with this torch build ({torch.__version__})"
         return reason
 
     def capabilities(self, device: str) -> Capabilities:
-        return probe_capabilities(self.kernel_name, device) or Capabilities(dtypes=())
+        return self._probed(device) or Capabilities(dtypes=())
+
+    def adopt_capabilities(self, device: str, caps: Capabilities) -> None:
+        self._adopted[device] = caps                              # the probes cost ~1 s a kernel per process
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
         if return_lse:

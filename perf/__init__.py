@@ -1,5 +1,6 @@
 """attnbench.perf: time and memory of backends, and the reports rendered from them.
 
+settings.py every default, defined once: time budgets per sweep, point timeouts
 sweep.py    SweepSpec -> Case (Problem + pass + backend + device), skips with reasons
 worker.py   one case in a fresh forkserver child: timeout, memory cap, status ok/oom/timeout/error
 measure.py  in the child: accuracy (check_forward at the point's own N, M), first call + peak memory, timed repeats

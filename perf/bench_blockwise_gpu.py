@@ -19,8 +19,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from attnbench.precision import HALF_DTYPES
+
 from . import records
 from .measure import MeasureOptions
+from .settings import LONG_POINT_TIMEOUT_S, TIME_BUDGET_S
 from .sweep import SweepSpec
 
 BACKENDS = ("triton_blockwise", "torch_sdpa_flash")
@@ -29,7 +32,7 @@ HEAD_DIMS = (64, 128)
 B, H = 1, 16
 SPEC = SweepSpec(seq_lens=SEQ_LENS, heads=(H,), batch=(B,), head_dims=HEAD_DIMS, dtypes=("bfloat16",),
                  causal=(None, "top_left"), passes=("fwd", "fwd+bwd"), backends=BACKENDS, device="cuda")
-OPTIONS = MeasureOptions(time_budget_s=0.5, min_repeats=10, max_repeats=100)
+OPTIONS = MeasureOptions(time_budget_s=TIME_BUDGET_S, min_repeats=10, max_repeats=100)
 
 
 def format_table(results: list[records.PointResult], machine: dict) -> str:
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="reports", help="parent of the new run directory")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float16", "bfloat16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=HALF_DTYPES)
     parser.add_argument("--causal", default="none,top_left", help="none and/or top_left, comma-separated")
     parser.add_argument("--seq-lens", default=",".join(map(str, SEQ_LENS)), help="N values, comma-separated")
     args = parser.parse_args(argv)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import machine_info, new_run_dir, run_sweep
 
     run_dir = new_run_dir(Path(args.out))
-    path = run_sweep(spec, run_dir, OPTIONS, timeout_s=600)
+    path = run_sweep(spec, run_dir, OPTIONS, timeout_s=LONG_POINT_TIMEOUT_S)
     render(run_dir)
     print(format_table(records.read(path), machine_info(run_dir, spec)))
     print(f"report: {run_dir / 'report.html'}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from . import records
 from .analysis import slopes
 from .measure import MeasureOptions
+from .settings import LONG_POINT_TIMEOUT_S
 from .sweep import SweepSpec
 
 BACKENDS = ("torch_blockwise", "torch_eager")
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports", help="parent of the new run directory")
     args = parser.parse_args(argv)
     run_dir = new_run_dir(Path(args.out))
-    path = run_sweep(spec(ints(args.seq_lens, "seq-lens")), run_dir, OPTIONS, timeout_s=600)
+    path = run_sweep(spec(ints(args.seq_lens, "seq-lens")), run_dir, OPTIONS, timeout_s=LONG_POINT_TIMEOUT_S)
     render(run_dir)
     print(memory_table(records.read(path)))
     print(f"report: {run_dir / 'report.html'}")

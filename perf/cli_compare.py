@@ -13,6 +13,7 @@ from attnbench.reference import AttentionInputError
 
 from .cli_perf import CAUSAL_WORDS, ints, words
 from .measure import MeasureOptions
+from .settings import INTERLEAVED_TIME_BUDGET_S, POINT_TIMEOUT_S
 from .sweep import PERF_PASSES, SweepSpec
 
 
@@ -34,8 +35,9 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     ab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to time on")
     ab.add_argument("--threads", type=int, default=1, help="torch/BLAS threads in the worker")
     ab.add_argument("--processes", type=int, default=3, help="fresh processes per point")
-    ab.add_argument("--time-budget", type=float, default=0.5, help="seconds of timed pairs per process")
-    ab.add_argument("--timeout", type=float, default=120.0, help="seconds per process")
+    ab.add_argument("--time-budget", type=float, default=INTERLEAVED_TIME_BUDGET_S,
+                    help="seconds of timed pairs per process")
+    ab.add_argument("--timeout", type=float, default=POINT_TIMEOUT_S, help="seconds per process")
     ab.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                     help="a module file registering extra backends (e.g. a second install under another name)")
 

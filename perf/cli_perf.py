@@ -16,12 +16,14 @@ from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError
 
 from .measure import MeasureOptions
+from .settings import PERF_TIME_BUDGET_S, POINT_TIMEOUT_S, QUICK_TIME_BUDGET_S
 from .sweep import PERF_PASSES, SweepSpec, measurable_backends
 
 # --quick is a look, not a record: no re-measuring (noisy points are still flagged) and no simulated backends.
-QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=0.1, repeats=20, processes=2, remeasure=0)
-DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=0.3, repeats=50, processes=3,
-                remeasure=1)
+QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=QUICK_TIME_BUDGET_S, repeats=20, processes=2,
+             remeasure=0)
+DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=PERF_TIME_BUDGET_S,
+                repeats=50, processes=3, remeasure=1)
 CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -89,7 +91,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"most timed repeats per point (default {DEFAULTS['repeats']}; --quick {QUICK['repeats']})")
     p.add_argument("--time-budget", type=float, help=f"seconds of timed repeats per point (default "
                                                      f"{DEFAULTS['time_budget']}; --quick {QUICK['time_budget']})")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per point before it is a timeout")
+    p.add_argument("--timeout", type=float, default=POINT_TIMEOUT_S, help="seconds per point before it is a timeout")
     p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom "
                                         "(default: no cap)")
     p.add_argument("--resume", metavar="DIR", help="continue the sweep saved in DIR (its spec.json), skipping "

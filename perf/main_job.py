@@ -12,11 +12,12 @@ from . import records
 from .measure import MeasureOptions
 from .report import render
 from .runner import new_run_dir, run_sweep
+from .settings import POINT_TIMEOUT_S, RUN_TIME_BUDGET_S
 from .sweep import SweepSpec, measurable_backends
 
 # An N curve at H 4, and H 2 and 8 at N 256 for the time-vs-H plot (two points more per backend).
 DEFAULT_SPEC = SweepSpec(seq_lens=(256, 512, 1024), heads=(4, 2, 8), heads_at_n=256, passes=("fwd",))
-DEFAULT_OPTIONS = MeasureOptions(time_budget_s=0.2, max_repeats=20)
+DEFAULT_OPTIONS = MeasureOptions(time_budget_s=RUN_TIME_BUDGET_S, max_repeats=20)
 
 
 def format_table(results: list[records.PointResult]) -> str:
@@ -44,8 +45,7 @@ def main_job(out_dir: Path, device: str = "cpu", spec: SweepSpec = DEFAULT_SPEC,
     # triton_blockwise under the Triton interpreter); conformance still checks them, `perf --backends` times them.
     backends = spec.backends if spec.backends is not None else measurable_backends(device, spec.plugins)
     path = run_sweep(SweepSpec(**{**spec.__dict__, "device": device, "backends": backends}), run_dir, options,
-                     timeout_s=120,
-                     log=log)
+                     timeout_s=POINT_TIMEOUT_S, log=log)
     render(run_dir)
     log(format_table(records.read(path)))
     return run_dir

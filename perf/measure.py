@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from attnbench.problem import Problem, make_grad_out, make_inputs
 
 from . import integrity, process_setup
+from .settings import TIME_BUDGET_S
 from .sweep import Case, load_plugins
 from .timing import summarize, time_cuda, time_steady
 
@@ -49,7 +50,7 @@ class MeasureOptions:
     keep_freed_memory: glibc keeps freed memory (steady state, no per-call page faults).
     """
 
-    time_budget_s: float = 0.5
+    time_budget_s: float = TIME_BUDGET_S
     min_repeats: int = 5
     max_repeats: int = 50
     warmup: int = 1

@@ -22,6 +22,7 @@ from .machine import measure_machine, roofline_flops, same_machine
 from .measure import MeasureOptions
 from .records import PointResult
 from .rundir import save_or_check_spec, writer_lock
+from .settings import POINT_TIMEOUT_S
 from .sweep import Case, SweepSpec, expand
 
 
@@ -118,7 +119,7 @@ def with_peaks(measured_by: dict, known: dict) -> dict:
     return {**known, **measured_by}
 
 
-def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeout_s: float = 60.0,
+def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeout_s: float = POINT_TIMEOUT_S,
               executor=None, log=lambda line: print(line, file=sys.stderr, flush=True), args: dict | None = None,
               progress_bar: bool | None = None) -> Path:
     """Measure every case of `spec` not already in run_dir/results.jsonl; returns the results path.

@@ -33,6 +33,7 @@ import sys
 from . import integrity, replicates
 from .machine import fingerprint
 from .measure import MeasureOptions, measure_case, set_cpu_cap
+from .settings import LONG_POINT_TIMEOUT_S
 from .sweep import Case
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
@@ -116,11 +117,7 @@ def _reuse_capabilities(case: Case, caps: dict) -> None:
     from .sweep import load_plugins
 
     load_plugins(case.plugins)
-    backend = get_backend(case.backend)
-    known = capabilities_from_dict(caps)
-    # Instance attributes shadow the probing methods; the parent only hands caps for a device it found usable.
-    backend.capabilities = lambda device: known
-    backend.device_unavailable_reason = lambda device: None
+    get_backend(case.backend).adopt_capabilities(case.device, capabilities_from_dict(caps))
 
 
 def _context():
@@ -235,8 +232,8 @@ def _died(exitcode: int | None, options: MeasureOptions) -> tuple[str, dict]:
 
 
 def main(argv: list[str]) -> int:
-    status, fields = run_isolated(Case.from_json(argv[0]), MeasureOptions(**json.loads(argv[1] if len(argv) > 1
-                                                                                         else "{}")), 600)
+    options = MeasureOptions(**json.loads(argv[1] if len(argv) > 1 else "{}"))
+    status, fields = run_isolated(Case.from_json(argv[0]), options, LONG_POINT_TIMEOUT_S)
     print(json.dumps({"status": status, **fields}))
     return 0 if status == "ok" else 1
 

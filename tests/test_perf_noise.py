@@ -64,14 +64,17 @@ def test_child_pre_call_check_uses_the_parents_capabilities(monkeypatch):
     import dataclasses
 
     backend = get_backend("torch_sdpa_flash")
-    caps = dataclasses.asdict(backend.capabilities("cpu"))
+    known = backend.capabilities("cpu")
+    caps = dataclasses.asdict(known)
     problem = Problem(B=1, H=2, N=64, M=64, D=16, dtype="float32")
 
     def no_probe(*args):
         raise AssertionError("probed again in the worker")
 
     monkeypatch.setattr(torch_sdpa, "probe_capabilities", no_probe)
-    monkeypatch.setattr(backend, "capabilities", backend.capabilities, raising=False)   # restored afterwards
-    monkeypatch.setattr(backend, "device_unavailable_reason", backend.device_unavailable_reason, raising=False)
+    monkeypatch.setattr(backend, "_adopted", {})                           # what it adopts is undone afterwards
     _reuse_capabilities(Case("torch_sdpa_flash", problem), caps)
     assert backend.why_not(problem, "cpu") is None
+    assert backend.capabilities("cpu") == known
+    # The backend declares the reuse (adopt_capabilities); the worker used to shadow its methods with lambdas.
+    assert not {"capabilities", "device_unavailable_reason"} & set(vars(backend))

@@ -2,7 +2,7 @@
 and timed; a plugin that fails to load is reported and skipped, never fatal."""
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +11,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnbench.cli import main
 from attnbench.implementations import registry
@@ -109,6 +110,10 @@ def test_dropped_backend_file_is_listed_checked_and_run_by_conformance(dropped_b
     sources = {row["backend"]: row["source"] for row in json.loads(listed.stdout)}
     assert sources[dropped_backend] == f"implementations/{DROPPED_MODULE}.py"
     assert sources["torch_eager"] == "implementations/torch_eager.py"      # not the file that imported it first
+    # The table says what `check` below would run: without CUDA, triton_blockwise under the interpreter.
+    triton = next(r for r in json.loads(listed.stdout) if (r["backend"], r["device"]) == ("triton_blockwise", "cpu"))
+    if not torch.cuda.is_available() and importlib.util.find_spec("triton"):
+        assert triton["available"] and "Triton interpreter" in triton["simulated"], triton
     checked = run_cli("-m", "attnbench", "check", dropped_backend, "--problem", "B=2,N=33,M=40,causal=bottom_right",
                       cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
