@@ -5,10 +5,14 @@
     Alibi(per)            -slope_h |i + M - N - j| (alibi.py)
     Sinks()               a per-head logit in every row's denominator (sinks.py)
 
-`MODS` maps a spec key to its class: adding a modification is its module and one line here. The reference's
-block function (`attnbench.reference.block`) is the only place scores meet them.
+`MODS` maps a spec key to its class, found by looking through this package's modules: adding a modification is
+its module (a `Modification` subclass with a `key`), nothing here. The reference's block function
+(`attnbench.reference.block`) is the only place scores meet them.
 """
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import numpy as np
 
@@ -20,7 +24,21 @@ from .sinks import Sinks
 from .softcap import Softcap
 from .window import Window
 
-MODS: dict[str, type[Modification]] = {cls.key: cls for cls in (Window, Softcap, Alibi, Sinks)}
+
+
+def _discover() -> dict[str, type[Modification]]:
+    """{key: class} of every Modification subclass defined in this package's modules, in module-name order."""
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, Modification) and value.key
+                    and value.__module__ == module.__name__):
+                found[value.key] = value
+    return found
+
+
+MODS: dict[str, type[Modification]] = _discover()
 
 __all__ = ["MODS", "Alibi", "Block", "Modification", "Sinks", "Softcap", "Window", "apply", "edges",
            "magnitude", "parse", "sink_logits", "visible_range"]
