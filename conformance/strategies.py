@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from attnbench.implementations import Capabilities
 from attnbench.problem import DTYPES, LAYOUTS, MASK_FORMS, Problem
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
+from attnbench.reference.mods.document import Document
 
 # Sizes kernel authors get wrong: 1, just around a tile (15, 17, 63, 65), odd (59, 111), plus any size.
 _SPECIAL_LENGTHS = (1, 2, 15, 17, 31, 63, 65, 97, 113, 129, 200)
@@ -63,7 +64,8 @@ def modification_lists(supported: tuple[str, ...]) -> st.SearchStrategy[tuple]:
     makers = {"window": windows(),
               "softcap": st.builds(Softcap, st.sampled_from((1.0, 5.0, 30.0))),
               "alibi": st.builds(Alibi, st.sampled_from(("head", "batch"))),
-              "sinks": st.just(Sinks())}
+              "sinks": st.just(Sinks()),
+              "document": st.builds(Document, st.integers(1, 4))}
     choices = [makers[k] for k in supported if k in makers]
     if not choices:
         return st.just(())

@@ -29,7 +29,8 @@ from .registry import register
 
 def _modified(s, mods, N: int, M: int, Hkv: int):
     """Grouped scores s (B, Hkv, G, N, M) after the softcap and ALiBi of `mods` (reference modifications, bound),
-    in their order and in s's dtype, and the window's bool (N, M) keep (None without one)."""
+    in their order and in s's dtype, and the bool keep of the window (N, M) and documents (B, 1, 1, N, M) (None
+    without either)."""
     dtype = s.dtype
     distance = np.arange(N)[:, None] + (M - N) - np.arange(M)[None, :]       # i + M - N - j (bottom-right)
     keep = None
@@ -41,9 +42,14 @@ def _modified(s, mods, N: int, M: int, Hkv: int):
             slopes = (slopes if slopes.ndim == 2 else slopes[None]).reshape(-1, Hkv, slopes.shape[-1] // Hkv, 1, 1)
             s = s - slopes * np.abs(distance).astype(dtype)
         elif m.key == "window":
-            keep = np.ones((N, M), dtype=bool)
-            keep &= (distance <= m.left) if m.left >= 0 else keep
-            keep &= (distance >= -m.right) if m.right >= 0 else keep
+            band = np.ones((N, M), dtype=bool)
+            band &= (distance <= m.left) if m.left >= 0 else band
+            band &= (distance >= -m.right) if m.right >= 0 else band
+            keep = band if keep is None else keep & band
+        elif m.key == "document":                        # (B, 1, 1, N, M): the query's key position's document
+            ids = np.asarray(m.ids)
+            same = ids[:, np.clip(np.arange(N) + M - N, 0, M - 1)][:, :, None] == ids[:, None, :]
+            keep = same[:, None, None] if keep is None else keep & same[:, None, None]
     return s, keep
 
 
@@ -88,7 +94,8 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     devices = ("cpu",)
-    caps = Capabilities(dtypes=("float16", "float32", "float64"), mods=("window", "softcap", "alibi", "sinks"))
+    caps = Capabilities(dtypes=("float16", "float32", "float64"),
+                        mods=("window", "softcap", "alibi", "sinks", "document"))
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:

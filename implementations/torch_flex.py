@@ -86,6 +86,9 @@ def flex_mods(mask, causal: str | None, B: int, H: int, N: int, M: int, mods=tor
         predicates.append(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + offset)
     if mods.window is not None:
         predicates.append(_window_mod(mods.window, N, M))
+    if mods.document is not None:                 # attention-gym's document mask, queries at key position i + M - N
+        ids = mods.document
+        predicates.append(lambda b, h, q_idx, kv_idx: ids[b, (q_idx + (M - N)).clamp(0, M - 1)] == ids[b, kv_idx])
     scores = _score_mods(mods, B, H, N, M)
     if mask is not None:
         full = as_4d(mask).expand(B, H, N, M)                                # (B, H, N, M), a view: per-head rows
@@ -169,8 +172,9 @@ class TorchFlex(TorchBackend):
         B, H, N, M = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
         mask_mod, score_mod = flex_mods(mask, causal, B, H, N, M, mods)
         per_head = mask is not None and as_4d(mask).shape[1] != 1
-        block_mask = None if mask_mod is None else create_block_mask(mask_mod, B, H if per_head else None, N, M,
-                                                                     device=q.device)
+        per_batch = (mask is not None and as_4d(mask).shape[0] != 1) or mods.document is not None
+        block_mask = None if mask_mod is None else create_block_mask(mask_mod, B if per_batch else None,
+                                                                     H if per_head else None, N, M, device=q.device)
         return block_mask, score_mod
 
     def prepare(self, inputs, problem, *, device="cpu", return_lse=False):

@@ -5,6 +5,7 @@ reference's, so a backend is never its own yardstick. Conventions as in `attnben
     softcap cap           cap * tanh(s / cap) on the scaled scores
     alibi slopes          s - slope_h |i + M - N - j|, slopes (H,) or (B, H) float32, applied in the scores' dtype
     sinks logits          one more term exp(sink_h) in each row's denominator
+    document ids          key j visible from query i iff ids[b, clip(i + M - N, 0)] == ids[b, j]
 
 `convert` turns a problem's bound modifications into `TorchMods` once (in `prepare`, outside the timed call);
 `scores` applies them to a block of grouped scores (B, Hkv, G, R, C) given its query rows and key columns.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-SUPPORTED = ("window", "softcap", "alibi", "sinks")
+SUPPORTED = ("window", "softcap", "alibi", "sinks", "document")
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,12 @@ class TorchMods:
     softcap: float | None = None
     alibi: torch.Tensor | None = None      # (H,) or (B, H) float32
     sinks: torch.Tensor | None = None      # (H,) float32
+    document: torch.Tensor | None = None   # (B, M) int64: the document of each key position
     order: tuple[str, ...] = ()            # score modifications in the problem's order
 
     @property
     def empty(self) -> bool:
-        return self.window is None and self.softcap is None and self.alibi is None and self.sinks is None
+        return all(x is None for x in (self.window, self.softcap, self.alibi, self.sinks, self.document))
 
 
 def convert(mods, device) -> TorchMods:
@@ -45,6 +47,8 @@ def convert(mods, device) -> TorchMods:
             fields["alibi"], _ = torch.as_tensor(m.slopes, dtype=torch.float32, device=device), order.append("alibi")
         elif m.key == "sinks":
             fields["sinks"] = torch.as_tensor(m.logits, dtype=torch.float32, device=device)
+        elif m.key == "document":
+            fields["document"] = torch.as_tensor(m.ids, dtype=torch.int64, device=device)
         else:
             raise ValueError(f"torch backends: modification {m.key!r} not implemented")
     return TorchMods(**fields, order=tuple(order))
@@ -87,6 +91,10 @@ def scores(s: torch.Tensor, mods: TorchMods, rows: torch.Tensor, cols: torch.Ten
         else:       # in the scores' dtype: float32 for half inputs (as FlashAttention), float64 for float64
             s = s - _per_head(mods.alibi, s.shape[1]).to(s.dtype) * distance(rows, cols, n, m).abs().to(s.dtype)
     keep = window_keep(rows, cols, n, m, mods.window)
+    if mods.document is not None:                 # (B, 1, 1, R, C): same document as the query's key position
+        ids = mods.document
+        same = (ids[:, (rows + (m - n)).clamp(0, m - 1)][:, :, None] == ids[:, cols][:, None, :])[:, None, None]
+        keep = same if keep is None else keep & same
     s = s if keep is None else s.masked_fill(~keep, float("-inf"))
     return (s, factor) if with_grad else s
 

@@ -11,13 +11,14 @@ from attnbench.problem import Problem, make_inputs
 from attnbench.reference import AttentionInputError
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 from attnbench.reference.mods.alibi import geometric_slopes
+from attnbench.reference.mods.document import Document
 
 
-def _bound(mods, B, H, seed=0):
-    return tuple(m.bind(Problem(B=B, H=H, N=1, D=1), np.random.default_rng(seed)) for m in mods)
+def _bound(mods, B, H, seed=0, N=9, M=13):
+    return tuple(m.bind(Problem(B=B, H=H, N=N, M=M, D=1), np.random.default_rng(seed)) for m in mods)
 
 
-def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, causal=None):
+def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, causal=None, documents=None):
     """O (B, H, N, Dv) from the definitions as the kernels' docs state them, one (query, key) at a time: FlashAttention's
     window [i + M - N - left, i + M - N + right], softcap cap tanh(s / cap) of the scaled score, ALiBi
     -slope |i + M - N - j| added after it, a sink logit in the denominator. No shared code with the reference."""
@@ -31,6 +32,8 @@ def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, 
                 logits, values = [], []
                 for j in range(M):
                     if causal == "bottom_right" and j > i + M - N:
+                        continue
+                    if documents is not None and documents[b, max(i + M - N, 0)] != documents[b, j]:
                         continue
                     if window is not None:
                         left, right = window
@@ -67,6 +70,7 @@ def qkv():
     ((Alibi("head"),), dict(slopes=geometric_slopes(4))),
     ((Sinks(),), dict()),
     ((Softcap(2.0), Alibi("batch"), Window(4, 0), Sinks()), dict(softcap=2.0, window=(4, 0))),
+    ((Document(3),), dict()),
 ])
 def test_reference_matches_the_published_definitions(qkv, mods, definition):
     q, k, v = qkv
@@ -76,6 +80,8 @@ def test_reference_matches_the_published_definitions(qkv, mods, definition):
             definition = {**definition, "slopes": m.slopes}
         if isinstance(m, Sinks):
             definition = {**definition, "sinks": m.logits}
+        if isinstance(m, Document):
+            definition = {**definition, "documents": m.ids}
     for causal in (None, "bottom_right"):
         np.testing.assert_allclose(reference.sdpa(q, k, v, mods=bound, causal=causal),
                                    _by_element(q, k, v, causal=causal, **definition), rtol=1e-12, atol=1e-12)
@@ -164,6 +170,8 @@ def test_spec_round_trips_and_keeps_the_order():
     ("N=8,alibi=row", "alibi: expected one of"),
     ("N=8,softcap=1,softcap=2", "each modification at most once"),
     ("N=8,blur=3", "expected key=value with key in"),
+    ("N=8,document=0", "document: expected a count of documents >= 1"),
+    ("N=8,M=3,document=4", "4 documents need M >= 4"),
 ])
 def test_bad_modification_specs_are_one_line_errors(spec, words):
     with pytest.raises(AttentionInputError, match=words) as err:
@@ -200,3 +208,9 @@ def test_keys_far_below_a_sink_underflow_within_budget_and_a_missing_sink_still_
     problem = Problem.parse("B=1,H=1,N=1,D=24,M=1,dtype=float32,scale=1.0,inputs=peaked,seed=6842,sinks=1")
     assert all(v.passed for v in check_forward(make_backend("twin"), problem))
     assert not all(v.passed for v in check_forward(make_backend("sink_missing"), problem))
+
+
+def test_document_boundaries_sit_on_tile_edges_and_differ_per_batch():
+    bounds = Document(4).boundaries(3, 1000)
+    assert bounds[0].tolist() == [240, 496, 736] and bounds[1].tolist() == [241, 497, 737]
+    assert (np.diff(Document(5).boundaries(2, 6), axis=1) > 0).all()            # stays increasing when M is small

@@ -348,3 +348,13 @@ class SinkMissing(BlockwiseTwin):
 
     def sink_state(self, m, l):
         return m, l
+
+
+class DocumentLeaksAcrossBoundary(BlockwiseTwin):
+    """document_leaks_across_boundary: a query also sees the last key of the previous document."""
+
+    def document_keep(self, ids, n, m):
+        keep = super().document_keep(ids, n, m)
+        previous = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)          # key j counted in document ids[j + 1]
+        position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
+        return keep | (ids[:, position][:, :, None] == previous[:, None, :])[:, None]

@@ -127,6 +127,11 @@ class BlockwiseTwin(TorchBackend):
             keep &= d >= -right
         return keep
 
+    def document_keep(self, ids, n: int, m: int):
+        """Bool (B, 1, N, M): key j is in the document of the query's key position i + M - N (clipped to 0)."""
+        position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
+        return (ids[:, position][:, :, None] == ids[:, None, :])[:, None]
+
     def sink_state(self, m, l):
         """(m, l) with the sink logits (H,) as one more term of each row's denominator: (sink, 1)."""
         sinks = self.mods.sinks.to(m.dtype)[None, :, None, None].expand_as(m)
@@ -177,6 +182,10 @@ class BlockwiseTwin(TorchBackend):
             w = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(
                 ~self.window_keep(N, M, self.mods.window, device), NEG_INF)
             bias = w if bias is None else bias + w
+        if self.mods.document is not None:
+            d = torch.zeros(B, 1, N, M, dtype=dtype, device=device).masked_fill(
+                ~self.document_keep(self.mods.document, N, M), NEG_INF)
+            bias = d if bias is None else bias + d
         return bias
 
     def blockwise(self, q, k, v, *, mask, causal, scale):
