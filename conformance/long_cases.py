@@ -12,6 +12,8 @@ case whose (N, M) pattern exceeds LONG_PATTERN_BYTES runs only for backends name
 O(N)-memory kernels (torch_sdpa_flash, torch_blockwise, ...).
 """
 from attnbench.problem import Problem
+from attnbench.reference.mods import Softcap, Window
+from attnbench.reference.mods.document import Document
 
 FORWARD = [
     # N < M, bottom-right: each query sees a prefix ending 3074 keys to the right of its own index.
@@ -26,10 +28,18 @@ FORWARD = [
     Problem(B=1, H=2, N=128, M=16385, D=64, dtype="bfloat16", seed=44),
     # Key padding at length, per batch.
     Problem(B=2, H=2, N=257, M=4097, D=64, mask="padding", dtype="float32", seed=45),
+    # A sliding window of 4096 over M = 16385: each query sees 4097 keys ending at its own position; a kernel
+    # skipping key tiles outside the window must skip exactly those (the window's left edge crosses every tile).
+    Problem(B=1, H=2, N=513, M=16385, D=64, causal="bottom_right", dtype="float16", mods=(Window(4096, 0),),
+            seed=46),
+    # Five packed documents at length, boundaries on tile edges (+ the batch index): no query may see across one.
+    Problem(B=2, H=2, N=4097, M=4097, D=64, dtype="float32", mods=(Document(5),), seed=47),
 ]
 BACKWARD = [
     Problem(B=1, H=2, Hkv=1, N=1023, M=4097, D=64, causal="bottom_right", dtype="float32", seed=51),
     Problem(B=1, H=2, N=513, M=4097, D=64, dtype="float16", seed=52),
+    # Window and softcap gradients at length: dS through 1 - tanh^2, key tiles skipped in both directions.
+    Problem(B=1, H=2, Hkv=1, N=513, M=4097, D=64, dtype="float16", mods=(Window(256, 0), Softcap(30.0)), seed=53),
 ]
 LONG_FORWARD = [
     Problem(B=1, H=2, N=16385, M=16385, D=64, causal="top_left", dtype="float32", seed=61),

@@ -14,6 +14,16 @@ function's signature for the call convention users meet, and declares only what 
     GQA         `enable_gqa=` (torch) or a bnhd function (FlashAttention takes Hkv < H); else Hkv = H only
     result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...))
 
+A function whose first parameter is `module` and which takes `attention_mask` follows transformers' attention
+interface (`ALL_ATTENTION_FUNCTIONS`: `sdpa_attention_forward`, Llama's `eager_attention_forward`, ...):
+
+    fn(module, q (B, H, N, D), k, v (B, Hkv, M, .), attention_mask, scaling=, dropout=0.0) -> (O (B, N, H, Dv), _)
+
+The adapter passes a small module (`num_key_value_groups` = H / Hkv, `is_causal` False, eval mode), and causal
+and bool masks as the additive mask transformers builds (`masking_utils`: 0 where attended, finfo(dtype).min
+elsewhere), float masks as they are; so both alignments and every mask are declared, but not rows with every
+key masked (finfo.min is finite: such a row averages V). The layout is transformers' (the `@layout` is ignored).
+
 Inputs are torch tensors in the problem's dtype; gradients flow through torch autograd (declared). Anything
 the signature does not show is a skip with its reason, never a call the function was not written for.
 
@@ -65,6 +75,39 @@ def capabilities_of(params, layout: str) -> Capabilities:
                         gqa="enable_gqa" in params or layout == "bnhd")
 
 
+def is_module_convention(params) -> bool:
+    """transformers' attention interface: fn(module, query, key, value, attention_mask, ...)."""
+    return bool(params) and params[0] == "module" and "attention_mask" in params
+
+
+class _AttentionModule:
+    """What transformers' attention functions read from their module argument."""
+
+    def __init__(self, groups: int):
+        self.num_key_value_groups = groups
+        self.is_causal = False
+        self.training = False
+
+
+def additive_mask(q, mask, causal, n: int, m: int):
+    """The additive float mask (b, h, N, M) in q's dtype that transformers builds: 0 where a key is attended,
+    finfo(dtype).min where a bool mask or causal hides it; a float bias keeps its values. None without either."""
+    import torch
+
+    from .masks import causal_keep
+
+    minimum = torch.finfo(q.dtype).min
+    bias = None if mask is None or mask.dtype == torch.bool else mask.to(q.dtype)
+    keep = None if mask is None or mask.dtype != torch.bool else mask
+    if causal is not None:
+        rule = causal_keep(n, m, causal, q.device)
+        keep = rule if keep is None else keep & rule
+    if keep is None:
+        return bias
+    hidden = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, minimum)
+    return hidden if bias is None else (bias + hidden).clamp(min=minimum)
+
+
 class FunctionBackend(TorchBackend):
     """A function `module:function[@layout]` called with torch tensors (see the module docstring)."""
 
@@ -74,9 +117,13 @@ class FunctionBackend(TorchBackend):
         module, function, self.layout = parse_name(name)
         self.name = name
         self.fn = _load(module, function, name)
-        self.params = set(inspect.signature(self.fn).parameters)
+        ordered = list(inspect.signature(self.fn).parameters)
+        self.params = set(ordered)
+        self.module_convention = is_module_convention(ordered)
         self.caps = capabilities_of(self.params, self.layout)
-        self.scale_keyword = _keyword(self.params, "scale", "softmax_scale")
+        if self.module_convention:
+            self.caps = Capabilities(grad=True, empty_rows=False)
+        self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")
 
     @property
     def description(self) -> str:
@@ -92,6 +139,11 @@ class FunctionBackend(TorchBackend):
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
         if return_lse:
             raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
+        if self.module_convention:
+            module = _AttentionModule(q.shape[1] // k.shape[1])
+            out, _ = self.fn(module, q, k, v, additive_mask(q, mask, causal, q.shape[2], k.shape[2]),
+                             scaling=q.shape[-1] ** -0.5 if scale is None else scale, dropout=0.0)
+            return out.transpose(1, 2)                                                # (B, N, H, Dv) -> (B, H, N, Dv)
         kwargs = {}
         if causal is not None:
             kwargs["is_causal" if "is_causal" in self.params else "causal"] = True

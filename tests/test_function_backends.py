@@ -59,3 +59,18 @@ def test_perf_times_and_checks_the_function(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = [json.loads(line) for line in next(tmp_path.glob("run-*/results.jsonl")).read_text().splitlines()]
     assert records and all(r["backend"] == GOOD and r["status"] == "ok" and r["accurate"] for r in records)
+
+
+def test_a_function_in_transformers_convention_is_a_backend_by_name():
+    """fn(module, q, k, v, attention_mask, scaling=) -> ((B, N, H, Dv), _): the module object, the additive mask and
+    the output layout are the adapter's; the same name passes when right and fails when it drops the mask."""
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    good = get_backend("tests.plugins.functions:hf_style_attention")
+    bad = get_backend("tests.plugins.functions:hf_style_attention_ignoring_mask")
+    assert good.module_convention and good.capabilities("cpu").causal == ("top_left", "bottom_right")
+    problem = Problem(B=2, H=4, Hkv=2, N=37, M=45, D=16, causal="bottom_right", mask="padding", dtype="float32")
+    assert evaluate(good, problem, backward=True).passed
+    assert evaluate(bad, problem).passed is False
+    assert "rows with every key masked" in good.why_not(problem.replace(mask="fully_masked"))
