@@ -223,6 +223,7 @@ def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
 
     `bias` is the float64 additive bias broadcastable to (B, H, N, M) (0/-inf for bool masks and causal).
     """
+    from attnbench.precision import HALF_SUBNORMAL
     from attnbench.reference import softmax
     from attnbench.reference.sdpa import bias_grouped, group_queries, ungroup
 
@@ -240,7 +241,8 @@ def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
     mass = np.einsum("bkgnm,bkme->bkgne", p, np.abs(v))
     spread = mass + np.sum(p, axis=-1, keepdims=True) * np.abs(out)
     flushed = np.einsum("bkgnm,bkme->bkgne", np.minimum(p, FLUSH_THRESHOLD[dtype]), np.abs(v))
-    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed
+    bound = (score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed
+             + HALF_SUBNORMAL[dtype])                     # the output's rounding where it is subnormal
     return ungroup(bound)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, UNIT_ROUNDOFF
-from attnbench.precision import Precision, RowStats, model_bounds
+from attnbench.precision import HALF_SUBNORMAL, Precision, RowStats, model_bounds
 from attnbench.reference import block, mods as modifications
 from attnbench.reference.rows import BLOCK_M
 
@@ -73,7 +73,10 @@ def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
     out_g = np.abs(out)
     score_err = LAMBDA * u * (np.sqrt(D) + 2) * stats.t_seen
     spread = stats.mass + stats.p_sum[..., None] * out_g
-    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * stats.mass + u * out_g + stats.flushed
+    # The output's own rounding: u |O|, and half the subnormal spacing where O is that small (float16 below
+    # 6.1e-5: a row whose every weight a sink dwarfs).
+    bound = (score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * stats.mass + u * out_g + stats.flushed
+             + HALF_SUBNORMAL[dtype])
     finite_lse = np.isfinite(lse)
     lse_err = np.where(finite_lse, LAMBDA * u * (np.sqrt(D) + 2) * stats.t_finite + LAMBDA * u * (np.sqrt(M) + 2)
                        + u * np.abs(np.where(finite_lse, lse, 0.0)), 0.0)

@@ -36,15 +36,23 @@ def test_a_problem_outside_a_constraint_is_refused_with_the_reason(change, words
     assert words in NARROW.why_not(inside.replace(**change))
 
 
-def _conformance(backend: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "conformance", "-q", "-p", "no:cacheprovider",
+# The suites where constraints bite (drawn problems, bad input, the fixed cases); `--long` runs the whole suite.
+WHERE_CONSTRAINTS_BITE = ("conformance/test_properties.py", "conformance/test_bad_input.py",
+                          "conformance/test_agreement.py")
+
+
+def _conformance(backend: str, *extra: str, paths=WHERE_CONSTRAINTS_BITE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider",
                            "--plugin", str(PLUGIN), "--backend", backend, *extra],
                           cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ,
                                                                           "OMP_NUM_THREADS": "1"})
 
 
-def test_a_correct_narrow_backend_passes_the_whole_suite_and_a_wrong_one_fails():
-    ok = _conformance("narrow_sdpa")
+def test_a_correct_narrow_backend_passes_the_whole_suite_and_a_wrong_one_fails(request):
+    # CI: the three suites where a constraint can turn into an error or a false failure (~1/4 of the whole
+    # suite's time); --long: all of conformance/.
+    ok = _conformance("narrow_sdpa", paths=("conformance",) if request.config.getoption("--long")
+                      else WHERE_CONSTRAINTS_BITE)
     tail = ok.stdout[-3000:] + ok.stderr[-2000:]
     assert ok.returncode == 0, tail
     assert " error" not in ok.stdout.splitlines()[-1] and "passed" in ok.stdout.splitlines()[-1], tail

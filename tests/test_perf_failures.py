@@ -22,13 +22,10 @@ PLUGIN = textwrap.dedent('''
         caps = Capabilities(dtypes=("float32",))
         def to_numpy(self, value):
             return np.asarray(value, dtype=np.float64)
-        prepared = 0
         def prepare(self, inputs, problem, *, device="cpu", return_lse=False):
             q = inputs.q.astype(np.float32)
-            # A point (in its own process) prepares twice: the accuracy check first, then the timed call.
-            self.prepared += 1
-            timed = self.prepared > 1
-            return lambda: self.misbehave(q, problem) if timed else q
+            # Every call misbehaves: the point's first call (under the memory cap) comes before its accuracy check.
+            return lambda: self.misbehave(q, problem)
 
     @register
     class Crashes(_Test):
