@@ -241,8 +241,8 @@ def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
     mass = np.einsum("bkgnm,bkme->bkgne", p, np.abs(v))
     spread = mass + np.sum(p, axis=-1, keepdims=True) * np.abs(out)
     flushed = np.einsum("bkgnm,bkme->bkgne", np.minimum(p, FLUSH_THRESHOLD[dtype]), np.abs(v))
-    bound = (score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed
-             + HALF_SUBNORMAL[dtype])                     # the output's rounding where it is subnormal
+    subnormal = np.where(np.sum(p, axis=-1, keepdims=True) > 0, HALF_SUBNORMAL[dtype], 0.0)   # O's rounding there
+    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed + subnormal
     return ungroup(bound)
 
 

@@ -74,9 +74,10 @@ def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
     score_err = LAMBDA * u * (np.sqrt(D) + 2) * stats.t_seen
     spread = stats.mass + stats.p_sum[..., None] * out_g
     # The output's own rounding: u |O|, and half the subnormal spacing where O is that small (float16 below
-    # 6.1e-5: a row whose every weight a sink dwarfs).
+    # 6.1e-5: a row whose every weight a sink dwarfs); a row that sees no key must still be exactly 0.
+    subnormal = np.where(stats.p_sum[..., None] > 0, HALF_SUBNORMAL[dtype], 0.0)
     bound = (score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * stats.mass + u * out_g + stats.flushed
-             + HALF_SUBNORMAL[dtype])
+             + subnormal)
     finite_lse = np.isfinite(lse)
     lse_err = np.where(finite_lse, LAMBDA * u * (np.sqrt(D) + 2) * stats.t_finite + LAMBDA * u * (np.sqrt(M) + 2)
                        + u * np.abs(np.where(finite_lse, lse, 0.0)), 0.0)
