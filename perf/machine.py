@@ -6,9 +6,11 @@ a backend is from what the same machine already does elsewhere.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -185,13 +187,63 @@ def measure_machine(device: str, dtypes, *, threads: int | None = None) -> dict:
         torch.set_num_threads(previous)
 
 
+def peaks_cache_path() -> Path:
+    """Where measured peaks are kept between runs: $ATTNBENCH_CACHE (else ~/.cache/attnbench)/peaks.json."""
+    root = os.environ.get("ATTNBENCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache",
+                                                    "attnbench")
+    return Path(root) / "peaks.json"
+
+
+def _cache_key(machine: dict) -> str:
+    """The machine a peak belongs to: host, device, its name, worker threads and torch (a new torch may add a
+    faster kernel). Delete the file to measure again (after the machine was busy when it was measured)."""
+    return "|".join(str(machine.get(k)) for k in ("host", "device", "device_name", "threads", "torch"))
+
+
+def _cached_peaks(key: str) -> dict:
+    try:
+        return json.loads(peaks_cache_path().read_text()).get(key, {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _store_peaks(key: str, entry: dict) -> None:
+    path = peaks_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        everything = json.loads(path.read_text()) if path.exists() else {}
+        everything[key] = entry
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(everything, indent=1))
+        tmp.replace(path)                          # atomic: concurrent runs never read half a file
+    except (OSError, ValueError):
+        pass                                       # a read-only home: measure again next time
+
+
 def _measure(device: str, dtypes) -> dict:
-    measured = {dt: matmul_peak(dt, device) for dt in dict.fromkeys([*dtypes, "float32"])}
-    sizes = ", ".join(f"{dt} {s}^2" for dt, (_, s) in measured.items())
-    return {**fingerprint(device),
-            "peak_flops": {dt: flops for dt, (flops, _) in measured.items()},
-            "peak_bandwidth": copy_bandwidth(device),
+    """Peaks per dtype and the copy bandwidth, measured once per machine (`peaks_cache_path`): a dtype without a
+    fast path costs seconds to time, every run would pay them again, and a later run under load would measure
+    a lower peak than an earlier quiet one."""
+    machine = fingerprint(device)
+    key = _cache_key(machine)
+    cached = _cached_peaks(key)
+    flops, sizes = dict(cached.get("peak_flops", {})), dict(cached.get("sizes", {}))
+    missing = [dt for dt in dict.fromkeys([*dtypes, "float32"]) if dt not in flops]
+    for dt in missing:
+        flops[dt], sizes[dt] = matmul_peak(dt, device)
+    bandwidth = cached.get("peak_bandwidth") or copy_bandwidth(device)
+    if missing or "peak_bandwidth" not in cached:
+        _store_peaks(key, {"peak_flops": flops, "sizes": sizes, "peak_bandwidth": bandwidth,
+                           "measured_at": cached.get("measured_at") or time.strftime("%Y-%m-%d %H:%M:%S")})
+    wanted = dict.fromkeys([*dtypes, "float32"])
+    sizes_text = ", ".join(f"{dt} {sizes[dt]}^2" for dt in wanted)
+    source = ("measured now" if len(missing) == len(wanted) else
+              f"cached in {peaks_cache_path()} since {cached.get('measured_at', '?')}"
+              + (f" ({', '.join(missing)} measured now)" if missing else ""))
+    return {**machine,
+            "peak_flops": {dt: flops[dt] for dt in wanted},
+            "peak_bandwidth": bandwidth,
             # A busy machine depresses these; a fraction of peak above 1 means the peak was measured low.
-            "peaks_measured_by": f"best of 5 torch matmuls per dtype ({sizes}: up to {MATMUL_SIZE[device]}^2, "
+            "peaks_measured_by": f"best of 5 torch matmuls per dtype ({sizes_text}: up to {MATMUL_SIZE[device]}^2, "
                                  f"smaller where one call takes {MATMUL_MIN_SECONDS:g} s); "
-                                 f"{COPY_BYTES[device] >> 20} MiB tensor copy (read + write)"}
+                                 f"{COPY_BYTES[device] >> 20} MiB tensor copy (read + write); {source}"}
