@@ -35,12 +35,22 @@ FORWARD = [
             seed=46),
     # Five packed documents at length, boundaries on tile edges (+ the batch index): no query may see across one.
     Problem(B=2, H=2, N=4097, M=4097, D=64, dtype="float32", mods=(Document(5),), seed=47),
+    *[  # Where indices wrap, cheaply: decode shapes (few queries, a long cache) just past 2^16 and 2^17 keys
+        # (pytorch issue 162588: SDPA's efficient kernel was silently wrong past 65,536), many queries against
+        # few keys, and a launch grid of B * H = 65,536 programs (a 16-bit grid index wraps there).
+        Problem(B=1, H=2, N=16, M=65537, D=64, causal="bottom_right", dtype="float16", seed=81),
+        Problem(B=1, H=2, Hkv=1, N=4, M=131073, D=64, dtype="bfloat16", seed=82),
+        Problem(B=1, H=1, N=65537, M=16, D=32, dtype="float32", seed=83),
+        Problem(B=256, H=256, N=3, M=5, D=16, dtype="float32", seed=84),
+    ],
 ]
 BACKWARD = [
     Problem(B=1, H=2, Hkv=1, N=1023, M=4097, D=64, causal="bottom_right", dtype="float32", seed=51),
     Problem(B=1, H=2, N=513, M=4097, D=64, dtype="float16", seed=52),
     # Window and softcap gradients at length: dS through 1 - tanh^2, key tiles skipped in both directions.
     Problem(B=1, H=2, Hkv=1, N=513, M=4097, D=64, dtype="float16", mods=(Window(256, 0), Softcap(30.0)), seed=53),
+    # A decode step's gradients past 2^16 keys, MQA: dK, dV of 65,537 keys each summed over 4 heads x 16 queries.
+    Problem(B=1, H=4, Hkv=1, N=16, M=65537, D=64, causal="bottom_right", dtype="bfloat16", seed=85),
 ]
 LONG_FORWARD = [
     Problem(B=1, H=2, N=16385, M=16385, D=64, causal="top_left", dtype="float32", seed=61),
