@@ -130,7 +130,8 @@ def blockwise_forward(q, k, v, *, mask, causal, scale, block_m: int = BLOCK_M, m
         qg = qg_all[..., rows, :]
         m_i, l_i, acc = initial_state(qg, mods, Dv)
         for cols in key_tiles(N, M, causal, block_m, rows, mods):
-            s, _, vt, _ = tile_scores(qg, k, v, mask, causal, rows, cols, qg.dtype, N, mods)
+            s, _, vt, _ = tile_scores(qg, k, v, mask, causal, rows, cols, qg.dtype, N,
+                                      torch_mods.for_tile(mods, rows, cols, N, M))
             m_new = torch.maximum(m_i, s.amax(dim=-1))
             shift = torch.where(m_new == float("-inf"), torch.zeros_like(m_new), m_new)  # nothing seen yet
             p = torch.exp(s - shift[..., None])
@@ -163,7 +164,8 @@ def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int
         tiles = key_tiles(N, M, causal, block_m, rows, mods)
 
         def recompute(cols):
-            s, kt, vt, factor = tile_scores(qg, k, v, mask, causal, rows, cols, qg.dtype, N, mods)
+            s, kt, vt, factor = tile_scores(qg, k, v, mask, causal, rows, cols, qg.dtype, N,
+                                            torch_mods.for_tile(mods, rows, cols, N, M))
             # P, dP (B, Hkv, G, R, bm), K, and the softcap's derivative (None without one)
             return torch.exp(s - lse_t[..., None]), do @ vt.transpose(-1, -2), kt, factor
 

@@ -12,7 +12,7 @@ reference's, so a backend is never its own yardstick. Conventions as in `attnben
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -112,3 +112,15 @@ def key_range(mods: TorchMods, lo: int, hi: int, n: int, m: int) -> tuple[int, i
     first = 0 if left < 0 else max(0, lo + m - n - left)
     last = m - 1 if right < 0 else min(m - 1, hi + m - n + right)
     return first, last
+
+
+def for_tile(mods: TorchMods, rows: slice, cols: slice, n: int, m: int) -> TorchMods:
+    """`mods` for the tile of query rows x key cols: without the window where every pair of the tile is inside
+    it (the interior tiles of a long window need no mask: only the two edge tiles of each query tile do)."""
+    if mods.window is None:
+        return mods
+    left, right = mods.window
+    # pair (i, j) is inside iff -right <= i + M - N - j <= left; over the tile, the extremes are at the corners
+    largest, smallest = rows.stop - 1 + m - n - cols.start, rows.start + m - n - (cols.stop - 1)
+    inside = (left < 0 or largest <= left) and (right < 0 or smallest >= -right)
+    return replace(mods, window=None) if inside else mods
