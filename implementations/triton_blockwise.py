@@ -19,6 +19,24 @@ of two with masked loads); any strides; custom scale. Rows that see no key
 (bottom_right with N > M) give O = 0 and lse = -inf, as the reference does.
 Not supported: bool/bias masks, float64.
 
+Modifications (`torch_mods.TorchMods`, conventions in `attnbench.reference.mods`),
+each a constexpr flag, so a problem without them compiles the plain kernels:
+- window (left, right), bottom-right aligned like FlashAttention's window_size:
+  its right edge is one more diagonal j <= i + offset, merged with causal into
+  CAUSAL (the nearer wins, as FlashAttention's local kernel treats causal as
+  window (-1, 0)); its left edge is WINDOW, j >= i + window_offset. Both skip
+  whole tiles: the forward and dQ loop over key tiles [first, last] of the
+  query tile, dK/dV over the query rows that can see the key tile.
+- SOFTCAP: cap tanh(s / cap) on the scaled scores (a tanh of our own, `_tanh`);
+  the backward scales dS by 1 - tanh^2 at the softcap's input.
+- ALIBI: -slope |i + M - N - j|, slopes (H,) or (B, H) float32; applied before
+  or after the softcap as the problem orders them (ALIBI_FIRST; FlashAttention
+  caps first).
+- SINKS: per-head logits (H,) float32 start each row's state at (m, l) =
+  (sink, 1); the lse includes the sink, so the backward is unchanged (dS = P
+  (dP - delta), delta = rowsum(dO O), the sink adds nothing to O). No gradient
+  for the sink logits or slopes.
+
 Devices: "cuda" compiled; "cpu" only under the Triton interpreter, i.e. when
 TRITON_INTERPRET=1 was set before this module (and triton) was imported. The
 interpreter is slow, so there N and M are capped at 256; and it computes
@@ -419,6 +437,28 @@ EXCLUDED: dict[tuple[str, str, str, int], dict[str, str]] = {
     ("sm_80", "dq", "half", 128): {"n128m32w8s2": "spills: STACK 16 B"},
     ("sm_80", "dq", "fp32", 256): {"n32m32w8s1": "spills: STACK 8 B"},
 }
+# On top of EXCLUDED for a problem with any modification: where the variant with every modification's constexpr on
+# (window, ALiBi, softcap, sinks: the most registers) spills. From `attnbench audit --mods all --causal causal
+# --dtypes float16,float32` with triton 3.9.0 (bfloat16 shares float16's entries, as in EXCLUDED).
+EXCLUDED_WITH_MODS: dict[tuple[str, str, str, int], dict[str, str]] = {
+    ("sm_80", "dkdv", "fp32", 128): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_80", "dq", "fp32", 128): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_90", "dkdv", "half", 16): {"n64m128w8s2": "spills: STACK 120 B"},
+    ("sm_90", "dkdv", "half", 32): {"n64m128w8s2": "spills: STACK 192 B"},
+    ("sm_90", "dkdv", "half", 128): {"n64m64w8s2": "spills: STACK 80 B"},
+    ("sm_90", "dkdv", "half", 256): {"n32m32w4s1": "spills: STACK 16 B"},
+    ("sm_90", "dkdv", "fp32", 16): {"n32m64w4s2": "spills: STACK 8 B"},
+    ("sm_90", "dkdv", "fp32", 256): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_90", "dq", "fp32", 128): {"n16m32w4s1": "spills: STACK 8 B"},
+    ("sm_100", "fwd", "half", 16): {"n128m64w4s3": "spills: STACK 16 B"},
+    ("sm_100", "fwd", "half", 32): {"n128m64w4s3": "spills: STACK 8 B"},
+    ("sm_100", "fwd", "half", 64): {"n128m64w4s3": "spills: STACK 16 B"},
+    ("sm_100", "dkdv", "half", 256): {"n32m32w4s1": "spills: STACK 24 B"},
+    ("sm_100", "dkdv", "fp32", 256): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_100", "dq", "half", 16): {"n128m64w8s2": "spills: STACK 16 B"},
+    ("sm_100", "dq", "half", 32): {"n128m64w8s2": "spills: STACK 32 B"},
+    ("sm_100", "dq", "fp32", 128): {"n16m32w4s1": "spills: STACK 8 B"},
+}
 
 
 def dtype_kind(dtype) -> str:
@@ -431,9 +471,12 @@ def padded_head_dim(d: int, dv: int) -> int:
     return max(16, 1 << (max(d, dv) - 1).bit_length())
 
 
-def candidate_configs(kernel: str, kind: str, d_pad: int, target: str | None = None) -> tuple[LaunchConfig, ...]:
-    """The configs `kernel` may launch with for (dtype kind, padded head dim) on `target` (None: any)."""
-    excluded = EXCLUDED.get((target, kernel, kind, d_pad), {}) if target else {}
+def candidate_configs(kernel: str, kind: str, d_pad: int, target: str | None = None,
+                      mods: bool = False) -> tuple[LaunchConfig, ...]:
+    """The configs `kernel` may launch with for (dtype kind, padded head dim) on `target` (None: any); mods: for a
+    problem with any modification (EXCLUDED_WITH_MODS applies too)."""
+    key = (target, kernel, kind, d_pad)
+    excluded = {**EXCLUDED.get(key, {}), **(EXCLUDED_WITH_MODS.get(key, {}) if mods else {})} if target else {}
     return tuple(c for c in CONFIG_SPACE[kernel][(kind, d_pad)] if c.id not in excluded)
 
 
@@ -452,11 +495,11 @@ _AUTOTUNED: dict[tuple, object] = {}
 AUTOTUNE_FLAGS = ("CAUSAL", "WINDOW", "ALIBI", "SOFTCAP")
 
 
-def _autotuned(kernel: str, jit_fn, target: str, kind: str, d_pad: int):
-    """jit_fn wrapped in triton.autotune over its launchable configs for (target, kind, d_pad); built once."""
-    key = (kernel, target, kind, d_pad)
+def _autotuned(kernel: str, jit_fn, target: str, kind: str, d_pad: int, mods: bool):
+    """jit_fn wrapped in triton.autotune over its launchable configs for (target, kind, d_pad, mods); built once."""
+    key = (kernel, target, kind, d_pad, mods)
     if key not in _AUTOTUNED:
-        configs = [c.triton_config() for c in candidate_configs(kernel, kind, d_pad, target)]
+        configs = [c.triton_config() for c in candidate_configs(kernel, kind, d_pad, target, mods)]
         _AUTOTUNED[key] = triton.autotune(configs, key=["N_BUCKET", "M_BUCKET", "D", "DV", *AUTOTUNE_FLAGS])(jit_fn)
     return _AUTOTUNED[key]
 
@@ -466,13 +509,14 @@ def _cuda_target(device) -> str:
     return f"sm_{major}{minor}"
 
 
-def _launcher(kernel: str, jit_fn, q, d_pad: int, forced: dict[str, LaunchConfig] | None):
-    """(callable kernel[grid](...), extra launch kwargs): autotuned on an audited GPU, else one fixed config."""
+def _launcher(kernel: str, jit_fn, q, d_pad: int, forced: dict[str, LaunchConfig] | None, mods: bool):
+    """(callable kernel[grid](...), extra launch kwargs): autotuned on an audited GPU, else one fixed config.
+    mods: the problem has a modification (its variants use more registers: EXCLUDED_WITH_MODS)."""
     kind = dtype_kind(q.dtype)
     if forced is None and q.device.type == "cuda" and not INTERPRETED:
         target = _cuda_target(q.device)
         if target in AUDITED_TARGETS:
-            return _autotuned(kernel, jit_fn, target, kind, d_pad), {}
+            return _autotuned(kernel, jit_fn, target, kind, d_pad, mods), {}
     config = (forced or default_configs(kind, d_pad))[kernel]
     return jit_fn, dict(BLOCK_N=config.block_n, BLOCK_M=config.block_m, num_warps=config.num_warps,
                         num_stages=config.num_stages)
@@ -535,7 +579,7 @@ def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | No
     a = _common_args(q, k, v, causal, scale, mods)
     o = torch.empty((a["B"], a["H"], a["N"], a["Dv"]), dtype=q.dtype, device=q.device)
     lse = torch.empty((a["B"], a["H"], a["N"]), dtype=torch.float32, device=q.device)
-    fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs)
+    fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs, not mods.empty)
     grid = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
     fn[grid](q, k, v, o, lse, *a["mod_ptrs"], *q.stride(), *k.stride(), *v.stride(), *o.stride(),
              a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, *a["mod_values"],
@@ -558,11 +602,11 @@ def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, Launc
              *a["buckets"])
     strides = (*q.stride(), *k.stride(), *v.stride())
     alibi = a["mod_ptrs"][0]
-    fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs)
+    fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_kv = lambda meta: (triton.cdiv(a["M"], meta["BLOCK_M"]), a["B"] * a["Hkv"])  # noqa: E731
     fn[grid_kv](q, k, v, do, lse, delta, dk, dv, alibi, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes,
                 **a["consts"], **launch)
-    fn, launch = _launcher("dq", _bwd_dq_kernel, q, a["d_pad"], configs)
+    fn, launch = _launcher("dq", _bwd_dq_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_q = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
     fn[grid_q](q, k, v, do, lse, delta, dq, alibi, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **a["consts"],
                **launch)
