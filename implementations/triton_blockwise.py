@@ -536,8 +536,8 @@ def diagonals(causal, window, n: int, m: int) -> dict:
 
 
 def mod_args(mods, q, b: int, h: int) -> dict:
-    """ALiBi slopes and sink logits (float32 pointers; `q` stands in for an absent one, never read), the slopes'
-    batch stride (0: per head), the softcap in log2 units, and the constexpr flags the kernels specialise on."""
+    """ALiBi slopes and sink logits (float32 on q's device, None if absent), the slopes' batch stride (0: per
+    head), the softcap in log2 units, and the constexpr flags the kernels specialise on."""
     order = mods.order
     alibi = None if mods.alibi is None else mods.alibi.to(device=q.device, dtype=torch.float32).contiguous()
     sinks = None if mods.sinks is None else mods.sinks.to(device=q.device, dtype=torch.float32).contiguous()
@@ -546,7 +546,7 @@ def mod_args(mods, q, b: int, h: int) -> dict:
                          f"got {tuple(alibi.shape)}")
     if sinks is not None and sinks.shape != (h,):
         raise ValueError(f"triton_blockwise: sink logits must be (H,) = ({h},), got {tuple(sinks.shape)}")
-    return dict(alibi=q if alibi is None else alibi, sinks=q if sinks is None else sinks,
+    return dict(alibi=alibi, sinks=sinks,
                 alibi_sb=h if alibi is not None and alibi.ndim == 2 else 0,
                 softcap=(mods.softcap or 1.0) * LOG2E,
                 consts=dict(ALIBI=alibi is not None, SOFTCAP=mods.softcap is not None,
@@ -562,7 +562,7 @@ def _common_args(q, k, v, causal, scale, mods) -> dict:
     d_pad = padded_head_dim(D, Dv)
     diag, mod = diagonals(causal, mods.window, N, M), mod_args(mods, q, B, H)
     return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale, d_pad=d_pad,
-                mod_ptrs=(mod["alibi"], mod["sinks"]),
+                alibi=mod["alibi"], sinks=mod["sinks"],
                 # (causal_offset, window_offset, seq_offset, alibi_sb, softcap): the kernels' runtime mod arguments
                 mod_values=(diag["causal_offset"], diag["window_offset"], M - N, mod["alibi_sb"], mod["softcap"]),
                 buckets=(seq_bucket(N), seq_bucket(M)), sink_const=mod["sink_const"],
@@ -581,7 +581,9 @@ def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | No
     lse = torch.empty((a["B"], a["H"], a["N"]), dtype=torch.float32, device=q.device)
     fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs, not mods.empty)
     grid = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
-    fn[grid](q, k, v, o, lse, *a["mod_ptrs"], *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+    # an absent modification's pointer is never read: any float32 buffer stands in (the signature stays the same)
+    alibi, sinks = (lse if x is None else x for x in (a["alibi"], a["sinks"]))
+    fn[grid](q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
              a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, *a["mod_values"],
              *a["buckets"], **a["consts"], **a["sink_const"], **launch)
     return o, lse
@@ -601,7 +603,7 @@ def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, Launc
     sizes = (a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["sm_scale"], *a["mod_values"],
              *a["buckets"])
     strides = (*q.stride(), *k.stride(), *v.stride())
-    alibi = a["mod_ptrs"][0]
+    alibi = delta if a["alibi"] is None else a["alibi"]
     fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_kv = lambda meta: (triton.cdiv(a["M"], meta["BLOCK_M"]), a["B"] * a["Hkv"])  # noqa: E731
     fn[grid_kv](q, k, v, do, lse, delta, dk, dv, alibi, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes,
