@@ -91,7 +91,8 @@ def test_config_space_covers_every_dtype_kind_and_width():
 # poisons, as 0 * NaN, every output row of a program that loads it, whether or not the window lets that row see
 # it. So which outputs come back NaN says which tiles each program visited. N and M are multiples of the tiles,
 # so a program's bounds are exactly its rows' (a partial last tile may load a tile only its padding rows see).
-SKIP_TILES = dict(fwd=tb.LaunchConfig(64, 32, 4, 2), dkdv=tb.LaunchConfig(32, 64, 4, 2), dq=tb.LaunchConfig(64, 32, 4, 2))
+SKIP_TILES = dict(fwd=tb.LaunchConfig(64, 32, 4, 2), dkdv=tb.LaunchConfig(32, 64, 4, 2),
+                  dq=tb.LaunchConfig(64, 32, 4, 2))
 SKIP_N, SKIP_M = 192, 256
 
 

@@ -97,7 +97,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 @jit
 def _tanh(x):
     """tanh of float32 x to a few ulp from exp2 and a polynomial (libdevice's tanh does not run under the
-    interpreter, and FlashAttention's tanh.approx is good to only about 2^-11). |x| < 0.55: the odd Taylor series to
+    interpreter; PTX's tanh.approx.f32 is good to only about 2^-11 relative). |x| < 0.55: the odd Taylor series to
     x^17 (terms fall by (2x / pi)^2 < 0.13 each; the first one left out is below 2^-27 of the sum). Else
     (1 - e) / (1 + e), e = exp(-2|x|) <= 1/3: no cancellation there. NaN stays NaN, +-inf gives +-1."""
     a = tl.abs(x)

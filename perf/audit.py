@@ -1,7 +1,8 @@
 """`attnbench audit`: compile triton_blockwise's kernels for GPU targets on a machine without a GPU.
 
 For each kernel (forward, dK/dV, dQ) x launch config x head dim x dtype x causal
-x modifications (none, or all: window, ALiBi, softcap, sinks) x target (sm_80 A100, sm_90a H100, sm_100a B200) it compiles with
+x modifications (none, or all: window, ALiBi, softcap, sinks) x target (sm_80
+A100, sm_90a H100, sm_100a B200) it compiles with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`, reads the
 cubin's resources with the cuobjdump bundled in the triton wheel
 (`--dump-resource-usage`: REG, SHARED, LOCAL, STACK) and its SASS opcodes
@@ -44,13 +45,13 @@ CAUSAL = (False, True)          # the kernels specialise on CAUSAL only; top_lef
 # and a problem with any modification launches only configs that pass it (EXCLUDED_WITH_MODS).
 MOD_FLAGS = ("WINDOW", "ALIBI", "SOFTCAP", "SINKS")
 MODS = (False, True)
-# CI's representative subset (about 100 compiles, ~2 min on 2 cores; the full grid of ~1100 is on demand):
+# CI's representative subset (102 compiles, ~2-3 min on 2 cores; the full grid of 1,428 is on demand):
 # every kernel, candidate config and target, causal on (the causal code is the non-causal code plus the mask),
 # float16 at D 64, 80 (padded to 128) and 256, and float32 (the most registers) at D 256.
 CI_SELECTION = (((64, 80, 256), ("float16",)), ((256,), ("float32",)))
 CI_CAUSAL = (True,)
-# ... plus the all-modifications variant at float16 D 64, causal (30 compiles, ~1 min on 2 cores uncached): the
-# full grid has it everywhere (its failures at other widths are in EXCLUDED_WITH_MODS).
+# ... plus the all-modifications variant at float16 D 64, causal (30 compiles, about 1 min on 2 cores when the
+# kernels changed, 0 when cached): the full grid has it everywhere (EXCLUDED_WITH_MODS lists its failures).
 CI_MODS_SELECTION = (((64,), ("float16",)),)
 ROOFLINE_SEQ_LENS = (4096, 16384)
 ROOFLINE_HEAD_DIMS = (64, 128)
@@ -369,8 +370,9 @@ def table_rows(records: list[dict]) -> list[list[str]]:
         tc = ",".join(f"{op}x{n}" for op, n in r["tensor_core_ops"].items()) or (
             f"- (FFMA x{r['ffma']})" if r["dtype"] == "float32" else "NONE")
         rows.append([r["kernel"], r["target"], str(r["head_dim"]), r["dtype"], "yes" if r["causal"] else "no",
-                     "all" if r.get("mods") else "none", r["config_id"], str(r["regs"]), f"{r['shared_total'] / 1024:.1f}", str(r["local"]),
-                     str(r["stack"]), str(r["threads"]), str(r["blocks_per_sm"]), f"{r['occupancy']:.0%}",
+                     "all" if r.get("mods") else "none", r["config_id"], str(r["regs"]),
+                     f"{r['shared_total'] / 1024:.1f}", str(r["local"]), str(r["stack"]), str(r["threads"]),
+                     str(r["blocks_per_sm"]), f"{r['occupancy']:.0%}",
                      r["limited_by"], tc,
                      ("FAIL: " + "; ".join(r["problems"])) if r["problems"] and r["launchable"] else
                      ("excluded" if not r["launchable"] else "ok")])
