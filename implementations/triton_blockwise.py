@@ -19,6 +19,24 @@ of two with masked loads); any strides; custom scale. Rows that see no key
 (bottom_right with N > M) give O = 0 and lse = -inf, as the reference does.
 Not supported: bool/bias masks, float64.
 
+Modifications (`torch_mods.TorchMods`, conventions in `attnbench.reference.mods`),
+each a constexpr flag, so a problem without them compiles the plain kernels:
+- window (left, right), bottom-right aligned like FlashAttention's window_size:
+  its right edge is one more diagonal j <= i + offset, merged with causal into
+  CAUSAL (the nearer wins, as FlashAttention's local kernel treats causal as
+  window (-1, 0)); its left edge is WINDOW, j >= i + window_offset. Both skip
+  whole tiles: the forward and dQ loop over key tiles [first, last] of the
+  query tile, dK/dV over the query rows that can see the key tile.
+- SOFTCAP: cap tanh(s / cap) on the scaled scores (a tanh of our own, `_tanh`);
+  the backward scales dS by 1 - tanh^2 at the softcap's input.
+- ALIBI: -slope |i + M - N - j|, slopes (H,) or (B, H) float32; applied before
+  or after the softcap as the problem orders them (ALIBI_FIRST; FlashAttention
+  caps first).
+- SINKS: per-head logits (H,) float32 start each row's state at (m, l) =
+  (sink, 1); the lse includes the sink, so the backward is unchanged (dS = P
+  (dP - delta), delta = rowsum(dO O), the sink adds nothing to O). No gradient
+  for the sink logits or slopes.
+
 Devices: "cuda" compiled; "cpu" only under the Triton interpreter, i.e. when
 TRITON_INTERPRET=1 was set before this module (and triton) was imported. The
 interpreter is slow, so there N and M are capped at 256; and it computes
@@ -42,6 +60,7 @@ from attnbench.precision import FLASH, for_half
 
 from .base import Capabilities
 from .masks import causal_offset
+from .torch_mods import SUPPORTED as MODS, TorchMods
 from .registry import register
 
 try:
@@ -61,6 +80,7 @@ INTERPRETER_MAX_SEQ = 256
 BF16_INTERPRETER_REASON = ("bfloat16 not supported under the Triton interpreter (TRITON_INTERPRET=1): it does "
                            "bf16 arithmetic on the uint16 bit patterns, so tl.dot gives garbage; declared on CUDA")
 LOG2E = 1.4426950408889634
+NO_MODS = TorchMods()
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -75,11 +95,73 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @jit
-def _fwd_kernel(Q, K, V, O, LSE,
+def _tanh(x):
+    """tanh of float32 x to a few ulp from exp2 and a polynomial (libdevice's tanh does not run under the
+    interpreter; PTX's tanh.approx.f32 is good to only about 2^-11 relative). |x| < 0.55: the odd Taylor series to
+    x^17 (terms fall by (2x / pi)^2 < 0.13 each; the first one left out is below 2^-27 of the sum). Else
+    (1 - e) / (1 + e), e = exp(-2|x|) <= 1/3: no cancellation there. NaN stays NaN, +-inf gives +-1."""
+    a = tl.abs(x)
+    e = tl.math.exp2(a * -2.8853900817779268)                      # exp(-2|x|) = 2^(-2 log2(e) |x|)
+    big = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    poly = 6404582.0 / 10854718875.0
+    poly = poly * x2 - 929569.0 / 638512875.0
+    poly = poly * x2 + 21844.0 / 6081075.0
+    poly = poly * x2 - 1382.0 / 155925.0
+    poly = poly * x2 + 62.0 / 2835.0
+    poly = poly * x2 - 17.0 / 315.0
+    poly = poly * x2 + 2.0 / 15.0
+    poly = poly * x2 - 1.0 / 3.0
+    small = x + x * (x2 * poly)
+    return tl.where(a < 0.55, small, tl.where(x < 0, -big, big))
+
+
+@jit
+def _alibi(s, offs_n, offs_m, slope, seq_offset):
+    """s - slope |i + M - N - j| (FlashAttention's alibi_slopes), slope in the scores' log2 units."""
+    return s - slope * tl.abs(offs_n[:, None] + seq_offset - offs_m[None, :]).to(tl.float32)
+
+
+@jit
+def _score_mods(s, offs_n, offs_m, slope, seq_offset, softcap,
+                ALIBI: tl.constexpr, ALIBI_FIRST: tl.constexpr, SOFTCAP: tl.constexpr):
+    """Scores s (BN, BM) in log2 units after ALiBi and softcap in the problem's order, and the softcap's derivative
+    1 - tanh^2 at its own input (the backward's dS factor; s itself, unused, without a softcap). slope and softcap
+    come in log2 units: cap' tanh(s' / cap') with s' = s log2(e), cap' = cap log2(e) is log2(e) cap tanh(s / cap)."""
+    dcap = s
+    if ALIBI:
+        if ALIBI_FIRST:
+            s = _alibi(s, offs_n, offs_m, slope, seq_offset)
+    if SOFTCAP:
+        t = _tanh(s / softcap)
+        dcap = 1.0 - t * t
+        s = softcap * t
+    if ALIBI:
+        if not ALIBI_FIRST:        # FlashAttention's order: softcap, then ALiBi
+            s = _alibi(s, offs_n, offs_m, slope, seq_offset)
+    return s, dcap
+
+
+@jit
+def _keep(offs_n, offs_m, M, causal_offset, window_offset, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+    """Bool (BN, BM): key in range, not right of the diagonal j <= i + causal_offset (CAUSAL: causal, a window's
+    right edge, or both at the nearer one) and not left of the window's left edge j >= i + window_offset."""
+    keep = offs_m[None, :] < M
+    if CAUSAL:
+        keep = keep & (offs_m[None, :] <= offs_n[:, None] + causal_offset)
+    if WINDOW:
+        keep = keep & (offs_m[None, :] >= offs_n[:, None] + window_offset)
+    return keep
+
+
+@jit
+def _fwd_kernel(Q, K, V, O, LSE, ALIBI_SLOPES, SINK_LOGITS,
                 sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd, sob, soh, son, sod,
-                H, GROUP, N, M, D, DV, qk_scale, causal_offset, N_BUCKET, M_BUCKET,
-                CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                H, GROUP, N, M, D, DV, qk_scale, causal_offset, window_offset, seq_offset, alibi_sb, softcap,
+                N_BUCKET, M_BUCKET,
+                CAUSAL: tl.constexpr, WINDOW: tl.constexpr, ALIBI: tl.constexpr, ALIBI_FIRST: tl.constexpr,
+                SOFTCAP: tl.constexpr, SINKS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """O (B, H, N, Dv) and lse (B*H, N) for one (query tile, b*h) program; K/V read from head h // GROUP."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -96,18 +178,26 @@ def _fwd_kernel(Q, K, V, O, LSE,
     v_base = V + b * svb + hkv * svh
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_N], tl.float32)
+    if SINKS:     # the sink is one more term of every row's denominator, exp(sink) with value 0: (m, l) = (sink, 1)
+        m_i = tl.zeros([BLOCK_N], tl.float32) + tl.load(SINK_LOGITS + h) * 1.4426950408889634
+        l_i = tl.full([BLOCK_N], 1.0, tl.float32)
     acc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(ALIBI_SLOPES + b * alibi_sb + h) * 1.4426950408889634
+    lo = 0
     hi = M
     if CAUSAL:   # the last key any row of this tile may see is (start_n + BLOCK_N - 1) + offset
         hi = tl.minimum(M, start_n + BLOCK_N + causal_offset)
-    for start_m in range(0, hi, BLOCK_M):
+    if WINDOW:   # the first key row start_n may see is start_n + window_offset: skip whole tiles left of it
+        lo = tl.maximum(0, start_n + window_offset) // BLOCK_M * BLOCK_M
+    for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         kt = tl.load(k_base + offs_m[None, :] * skm + offs_d[:, None] * skd,
                      mask=(offs_m[None, :] < M) & (offs_d[:, None] < D), other=0.0)             # (BD, BM)
         s = _dot(q, kt, IEEE) * qk_scale                                                       # (BN, BM), log2 units
-        keep = offs_m[None, :] < M
-        if CAUSAL:
-            keep = keep & (offs_m[None, :] <= offs_n[:, None] + causal_offset)
+        s, _ = _score_mods(s, offs_n, offs_m, slope, seq_offset, softcap, ALIBI, ALIBI_FIRST, SOFTCAP)
+        keep = _keep(offs_n, offs_m, M, causal_offset, window_offset, CAUSAL, WINDOW)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)        # a row with nothing seen yet: avoid -inf - -inf
@@ -118,7 +208,7 @@ def _fwd_kernel(Q, K, V, O, LSE,
                     mask=(offs_m[:, None] < M) & (offs_dv[None, :] < DV), other=0.0)           # (BM, BDV)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
-    empty = l_i == 0                                                # saw no key; NaN rows are not empty
+    empty = l_i == 0                                                # saw no key (nor a sink); NaN rows are not empty
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]                                     # empty rows: acc is 0, so O is 0
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
@@ -128,26 +218,31 @@ def _fwd_kernel(Q, K, V, O, LSE,
 
 
 @jit
-def _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL: tl.constexpr, IEEE: tl.constexpr):
-    """P (BN, BM) from the saved lse (natural log); rows with lse = -inf (saw no key) and masked pairs give 0."""
+def _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, window_offset, seq_offset, slope, softcap,
+                 CAUSAL: tl.constexpr, WINDOW: tl.constexpr, ALIBI: tl.constexpr, ALIBI_FIRST: tl.constexpr,
+                 SOFTCAP: tl.constexpr, IEEE: tl.constexpr):
+    """P (BN, BM) from the saved lse (natural log; a sink's term included) and the softcap's derivative (see
+    _score_mods); rows with lse = -inf (saw no key) and masked pairs give P = 0."""
     s = _dot(q, kt, IEEE) * qk_scale
+    s, dcap = _score_mods(s, offs_n, offs_m, slope, seq_offset, softcap, ALIBI, ALIBI_FIRST, SOFTCAP)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
     p = tl.math.exp2(s - lse2[:, None])
-    keep = offs_m[None, :] < M
-    if CAUSAL:
-        keep = keep & (offs_m[None, :] <= offs_n[:, None] + causal_offset)
-    return tl.where(keep, p, 0.0)
+    keep = _keep(offs_n, offs_m, M, causal_offset, window_offset, CAUSAL, WINDOW)
+    return tl.where(keep, p, 0.0), dcap
 
 
 @jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO, ALIBI_SLOPES,
                      sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd,
-                     H, HKV, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset, N_BUCKET, M_BUCKET,
-                     CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                     H, HKV, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset, window_offset, seq_offset,
+                     alibi_sb, softcap, N_BUCKET, M_BUCKET,
+                     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, ALIBI: tl.constexpr, ALIBI_FIRST: tl.constexpr,
+                     SOFTCAP: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dK (B, Hkv, M, D), dV (B, Hkv, M, Dv) for one (key tile, b*hkv), summed over the GROUP query heads.
 
-    dO, lse, delta, dK, dV are contiguous (the wrapper makes them so).
+    dO, lse, delta, dK, dV are contiguous (the wrapper makes them so). Sinks need nothing here: the lse holds the
+    sink's term, so P is right, and dS = P (dP - delta) with delta = rowsum(dO O) still holds (the sink adds 0 to O).
     """
     start_m = tl.program_id(0) * BLOCK_M
     bk = tl.program_id(1)
@@ -164,12 +259,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     lo = 0
+    hi = N
     if CAUSAL:   # the first query that may see key start_m is start_m - offset
         lo = tl.maximum(0, start_m - causal_offset)
+    if WINDOW:   # the last query that may see key start_m + BLOCK_M - 1 is that key - window_offset
+        hi = tl.minimum(N, start_m + BLOCK_M - window_offset)
     for g in range(0, GROUP):
         h = hkv * GROUP + g
         bh = b * H + h
-        for start_n in range(lo, N, BLOCK_N):
+        slope = 0.0
+        if ALIBI:
+            slope = tl.load(ALIBI_SLOPES + b * alibi_sb + h) * 1.4426950408889634
+        for start_n in range(lo, hi, BLOCK_N):
             offs_n = start_n + offs_n0
             row_ok = offs_n < N
             q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
@@ -178,10 +279,14 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
                          mask=row_ok[:, None] & (offs_dv[None, :] < DV), other=0.0)            # (BN, BDV)
             lse = tl.load(LSE + bh * N + offs_n, mask=row_ok, other=float("-inf"))
             delta = tl.load(DELTA + bh * N + offs_n, mask=row_ok, other=0.0)
-            p = _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL, IEEE)  # (BN, BM)
+            p, dcap = _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, window_offset,
+                                   seq_offset, slope, softcap, CAUSAL, WINDOW, ALIBI, ALIBI_FIRST, SOFTCAP,
+                                   IEEE)                                                       # (BN, BM)
             dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
             dp = _dot(do, vt, IEEE)                                                            # (BN, BM)
             ds = p * (dp - delta[:, None])
+            if SOFTCAP:     # through cap tanh(x / cap): d/dx = 1 - tanh^2 at the softcap's input
+                ds = ds * dcap
             dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     dk = dk * sm_scale
     out_rows = (bk * M + offs_m)[:, None]
@@ -192,10 +297,12 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DVO,
 
 
 @jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, ALIBI_SLOPES,
                    sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd,
-                   H, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset, N_BUCKET, M_BUCKET,
-                   CAUSAL: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+                   H, GROUP, N, M, D, DV, qk_scale, sm_scale, causal_offset, window_offset, seq_offset,
+                   alibi_sb, softcap, N_BUCKET, M_BUCKET,
+                   CAUSAL: tl.constexpr, WINDOW: tl.constexpr, ALIBI: tl.constexpr, ALIBI_FIRST: tl.constexpr,
+                   SOFTCAP: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """dQ (B, H, N, D) for one (query tile, b*h): sum over key tiles of dS K, dS = P * (dP - delta)."""
     start_n = tl.program_id(0) * BLOCK_N
@@ -215,17 +322,26 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     lse = tl.load(LSE + bh * N + offs_n, mask=row_ok, other=float("-inf"))
     delta = tl.load(DELTA + bh * N + offs_n, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(ALIBI_SLOPES + b * alibi_sb + h) * 1.4426950408889634
+    lo = 0
     hi = M
     if CAUSAL:
         hi = tl.minimum(M, start_n + BLOCK_N + causal_offset)
-    for start_m in range(0, hi, BLOCK_M):
+    if WINDOW:
+        lo = tl.maximum(0, start_n + window_offset) // BLOCK_M * BLOCK_M
+    for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         kt = tl.load(K + b * skb + hkv * skh + offs_m[None, :] * skm + offs_d[:, None] * skd,
                      mask=(offs_m[None, :] < M) & (offs_d[:, None] < D), other=0.0)             # (BD, BM)
         vt = tl.load(V + b * svb + hkv * svh + offs_m[None, :] * svm + offs_dv[:, None] * svd,
                      mask=(offs_m[None, :] < M) & (offs_dv[:, None] < DV), other=0.0)          # (BDV, BM)
-        p = _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, CAUSAL, IEEE)
+        p, dcap = _recompute_p(q, kt, lse, offs_n, offs_m, M, qk_scale, causal_offset, window_offset, seq_offset,
+                               slope, softcap, CAUSAL, WINDOW, ALIBI, ALIBI_FIRST, SOFTCAP, IEEE)
         ds = p * (_dot(do, vt, IEEE) - delta[:, None])
+        if SOFTCAP:
+            ds = ds * dcap
         dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE)
     dq = dq * sm_scale
     tl.store(DQ + (bh * N + offs_n[:, None]) * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
@@ -321,6 +437,28 @@ EXCLUDED: dict[tuple[str, str, str, int], dict[str, str]] = {
     ("sm_80", "dq", "half", 128): {"n128m32w8s2": "spills: STACK 16 B"},
     ("sm_80", "dq", "fp32", 256): {"n32m32w8s1": "spills: STACK 8 B"},
 }
+# On top of EXCLUDED for a problem with any modification: where the variant with every modification's constexpr on
+# (window, ALiBi, softcap, sinks: the most registers) spills. From `attnbench audit --mods all --causal causal
+# --dtypes float16,float32` with triton 3.9.0 (bfloat16 shares float16's entries, as in EXCLUDED).
+EXCLUDED_WITH_MODS: dict[tuple[str, str, str, int], dict[str, str]] = {
+    ("sm_80", "dkdv", "fp32", 128): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_80", "dq", "fp32", 128): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_90", "dkdv", "half", 16): {"n64m128w8s2": "spills: STACK 120 B"},
+    ("sm_90", "dkdv", "half", 32): {"n64m128w8s2": "spills: STACK 192 B"},
+    ("sm_90", "dkdv", "half", 128): {"n64m64w8s2": "spills: STACK 80 B"},
+    ("sm_90", "dkdv", "half", 256): {"n32m32w4s1": "spills: STACK 16 B"},
+    ("sm_90", "dkdv", "fp32", 16): {"n32m64w4s2": "spills: STACK 8 B"},
+    ("sm_90", "dkdv", "fp32", 256): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_90", "dq", "fp32", 128): {"n16m32w4s1": "spills: STACK 8 B"},
+    ("sm_100", "fwd", "half", 16): {"n128m64w4s3": "spills: STACK 16 B"},
+    ("sm_100", "fwd", "half", 32): {"n128m64w4s3": "spills: STACK 8 B"},
+    ("sm_100", "fwd", "half", 64): {"n128m64w4s3": "spills: STACK 16 B"},
+    ("sm_100", "dkdv", "half", 256): {"n32m32w4s1": "spills: STACK 24 B"},
+    ("sm_100", "dkdv", "fp32", 256): {"n16m32w8s1": "spills: STACK 8 B"},
+    ("sm_100", "dq", "half", 16): {"n128m64w8s2": "spills: STACK 16 B"},
+    ("sm_100", "dq", "half", 32): {"n128m64w8s2": "spills: STACK 32 B"},
+    ("sm_100", "dq", "fp32", 128): {"n16m32w4s1": "spills: STACK 8 B"},
+}
 
 
 def dtype_kind(dtype) -> str:
@@ -333,9 +471,12 @@ def padded_head_dim(d: int, dv: int) -> int:
     return max(16, 1 << (max(d, dv) - 1).bit_length())
 
 
-def candidate_configs(kernel: str, kind: str, d_pad: int, target: str | None = None) -> tuple[LaunchConfig, ...]:
-    """The configs `kernel` may launch with for (dtype kind, padded head dim) on `target` (None: any)."""
-    excluded = EXCLUDED.get((target, kernel, kind, d_pad), {}) if target else {}
+def candidate_configs(kernel: str, kind: str, d_pad: int, target: str | None = None,
+                      mods: bool = False) -> tuple[LaunchConfig, ...]:
+    """The configs `kernel` may launch with for (dtype kind, padded head dim) on `target` (None: any); mods: for a
+    problem with any modification (EXCLUDED_WITH_MODS applies too)."""
+    key = (target, kernel, kind, d_pad)
+    excluded = {**EXCLUDED.get(key, {}), **(EXCLUDED_WITH_MODS.get(key, {}) if mods else {})} if target else {}
     return tuple(c for c in CONFIG_SPACE[kernel][(kind, d_pad)] if c.id not in excluded)
 
 
@@ -350,14 +491,16 @@ def seq_bucket(n: int) -> int:
 
 
 _AUTOTUNED: dict[tuple, object] = {}
+# The constexpr variants tune apart: a window changes the work per tile, ALiBi and a softcap the registers.
+AUTOTUNE_FLAGS = ("CAUSAL", "WINDOW", "ALIBI", "SOFTCAP")
 
 
-def _autotuned(kernel: str, jit_fn, target: str, kind: str, d_pad: int):
-    """jit_fn wrapped in triton.autotune over its launchable configs for (target, kind, d_pad); built once."""
-    key = (kernel, target, kind, d_pad)
+def _autotuned(kernel: str, jit_fn, target: str, kind: str, d_pad: int, mods: bool):
+    """jit_fn wrapped in triton.autotune over its launchable configs for (target, kind, d_pad, mods); built once."""
+    key = (kernel, target, kind, d_pad, mods)
     if key not in _AUTOTUNED:
-        configs = [c.triton_config() for c in candidate_configs(kernel, kind, d_pad, target)]
-        _AUTOTUNED[key] = triton.autotune(configs, key=["N_BUCKET", "M_BUCKET", "D", "DV", "CAUSAL"])(jit_fn)
+        configs = [c.triton_config() for c in candidate_configs(kernel, kind, d_pad, target, mods)]
+        _AUTOTUNED[key] = triton.autotune(configs, key=["N_BUCKET", "M_BUCKET", "D", "DV", *AUTOTUNE_FLAGS])(jit_fn)
     return _AUTOTUNED[key]
 
 
@@ -366,81 +509,128 @@ def _cuda_target(device) -> str:
     return f"sm_{major}{minor}"
 
 
-def _launcher(kernel: str, jit_fn, q, d_pad: int, forced: dict[str, LaunchConfig] | None):
-    """(callable kernel[grid](...), extra launch kwargs): autotuned on an audited GPU, else one fixed config."""
+def _launcher(kernel: str, jit_fn, q, d_pad: int, forced: dict[str, LaunchConfig] | None, mods: bool):
+    """(callable kernel[grid](...), extra launch kwargs): autotuned on an audited GPU, else one fixed config.
+    mods: the problem has a modification (its variants use more registers: EXCLUDED_WITH_MODS)."""
     kind = dtype_kind(q.dtype)
     if forced is None and q.device.type == "cuda" and not INTERPRETED:
         target = _cuda_target(q.device)
         if target in AUDITED_TARGETS:
-            return _autotuned(kernel, jit_fn, target, kind, d_pad), {}
+            return _autotuned(kernel, jit_fn, target, kind, d_pad, mods), {}
     config = (forced or default_configs(kind, d_pad))[kernel]
     return jit_fn, dict(BLOCK_N=config.block_n, BLOCK_M=config.block_m, num_warps=config.num_warps,
                         num_stages=config.num_stages)
 
 
 
-def _common_args(q, k, v, causal, scale) -> dict:
+def diagonals(causal, window, n: int, m: int) -> dict:
+    """The kernels' two diagonals: key j visible from query i iff j <= i + causal_offset (CAUSAL) and
+    j >= i + window_offset (WINDOW). causal and a window's right edge are both the first (the nearer one wins);
+    FlashAttention's local kernel masks the same way (causal is its window (-1, 0)). window: (left, right) or None,
+    -1 for an unbounded side, aligned bottom-right like its window_size."""
+    right = [] if causal is None else [causal_offset(causal, n, m)]
+    left, right_edge = window if window is not None else (-1, -1)
+    right += [m - n + right_edge] if right_edge >= 0 else []
+    return dict(causal_offset=min(right, default=0), window_offset=m - n - left if left >= 0 else 0,
+                consts=dict(CAUSAL=bool(right), WINDOW=left >= 0))
+
+
+def mod_args(mods, q, b: int, h: int) -> dict:
+    """ALiBi slopes and sink logits (float32 on q's device, None if absent), the slopes' batch stride (0: per
+    head), the softcap in log2 units, and the constexpr flags the kernels specialise on."""
+    order = mods.order
+    alibi = None if mods.alibi is None else mods.alibi.to(device=q.device, dtype=torch.float32).contiguous()
+    sinks = None if mods.sinks is None else mods.sinks.to(device=q.device, dtype=torch.float32).contiguous()
+    if alibi is not None and alibi.shape not in ((h,), (b, h)):
+        raise ValueError(f"triton_blockwise: ALiBi slopes must be (H,) or (B, H) = ({h},) or ({b}, {h}), "
+                         f"got {tuple(alibi.shape)}")
+    if sinks is not None and sinks.shape != (h,):
+        raise ValueError(f"triton_blockwise: sink logits must be (H,) = ({h},), got {tuple(sinks.shape)}")
+    return dict(alibi=alibi, sinks=sinks,
+                alibi_sb=h if alibi is not None and alibi.ndim == 2 else 0,
+                softcap=(mods.softcap or 1.0) * LOG2E,
+                consts=dict(ALIBI=alibi is not None, SOFTCAP=mods.softcap is not None,
+                            ALIBI_FIRST="alibi" in order and "softcap" in order
+                            and order.index("alibi") < order.index("softcap")),
+                sink_const=dict(SINKS=sinks is not None))
+
+
+def _common_args(q, k, v, causal, scale, mods) -> dict:
     B, H, N, D = q.shape
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
     sm_scale = D ** -0.5 if scale is None else float(scale)
     d_pad = padded_head_dim(D, Dv)
-    return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale, offset=causal_offset(causal, N, M),
-                d_pad=d_pad, buckets=(seq_bucket(N), seq_bucket(M)),
-                consts=dict(CAUSAL=causal is not None, IEEE=q.dtype == torch.float32,
+    diag, mod = diagonals(causal, mods.window, N, M), mod_args(mods, q, B, H)
+    return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale, d_pad=d_pad,
+                alibi=mod["alibi"], sinks=mod["sinks"],
+                # (causal_offset, window_offset, seq_offset, alibi_sb, softcap): the kernels' runtime mod arguments
+                mod_values=(diag["causal_offset"], diag["window_offset"], M - N, mod["alibi_sb"], mod["softcap"]),
+                buckets=(seq_bucket(N), seq_bucket(M)), sink_const=mod["sink_const"],
+                consts=dict(**diag["consts"], **mod["consts"], IEEE=q.dtype == torch.float32,
                             BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv))))
 
 
-def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | None = None):
+def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | None = None, mods=NO_MODS):
     """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv) in q's dtype, lse (B, H, N) float32.
 
     configs: {kernel: LaunchConfig} to force (tests run every candidate); None autotunes on CUDA.
+    mods: `torch_mods.TorchMods` (window, softcap, ALiBi, sinks); the lse includes a sink's term.
     """
-    a = _common_args(q, k, v, causal, scale)
+    a = _common_args(q, k, v, causal, scale, mods)
     o = torch.empty((a["B"], a["H"], a["N"], a["Dv"]), dtype=q.dtype, device=q.device)
     lse = torch.empty((a["B"], a["H"], a["N"]), dtype=torch.float32, device=q.device)
-    fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs)
+    fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs, not mods.empty)
     grid = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
-    fn[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-             a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["offset"],
-             *a["buckets"], **a["consts"], **launch)
+    # an absent modification's pointer is never read: any float32 buffer stands in (the signature stays the same)
+    alibi, sinks = (lse if x is None else x for x in (a["alibi"], a["sinks"]))
+    fn[grid](q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+             a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, *a["mod_values"],
+             *a["buckets"], **a["consts"], **a["sink_const"], **launch)
     return o, lse
 
 
-def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, LaunchConfig] | None = None):
-    """(dQ, dK, dV) shaped like q, k, v, from the forward's O and lse and the upstream dO (B, H, N, Dv)."""
-    a = _common_args(q, k, v, causal, scale)
+def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, LaunchConfig] | None = None,
+                    mods=NO_MODS):
+    """(dQ, dK, dV) shaped like q, k, v, from the forward's O and lse and the upstream dO (B, H, N, Dv).
+
+    No gradient for the ALiBi slopes or the sink logits (FlashAttention returns none either)."""
+    a = _common_args(q, k, v, causal, scale, mods)
     do = do.contiguous()
     delta = (do.float() * o.float()).sum(-1)                     # (B, H, N): the FA2 preprocess rowsum(dO * O)
     dq = torch.empty((a["B"], a["H"], a["N"], a["D"]), dtype=q.dtype, device=q.device)
     dk = torch.empty((a["B"], a["Hkv"], a["M"], a["D"]), dtype=k.dtype, device=k.device)
     dv = torch.empty((a["B"], a["Hkv"], a["M"], a["Dv"]), dtype=v.dtype, device=v.device)
-    sizes = (a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["sm_scale"], a["offset"], *a["buckets"])
+    sizes = (a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, a["sm_scale"], *a["mod_values"],
+             *a["buckets"])
     strides = (*q.stride(), *k.stride(), *v.stride())
-    fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs)
+    alibi = delta if a["alibi"] is None else a["alibi"]
+    fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_kv = lambda meta: (triton.cdiv(a["M"], meta["BLOCK_M"]), a["B"] * a["Hkv"])  # noqa: E731
-    fn[grid_kv](q, k, v, do, lse, delta, dk, dv, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes,
+    fn[grid_kv](q, k, v, do, lse, delta, dk, dv, alibi, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes,
                 **a["consts"], **launch)
-    fn, launch = _launcher("dq", _bwd_dq_kernel, q, a["d_pad"], configs)
+    fn, launch = _launcher("dq", _bwd_dq_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_q = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
-    fn[grid_q](q, k, v, do, lse, delta, dq, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **a["consts"], **launch)
+    fn[grid_q](q, k, v, do, lse, delta, dq, alibi, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **a["consts"],
+               **launch)
     return dq, dk, dv
 
 
 class TritonAttention(torch.autograd.Function):
-    """O, lse = TritonAttention.apply(q, k, v, causal, scale, configs); lse is not differentiable."""
+    """O, lse = TritonAttention.apply(q, k, v, causal, scale, configs, mods); lse is not differentiable."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, configs=None):
-        o, lse = triton_forward(q, k, v, causal, scale, configs)
+    def forward(ctx, q, k, v, causal, scale, configs=None, mods=NO_MODS):
+        o, lse = triton_forward(q, k, v, causal, scale, configs, mods)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale, ctx.configs = causal, scale, configs
+        ctx.causal, ctx.scale, ctx.configs, ctx.mods = causal, scale, configs, mods
         ctx.mark_non_differentiable(lse)
         return o, lse
 
     @staticmethod
     def backward(ctx, do, _dlse):
         q, k, v, o, lse = ctx.saved_tensors
-        return (*triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.configs), None, None, None)
+        grads = triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.configs, ctx.mods)
+        return (*grads, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------- backend
@@ -449,7 +639,7 @@ class TritonAttention(torch.autograd.Function):
 # p and ds cast to the input dtype before the dV, dK, dQ dots (measured under the interpreter, float16: 0.22 to
 # 0.38 of the bound on the grid slice and fixed cases; every conformance check holds it to the claim).
 CAPS = Capabilities(dtypes=("float16", "bfloat16", "float32"), masks=(), mask_with_causal=False,
-                    head_dims=(16, 256), grad=True, lse=True, precision=for_half(FLASH))
+                    head_dims=(16, 256), grad=True, lse=True, precision=for_half(FLASH), mods=MODS)
 
 
 @register
@@ -488,9 +678,9 @@ class TritonBlockwise(TorchBackend):
             return f"{reason}: the Triton interpreter is slow (N 1024, D 64 takes about 13 s)"
         return reason
 
-    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):
         self._refuse_unsupported(q, k, v, mask)
-        o, lse = TritonAttention.apply(q, k, v, causal, scale, self.forced_configs)
+        o, lse = TritonAttention.apply(q, k, v, causal, scale, self.forced_configs, mods)
         return (o, lse) if return_lse else o
 
     def _refuse_unsupported(self, q, k, v, mask) -> None:

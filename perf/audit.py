@@ -1,7 +1,8 @@
 """`attnbench audit`: compile triton_blockwise's kernels for GPU targets on a machine without a GPU.
 
 For each kernel (forward, dK/dV, dQ) x launch config x head dim x dtype x causal
-x target (sm_80 A100, sm_90a H100, sm_100a B200) it compiles with
+x modifications (none, or all: window, ALiBi, softcap, sinks) x target (sm_80
+A100, sm_90a H100, sm_100a B200) it compiles with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`, reads the
 cubin's resources with the cuobjdump bundled in the triton wheel
 (`--dump-resource-usage`: REG, SHARED, LOCAL, STACK) and its SASS opcodes
@@ -14,7 +15,8 @@ backend's contract, so they are expected on the CUDA cores (FFMA), not failed.
 
 What is compiled is one representative specialization: contiguous tensors
 (last-dim strides 1), 16-byte-aligned pointers, H, N, M and the other strides
-multiples of 16, GROUP = 1 (MHA). A real launch with odd N compiles another
+multiples of 16, GROUP = 1 (MHA); with modifications, ALiBi per (batch, head) after
+the softcap (FlashAttention's order). A real launch with odd N compiles another
 variant of the same code; its resources are close but not audited here.
 
 Results are cached per (kernel source, triton version, case) in
@@ -39,20 +41,27 @@ from .gpu_targets import PEAKS, ROOFLINE_GPUS, TARGETS, TargetLimits
 HEAD_DIMS = (16, 32, 64, 80, 96, 128, 192, 256)
 DTYPES = ("float16", "bfloat16", "float32")
 CAUSAL = (False, True)          # the kernels specialise on CAUSAL only; top_left and bottom_right share the code
-# CI's representative subset (about 100 compiles, ~2 min on 2 cores; the full grid of ~1100 is on demand):
+# The modifications' constexprs (triton_blockwise); a case with mods=True has them all on, the heaviest variant,
+# and a problem with any modification launches only configs that pass it (EXCLUDED_WITH_MODS).
+MOD_FLAGS = ("WINDOW", "ALIBI", "SOFTCAP", "SINKS")
+MODS = (False, True)
+# CI's representative subset (102 compiles, ~2-3 min on 2 cores; the full grid of 1,428 is on demand):
 # every kernel, candidate config and target, causal on (the causal code is the non-causal code plus the mask),
 # float16 at D 64, 80 (padded to 128) and 256, and float32 (the most registers) at D 256.
 CI_SELECTION = (((64, 80, 256), ("float16",)), ((256,), ("float32",)))
 CI_CAUSAL = (True,)
+# ... plus the all-modifications variant at float16 D 64, causal (30 compiles, about 1 min on 2 cores when the
+# kernels changed, 0 when cached): the full grid has it everywhere (EXCLUDED_WITH_MODS lists its failures).
+CI_MODS_SELECTION = (((64,), ("float16",)),)
 ROOFLINE_SEQ_LENS = (4096, 16384)
 ROOFLINE_HEAD_DIMS = (64, 128)
 
 _TRITON_DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 # (pointer args in the problem's dtype, float32 pointer args, float scalar args) per kernel
 _ARGS = {
-    "fwd": ("Q K V O".split(), ["LSE"], ["qk_scale"]),
-    "dkdv": ("Q K V DO DK DVO".split(), ["LSE", "DELTA"], ["qk_scale", "sm_scale"]),
-    "dq": ("Q K V DO DQ".split(), ["LSE", "DELTA"], ["qk_scale", "sm_scale"]),
+    "fwd": ("Q K V O".split(), ["LSE", "ALIBI_SLOPES", "SINK_LOGITS"], ["qk_scale", "softcap"]),
+    "dkdv": ("Q K V DO DK DVO".split(), ["LSE", "DELTA", "ALIBI_SLOPES"], ["qk_scale", "sm_scale", "softcap"]),
+    "dq": ("Q K V DO DQ".split(), ["LSE", "DELTA", "ALIBI_SLOPES"], ["qk_scale", "sm_scale", "softcap"]),
 }
 
 
@@ -64,6 +73,7 @@ class AuditCase:
     dtype: str
     causal: bool
     config: tuple[int, int, int, int]   # (BLOCK_N, BLOCK_M, num_warps, num_stages)
+    mods: bool = False   # every modification's constexpr on (window, ALiBi per (batch, head), softcap, sinks)
 
     @property
     def config_id(self) -> str:
@@ -79,8 +89,9 @@ def _blockwise():
     return triton_blockwise
 
 
-def audit_cases(head_dims=HEAD_DIMS, dtypes=DTYPES, causal=CAUSAL, targets=tuple(TARGETS)) -> list[AuditCase]:
-    """Every (kernel, target, D, dtype, causal, candidate config) of triton_blockwise's config space."""
+def audit_cases(head_dims=HEAD_DIMS, dtypes=DTYPES, causal=CAUSAL, targets=tuple(TARGETS),
+                mods=MODS) -> list[AuditCase]:
+    """Every (kernel, target, D, dtype, causal, candidate config, mods) of triton_blockwise's config space."""
     from attnbench.implementations.triton_blockwise import CONFIG_SPACE, KERNELS, dtype_kind, padded_head_dim
 
     cases = []
@@ -90,8 +101,9 @@ def audit_cases(head_dims=HEAD_DIMS, dtypes=DTYPES, causal=CAUSAL, targets=tuple
                 for dtype in dtypes:
                     for config in CONFIG_SPACE[kernel][(dtype_kind(dtype), padded_head_dim(d, d))]:
                         for c in causal:
-                            cases.append(AuditCase(kernel, target, d, dtype, c, (config.block_n, config.block_m,
-                                                                                 config.num_warps, config.num_stages)))
+                            for on in mods:
+                                cases.append(AuditCase(kernel, target, d, dtype, c, (config.block_n, config.block_m,
+                                                       config.num_warps, config.num_stages), on))
     return cases
 
 
@@ -104,12 +116,13 @@ def representative_signature(kernel_fn, kernel: str, case: AuditCase) -> tuple[d
     block_n, block_m, _, _ = case.config
     d_pad = max(16, 1 << (case.head_dim - 1).bit_length())
     consts = dict(CAUSAL=case.causal, IEEE=case.dtype == "float32", BLOCK_N=block_n, BLOCK_M=block_m,
-                  BLOCK_D=d_pad, BLOCK_DV=d_pad)
+                  BLOCK_D=d_pad, BLOCK_DV=d_pad, **{flag: case.mods for flag in MOD_FLAGS}, ALIBI_FIRST=False)
     n = m = 4096
     h, d = 16, case.head_dim
     ints = dict(sqb=h * n * d, sqh=n * d, sqn=d, sqd=1, skb=h * m * d, skh=m * d, skm=d, skd=1,
                 svb=h * m * d, svh=m * d, svm=d, svd=1, sob=h * n * d, soh=n * d, son=d, sod=1,
-                H=h, HKV=h, GROUP=1, N=n, M=m, D=d, DV=d, causal_offset=0, N_BUCKET=n, M_BUCKET=m)
+                H=h, HKV=h, GROUP=1, N=n, M=m, D=d, DV=d, causal_offset=0, N_BUCKET=n, M_BUCKET=m,
+                window_offset=-256 if case.mods else 0, seq_offset=0, alibi_sb=h if case.mods else 0)
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel_fn.arg_names):
         if name in consts:
@@ -217,7 +230,8 @@ def problems(case: AuditCase, record: dict) -> list[str]:
     return found
 
 
-KERNEL_SOURCES = ("_dot", "_fwd_kernel", "_recompute_p", "_bwd_dkdv_kernel", "_bwd_dq_kernel")
+KERNEL_SOURCES = ("_dot", "_tanh", "_alibi", "_score_mods", "_keep", "_fwd_kernel", "_recompute_p", "_bwd_dkdv_kernel",
+                  "_bwd_dq_kernel")
 
 
 def _source_key() -> str:
@@ -288,15 +302,15 @@ def run_audit(cases: list[AuditCase], *, jobs: int = 2, progress=None, use_cache
 
 def finish_record(case: AuditCase, raw: dict) -> dict:
     """Case + compiled resources + occupancy + launchability + the problems found."""
-    from attnbench.implementations.triton_blockwise import EXCLUDED, dtype_kind, padded_head_dim
+    from attnbench.implementations.triton_blockwise import candidate_configs, dtype_kind, padded_head_dim
 
     target = TARGETS[case.target]
     shared = raw["shared_static"] + raw["shared_dynamic"]
     record = dict(asdict(case), config_id=case.config_id, **raw, shared_total=shared,
                   **occupancy(raw["regs"], shared, raw["threads"], target))
-    excluded = EXCLUDED.get((case.target, case.kernel, dtype_kind(case.dtype),
-                             padded_head_dim(case.head_dim, case.head_dim)), {})
-    record["launchable"] = case.config_id not in excluded
+    launchable = candidate_configs(case.kernel, dtype_kind(case.dtype), padded_head_dim(case.head_dim, case.head_dim),
+                                   case.target, case.mods)
+    record["launchable"] = case.config_id in {c.id for c in launchable}
     record["problems"] = problems(case, record)
     return record
 
@@ -346,7 +360,7 @@ def roofline_rows(dtype: str = "float16") -> list[dict]:
 
 # ------------------------------------------------------------------------------------------- output
 
-TABLE_COLUMNS = ("kernel", "target", "D", "dtype", "causal", "config", "regs", "smem KiB", "local", "stack",
+TABLE_COLUMNS = ("kernel", "target", "D", "dtype", "causal", "mods", "config", "regs", "smem KiB", "local", "stack",
                  "threads", "blocks/SM", "occupancy", "limited by", "tensor cores", "ok")
 
 
@@ -356,8 +370,9 @@ def table_rows(records: list[dict]) -> list[list[str]]:
         tc = ",".join(f"{op}x{n}" for op, n in r["tensor_core_ops"].items()) or (
             f"- (FFMA x{r['ffma']})" if r["dtype"] == "float32" else "NONE")
         rows.append([r["kernel"], r["target"], str(r["head_dim"]), r["dtype"], "yes" if r["causal"] else "no",
-                     r["config_id"], str(r["regs"]), f"{r['shared_total'] / 1024:.1f}", str(r["local"]),
-                     str(r["stack"]), str(r["threads"]), str(r["blocks_per_sm"]), f"{r['occupancy']:.0%}",
+                     "all" if r.get("mods") else "none", r["config_id"], str(r["regs"]),
+                     f"{r['shared_total'] / 1024:.1f}", str(r["local"]), str(r["stack"]), str(r["threads"]),
+                     str(r["blocks_per_sm"]), f"{r['occupancy']:.0%}",
                      r["limited_by"], tc,
                      ("FAIL: " + "; ".join(r["problems"])) if r["problems"] and r["launchable"] else
                      ("excluded" if not r["launchable"] else "ok")])
@@ -383,14 +398,17 @@ def failures(records: list[dict]) -> list[dict]:
 
 
 def excluded_suggestion(records: list[dict]) -> str:
-    """The EXCLUDED entries (implementations/triton_blockwise.py) that would stop launching the failing configs."""
+    """The EXCLUDED (plain variant) and EXCLUDED_WITH_MODS (all-modifications variant) entries
+    (implementations/triton_blockwise.py) that would stop launching the failing configs."""
     from attnbench.implementations.triton_blockwise import dtype_kind, padded_head_dim
 
-    entries: dict[tuple, dict[str, str]] = {}
+    tables: dict[str, dict[tuple, dict[str, str]]] = {}
     for r in failures(records):
         key = (r["target"], r["kernel"], dtype_kind(r["dtype"]), padded_head_dim(r["head_dim"], r["head_dim"]))
-        entries.setdefault(key, {})[r["config_id"]] = "; ".join(r["problems"])
-    return "\n".join(f"    {key!r}: {value!r}," for key, value in sorted(entries.items()))
+        table = tables.setdefault("EXCLUDED_WITH_MODS" if r.get("mods") else "EXCLUDED", {})
+        table.setdefault(key, {})[r["config_id"]] = "; ".join(r["problems"])
+    return "\n".join(f"  {name}:\n" + "\n".join(f"    {key!r}: {value!r}," for key, value in sorted(entries.items()))
+                     for name, entries in sorted(tables.items()))
 
 
 def audit_json(records: list[dict], roofline: list[dict], *, scope: str, seconds: float) -> dict:
@@ -420,10 +438,13 @@ def markdown_section(doc: dict, *, head_dims=(64, 128), dtype: str = "float16") 
 def add_audit_arguments(p) -> None:
     p.add_argument("backend", nargs="?", default="triton_blockwise", help="backend whose Triton kernels to audit")
     p.add_argument("--ci", action="store_true", help="CI's representative subset: float16 at D 64, 80, 256 and "
-                   "float32 at D 256, causal; every kernel, config and target")
+                   "float32 at D 256, causal, and float16 at D 64 with every modification on; every kernel, "
+                   "config and target")
     p.add_argument("--head-dims", help="D values (default: " + ",".join(map(str, HEAD_DIMS)) + ")")
     p.add_argument("--dtypes", help="default: " + ",".join(DTYPES))
     p.add_argument("--causal", default="none,causal", help="none and/or causal")
+    p.add_argument("--mods", default="none,all", help="none (plain kernels) and/or all (every modification's "
+                   "constexpr on: window, ALiBi, softcap, sinks)")
     p.add_argument("--targets", help="default: " + ",".join(TARGETS))
     p.add_argument("--kernels", help="default: fwd,dkdv,dq")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes (all cores)")
@@ -454,18 +475,20 @@ def selected_cases(args) -> tuple[list[AuditCase], str]:
     if args.backend != "triton_blockwise":
         raise AttentionInputError(f"audit: {args.backend!r} has no Triton kernels to audit (only triton_blockwise)")
     if args.ci:
-        selection, causal = CI_SELECTION, CI_CAUSAL
+        selection = [(h, d, CI_CAUSAL, (False,)) for h, d in CI_SELECTION]
+        selection += [(h, d, CI_CAUSAL, (True,)) for h, d in CI_MODS_SELECTION]
     else:
         head_dims = _choose(args.head_dims, HEAD_DIMS, HEAD_DIMS, "head-dims", int)
         dtypes = _choose(args.dtypes, DTYPES, DTYPES, "dtypes")
         words = _choose(args.causal, ("none", "causal"), ("none", "causal"), "causal")
-        selection, causal = ((head_dims, dtypes),), tuple(w == "causal" for w in words)
+        mods = _choose(args.mods, ("none", "all"), ("none", "all"), "mods")
+        selection = [(head_dims, dtypes, tuple(w == "causal" for w in words), tuple(w == "all" for w in mods))]
     targets = _choose(args.targets, tuple(TARGETS), tuple(TARGETS), "targets")
     kernels = _choose(args.kernels, KERNELS, KERNELS, "kernels")
     if args.jobs < 1:
         raise AttentionInputError("--jobs: expected an integer >= 1")
-    cases = [c for head_dims, dtypes in selection for c in audit_cases(head_dims, dtypes, causal, targets)
-             if c.kernel in kernels]
+    cases = [c for head_dims, dtypes, causal, mods in selection
+             for c in audit_cases(head_dims, dtypes, causal, targets, mods) if c.kernel in kernels]
     scope = "ci subset" if args.ci else ("full grid" if len(cases) == len(audit_cases()) else "selection")
     return cases, scope
 
@@ -498,10 +521,10 @@ def run_audit_command(args) -> int:
     bad = failures(records)
     for r in bad:
         print(f"FAIL {r['kernel']} {r['target']} D{r['head_dim']} {r['dtype']} causal={r['causal']} "
-              f"{r['config_id']}: {'; '.join(r['problems'])}", file=sys.stderr)
+              f"mods={'all' if r['mods'] else 'none'} {r['config_id']}: {'; '.join(r['problems'])}", file=sys.stderr)
     if bad:
-        print("audit: to stop launching them, fix the kernel or add to EXCLUDED in implementations/"
-              "triton_blockwise.py:\n" + excluded_suggestion(records), file=sys.stderr)
+        print("audit: to stop launching them, fix the kernel or add to implementations/triton_blockwise.py:\n"
+              + excluded_suggestion(records), file=sys.stderr)
     print(f"audit: {len(records)} cases, {len(bad)} launchable configs failing, {seconds:.0f} s ({scope})",
           file=sys.stderr)
     return 1 if bad else 0

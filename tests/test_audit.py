@@ -90,16 +90,43 @@ def test_real_compile_reads_resources_and_tensor_cores(tmp_path, monkeypatch):
 def test_every_candidate_config_is_audited_on_every_target():
     from attnbench.implementations import triton_blockwise as tb
 
-    audited = {(c.kernel, c.target, c.head_dim, c.dtype, c.causal, c.config) for c in audit.audit_cases()}
+    audited = {(c.kernel, c.target, c.head_dim, c.dtype, c.causal, c.config, c.mods) for c in audit.audit_cases()}
     for kernel in tb.KERNELS:
         for target in TARGETS:
             for d in audit.HEAD_DIMS:
                 for dtype in audit.DTYPES:
                     for cfg in tb.CONFIG_SPACE[kernel][(tb.dtype_kind(dtype), tb.padded_head_dim(d, d))]:
                         for causal in (False, True):
-                            key = (kernel, target, d, dtype, causal,
-                                   (cfg.block_n, cfg.block_m, cfg.num_warps, cfg.num_stages))
-                            assert key in audited, key
+                            for mods in (False, True):
+                                key = (kernel, target, d, dtype, causal,
+                                       (cfg.block_n, cfg.block_m, cfg.num_warps, cfg.num_stages), mods)
+                                assert key in audited, key
+
+
+def test_a_config_excluded_with_modifications_is_launchable_without_them():
+    """EXCLUDED_WITH_MODS narrows only the modifications' variant: the plain kernel keeps the config, and the audit
+    judges each case by its own variant's table."""
+    from attnbench.implementations import triton_blockwise as tb
+
+    (target, kernel, kind, d_pad), excluded = next(iter(tb.EXCLUDED_WITH_MODS.items()))
+    config_id = next(iter(excluded))
+    assert config_id in {c.id for c in tb.candidate_configs(kernel, kind, d_pad, target)}
+    assert config_id not in {c.id for c in tb.candidate_configs(kernel, kind, d_pad, target, mods=True)}
+    config = next(c for c in tb.CONFIG_SPACE[kernel][(kind, d_pad)] if c.id == config_id)
+    dtype = "float32" if kind == "fp32" else "float16"
+    raw = {k: v for k, v in _record().items() if k != "blocks_per_sm"}      # as compile_case returns it
+    for mods in (False, True):
+        case = audit.AuditCase(kernel, target, d_pad, dtype, True, (config.block_n, config.block_m,
+                                                                    config.num_warps, config.num_stages), mods)
+        assert audit.finish_record(case, raw)["launchable"] is not mods
+
+
+def test_ci_selection_covers_the_modifications_variant():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(backend="triton_blockwise", ci=True, targets=None, kernels=None, jobs=1)
+    cases, scope = audit.selected_cases(args)
+    assert scope == "ci subset" and any(c.mods for c in cases) and any(not c.mods for c in cases)
 
 
 def test_roofline_bound_never_beats_a_peak():
