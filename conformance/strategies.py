@@ -58,14 +58,14 @@ def windows() -> st.SearchStrategy[Window]:
     return st.builds(Window, side, side)
 
 
-def modification_lists(supported: tuple[str, ...]) -> st.SearchStrategy[tuple]:
+def modification_lists(supported: tuple[str, ...], M: int = 1 << 30) -> st.SearchStrategy[tuple]:
     """An ordered tuple of distinct modifications among `supported` keys (often empty): softcap and ALiBi in
     either order (order matters for them), the window and sinks anywhere (they commute with everything)."""
     makers = {"window": windows(),
               "softcap": st.builds(Softcap, st.sampled_from((1.0, 5.0, 30.0))),
               "alibi": st.builds(Alibi, st.sampled_from(("head", "batch"))),
               "sinks": st.just(Sinks()),
-              "document": st.builds(Document, st.integers(1, 4))}
+              "document": st.builds(Document, st.integers(1, max(1, min(4, M))))}     # count <= M keys
     choices = [makers[k] for k in supported if k in makers]
     if not choices:
         return st.just(())
@@ -94,7 +94,7 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     mask = draw(st.sampled_from(kinds))
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
-    mods = draw(modification_lists(caps.mods))
+    mods = draw(modification_lists(caps.mods, M))
     return Problem(
         B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
         scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),

@@ -60,8 +60,11 @@ from attnbench.precision import FLASH, for_half
 
 from .base import Capabilities
 from .masks import causal_offset
-from .torch_mods import SUPPORTED as MODS, TorchMods
+from .torch_mods import TorchMods
 from .registry import register
+
+# The modifications these kernels compute (document masks are not among them: a skip with its reason).
+MODS = ("window", "softcap", "alibi", "sinks")
 
 try:
     import triton
