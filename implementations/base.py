@@ -56,6 +56,8 @@ class Capabilities:
     empty_rows: a query row whose every key is masked gives O = 0 and lse = -inf (as the reference does).
     deterministic: bitwise-identical output for identical inputs.
     strided: accepts non-contiguous inputs.   max_seq: largest N or M (None: no limit).
+    max_batch_heads: largest B * H in one call (None: no limit): a launch grid of one program per (batch, head)
+    that an emulator runs one program at a time (the Triton interpreter) is minutes long at 65,536.
     Shape constraints (data every suite reads: drawn problems, fixed cases, bad-input tests, perf sweeps):
     seq_multiple: N and M must be multiples of it (a kernel without masking of partial tiles: 128).
     head_dim_choices: the only D (and Dv) it takes, e.g. (64, 128), on top of `head_dims`; None: any.
@@ -81,6 +83,7 @@ class Capabilities:
     deterministic: bool = True
     strided: bool = True
     max_seq: int | None = None
+    max_batch_heads: int | None = None
     precision: tuple[tuple[str, Precision], ...] = ()
     seq_multiple: int = 1
     head_dim_choices: tuple[int, ...] | None = None
@@ -113,6 +116,8 @@ class Capabilities:
             (p.layout != "contiguous" and not self.strided, f"{p.layout} (non-contiguous) inputs not supported"),
             (self.longest(p.dtype) is not None and max(p.N, p.M) > self.longest(p.dtype),
              f"N/M above max {self.longest(p.dtype)} in {p.dtype}"),
+            (self.max_batch_heads is not None and p.B * p.H > self.max_batch_heads,
+             f"B * H = {p.B * p.H} above max {self.max_batch_heads}"),
             (p.N % self.seq_multiple or p.M % self.seq_multiple,
              f"N={p.N}, M={p.M}: both must be multiples of {self.seq_multiple}"),
             (self.head_dim_choices is not None and not {p.D, p.Dv} <= set(self.head_dim_choices),
