@@ -18,6 +18,12 @@ BLOCK_N too, and each query tile visits only the key tiles its window reaches
 N · (window + tile), not N · M. A sink starts each row's state at (m, l) =
 (sink, 1), one more term of the denominator with value 0.
 
+Split-KV (flash-decoding, `split_kv`): for few queries against many keys the keys are cut into chunks of whole
+tiles, each chunk's online softmax gives a partial O and lse, and `split_kv.combine` rescales them by
+exp(lse_s - lse); the sink joins the combine once. `auto_splits` chooses the count by FlashAttention-2's
+heuristic (1 where the work already fills the device's workers); `num_splits` on the backend forces it. Here
+the chunks run one after another: it is the split path's arithmetic, for checking, not a speed-up.
+
 CPU and CUDA, every dtype, lse, and a backward (a torch.autograd.Function)
 that is blockwise too, so it also holds O(N) memory: P is recomputed per key
 tile from the saved lse, dS = P * (dP - delta). delta = rowsum(P * dP) is

@@ -37,6 +37,12 @@ each a constexpr flag, so a problem without them compiles the plain kernels:
   (dP - delta), delta = rowsum(dO O), the sink adds nothing to O). No gradient
   for the sink logits or slopes.
 
+Split-KV (flash-decoding): a third grid axis cuts the keys into chunks of whole tiles (FlashAttention's
+n_blocks_per_split); each program writes its chunk's float32 partial O and lse, and `split_kv.combine` rescales
+them by exp(lse_s - lse) (the sink joins there, once; the kernel runs without it). `auto_splits` follows
+FlashAttention-2's num_splits_heuristic on CUDA (never under the interpreter, which runs one program at a time);
+`num_splits` on the backend forces it. The backward is the unsplit one, from the combined O and lse.
+
 Devices: "cuda" compiled; "cpu" only under the Triton interpreter, i.e. when
 TRITON_INTERPRET=1 was set before this module (and triton) was imported. The
 interpreter is slow, so there N and M are capped at 256; and it computes
