@@ -149,7 +149,7 @@ def time_vs_n(results: list[PointResult]):
                 ylabel="median time per call [ms]",
                 note="Bars: interquartile range of the timed calls (± IQR/2). Slope: least-squares fit of "
                      "log time on log N (2 = quadratic).")
-    return png or "No plot: no point was measured ok."
+    return png or "No plot: no point was measured ok on a curve along N (a sweep along M has the decode plots)."
 
 
 def memory_vs_n(results: list[PointResult]):
@@ -157,6 +157,8 @@ def memory_vs_n(results: list[PointResult]):
     ok = [r for r in results if r.status == "ok" and r.peak_bytes is not None]
     if not ok:
         return "No plot: no point was measured ok."
+    if not any(r.status == "ok" and r.peak_bytes is not None for rs in series(results, "N").values() for r in rs):
+        return "No plot: every point lies on a curve along M (see the decode plots)."
     return _memory(results)
 
 
@@ -212,7 +214,8 @@ def fraction_of_peak(results: list[PointResult]):
                 ylabel="achieved / attainable FLOP/s", yscale="linear", percent=True,
                 note="Attainable: min(measured matmul peak, measured memory bandwidth × FLOPs per byte moved).")
     if png is None:
-        return "No plot: no point has a fraction of peak (the machine's peak was not measured)."
+        return ("No plot: no point on a curve along N has a fraction of peak (the machine's peak was not measured, "
+                "or the sweep ran along M: see the decode plots).")
     return png
 
 

@@ -83,8 +83,8 @@ def _decode_section(results: list[PointResult]) -> list[tuple[str, list[list[str
     if len(rows) < 2:
         return []
     peak = _machine(results).get("peak_bandwidth")
-    return [(f"Decode regime (N <= {DECODE_MAX_N} against a KV cache of M keys): memory-bound, so GB/s against the "
-             f"measured bandwidth ({_fmt(peak and peak / 1e9)} GB/s); {DECODE_BYTES}", rows)]
+    return [(f"Decode regime (N <= {DECODE_MAX_N} against M cached keys): GB/s against the measured bandwidth "
+             f"({_fmt(peak and peak / 1e9)} GB/s)", rows)]
 
 
 def slopes_table(results: list[PointResult]) -> list[list[str]]:
@@ -146,8 +146,10 @@ def _method(device: str) -> str:
             f"{FLOP_CONVENTION} Bytes are the minimum a "
             "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
             "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
-            "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` at the point's own N "
-            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference), and in "
+            f"the predicted B·H·N·M pattern in the dtype. Decode points (N <= {DECODE_MAX_N} < M) are memory-bound: "
+            f"{DECODE_BYTES}; their bandwidth fraction is GB/s over the machine's measured copy bandwidth. "
+            "Accuracy: `check_forward` at the point's own N and M (every row up to 512 x 512, else rows sampled "
+            "where tiles break, float64 reference), and in "
             "every process the first, a middle and the last timed call, the timed calls rotating among "
             f"{INPUT_SETS} input sets, against the row-sampled reference of the set each was given. A point "
             f"faster than {ROOFLINE_MARGIN:g}x the measured roofline is implausible; one more than "
