@@ -65,7 +65,14 @@ MODS = [
 ]
 MOD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=300 + i) for dtype in DTYPES for i, shape in enumerate(MODS)]
 
-FORWARD_PROBLEMS = MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
+# A decode step (few queries, a longer cache, MQA, a sink), first so that a wrong split-KV combine fails early: the
+# mutation twin splits it as FlashAttention-2 would on an A100 (5 chunks), and so does a GPU kernel with split-KV
+# (conformance/test_split_kv.py forces every split count).
+DECODE = [dict(B=1, H=4, Hkv=1, N=4, M=1100, D=64, causal="bottom_right", mods=(Sinks(),))]
+DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("float32", "float16")
+                   for i, shape in enumerate(DECODE)]
+
+FORWARD_PROBLEMS = DECODE_PROBLEMS + MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
                                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
                      for dtype in LARGE_LOGIT_DTYPES for i, shape in enumerate(LARGE_LOGITS)]

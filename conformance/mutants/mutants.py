@@ -358,3 +358,24 @@ class DocumentLeaksAcrossBoundary(BlockwiseTwin):
         previous = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)          # key j counted in document ids[j + 1]
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return keep | (ids[:, position][:, :, None] == previous[:, None, :])[:, None]
+
+
+# --- split-KV (flash-decoding): the combine of the chunks' partials ------------------------------------------------
+
+class SplitCombineNoRescale(BlockwiseTwin):
+    """split_combine_no_rescale: split-KV combine that averages the chunks' partial outputs, leaving out the
+    exp(lse_s - lse) rescale (each chunk weighed alike, whatever share of the softmax mass its keys hold)."""
+
+    def combine(self, parts, sink):
+        _, lse = super().combine(parts, sink)
+        seen = [(o, (l > NEG_INF).to(o.dtype)[..., None]) for o, l in parts]
+        count = sum(s for _, s in seen)
+        return sum(o * s for o, s in seen) / count.clamp_min(1), lse
+
+
+class SinkPerSplit(BlockwiseTwin):
+    """sink_per_split: split-KV where every chunk starts from the sink's state (sink, 1), so the sink joins the
+    denominator once per chunk (and once more in the combine) instead of once."""
+
+    def chunk_start(self, m, l):
+        return self.sink_state(m, l) if self.mods.sinks is not None else (m, l)

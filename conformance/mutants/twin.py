@@ -22,12 +22,14 @@ from __future__ import annotations
 import torch
 
 from attnbench.implementations import Capabilities
+from attnbench.implementations.split_kv import num_splits_heuristic
 from attnbench.implementations.torch_mods import SUPPORTED, TorchMods
 from attnbench.precision import FLASH, FLOAT32_INTERNAL, for_half
 from attnbench.implementations._torch_common import TorchBackend
 
 KEY_TILE = 32
 NEG_INF = float("-inf")
+TWIN_WORKERS = 2 * 108          # FlashAttention's workers argument for an A100: 2 x its SMs
 
 
 class _RecordedGrad(torch.autograd.Function):
@@ -59,6 +61,7 @@ class BlockwiseTwin(TorchBackend):
     # Half inputs computed in float32 and rounded once: every mutant inherits the claim and is held to it.
     caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED)
     mods = TorchMods()      # the call's modifications, set by `attention` for the steps below
+    num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `split_count` decides
 
     # --- the steps a mutant may override -------------------------------------------------------------------------
 
@@ -207,12 +210,77 @@ class BlockwiseTwin(TorchBackend):
         if self.mods.sinks is not None:
             m, l = self.sink_state(m, l)
         acc = torch.zeros(B, H, N, Dv, dtype=acc_dtype, device=q.device)
+        splits = self.split_count(B, H, N, M, D)
+        if splits > 1:
+            out, lse = self.split_forward(q, k, v, bias, scale, splits)
+            return self.round_output(out, io_dtype), lse
         for cols in self.tile_order(self.key_tiles(M)):
             s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale,
                             cols if self.mods.order else None)
             m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
         out, lse = self.finish(m, l, acc, scale)
         return self.round_output(out, io_dtype), lse
+
+    # --- split-KV (flash-decoding): chunks of keys, a partial (O_s, lse_s) each, one combine ----------------------
+
+    def split_count(self, B: int, H: int, N: int, M: int, D: int) -> int:
+        """`num_splits` if forced, else FlashAttention-2's `num_splits_heuristic` for an A100 (108 SMs, its argument
+        2 x 108) with its blocks: B * H * ceil(N / 64) work items, ceil(M / split_block(D)) key blocks. A fixed
+        machine, so the path the twin takes does not depend on the machine running the suite."""
+        if self.num_splits is not None:
+            return self.num_splits
+        return num_splits_heuristic(B * H * -(-N // 64), TWIN_WORKERS, -(-M // self.split_block(D)))
+
+    def split_block(self, D: int) -> int:
+        """Keys per block when cutting chunks: FlashAttention-2's split-KV block_n (256 up to D 64, 128 up to 128,
+        64 above), a multiple of KEY_TILE, so a chunk is whole tiles."""
+        return 256 if D <= 64 else 128 if D <= 128 else 64
+
+    def split_chunks(self, tiles: list[slice], M: int, D: int, splits: int) -> list[list[slice]]:
+        """The key tiles grouped in chunks of ceil(blocks / splits) blocks (FlashAttention's n_blocks_per_split)."""
+        block = self.split_block(D)
+        per = -(-(-(-M // block)) // splits) * block
+        return [[t for t in tiles if start <= t.start < start + per] for start in range(0, M, per)]
+
+    def chunk_start(self, m, l):
+        """(m, l) a chunk starts from: empty. The sink is no key of any chunk; it joins the combine once."""
+        return m, l
+
+    def sink_term(self, like):
+        """The sink logits (H,) as a (B, H, N) term of the combine, or None."""
+        return None if self.mods.sinks is None else self.mods.sinks.to(like.dtype)[None, :, None].expand_as(like)
+
+    def combine(self, parts, sink):
+        """(O, lse) from the chunks' [(O_s (B, H, N, Dv), lse_s (B, H, N))] and the sink term (B, H, N) or None:
+        lse = log(sum_s exp(lse_s) + exp(sink)), O = sum_s exp(lse_s - lse) O_s. An empty chunk (lse_s = -inf)
+        weighs 0; a row with every term -inf gives O = 0, lse = -inf."""
+        lses = torch.stack([lse for _, lse in parts])                                   # (S, B, H, N)
+        terms = lses if sink is None else torch.cat([lses, sink[None]])
+        top = terms.amax(dim=0).detach()
+        shift = torch.where(top == NEG_INF, torch.zeros_like(top), top)
+        total = torch.exp(terms - shift).sum(dim=0)
+        empty = total == 0
+        safe = torch.where(empty, torch.ones_like(total), total)
+        weights = torch.exp(lses - shift) / safe                                        # (S, B, H, N)
+        out = sum(w[..., None] * o for w, (o, _) in zip(weights, parts))
+        return out, torch.where(empty, torch.full_like(total, NEG_INF), shift + torch.log(safe))
+
+    def split_forward(self, q, k, v, bias, scale, splits: int):
+        """(O, lse) by split-KV: each chunk's tiles through the same recurrence from an empty state, then `combine`.
+        q (B, H, N, D), k, v already per query head (B, H, M, .) in the work dtype."""
+        B, H, N, D = q.shape
+        M, Dv = k.shape[2], v.shape[-1]
+        parts = []
+        for chunk in self.tile_order(self.split_chunks(self.key_tiles(M), M, D, splits)):
+            m, l = self.chunk_start(torch.full((B, H, N, 1), NEG_INF, dtype=q.dtype, device=q.device),
+                                    torch.zeros((B, H, N, 1), dtype=q.dtype, device=q.device))
+            acc = torch.zeros(B, H, N, Dv, dtype=q.dtype, device=q.device)
+            for cols in chunk:
+                s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale,
+                                cols if self.mods.order else None)
+                m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
+            parts.append(self.finish(m, l, acc, scale))
+        return self.combine(parts, self.sink_term(parts[0][1]))
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=TorchMods()):
         self.mods = mods
