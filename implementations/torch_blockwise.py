@@ -21,7 +21,8 @@ N · (window + tile), not N · M. A sink starts each row's state at (m, l) =
 Split-KV (flash-decoding, `split_kv`): for few queries against many keys the keys are cut into chunks of whole
 tiles, each chunk's online softmax gives a partial O and lse, and `split_kv.combine` rescales them by
 exp(lse_s - lse); the sink joins the combine once. `auto_splits` chooses the count by FlashAttention-2's
-heuristic (1 where the work already fills the device's workers); `num_splits` on the backend forces it. Here
+heuristic on CUDA (1 where the work already fills the device's workers; 1 on the CPU); `num_splits` on the
+backend forces it. Here
 the chunks run one after another: it is the split path's arithmetic, for checking, not a speed-up.
 
 CPU and CUDA, every dtype, lse, and a backward (a torch.autograd.Function)
@@ -192,7 +193,10 @@ def split_tile(qg, k, v, mask, causal, rows: slice, tiles: list[slice], n: int, 
 def auto_splits(q, k, block_m: int = BLOCK_M) -> int:
     """Splits for q (B, H, N, D) against k (B, Hkv, M, D) by FlashAttention's rule (`split_kv.
     num_splits_heuristic`): work items B * H * ceil(N / 64) (its query tile), key blocks of block_m, the device's
-    workers. On a CPU with as many threads as heads or fewer this is 1; decode on a GPU splits."""
+    workers. Only on CUDA: here the chunks run one after another, so on a CPU a split is all cost and no
+    parallelism (forced splits still check the path there)."""
+    if q.device.type != "cuda":
+        return 1
     B, H, N, _ = q.shape
     return split_kv.num_splits_heuristic(B * H * -(-N // 64), split_kv.device_workers(q.device),
                                          -(-k.shape[2] // block_m))
