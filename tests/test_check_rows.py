@@ -157,6 +157,22 @@ def test_a_row_sampled_backward_holds_a_declared_precision_to_its_bound():
     assert all(v.model_units is not None for v in verdicts[1:])
 
 
+def test_a_half_precision_gradient_accumulator_fails_the_naive_rule_at_the_derived_length():
+    """Without a declared precision (condition 2 alone): dK, dV kept in float16 fail at N = 8193 against 64 keys,
+    dQ kept in bfloat16 at 32769 keys (`budget.half_accumulator_length`, `conformance/cases.py`)."""
+    from conformance.cases import HALF_ACCUMULATOR
+    from conformance.mutants import make_backend
+
+    for name, problem, caught in (("dkdv_half_accumulator", HALF_ACCUMULATOR[0], {"dk", "dv"}),
+                                  ("dq_half_accumulator", HALF_ACCUMULATOR[2], {"dq"})):
+        backend = make_backend(name)
+        backend.caps = backend.caps.replace(precision=())                   # declares nothing
+        verdicts = check_backward(backend, problem)
+        failed = {v.name for v in verdicts if not v.passed}
+        assert failed == caught, "\n".join(v.describe() for v in verdicts)
+        assert all("worse than 2x the naive" in v.reason for v in verdicts if not v.passed)
+
+
 def test_perf_accuracy_is_checked_at_the_points_own_length():
     """A kernel wrong only beyond key 256 is inaccurate at N = M = 8192 in perf (no shrunk copy hides it)."""
     from attnbench.perf.measure import accuracy
