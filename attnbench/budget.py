@@ -102,8 +102,10 @@ A backend's output in a given dtype is held to two conditions:
    (6.1e-5), the plain formula rounds it absolutely, and its own error grows with M, faster than the
    accumulator's (0.17x the limit at M = 8193, 0.04x at 65537). What does show there is swamping: with
    peaked rows (scale 0.5, scores of spread 4) a few keys make dQ, and the later keys' shares fall under half
-   an ulp of the running sum and are lost, an error that grows linearly in the tiles, 4.9x the limit at
-   M = 65537 (1.1x at 32769); so that case runs at M = 65537 (`conformance/long_cases.py`).
+   an ulp of the running sum and are lost, an error that grows linearly in the tiles: 1.3x to 4.9x the limit
+   at M = 65537 over five draws (seeds; scale 0.4 to 0.6), 1.1x at 32769; so that case runs at M = 65537
+   (`conformance/long_cases.py`, 3.9x). The cases as drawn: float16 dK 2.2x, dV 2.4x the limit at
+   N = 8193; bfloat16 1.9x, 2.1x; dQ in bfloat16 2.1x at M = 32769; the correct twins at most 0.31x.
 
    In float16/bfloat16 one more term is the dtype's, not the accumulator's:
    FlashAttention's backward (and torch's CPU flash kernel) forms

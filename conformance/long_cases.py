@@ -52,7 +52,7 @@ BACKWARD = [
     # dQ accumulated in float16 (`attnbench.budget`, "Where it sees one in the backward"): at default scale the
     # plain float16 formula's own error grows with M (weights below the smallest normal), so peaked rows instead,
     # where a dQ kept in float16 swamps: the later keys' shares fall under half its ulp and are lost.
-    Problem(B=1, H=2, N=16, M=65537, D=64, scale=0.5, dtype="float16", seed=54),
+    Problem(B=1, H=2, N=16, M=65537, D=64, scale=0.5, dtype="float16", seed=55),
 ]
 LONG_FORWARD = [
     Problem(B=1, H=2, N=16385, M=16385, D=64, causal="top_left", dtype="float32", seed=61),
