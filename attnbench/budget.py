@@ -94,9 +94,14 @@ A backend's output in a given dtype is held to two conditions:
    M = 64 keys, 3.3 for dQ of N = 16 queries against M = 32769 keys), L* is about 2,100 (dK) and 2,700 (dV)
    queries in float16 and 6,900 keys for dQ in bfloat16; measured with the dkdv_half_accumulator and
    dq_half_accumulator mutants, the limit is crossed near N = 1,500 (1.6x the limit at N = 4097 in both
-   dtypes) and M = 8,600 (1.4x at 16385, 2.4x at 32769). At the base suite's backward lengths (N, M <= 4097
-   against each other, or N = 513) it hides. The cases (`conformance/cases.py`, `HALF_ACCUMULATOR`) run at
-   about 4 L*: long N against M = 64 for dK, dV; N = 16 against long M for dQ.
+   dtypes) and M = 8,600 (1.4x at 16385, 2.4x at 32769). The other half-precision backward cases sum at most
+   513 queries into dK, dV and 4,097 keys into dQ, below L*, where it hides. The cases (`conformance/cases.py`,
+   `HALF_ACCUMULATOR`) run at 3 to 5 L*: long N against M = 64 for dK, dV; N = 16 against long M for dQ, the
+   other side short so each costs about a second. Condition 3 holds a backend that declares float32
+   accumulation to it on those sampled rows too (`row_bound.backward_row_scales`): dV kept in the half dtype
+   fails it (1.3x float16, 4.4x bfloat16 at N = 8193) and at short lengths already (1.3x at N = 113 in
+   bfloat16, the flash grid), dQ in bfloat16 at M = 32769 1.25x; dK's declared bound is looser (its score term
+   takes T_max by Cauchy-Schwarz times the largest sum of |terms|: 0.2x to 0.3x), so condition 2 sees dK.
 
    float16's dQ is the exception: past M of about 16k a weight P ~ 1/M is below float16's smallest normal
    (6.1e-5), the plain formula rounds it absolutely, and its own error grows with M, faster than the
