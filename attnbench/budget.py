@@ -78,6 +78,40 @@ A backend's output in a given dtype is held to two conditions:
    at M = 16385 (bfloat16 1.5x and 16x), and hides under it at M <= 1024. The suite therefore runs half
    precision at M = 16385 (`conformance/long_cases.py`), which the row-sampled reference makes cheap.
 
+   Where it sees one in the backward (`half_accumulator_length`): a hand-written backward sums dK and dV of a
+   key tile over query tiles and dQ of a query tile over key tiles (FlashAttention 2; Triton tutorial 06 steps
+   32 rows at a time). Kept in float16/bfloat16 and rounded once per tile of T terms, a sum over L terms (L = N
+   for dK, dV; M for dQ) takes n = L / T roundings, each within u |partial sum|; the partial sums of a
+   zero-mean sum have the final value's rms r scaled by sqrt(i / n), so the errors add to a variance of
+   u^2 r^2 n / 6, and the worst of the E checked elements errs about sqrt(2 ln E) times that. The plain formula
+   sums in float32 (its error does not grow with L): c u max|g|, c measured from the naive yardstick (1.2 to
+   1.6 for dK, dV; 3.0 for dQ, bfloat16), so condition 2's limit is (2 c + 1) u max|g| with floor (a), and the
+   accumulator exceeds it past
+
+       L* = 6 T ((2 c + 1) (max|g| / r) / sqrt(2 ln E))^2
+
+   With T = 32 and the measured peak-to-rms max|g| / r (about 4 for dK, dV of N = 4097 queries against
+   M = 64 keys, 3.3 for dQ of N = 16 queries against M = 32769 keys), L* is about 2,100 (dK) and 2,700 (dV)
+   queries in float16 and 6,900 keys for dQ in bfloat16; measured with the dkdv_half_accumulator and
+   dq_half_accumulator mutants, the limit is crossed near N = 1,500 (1.6x the limit at N = 4097 in both
+   dtypes) and M = 8,600 (1.4x at 16385, 2.4x at 32769). The other half-precision backward cases sum at most
+   513 queries into dK, dV and 4,097 keys into dQ, below L*, where it hides. The cases (`conformance/cases.py`,
+   `HALF_ACCUMULATOR`) run at 3 to 5 L*: long N against M = 64 for dK, dV; N = 16 against long M for dQ, the
+   other side short so each costs about a second. Condition 3 holds a backend that declares float32
+   accumulation to it on those sampled rows too (`row_bound.backward_row_scales`): dV kept in the half dtype
+   fails it (1.3x float16, 4.4x bfloat16 at N = 8193) and at short lengths already (1.3x at N = 113 in
+   bfloat16, the flash grid), dQ in bfloat16 at M = 32769 1.25x; dK's declared bound is looser (its score term
+   takes T_max by Cauchy-Schwarz times the largest sum of |terms|: 0.2x to 0.3x), so condition 2 sees dK.
+
+   float16's dQ is the exception: past M of about 16k a weight P ~ 1/M is below float16's smallest normal
+   (6.1e-5), the plain formula rounds it absolutely, and its own error grows with M, faster than the
+   accumulator's (0.17x the limit at M = 8193, 0.04x at 65537). What does show there is swamping: with
+   peaked rows (scale 0.5, scores of spread 4) a few keys make dQ, and the later keys' shares fall under half
+   an ulp of the running sum and are lost, an error that grows linearly in the tiles: 1.3x to 4.9x the limit
+   at M = 65537 over five draws (seeds; scale 0.4 to 0.6), 1.1x at 32769; so that case runs at M = 65537
+   (`conformance/long_cases.py`, 3.9x). The cases as drawn: float16 dK 2.2x, dV 2.4x the limit at
+   N = 8193; bfloat16 1.9x, 2.1x; dQ in bfloat16 2.1x at M = 32769; the correct twins at most 0.31x.
+
    In float16/bfloat16 one more term is the dtype's, not the accumulator's:
    FlashAttention's backward (and torch's CPU flash kernel) forms
    delta = rowsum(dO O) from the output O as stored, rounded to the dtype,
@@ -173,6 +207,18 @@ def forward_floor(bound: np.ndarray, expected: np.ndarray, dtype: str) -> np.nda
     """
     rescale = UNIT_ROUNDOFF[ACCUMULATION_DTYPE[dtype]] / UNIT_ROUNDOFF[dtype]
     return bound * rescale + UNIT_ROUNDOFF[dtype] * np.abs(np.where(np.isfinite(expected), expected, 0.0))
+
+
+def half_accumulator_length(*, tile: int, naive_ulps: float, peak_to_rms: float, elements: int) -> float:
+    """L*: the summed length past which a gradient accumulator kept in the half input dtype, rounded once per
+    `tile` terms, exceeds condition 2's limit at its worst element (module docstring, "Where it sees one in
+    the backward"): 6 tile ((2 naive_ulps + 1) peak_to_rms / sqrt(2 ln elements))^2.
+
+    naive_ulps: the naive yardstick's worst error in units of u max|g|; peak_to_rms: max|g| / rms(g);
+    elements: the number of checked elements of that gradient.
+    """
+    spread = np.sqrt(2 * np.log(max(elements, 2)))
+    return float(6 * tile * ((NAIVE_MULTIPLE * naive_ulps + 1) * peak_to_rms / spread) ** 2)
 
 
 def score_magnitude(q, k, bias, scale: float) -> float:

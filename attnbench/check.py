@@ -30,7 +30,7 @@ from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, Verdict, backward_
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
-from attnbench.row_bound import RowStats, condition_one, row_stats
+from attnbench.row_bound import RowStats, backward_row_scales, condition_one, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -285,10 +285,10 @@ class BackwardReference:
     naive: tuple[np.ndarray, np.ndarray, np.ndarray]
     magnitudes: tuple[float | None, float | None, float | None]
     floors: tuple[float | None, float | None, float | None] = (None, None, None)   # budget floor (b), full only
-    scales: tuple[GradientScale, ...] | None = None                                 # full only
+    scales: tuple[GradientScale, ...] | None = None                 # on the checked rows
 
     def model_bounds(self, precision: Precision | None, problem: Problem) -> tuple:
-        """The declared-precision bound of dQ, dK, dV (None each where nothing is declared or rows are sampled)."""
+        """The declared-precision bound of dQ, dK, dV (None each where nothing is declared)."""
         if precision is None or precision.grad_accumulate is None or self.scales is None:
             return (None, None, None)
         p = problem
@@ -313,8 +313,21 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     else:
         expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
         magnitudes = (None, None, None)
+        scales = row_gradient_scales(inputs, p, grad_out, expected, qr, kr)
     return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes, floors,
                              scales)
+
+
+def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, query_rows,
+                        key_rows) -> tuple[GradientScale, ...]:
+    """`GradientScale` of dQ, dK, dV on the checked rows of a row-sampled check (`row_bound.backward_row_scales`):
+    a declared precision holds its backward there too, not only at the full-check sizes."""
+    p = problem
+    per_gradient, score_max = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
+                                                  mask=inputs.mask, causal=p.causal, scale=_effective_scale(p),
+                                                  dtype=p.dtype, mods=inputs.mods)
+    return tuple(GradientScale(terms, rms, count, operand, float(np.max(np.abs(e), initial=0.0)), stored, score_max)
+                 for (terms, rms, count, operand, stored), e in zip(per_gradient, expected))
 
 
 def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,

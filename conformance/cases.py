@@ -82,8 +82,17 @@ FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
 LARGE_GRID = [dict(B=2, H=36, Hkv=12, N=1000, M=48, D=32)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=200 + i)
                      for dtype in ("float32", "float16") for i, shape in enumerate(LARGE_GRID)]
+# A gradient accumulator kept in the half input dtype (`attnbench.budget.half_accumulator_length`): dK and dV sum
+# over the queries, dQ over the keys, so each at about 4x the length where it crosses the 2x-naive limit, with the
+# other side short. Rows are sampled (N M > 512 x 512), so each costs about a second; first, so a backward that
+# accumulates in float16/bfloat16 fails within seconds of `pytest -x`.
+HALF_ACCUMULATOR = [
+    Problem(B=1, H=2, N=8193, M=64, D=64, dtype="float16", seed=400),        # dK, dV: 256 query tiles of 32
+    Problem(B=1, H=2, N=8193, M=64, D=64, dtype="bfloat16", seed=401),
+    Problem(B=1, H=2, N=16, M=32769, D=64, dtype="bfloat16", seed=402),      # dQ: 1,024 key tiles of 32
+]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
-BACKWARD_PROBLEMS = [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
+BACKWARD_PROBLEMS = HALF_ACCUMULATOR + [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
 BACKWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")
                      for i, shape in enumerate([SHAPES[1], SHAPES[3], SHAPES[5], CAUSAL[2], CAUSAL[3], MASKS[1],

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .twin import KEY_TILE, NEG_INF, BlockwiseTwin
+from .twin import KEY_TILE, NEG_INF, QUERY_TILE, BlockwiseTwin, TiledBackwardTwin
 
 
 class MeanV(BlockwiseTwin):
@@ -270,6 +270,27 @@ class StatisticsInInputDtype(BlockwiseTwin):
     def online_update(self, m, l, acc, s, v_tile):
         m, l, acc = super().online_update(m, l, acc, s, v_tile)
         return m, l.to(self.io_dtype).to(l.dtype), acc
+
+
+# --- the half-precision accumulator class in the backward: a hand-written backward (`TiledBackwardTwin`) -----------
+
+class DkDvHalfAccumulator(TiledBackwardTwin):
+    """dkdv_half_accumulator: keeps each key tile's dK and dV accumulators in the half input dtype, rounding them
+    after every query tile's share (QUERY_TILE queries) is added: error grows with N (see `budget`)."""
+
+    def sum_query_tiles(self, parts):
+        total = torch.zeros_like(parts[:, :, 0])
+        for i in range(parts.shape[2]):
+            total = (total + parts[:, :, i]).to(self.half_dtype(parts)).to(parts.dtype)
+        return total
+
+
+class DqHalfAccumulator(TiledBackwardTwin):
+    """dq_half_accumulator: keeps the dQ accumulator in the half input dtype, rounding it after every key tile's
+    share (KEY_TILE keys) is added: error grows with M (see `budget`)."""
+
+    def accumulate_dq(self, dq, part):
+        return (dq + part).to(self.half_dtype(dq)).to(dq.dtype)
 
 
 LOST_TILE_ROWS, LOST_TILE_WORKERS = 64, 1000

@@ -33,25 +33,42 @@ TWIN_WORKERS = 2 * 108          # FlashAttention's workers argument for an A100:
 
 
 class _RecordedGrad(torch.autograd.Function):
-    """Forward through `backend.blockwise` with a recorded graph; backward = autograd, then `backend.corrupt_grads`."""
+    """Forward through `backend.blockwise` with a recorded graph; backward = `backend.gradients` (autograd), then
+    `backend.corrupt_grads`."""
 
     @staticmethod
     def forward(ctx, q, k, v, backend, options):
         with torch.enable_grad():
             leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
-            out, _ = backend.blockwise(*leaves, **options)
+            out, lse = backend.blockwise(*leaves, **options)
         # The recorded graph is kept on ctx (not save_for_backward): it is replayed by backward, and holds
         # non-tensor state (the backend) that save_for_backward cannot. It is retained because gradcheck
         # replays one forward's backward several times; it is freed with ctx.
-        ctx.graph = (out, leaves, backend, options)
+        ctx.graph = (out, lse.detach(), leaves, backend, options)
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad_out):
-        out, leaves, backend, options = ctx.graph
-        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+        out, lse, leaves, backend, options = ctx.graph
+        dq, dk, dv = backend.gradients(out, lse, leaves, grad_out, options)
         scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
         return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
+
+
+def _tiles(x: torch.Tensor):
+    """cols -> x[:, :, cols] for x (B, H, M, .), cut once into KEY_TILE pieces by `torch.split`: autograd then
+    gathers every tile's gradient in one concatenation, where slicing per tile makes a zero (B, H, M, .) gradient
+    for each tile (M^2 / KEY_TILE work: 9 s of the backward at M = 16,385, N = 16). A slice that is not a run
+    of whole pieces (none of the twin's or mutants' tilings) is sliced directly."""
+    pieces = x.split(KEY_TILE, dim=2)
+
+    def tile(cols: slice) -> torch.Tensor:
+        first, last = cols.start // KEY_TILE, -(-cols.stop // KEY_TILE)
+        if cols.start % KEY_TILE or min(cols.stop, x.shape[2]) != min(last * KEY_TILE, x.shape[2]):
+            return x[:, :, cols]
+        return pieces[first] if last == first + 1 else torch.cat(pieces[first:last], dim=2)
+
+    return tile
 
 
 class BlockwiseTwin(TorchBackend):
@@ -169,6 +186,10 @@ class BlockwiseTwin(TorchBackend):
         """What a hand-written backward would return; the twin's is exact."""
         return dq, dk, dv
 
+    def gradients(self, out, lse, leaves, grad_out, options):
+        """(dQ, dK, dV) in the input dtype: autograd through the recorded forward `out` (lse (B, H, N) unused)."""
+        return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
     # --- the algorithm -------------------------------------------------------------------------------------------
 
     def bias(self, mask, causal, B, N, M, dtype, device):
@@ -214,10 +235,11 @@ class BlockwiseTwin(TorchBackend):
         if splits > 1:
             out, lse = self.split_forward(q, k, v, bias, scale, splits)
             return self.round_output(out, io_dtype), lse
+        k_tile, v_tile = _tiles(k), _tiles(v)
         for cols in self.tile_order(self.key_tiles(M)):
-            s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale,
+            s = self.scores(q, k_tile(cols), None if bias is None else bias[..., cols], scale,
                             cols if self.mods.order else None)
-            m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
+            m, l, acc = self.online_update(m, l, acc, s, v_tile(cols))
         out, lse = self.finish(m, l, acc, scale)
         return self.round_output(out, io_dtype), lse
 
@@ -270,15 +292,15 @@ class BlockwiseTwin(TorchBackend):
         q (B, H, N, D), k, v already per query head (B, H, M, .) in the work dtype."""
         B, H, N, D = q.shape
         M, Dv = k.shape[2], v.shape[-1]
-        parts = []
+        parts, k_tile, v_tile = [], _tiles(k), _tiles(v)
         for chunk in self.tile_order(self.split_chunks(self.key_tiles(M), M, D, splits)):
             m, l = self.chunk_start(torch.full((B, H, N, 1), NEG_INF, dtype=q.dtype, device=q.device),
                                     torch.zeros((B, H, N, 1), dtype=q.dtype, device=q.device))
             acc = torch.zeros(B, H, N, Dv, dtype=q.dtype, device=q.device)
             for cols in chunk:
-                s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale,
+                s = self.scores(q, k_tile(cols), None if bias is None else bias[..., cols], scale,
                                 cols if self.mods.order else None)
-                m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
+                m, l, acc = self.online_update(m, l, acc, s, v_tile(cols))
             parts.append(self.finish(m, l, acc, scale))
         return self.combine(parts, self.sink_term(parts[0][1]))
 
@@ -309,3 +331,80 @@ class FlashPrecisionTwin(BlockwiseTwin):
         p = torch.exp(s - shift)                                  # in [0, 1]: rounded relative to the running max
         p_rounded = p.to(self.io_dtype).to(p.dtype)               # what the half-precision GEMM reads
         return m_new, alpha * l + p.sum(dim=-1, keepdim=True), alpha * acc + p_rounded @ v_tile
+
+
+QUERY_TILE = 32         # Triton tutorial 06's backward: a key block's dK, dV sum query blocks of 32 (BLOCK_M1)
+
+
+class TiledBackwardTwin(BlockwiseTwin):
+    """twin_tiled_backward: the twin with FlashAttention 2's backward written out instead of autograd; correct.
+
+    Not a suite twin (the suite runs the autograd twin): the base of the mutants whose bug is in a hand-written
+    backward's accumulators, so each overrides one step below. From the forward's lse (float32) and the stored
+    output O, per key tile (the forward's KEY_TILE keys; all queries at once, as the forward does):
+
+        P = exp(S - lse)    dP = dO V^T    dS = P (dP - delta),  delta = rowsum(dO O)   (FlashAttention's preprocess)
+        dQ  += scale dS K                      once per key tile      (`accumulate_dq`)
+        dK   = scale sum over query tiles of dS_tile^T Q_tile, dV = sum of P_tile^T dO_tile   (`sum_query_tiles`)
+
+    dS is taken through the score modifications by autograd on the tile's raw scores (softcap's 1 - tanh^2;
+    ALiBi, windows, documents and causal are additive or masks). Everything in float32 for half inputs, a query
+    head group's dK, dV summed in float32, each gradient rounded once to the input dtype.
+    """
+
+    name = "twin_tiled_backward"
+
+    def delta(self, grad_out, out):
+        """(B, H, N, 1) rowsum(dO O), from the output as stored (rounded to the input dtype), in float32."""
+        return (grad_out * out.to(grad_out.dtype)).sum(dim=-1, keepdim=True)
+
+    def accumulate_dq(self, dq, part):
+        """dQ after one more key tile's share `part` (B, H, N, D)."""
+        return dq + part
+
+    def sum_query_tiles(self, parts):
+        """dK or dV of one key tile from its per-query-tile shares (B, H, N / QUERY_TILE, T, .)."""
+        return parts.sum(dim=2)
+
+    def half_dtype(self, x):
+        """The input dtype where it is a half type (what a mutant's accumulator is rounded to), else x's own."""
+        return self.io_dtype if self.io_dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+    def gradients(self, out, lse, leaves, grad_out, options):
+        q, k, v = (self.read(x) for x in leaves)
+        io_dtype = self.io_dtype = q.dtype
+        acc_dtype = torch.float32 if io_dtype in (torch.float16, torch.bfloat16) else q.dtype
+        B, H, N, D = q.shape
+        Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        heads = self.kv_heads(H, Hkv, q.device)
+        q, k, v = q.detach().to(acc_dtype), k.detach().to(acc_dtype)[:, heads], v.detach().to(acc_dtype)[:, heads]
+        scale = self.effective_scale(D, options["scale"])
+        bias = self.bias(options["mask"], options["causal"], B, N, M, acc_dtype, q.device)
+        g = grad_out.to(acc_dtype)
+        delta = self.delta(g, out.detach())
+        shift = torch.where(lse == NEG_INF, torch.full_like(lse, float("inf")), lse).to(acc_dtype)[..., None]
+        pad = -N % QUERY_TILE                                   # zero rows: the last query tile's missing rows
+
+        def per_query_tile(x, y):                               # (B, H, N, T), (B, H, N, .) -> (B, H, N / 32, T, .)
+            x, y = (torch.nn.functional.pad(a, (0, 0, 0, pad)) for a in (x, y))
+            return torch.einsum("bhiqt,bhiqe->bhite", x.unflatten(2, (-1, QUERY_TILE)),
+                                y.unflatten(2, (-1, QUERY_TILE)))
+
+        dq = torch.zeros_like(q)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        for cols in self.key_tiles(M):
+            with torch.enable_grad():
+                raw = ((q @ k[:, :, cols].transpose(-1, -2)) * scale).requires_grad_()
+                s = self.modify(raw, cols) if self.mods.order else raw
+                s = s if bias is None else s + bias[..., cols]
+            p = torch.exp(s.detach() - shift)
+            ds = p * (g @ v[:, :, cols].transpose(-1, -2) - delta)
+            ds = torch.autograd.grad(s, raw, ds)[0]                           # through the modifications
+            dq = self.accumulate_dq(dq, scale * (ds @ k[:, :, cols]))
+            dk[:, :, cols] = self.sum_query_tiles(scale * per_query_tile(ds, q))
+            dv[:, :, cols] = self.sum_query_tiles(per_query_tile(p, g))
+
+        def per_kv_head(x):                                     # (B, H, M, .) -> (B, Hkv, M, .), in float32
+            return x.unflatten(1, (Hkv, H // Hkv)).sum(dim=2)
+
+        return dq.to(io_dtype), per_kv_head(dk).to(io_dtype), per_kv_head(dv).to(io_dtype)
