@@ -214,7 +214,9 @@ class TorchBlockwise(TorchBackend):
     devices = ("cpu", "cuda")
     # Half inputs: scores, statistics and both passes in float32, the result rounded once (measured:
     # reports/precision/; every conformance check holds it to the claim).
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=torch_mods.SUPPORTED)
+    # KV layouts natively: each sequence's keys gathered through its offsets or block table (`kv_torch`).
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=torch_mods.SUPPORTED,
+                        kv_layouts=("dense", "ragged", "paged"), kv_append=True)
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):
         return blockwise_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse,

@@ -358,3 +358,33 @@ class DocumentLeaksAcrossBoundary(BlockwiseTwin):
         previous = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)          # key j counted in document ids[j + 1]
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return keep | (ids[:, position][:, :, None] == previous[:, None, :])[:, None]
+
+
+# --- KV layouts (`attnbench.reference.layouts`, read by `implementations/kv_torch.py`): one class of bug each --------
+
+class PagedIgnoresBlockTable(BlockwiseTwin):
+    """paged_ignores_block_table: reads sequence b's pages as if stored in order (page b * max_pages + t //
+    page_size, the pool before it was permuted) instead of through the block table."""
+
+    def key_slots(self, layout, geometry, b, t):
+        if layout.key != "paged":
+            return super().key_slots(layout, geometry, b, t)
+        page = (b * geometry.block_table.shape[1] + t // layout.page_size) % geometry.num_pages
+        return page * layout.page_size + t % layout.page_size
+
+
+class RaggedKeysShifted(BlockwiseTwin):
+    """ragged_keys_shifted: sequence b's keys start one row late (cu_seqlens_k[b] + 1): it loses its first key
+    and sees the next sequence's first one."""
+
+    def key_slots(self, layout, geometry, b, t):
+        slots = super().key_slots(layout, geometry, b, t)
+        return (slots + 1).clamp(max=geometry.slots - 1) if layout.key == "ragged" else slots
+
+
+class AppendOffByOne(BlockwiseTwin):
+    """append_off_by_one: writes the new keys at cache_seqlens[b] - 1, over the cache's last key, leaving the
+    last slot it then reads unwritten."""
+
+    def append_at(self, cache_seqlens, b):
+        return super().append_at(cache_seqlens, b) - 1
