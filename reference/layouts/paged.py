@@ -37,9 +37,10 @@ class Paged(KvLayout):
     @classmethod
     def parse(cls, arg: str | None) -> "Paged":
         try:
-            return cls(int(arg)) if arg else cls()
+            size = int(arg) if arg else cls.page_size
         except ValueError:
             raise AttentionInputError(f"kv=paged: expected paged:PAGE_SIZE, got paged:{arg}") from None
+        return cls(size)
 
     def lengths(self, problem, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         seq_k = rng.integers(max(1, problem.append), problem.M + 1, size=problem.B)
