@@ -69,7 +69,8 @@ def _cells(row: dict) -> dict:
     return {"backend": row["backend"], "device": row["device"],
             "status": "simulated" if row.get("simulated") else "available" if row["available"] else "unavailable",
             "dtypes": short(row["dtypes"]), "causal": short(row["causal"]), "masks": short(row["masks"]),
-            "kv": row.get("kv", "-"), "gqa": _yes_no(row["gqa"]), "grad": _yes_no(row["grad"]), "det": _yes_no(row["deterministic"]),
+            "kv": row.get("kv", "-"), "gqa": _yes_no(row["gqa"]), "grad": _yes_no(row["grad"]),
+            "det": _yes_no(row["deterministic"]),
             "lse": _yes_no(row["lse"]), "source": row["source"]}
 
 

@@ -89,15 +89,16 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     lo, hi = caps.head_dims[0], min(caps.head_dims[1], max_head_dim)
     D = draw(head_dims(lo, hi, caps.head_dim_choices))
     Dv = draw(st.one_of(st.just(D), head_dims(lo, hi, caps.head_dim_choices))) if caps.dv_differs else D
-    causal = draw(st.sampled_from((None, *caps.causal)))
+    kv, append = draw(kv_layouts(caps, M))
+    dense = kv == "dense" and not append                   # a layout is its own mask, causal per sequence
+    alignments = caps.causal if dense else tuple(c for c in caps.causal if c != "top_left")
+    causal = draw(st.sampled_from((None, *alignments)))
     kinds = [m for m in (masks if masks is not None else (None, *MASK_FORMS))
              if m is None or MASK_FORMS[m] in caps.masks]
-    mask = draw(st.sampled_from(kinds))
+    mask = draw(st.sampled_from(kinds)) if dense else None
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
-    mods = draw(modification_lists(caps.mods, M))
-    kv, append = draw(kv_layouts(caps, M)) if (mask is None and causal != "top_left"
-                                               and all(m.key != "document" for m in mods)) else ("dense", 0)
+    mods = draw(modification_lists(caps.mods if dense else tuple(k for k in caps.mods if k != "document"), M))
     return Problem(
         B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
         scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),

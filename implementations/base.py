@@ -131,7 +131,8 @@ class Capabilities:
         if self.reads_kv(p):
             return self._why_not_dense(p, need_grad)
         if "bool" not in self.masks:
-            return f"kv={layout} not read natively (has {', '.join(self.kv_layouts)}) nor via pad-and-mask (no bool masks)"
+            return (f"kv={layout} not read natively (has {', '.join(self.kv_layouts)}) nor via pad-and-mask "
+                    "(no bool masks)")
         from attnbench.implementations.pad_and_mask import dense_problem
 
         reason = self._why_not_dense(dense_problem(p), need_grad) or (

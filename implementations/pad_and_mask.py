@@ -6,8 +6,9 @@ every sequence into the dense (B, H, N, D) / (B, Hkv, M, D) view, right-aligned 
 bottom-right causal rule, window and ALiBi distance stay its own, and hands the backend that dense problem with a
 bool mask (B, 1, N, M) keeping each sequence's own keys. Padding query rows keep every key (their results are
 dropped) so they never make an empty row the backend must handle; `run.physical` gathers the results of the
-sequences' rows back into the physical shapes (packed (total_q, H, Dv) for ragged queries). It costs the padding: B N M scores where the layout has
-sum N_b M_b, which is why kernels read layouts natively; as a yardstick it is exact.
+sequences' rows back into the physical shapes (packed (total_q, H, Dv) for ragged queries). It costs the
+padding: B N M scores where the layout has sum N_b M_b, which is why kernels read layouts natively; the math is
+the same (masked keys weigh exactly 0).
 
 A backend's `why_not` names the route ("kv=ragged via pad-and-mask: ..."); `Capabilities.kv_layouts` lists what
 a backend reads natively instead (`torch_blockwise`).

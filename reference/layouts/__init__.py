@@ -276,9 +276,10 @@ def validate(storage: Storage | None, problem, who: str) -> None:
         if table.ndim != 2 or table.shape[0] != p.B or table.shape[1] < need.max():
             raise AttentionInputError(f"{who}: block_table must be (B, >= {int(need.max())} pages), got "
                                       f"{table.shape}")
-        if used.min() < 0 or used.max() >= pool[0]:
-            raise AttentionInputError(f"{who}: block_table points at page {int(used.max() if used.max() >= pool[0] else used.min())}, "
-                                      f"outside the pool of {pool[0]} pages")
+        outside = used[(used < 0) | (used >= pool[0])]
+        if len(outside):
+            raise AttentionInputError(f"{who}: block_table points at page {int(outside[0])}, outside the pool of "
+                                      f"{pool[0]} pages")
     elif tuple(np.shape(storage.k)[:-1]) != tuple(shapes["dk"][:-1]):
         raise AttentionInputError(f"{who}: k must be {shapes['dk']} for kv={p.kv}, got {np.shape(storage.k)}")
     if p.append and (storage.k_new is None or np.shape(storage.k_new)[:3] != (p.B, p.append, p.Hkv)):
