@@ -30,6 +30,7 @@ from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, Verdict, backward_
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
+from attnbench.reference import layouts as kv_layouts
 from attnbench.row_bound import RowStats, backward_row_scales, condition_one, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
@@ -116,6 +117,7 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
         rows |= set(np.flatnonzero(empty.reshape(-1, N).any(axis=0))[:8].tolist())
     for mod in problem.mods:                                                  # where each modification's edges fall
         rows |= mod.query_rows(problem)
+    rows |= kv_layouts.query_rows(problem)                                    # each sequence's first rows
     rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
     return np.array(sorted(r for r in rows if 0 <= r < N))
 
@@ -130,6 +132,7 @@ def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
         keys |= {offset + d for d in (-1, 0, 1)} | {N - 1 + offset + d for d in (-1, 0, 1)}
     for mod in problem.mods:
         keys |= mod.key_rows(problem)
+    keys |= kv_layouts.key_rows(problem)                                      # sequence, page and append edges
     keys |= set(np.random.default_rng(seed).integers(0, M, RANDOM_ROWS).tolist())
     return np.array(sorted(j for j in keys if 0 <= j < M))
 
@@ -421,7 +424,8 @@ def output_contract(name: str, value, canonical: np.ndarray, shape: tuple, dtype
 
 def _pristine(inputs: Inputs) -> Inputs:
     return Inputs(*(None if x is None else np.array(x, copy=True) for x in (inputs.q, inputs.k, inputs.v,
-                                                                            inputs.mask)), inputs.mods)
+                                                                            inputs.mask)), inputs.mods,
+                  None if inputs.kv is None else inputs.kv.copy())
 
 
 def _same_bits(a, b) -> bool:
@@ -434,6 +438,9 @@ def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]
     memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs."""
     problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
                 if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
+    if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
+        problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
+                     if not _same_bits(getattr(inputs.kv, n), x)]
     for n, native in zip(("q", "k", "v"), getattr(run, "native_inputs", ())):
         if f"input {n} was modified by the call" not in problems:
             values = backend.to_numpy(native)
@@ -461,7 +468,7 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     result = run()
     ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
     return _judge_forward(backend, problem, result, ref, sample, device, want_lse=want_lse,
-                          broken=inputs_contract(backend, run, inputs, pristine))
+                          broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
 
 
 def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
@@ -472,13 +479,15 @@ def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, ro
 
 
 def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sample: RowSample, device: str, *,
-                   want_lse: bool, broken: list[str]) -> Verdicts:
+                   want_lse: bool, broken: list[str], physical=None) -> Verdicts:
     """Verdicts of a forward `result` (O, or (O, lse) with want_lse) against `ref` on the rows of `sample`."""
     out, lse = result if want_lse else (result, None)
-    p = problem
-    actual = backend.to_numpy(out)
-    broken = output_contract("output", out, actual, (p.B, p.H, p.N, p.Dv), p.dtype, device) + broken
+    p, physical = problem, physical or _as_is
+    shapes = _result_shapes(p)
+    actual = physical("out", backend.to_numpy(out))
+    broken = output_contract("output", out, actual, shapes["out"], p.dtype, device) + broken
     verdicts = [_contract("contract", broken)]
+    actual = _logical(p, "out", actual, shapes)
     qr = _indices(sample.query, p.N)
     precision = backend.capabilities(device).precision_for(p.dtype)
     lse_dtype = _dtype_name(lse) if lse is not None else None
@@ -493,13 +502,16 @@ def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sam
                                 lean_slack=None if model_out is None else _before_rounding(model_out, ref.out,
                                                                                            p.dtype)))
     if want_lse:
-        actual_lse = backend.to_numpy(lse)
-        if actual_lse.shape == (p.B, p.H, p.N):
-            verdicts.append(compare("lse", actual_lse[:, :, qr], ref.lse, dtype=p.dtype, bound=ref.lse_bound,
+        actual_lse = physical("lse", backend.to_numpy(lse))
+        if actual_lse.shape == shapes["lse"]:
+            rows_lse = _logical(p, "lse", actual_lse, shapes)[:, :, qr]
+            if kv_layouts.needs_storage(p):       # padding rows are no part of the problem: the reference's value
+                rows_lse = np.where(~kv_layouts.valid(p)[0][:, None, qr], ref.lse, rows_lse)
+            verdicts.append(compare("lse", rows_lse, ref.lse, dtype=p.dtype, bound=ref.lse_bound,
                                     model_bound=model_lse, model=named))
         else:
             verdicts[0] = _contract("contract", broken + [f"lse shape {actual_lse.shape}, expected "
-                                                          f"{(p.B, p.H, p.N)}"])
+                                                          f"{shapes['lse']}"])
     return _judged(backend, problem, device, verdicts, sample, backward=False)
 
 
@@ -511,13 +523,13 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
-    grad_out = make_grad_out(problem)
+    grad_out = kv_layouts.to_physical(problem, "out", make_grad_out(problem))   # dO shaped like O
     run = backend.prepare_backward(inputs, problem, grad_out, device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
     return _judge_backward(backend, problem, actual, ref, sample, device,
-                           broken=inputs_contract(backend, run, inputs, pristine))
+                           broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
 
 
 def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
@@ -528,14 +540,16 @@ def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, r
 
 
 def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, sample: RowSample, device: str, *,
-                    broken: list[str]) -> Verdicts:
+                    broken: list[str], physical=None) -> Verdicts:
     """Verdicts of dQ (B, H, N, D), dK (B, Hkv, M, D), dV (B, Hkv, M, Dv) against `ref` on the rows of `sample`."""
-    p = problem
+    p, physical = problem, physical or _as_is
+    result_shapes = _result_shapes(p)
     shapes = {"dq": (p.B, p.H, p.N, p.D), "dk": (p.B, p.Hkv, p.M, p.D), "dv": (p.B, p.Hkv, p.M, p.Dv)}
-    arrays = [backend.to_numpy(a) for a in actual]
-    broken = [msg for (name, shape), a, arr in zip(shapes.items(), actual, arrays)
-              for msg in output_contract(name, a, arr, shape, p.dtype, device)] + broken
+    arrays = [physical(name, backend.to_numpy(a)) for name, a in zip(("dq", "dk", "dv"), actual)]
+    broken = [msg for name, a, arr in zip(shapes, actual, arrays)
+              for msg in output_contract(name, a, arr, result_shapes[name], p.dtype, device)] + broken
     verdicts = [_contract("contract", broken)]
+    arrays = [_logical(p, name, a, result_shapes) for name, a in zip(shapes, arrays)]
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
     precision = backend.capabilities(device).precision_for(p.dtype)
     named = precision.describe(p.dtype) if precision is not None else None
@@ -549,6 +563,32 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
                                     analytic_floor=floor, model_bound=model, model=named if model is not None
                                     else None, lean_slack=slack))
     return _judged(backend, problem, device, verdicts, sample, backward=True)
+
+
+def _physical(run):
+    """How to map the prepared callable's results to the layout's physical shapes: `run.physical(name, array)`
+    where a route hands back another view (the pad-and-mask adapter's dense results), else the identity."""
+    return getattr(run, "physical", _as_is)
+
+
+def _as_is(name: str, x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _result_shapes(p: Problem) -> dict[str, tuple]:
+    """Shapes of out, lse, dq, dk, dv as a backend returns them: the layout's physical ones."""
+    if kv_layouts.needs_storage(p):
+        return kv_layouts.result_shapes(p)
+    return dict(out=(p.B, p.H, p.N, p.Dv), lse=(p.B, p.H, p.N), dq=(p.B, p.H, p.N, p.D),
+                dk=(p.B, p.Hkv, p.M, p.D), dv=(p.B, p.Hkv, p.M, p.Dv))
+
+
+def _logical(p: Problem, name: str, actual: np.ndarray, shapes: dict) -> np.ndarray:
+    """A result in its physical shape as the logical dense view the reference is in (itself when dense or when
+    its shape is wrong: the contract has already said so)."""
+    if not kv_layouts.needs_storage(p) or actual.shape != shapes[name]:
+        return actual
+    return kv_layouts.to_logical(p, name, actual)
 
 
 def _before_rounding(bound, result, dtype: str):

@@ -72,7 +72,25 @@ DECODE = [dict(B=1, H=4, Hkv=1, N=4, M=1100, D=64, causal="bottom_right", mods=(
 DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("float32", "float16")
                    for i, shape in enumerate(DECODE)]
 
-FORWARD_PROBLEMS = DECODE_PROBLEMS + MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
+# KV layouts (`attnbench.reference.layouts`): ragged batches (cu_seqlens, FlashAttention varlen), paged caches
+# (block tables over a permuted pool, page sizes 1, 16, 256) and keys appended into a cache (flash_attn_with_kvcache).
+# First of all the cases: a kernel (or mutant) that addresses a sequence, a page or an appended key wrong fails in
+# the first seconds of `pytest -x`. Lengths per sequence are drawn from the seed (sequence 0 short, B // 2 full).
+KV_LAYOUTS = [
+    dict(B=4, H=4, Hkv=2, N=97, M=97, D=32, causal="bottom_right", kv="ragged"),     # packed self-attention
+    dict(B=4, H=8, Hkv=2, N=3, M=300, D=64, causal="bottom_right", kv="paged:16"),   # decode, pages permuted
+    dict(B=3, H=4, Hkv=2, N=4, M=90, D=32, causal="bottom_right", kv="paged:16", append=4),   # decode step
+    dict(B=5, H=4, Hkv=2, N=40, M=113, D=64, kv="ragged", mods=(Window(24, 0), Alibi("batch"))),  # per-sequence
+    dict(B=3, H=2, N=5, M=40, D=32, kv="paged:1", mods=(Softcap(20.0), Sinks())),    # a page per key
+    dict(B=3, H=4, Hkv=1, N=2, M=700, D=64, causal="bottom_right", kv="paged:256"),  # FlashAttention's page size
+    dict(B=4, H=2, N=9, M=60, D=32, causal="bottom_right", kv="ragged", append=3),   # chunked prefill into a cache
+    dict(B=2, H=2, N=4, M=50, D=32, causal="bottom_right", append=4),                # dense cache, appended keys
+]
+KV_PROBLEMS = [Problem(**shape, dtype="float32", seed=400 + i) for i, shape in enumerate(KV_LAYOUTS)]
+KV_PROBLEMS += [Problem(**KV_LAYOUTS[i], dtype=dtype, seed=410 + i) for i, dtype in ((0, "float16"),
+                                                                                     (2, "bfloat16"), (3, "float16"))]
+
+FORWARD_PROBLEMS = KV_PROBLEMS + DECODE_PROBLEMS + MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
                                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
                      for dtype in LARGE_LOGIT_DTYPES for i, shape in enumerate(LARGE_LOGITS)]
@@ -92,7 +110,8 @@ HALF_ACCUMULATOR = [
     Problem(B=1, H=2, N=16, M=32769, D=64, dtype="bfloat16", seed=402),      # dQ: 1,024 key tiles of 32
 ]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
-BACKWARD_PROBLEMS = HALF_ACCUMULATOR + [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
+BACKWARD_PROBLEMS = HALF_ACCUMULATOR + [p for p in KV_PROBLEMS if p.kv == "ragged" and not p.append]  # ragged: grad
+BACKWARD_PROBLEMS += [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
 BACKWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")
                      for i, shape in enumerate([SHAPES[1], SHAPES[3], SHAPES[5], CAUSAL[2], CAUSAL[3], MASKS[1],

@@ -2,7 +2,8 @@
 
     problems(caps)  ->  Problem with B, H (a multiple of Hkv), N, M in 1..max_len (mostly not multiples
                         of 16), D and Dv (odd sizes included), causal alignment, mask kind, scale,
-                        dtype, layout, input distribution and seed; within the shape constraints
+                        dtype, layout, input distribution, seed and KV layout (`kv_layouts`); within the
+                        shape constraints
                         the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima);
                         and a list of the modifications the capabilities declare (`modification_lists`)
 
@@ -88,17 +89,30 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     lo, hi = caps.head_dims[0], min(caps.head_dims[1], max_head_dim)
     D = draw(head_dims(lo, hi, caps.head_dim_choices))
     Dv = draw(st.one_of(st.just(D), head_dims(lo, hi, caps.head_dim_choices))) if caps.dv_differs else D
-    causal = draw(st.sampled_from((None, *caps.causal)))
+    kv, append = draw(kv_layouts(caps, M))
+    dense = kv == "dense" and not append                   # a layout is its own mask, causal per sequence
+    alignments = caps.causal if dense else tuple(c for c in caps.causal if c != "top_left")
+    causal = draw(st.sampled_from((None, *alignments)))
     kinds = [m for m in (masks if masks is not None else (None, *MASK_FORMS))
              if m is None or MASK_FORMS[m] in caps.masks]
-    mask = draw(st.sampled_from(kinds))
+    mask = draw(st.sampled_from(kinds)) if dense else None
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
-    mods = draw(modification_lists(caps.mods, M))
+    mods = draw(modification_lists(caps.mods if dense else tuple(k for k in caps.mods if k != "document"), M))
     return Problem(
         B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
         scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),
         inputs=draw(st.sampled_from(inputs)),
         layout=draw(st.sampled_from(LAYOUTS if caps.strided else ("contiguous",))),
-        seed=draw(st.integers(0, 2**16)), mods=mods,
+        seed=draw(st.integers(0, 2**16)), mods=mods, kv=kv, append=append,
     )
+
+
+def kv_layouts(caps: Capabilities, M: int) -> st.SearchStrategy[tuple[str, int]]:
+    """(kv, append): a quarter of the time a ragged or paged layout (page sizes 1, 16, 256), some with appended
+    keys, where the backend reads layouts natively or through pad-and-mask (bool masks); else dense."""
+    if caps.kv_layouts == ("dense",) and "bool" not in caps.masks:
+        return st.just(("dense", 0))
+    layout = st.sampled_from(("ragged", "paged:1", "paged:16", "paged:256"))
+    return st.one_of(st.just(("dense", 0)), st.just(("dense", 0)), st.just(("dense", 0)),
+                     st.tuples(layout, st.sampled_from((0, 0, 1, min(M, 3)))))

@@ -273,7 +273,9 @@ class TorchBlockwise(TorchBackend):
     devices = ("cpu", "cuda")
     # Half inputs: scores, statistics and both passes in float32, the result rounded once (measured:
     # reports/precision/; every conformance check holds it to the claim).
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=torch_mods.SUPPORTED)
+    # KV layouts natively: each sequence's keys gathered through its offsets or block table (`kv_torch`).
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=torch_mods.SUPPORTED,
+                        kv_layouts=("dense", "ragged", "paged"), kv_append=True)
     num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `auto_splits` decides
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):

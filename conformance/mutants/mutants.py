@@ -400,3 +400,33 @@ class SinkPerSplit(BlockwiseTwin):
 
     def chunk_start(self, m, l):
         return self.sink_state(m, l) if self.mods.sinks is not None else (m, l)
+
+
+# --- KV layouts (`attnbench.reference.layouts`, read by `implementations/kv_torch.py`): one class of bug each --------
+
+class PagedIgnoresBlockTable(BlockwiseTwin):
+    """paged_ignores_block_table: reads sequence b's pages as if stored in order (page b * max_pages + t //
+    page_size, the pool before it was permuted) instead of through the block table."""
+
+    def key_slots(self, layout, geometry, b, t):
+        if layout.key != "paged":
+            return super().key_slots(layout, geometry, b, t)
+        page = (b * geometry.block_table.shape[1] + t // layout.page_size) % geometry.num_pages
+        return page * layout.page_size + t % layout.page_size
+
+
+class RaggedKeysShifted(BlockwiseTwin):
+    """ragged_keys_shifted: sequence b's keys start one row late (cu_seqlens_k[b] + 1): it loses its first key
+    and sees the next sequence's first one."""
+
+    def key_slots(self, layout, geometry, b, t):
+        slots = super().key_slots(layout, geometry, b, t)
+        return (slots + 1).clamp(max=geometry.slots - 1) if layout.key == "ragged" else slots
+
+
+class AppendOffByOne(BlockwiseTwin):
+    """append_off_by_one: writes the new keys at cache_seqlens[b] - 1, over the cache's last key, leaving the
+    last slot it then reads unwritten."""
+
+    def append_at(self, cache_seqlens, b):
+        return super().append_at(cache_seqlens, b) - 1

@@ -76,7 +76,10 @@ class BlockwiseTwin(TorchBackend):
 
     name = "twin"
     # Half inputs computed in float32 and rounded once: every mutant inherits the claim and is held to it.
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED)
+    # KV layouts read natively, one sequence at a time (`implementations/kv_torch.py`: its addressing steps,
+    # `query_span`, `key_slots`, `append_at`, are the ones the layout mutants override).
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED,
+                        kv_layouts=("dense", "ragged", "paged"), kv_append=True)
     mods = TorchMods()      # the call's modifications, set by `attention` for the steps below
     num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `split_count` decides
 
