@@ -11,8 +11,8 @@ once. Grouped-query heads are a reshape of the queries, not a copy of K/V.
 Causal (both alignments) and bool/bias masks are sliced per key tile; rows
 that see no key give O = 0 and lse = -inf, like the reference.
 
-Modifications (`torch_mods`: window, softcap, ALiBi, sinks) apply per tile in
-the work dtype. With a sliding window the queries are processed in tiles of
+Modifications (`torch_mods`: window, softcap, ALiBi, sinks, documents, prefix-LM) apply per tile in
+the work dtype. With a sliding window (or a prefix-LM) the queries are processed in tiles of
 BLOCK_N too, and each query tile visits only the key tiles its window reaches
 (tile skipping, as FlashAttention's local kernel does): time grows like
 N · (window + tile), not N · M. A sink starts each row's state at (m, l) =
@@ -72,8 +72,9 @@ def key_tiles(n: int, m: int, causal, block_m: int, rows: slice | None = None, m
 
 
 def query_tiles(n: int, mods) -> list[slice]:
-    """Query tiles: BLOCK_N rows each under a window (so key tiles can be skipped per query tile), else one."""
-    step = BLOCK_N if mods.window is not None else n
+    """Query tiles: BLOCK_N rows each under a window or a prefix-LM (so key tiles can be skipped per query tile),
+    else one."""
+    step = BLOCK_N if mods.window is not None or mods.prefix_lm is not None else n
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 

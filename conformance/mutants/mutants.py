@@ -358,3 +358,10 @@ class DocumentLeaksAcrossBoundary(BlockwiseTwin):
         previous = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)          # key j counted in document ids[j + 1]
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return keep | (ids[:, position][:, :, None] == previous[:, None, :])[:, None]
+
+
+class PrefixOffByOne(BlockwiseTwin):
+    """prefix_lm_off_by_one: the prefix reaches one key too far (j <= P), so every query sees key P."""
+
+    def prefix_keep(self, n, m, prefix, device):
+        return super().prefix_keep(n, m, prefix + 1, device)

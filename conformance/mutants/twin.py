@@ -132,6 +132,11 @@ class BlockwiseTwin(TorchBackend):
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return (ids[:, position][:, :, None] == ids[:, None, :])[:, None]
 
+    def prefix_keep(self, n: int, m: int, prefix: int, device):
+        """Bool (N, M): key j is in the prefix (j < P) or at or before the query's key position i + M - N."""
+        j = torch.arange(m, device=device)[None, :]
+        return (j < prefix) | (j <= torch.arange(n, device=device)[:, None] + m - n)
+
     def sink_state(self, m, l):
         """(m, l) with the sink logits (H,) as one more term of each row's denominator: (sink, 1)."""
         sinks = self.mods.sinks.to(m.dtype)[None, :, None, None].expand_as(m)
@@ -186,6 +191,10 @@ class BlockwiseTwin(TorchBackend):
             d = torch.zeros(B, 1, N, M, dtype=dtype, device=device).masked_fill(
                 ~self.document_keep(self.mods.document, N, M), NEG_INF)
             bias = d if bias is None else bias + d
+        if self.mods.prefix_lm is not None:
+            p = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(
+                ~self.prefix_keep(N, M, self.mods.prefix_lm, device), NEG_INF)
+            bias = p if bias is None else bias + p
         return bias
 
     def blockwise(self, q, k, v, *, mask, causal, scale):
