@@ -65,6 +65,8 @@ class Capabilities:
         declared here is held to the bound its model implies, on top of the two budget conditions.
     mods: the modifications it computes natively, by key (`attnbench.reference.mods.MODS`: "window",
         "softcap", "alibi", "sinks"); a problem with any other is a skip with its reason.
+    sink_grad: with "sinks" in mods, `prepare_backward` also returns d(sink logits) (H,) (the logits require
+        grad), checked against the reference's (`reference.sdpa_backward(return_sink_grad=True)`).
     """
 
     dtypes: tuple[str, ...] = DTYPES
@@ -87,6 +89,7 @@ class Capabilities:
     same_length: bool = False
     max_seq_by_dtype: tuple[tuple[str, int], ...] = ()
     mods: tuple[str, ...] = ()
+    sink_grad: bool = False
 
     def longest(self, dtype: str) -> int | None:
         """The largest N or M allowed in `dtype` (None: no limit)."""

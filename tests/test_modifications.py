@@ -163,6 +163,30 @@ def test_backward_matches_finite_differences_through_every_modification(qkv):
         assert abs(numeric - grad[index]) < 1e-6 * max(1.0, abs(numeric)), (name, numeric, grad[index])
 
 
+def test_sink_gradient_matches_finite_differences_in_float64(qkv):
+    """d sink_h = -sum_n P_sink,n rowsum(dO O)_n (`reference.sdpa_backward`), against central differences of
+    sum(O dO) in each head's sink logit, through GQA, a softcap, ALiBi, a window and rows that see no key."""
+    q, k, v = qkv
+    g = np.random.default_rng(7).standard_normal((2, 4, 9, 3))
+    mods = _bound((Softcap(2.5), Alibi("batch"), Window(1, 0), Sinks()), 2, 4)
+    mask = np.ones((1, 1, 9, 13), dtype=bool)
+    mask[..., 3, :] = False                                            # row 3 sees nothing: O = 0, adds 0
+    *_, dsink = reference.sdpa_backward(q, k, v, g, mods=mods, mask=mask, return_sink_grad=True)
+    eps = 1e-6
+    for h in range(4):
+        loss = []
+        for step in (eps, -eps):
+            logits = mods[-1].logits.astype(np.float64).copy()
+            logits[h] += step
+            moved = mods[:-1] + (Sinks(logits),)
+            loss.append(np.sum(reference.sdpa(q, k, v, mods=moved, mask=mask) * g))
+        numeric = (loss[0] - loss[1]) / (2 * eps)
+        assert abs(numeric - dsink[h]) < 1e-7 * max(1.0, abs(numeric)), (h, numeric, dsink[h])
+    assert np.all(dsink != 0)
+    *_, none = reference.sdpa_backward(q, k, v, g, return_sink_grad=True)
+    assert np.array_equal(none, np.zeros(4))
+
+
 def test_spec_round_trips_and_keeps_the_order():
     spec = "B=2,H=4,Hkv=2,N=97,M=113,D=64,dtype=float16,causal=bottom_right,alibi=batch,softcap=30,window=256:0,sinks=1"
     problem = Problem.parse(spec)
@@ -252,3 +276,21 @@ def test_prefix_lm_visible_range_holds_every_visible_key():
             first, last = mod.visible_range(lo, hi, n, m)
             cols = np.flatnonzero(keep[lo:hi + 1].any(axis=0))
             assert cols.size == 0 or (first <= cols.min() and cols.max() == last)
+
+
+def test_a_sink_gradient_is_judged_where_declared_and_a_wrong_one_fails():
+    """torch_eager, torch_blockwise and the twin return d sink (sink_grad) and pass its verdict; a sign slip fails."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attnbench.check import check_backward
+    from attnbench.implementations import get_backend
+    from conformance.mutants import make_backend
+
+    problem = Problem.parse("B=2,H=4,Hkv=2,N=17,M=23,D=16,dtype=float32,sinks=1,softcap=5")
+    for backend in (get_backend("torch_eager"), get_backend("torch_blockwise"), make_backend("twin")):
+        verdicts = check_backward(backend, problem)
+        assert [v.name for v in verdicts if v.name == "dsink"] == ["dsink"] and all(v.passed for v in verdicts)
+    wrong = {v.name: v for v in check_backward(make_backend("sink_grad_sign_flipped"), problem)}
+    assert not wrong["dsink"].passed and wrong["dq"].passed

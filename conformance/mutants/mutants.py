@@ -365,3 +365,10 @@ class PrefixOffByOne(BlockwiseTwin):
 
     def prefix_keep(self, n, m, prefix, device):
         return super().prefix_keep(n, m, prefix + 1, device)
+
+
+class SinkGradSignFlipped(BlockwiseTwin):
+    """sink_grad_sign_flipped: d sink = +sum P_sink rowsum(dO O), the minus of dP/d sink = -P P_sink dropped."""
+
+    def corrupt_sink_grad(self, dsink):
+        return -dsink

@@ -19,6 +19,8 @@ D query/key dim, Dv value dim.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from attnbench.implementations import Capabilities
@@ -31,13 +33,17 @@ NEG_INF = float("-inf")
 
 
 class _RecordedGrad(torch.autograd.Function):
-    """Forward through `backend.blockwise` with a recorded graph; backward = autograd, then `backend.corrupt_grads`."""
+    """Forward through `backend.blockwise` with a recorded graph; backward = autograd, then `backend.corrupt_grads`
+    (and `backend.corrupt_sink_grad` for the sink logits (H,), when they require grad)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, backend, options):
+    def forward(ctx, q, k, v, sinks, backend, options):
         with torch.enable_grad():
             leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
-            out, _ = backend.blockwise(*leaves, **options)
+            if sinks is not None and sinks.requires_grad:
+                leaves += (sinks.detach().requires_grad_(),)
+                backend.mods = replace(backend.mods, sinks=leaves[3])
+            out, _ = backend.blockwise(*leaves[:3], **options)
         # The recorded graph is kept on ctx (not save_for_backward): it is replayed by backward, and holds
         # non-tensor state (the backend) that save_for_backward cannot. It is retained because gradcheck
         # replays one forward's backward several times; it is freed with ctx.
@@ -47,9 +53,11 @@ class _RecordedGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         out, leaves, backend, options = ctx.graph
-        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+        grads = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
         scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
-        return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
+        dsink = backend.corrupt_sink_grad(grads[3]) if len(grads) > 3 else None
+        # no grads for backend, options
+        return (*backend.corrupt_grads(*grads[:3], scale=scale), dsink, None, None)
 
 
 class BlockwiseTwin(TorchBackend):
@@ -57,7 +65,7 @@ class BlockwiseTwin(TorchBackend):
 
     name = "twin"
     # Half inputs computed in float32 and rounded once: every mutant inherits the claim and is held to it.
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED)
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED, sink_grad=True)
     mods = TorchMods()      # the call's modifications, set by `attention` for the steps below
 
     # --- the steps a mutant may override -------------------------------------------------------------------------
@@ -171,6 +179,10 @@ class BlockwiseTwin(TorchBackend):
         """What a hand-written backward would return; the twin's is exact."""
         return dq, dk, dv
 
+    def corrupt_sink_grad(self, dsink):
+        """The sink logits' gradient (H,) a hand-written backward would return; the twin's is autograd's."""
+        return dsink
+
     # --- the algorithm -------------------------------------------------------------------------------------------
 
     def bias(self, mask, causal, B, N, M, dtype, device):
@@ -227,7 +239,7 @@ class BlockwiseTwin(TorchBackend):
         self.mods = mods
         options = dict(mask=mask, causal=causal, scale=scale)
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            return _RecordedGrad.apply(q, k, v, self, options)
+            return _RecordedGrad.apply(q, k, v, mods.sinks, self, options)
         out, lse = self.blockwise(q, k, v, **options)
         return (out, lse) if return_lse else out
 
