@@ -264,6 +264,71 @@ def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tup
     return float(np.max(dq, initial=0.0)), float(np.max(dk, initial=0.0)), 0.0
 
 
+@dataclass(frozen=True)
+class SinkGradTerms:
+    """What `sink_grad_bound` needs of a problem's reference, per row (B, H, N) unless said: see there."""
+
+    p_sink: np.ndarray        # exp(sink - lse)
+    delta: np.ndarray         # |rowsum(dO O)|
+    weighted_dp: np.ndarray   # U = sum_m P |dP|
+    reach: np.ndarray         # W = sum_m P sum_e |dO| |V|
+    flushed: np.ndarray       # F = sum_m min(P, tiny) |dP|
+    stored: np.ndarray        # sum_e |dO| |O|
+    score_size: np.ndarray    # (sqrt(D) + 2 + extra roundings) max over visible keys of T
+    sinks: np.ndarray         # (H,) the logits
+    result: np.ndarray        # (H,) the reference's d sink
+    M: int
+    Dv: int
+
+
+def sink_grad_terms(p, p_sink, v, grad_out, out, sinks, result, score_size, dtype: str) -> SinkGradTerms:
+    """`SinkGradTerms` from the reference's weights p (B, H, N, M), P_sink (B, H, N), v (B, Hkv, M, Dv), dO and O
+    (B, H, N, Dv), the logits and d sink (H,), and each row's score size (B, H, N)."""
+    H, M = p.shape[1], p.shape[-1]
+    vr = np.repeat(v, H // v.shape[1], axis=1)                                        # (B, H, M, Dv)
+    dp = np.abs(grad_out @ vr.swapaxes(-1, -2))                                        # (B, H, N, M)
+    return SinkGradTerms(p_sink, np.abs(np.sum(grad_out * out, axis=-1)), np.sum(p * dp, axis=-1),
+                         np.sum(p * (np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2)), axis=-1),
+                         np.sum(np.minimum(p, FLUSH_THRESHOLD[dtype]) * dp, axis=-1),
+                         np.sum(np.abs(grad_out) * np.abs(out), axis=-1), score_size,
+                         np.asarray(sinks, dtype=np.float64), np.asarray(result, dtype=np.float64), M, v.shape[-1])
+
+
+def sink_grad_bound(t: SinkGradTerms, dtype: str, work: str | None = None) -> np.ndarray:
+    """Bound (H,) on |d sink - d sink_ref| for the sinks' gradient d sink_h = -sum_{b,n} P_sink,bhn delta_bhn,
+    delta_n = rowsum(dO O)_n = sum_m P_nm dP_nm, dP = dO V^T (`reference.sdpa_backward(return_sink_grad=True)`),
+    first order, condition 1's model with u the unit roundoff of `work`, the dtype the kernel computes its
+    scores, statistics and backward sums in (a declared precision's; None: the input dtype, as torch_eager's
+    half path, which also rounds the sink logit there). Per row n:
+
+        score error   ds_n = LAMBDA u (sqrt(D) + 2 + extra roundings) max_m T_nm over visible keys, + u |sink_h|
+                      (the logit rounded to `work`): moves every P_nm by <= 2 ds_n P_nm (exp and normaliser),
+                      so delta by <= 2 ds_n U_n, U_n = sum_m P_nm |dP_nm|
+        P_sink        = exp(sink - lse): lse is off by <= ds_n + LAMBDA u (sqrt(M) + 2) (its sum), exp by u
+        delta's sums  dP over Dv: LAMBDA u (sqrt(Dv) + 2) W_n, W_n = sum_m P_nm sum_e |dO_ne| |V_me|; the sum
+                      over M: LAMBDA u (sqrt(M) + 2) U_n
+        stored O      a half-precision kernel may form delta from O as stored (FlashAttention's backward):
+                      u_dtype sum_e |dO_ne| |O_ne| (a hard bound, as `stored_output_floor`)
+        flushed       weights a float32 exp flushes to 0 (FLUSH_THRESHOLD; a sink far above every key):
+                      F_n = sum_m min(P_nm, tiny) |dP_nm|, in delta and through O, twice
+        the sum over the B N rows of head h: LAMBDA u (sqrt(B N) + 2) sum_n P_sink |delta_n|; one rounding of
+        the result in the logits' float32 (or `work`, if coarser): u_r |d sink_h|
+
+    In float16/bfloat16 a kernel that declares float32 internals is held to about float32's bound (plus the
+    stored-O term): a sign slip in d sink is 2 |d sink|, far outside it; the plain half-precision formula is
+    held to u of the dtype, where the bound is of the order of d sink itself.
+    """
+    u = UNIT_ROUNDOFF[work or dtype]
+    lam = LAMBDA * u
+    B, _, N = t.p_sink.shape
+    ds = lam * t.score_size + u * np.abs(t.sinks)[None, :, None]
+    stored = UNIT_ROUNDOFF[dtype] * t.stored if dtype in HALF_DTYPES else 0.0
+    per_row = t.p_sink * (t.delta * (ds + lam * (np.sqrt(t.M) + 2) + u + lam * (np.sqrt(B * N) + 2))
+                          + t.weighted_dp * (2 * ds + lam * (np.sqrt(t.M) + 2)) + t.reach * lam * (np.sqrt(t.Dv) + 2)
+                          + stored + 2 * t.flushed)
+    return np.sum(per_row, axis=(0, 2)) + max(u, UNIT_ROUNDOFF["float32"]) * np.abs(t.result)
+
+
 def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
     """Elementwise bound (B, H, N, Dv) on |O - O_ref| for q (B, H, N, D), k/v (B, Hkv, M, .).
 

@@ -1,7 +1,7 @@
 """Check one backend on one problem against the float64 reference: the one compare every suite uses.
 
     verdicts = check_forward(backend, problem)                 # output (+ lse if the backend returns it)
-    verdicts = check_backward(backend, problem)                # dQ, dK, dV
+    verdicts = check_backward(backend, problem)                # dQ, dK, dV (+ d sink where declared, full checks)
     verdicts = check_forward(backend, problem, rows=[0, 63, 64, 8191])   # a verdict on chosen query rows
     verdicts = verify_forward(backend, problem, out, rows=sampled_rows(problem))   # an output already computed
     all(v.passed for v in verdicts)
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnbench import reference
-from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, Verdict, backward_floor, compare, forward_floor,
-                              score_magnitude, stored_output_floor)
+from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, SinkGradTerms, Verdict, backward_floor, compare,
+                              forward_floor, score_magnitude, sink_grad_bound, sink_grad_terms, stored_output_floor)
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
@@ -289,6 +289,7 @@ class BackwardReference:
     magnitudes: tuple[float | None, float | None, float | None]
     floors: tuple[float | None, float | None, float | None] = (None, None, None)   # budget floor (b), full only
     scales: tuple[GradientScale, ...] | None = None                 # on the checked rows
+    sink: SinkGradTerms | None = None     # d sink (H,) and its bound's terms: full checks with sinks only
 
     def model_bounds(self, precision: Precision | None, problem: Problem) -> tuple:
         """The declared-precision bound of dQ, dK, dV (None each where nothing is declared)."""
@@ -308,17 +309,43 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     qr, kr = _indices(rows.query, p.N), _indices(rows.key, p.M)
     kwargs = inputs.reference_kwargs(p)
     floors, scales = (None, None, None), None
+    sink = None
     if rows.full:
-        expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **kwargs)
+        *expected, dsink = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, return_sink_grad=True,
+                                                   **kwargs)
         forward = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **kwargs)   # (O, P), once
         magnitudes = backward_magnitudes(inputs, p, grad_out, forward)
         floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward)
+        if p.mod("sinks") is not None:
+            sink = sink_grad_reference(inputs, p, grad_out, forward, dsink)
     else:
         expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
         magnitudes = (None, None, None)
         scales = row_gradient_scales(inputs, p, grad_out, expected, qr, kr)
     return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes, floors,
-                             scales)
+                             scales, sink)
+
+
+def sink_grad_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward, dsink: np.ndarray):
+    """`budget.SinkGradTerms` of the reference's d sink (full checks only: it sums over every row). Each row's
+    score size is its largest visible score magnitude (`block.magnitude`: ALiBi's bias and the softcap's
+    roundings included)."""
+    from attnbench.reference import mods as modifications
+    from attnbench.reference.block import magnitude
+    from attnbench.reference.sdpa import group_queries, ungroup
+
+    p = problem
+    out, weights = forward
+    _, lse = reference.sdpa(inputs.q, inputs.k, inputs.v, return_lse=True, **inputs.reference_kwargs(p))
+    logits = np.asarray(next(m for m in inputs.mods if m.key == "sinks").logits, dtype=np.float64)   # (H,)
+    t, visible = magnitude(group_queries(inputs.q, p.Hkv), inputs.k, np.arange(p.N), np.arange(p.M),
+                           mask=inputs.mask, causal=p.causal, mods=inputs.mods, N=p.N, M=p.M,
+                           scale=_effective_scale(p))
+    roundings = np.sqrt(p.D) + 2 + modifications.extra_roundings(inputs.mods)
+    size = ungroup(roundings * np.max(np.where(visible, t, 0.0), axis=-1, initial=0.0))      # (B, H, N)
+    p_sink = np.exp(logits[None, :, None] - lse)
+    return sink_grad_terms(weights, p_sink, inputs.v, grad_out, out, logits, dsink,
+                           np.broadcast_to(size, p_sink.shape), p.dtype)
 
 
 def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, query_rows,
@@ -545,9 +572,16 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
     p, physical = problem, physical or _as_is
     result_shapes = _result_shapes(p)
     shapes = {"dq": (p.B, p.H, p.N, p.D), "dk": (p.B, p.Hkv, p.M, p.D), "dv": (p.B, p.Hkv, p.M, p.Dv)}
+    actual, dsink = tuple(actual[:3]), (actual[3] if len(actual) > 3 else None)
     arrays = [physical(name, backend.to_numpy(a)) for name, a in zip(("dq", "dk", "dv"), actual)]
     broken = [msg for name, a, arr in zip(shapes, actual, arrays)
               for msg in output_contract(name, a, arr, result_shapes[name], p.dtype, device)] + broken
+    sink_grad = backend.capabilities(device).sink_grad and p.mod("sinks") is not None
+    if sink_grad and dsink is None:
+        broken.append("no d sink returned (declares sink_grad)")
+    sink_array = None if dsink is None else backend.to_numpy(dsink)
+    if dsink is not None:                        # the logits' own dtype: float32, as the kernels take them
+        broken += output_contract("dsink", dsink, sink_array, (p.H,), "float32", device)
     verdicts = [_contract("contract", broken)]
     arrays = [_logical(p, name, a, result_shapes) for name, a in zip(shapes, arrays)]
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
@@ -562,6 +596,13 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
                                     reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
                                     analytic_floor=floor, model_bound=model, model=named if model is not None
                                     else None, lean_slack=slack))
+    if sink_array is not None and sink_array.shape == (p.H,) and ref.sink is not None:
+        work = None
+        if precision is not None and precision.grad_accumulate is not None:       # the coarser of its two
+            work = max(precision.resolved("scores", p.dtype), precision.resolved("grad_accumulate", p.dtype),
+                       key=UNIT_ROUNDOFF.get)
+        verdicts.append(compare("dsink", sink_array, ref.sink.result, dtype=p.dtype,
+                                bound=sink_grad_bound(ref.sink, p.dtype, work)))
     return _judged(backend, problem, device, verdicts, sample, backward=True)
 
 

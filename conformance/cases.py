@@ -6,6 +6,7 @@ partial tiles, and inputs are standard normal (never uniform positive).
 from attnbench.problem import Problem
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 from attnbench.reference.mods.document import Document
+from attnbench.reference.mods.prefix_lm import PrefixLM
 
 SHAPES = [
     dict(B=2, H=4, N=64, D=64),                                       # self-attention, B and H > 1
@@ -62,6 +63,7 @@ MODS = [
     dict(B=2, H=4, Hkv=2, N=97, M=113, D=64, causal="bottom_right",          # all of them, in FlashAttention's order
          mods=(Softcap(20.0), Alibi("batch"), Window(48, 0), Sinks())),
     dict(B=2, H=2, N=80, M=100, D=32, mods=(Document(4),)),                  # packed: boundaries at tile edges + b
+    dict(B=2, H=4, Hkv=2, N=80, M=100, D=32, mods=(PrefixLM(45),)),          # queries 0..24 in the prefix (N < M)
 ]
 MOD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=300 + i) for dtype in DTYPES for i, shape in enumerate(MODS)]
 

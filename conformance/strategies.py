@@ -20,6 +20,7 @@ from attnbench.implementations import Capabilities
 from attnbench.problem import DTYPES, LAYOUTS, MASK_FORMS, Problem
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 from attnbench.reference.mods.document import Document
+from attnbench.reference.mods.prefix_lm import PrefixLM
 
 # Sizes kernel authors get wrong: 1, just around a tile (15, 17, 63, 65), odd (59, 111), plus any size.
 _SPECIAL_LENGTHS = (1, 2, 15, 17, 31, 63, 65, 97, 113, 129, 200)
@@ -66,7 +67,8 @@ def modification_lists(supported: tuple[str, ...], M: int = 1 << 30) -> st.Searc
               "softcap": st.builds(Softcap, st.sampled_from((1.0, 5.0, 30.0))),
               "alibi": st.builds(Alibi, st.sampled_from(("head", "batch"))),
               "sinks": st.just(Sinks()),
-              "document": st.builds(Document, st.integers(1, max(1, min(4, M))))}     # count <= M keys
+              "document": st.builds(Document, st.integers(1, max(1, min(4, M)))),    # count <= M keys
+              "prefix_lm": st.builds(PrefixLM, st.one_of(st.sampled_from(_WINDOW_SIDES[1:]), st.integers(0, 200)))}
     choices = [makers[k] for k in supported if k in makers]
     if not choices:
         return st.just(())
@@ -98,7 +100,11 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     mask = draw(st.sampled_from(kinds)) if dense else None
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
-    mods = draw(modification_lists(caps.mods if dense else tuple(k for k in caps.mods if k != "document"), M))
+    # Modifications that count keys from the sequence's start (documents, a prefix) need the dense view's indices.
+    mods = draw(modification_lists(caps.mods if dense else tuple(k for k in caps.mods
+                                                                   if k not in ("document", "prefix_lm")), M))
+    if any(m.key == "prefix_lm" for m in mods):
+        causal = None                                             # a prefix-LM is causal past its prefix already
     return Problem(
         B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
         scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),

@@ -8,6 +8,7 @@ outside the timed callable.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -108,10 +109,14 @@ class TorchBackend(KvReader, Backend):
         q, k, v, mask = to_tensors(inputs, problem, device, requires_grad=True)
         g = torch.from_numpy(grad_out).to(device=device, dtype=torch_dtype(problem.dtype))
         causal, scale, mods = problem.causal, problem.scale, self.modifications(inputs, device)
+        leaves = (q, k, v)
+        if self.capabilities(device).sink_grad and mods and mods["mods"].sinks is not None:
+            sinks = mods["mods"].sinks.detach().clone().requires_grad_()        # (H,) float32: d sink too
+            mods, leaves = {**mods, "mods": replace(mods["mods"], sinks=sinks)}, (q, k, v, sinks)
 
         def run():
             out = self.attention(q, k, v, mask=mask, causal=causal, scale=scale, **mods)
-            return torch.autograd.grad(out, (q, k, v), g)
+            return torch.autograd.grad(out, leaves, g)
 
         run.native_inputs = (q, k, v)
         return run

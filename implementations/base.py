@@ -81,6 +81,8 @@ class Capabilities:
     kv_layouts: the KV layouts it reads natively (`attnbench.reference.layouts`: "dense", "ragged", "paged");
         kv_append: it writes appended keys into the cache itself. Any other layout problem runs through the
         pad-and-mask adapter (`implementations/pad_and_mask.py`) if it takes bool masks, else is a skip.
+    sink_grad: with "sinks" in mods, `prepare_backward` also returns d(sink logits) (H,) (the logits require
+        grad), checked against the reference's (`reference.sdpa_backward(return_sink_grad=True)`).
     """
 
     dtypes: tuple[str, ...] = DTYPES
@@ -106,6 +108,7 @@ class Capabilities:
     mods: tuple[str, ...] = ()
     kv_layouts: tuple[str, ...] = ("dense",)
     kv_append: bool = False
+    sink_grad: bool = False
 
     def reads_kv(self, p: Problem) -> bool:
         """Whether it reads `p`'s KV layout (and appended keys) natively."""

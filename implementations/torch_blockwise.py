@@ -11,12 +11,13 @@ once. Grouped-query heads are a reshape of the queries, not a copy of K/V.
 Causal (both alignments) and bool/bias masks are sliced per key tile; rows
 that see no key give O = 0 and lse = -inf, like the reference.
 
-Modifications (`torch_mods`: window, softcap, ALiBi, sinks) apply per tile in
-the work dtype. With a sliding window the queries are processed in tiles of
+Modifications (`torch_mods`: window, softcap, ALiBi, sinks, documents, prefix-LM) apply per tile in
+the work dtype. With a sliding window (or a prefix-LM) the queries are processed in tiles of
 BLOCK_N too, and each query tile visits only the key tiles its window reaches
 (tile skipping, as FlashAttention's local kernel does): time grows like
 N · (window + tile), not N · M. A sink starts each row's state at (m, l) =
-(sink, 1), one more term of the denominator with value 0.
+(sink, 1), one more term of the denominator with value 0; where the sink
+logits require grad, the backward returns theirs, -sum P_sink delta per head.
 
 Split-KV (flash-decoding, `split_kv`): for few queries against many keys the keys are cut into chunks of whole
 tiles, each chunk's online softmax gives a partial O and lse, and `split_kv.combine` rescales them by
@@ -81,8 +82,9 @@ def key_tiles(n: int, m: int, causal, block_m: int, rows: slice | None = None, m
 
 
 def query_tiles(n: int, mods) -> list[slice]:
-    """Query tiles: BLOCK_N rows each under a window (so key tiles can be skipped per query tile), else one."""
-    step = BLOCK_N if mods.window is not None else n
+    """Query tiles: BLOCK_N rows each under a window or a prefix-LM (so key tiles can be skipped per query tile),
+    else one."""
+    step = BLOCK_N if mods.window is not None or mods.prefix_lm is not None else n
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
@@ -202,9 +204,13 @@ def auto_splits(q, k, block_m: int = BLOCK_M) -> int:
                                          -(-k.shape[2] // block_m))
 
 
-def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int = BLOCK_M, mods=NO_MODS):
+def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int = BLOCK_M, mods=NO_MODS,
+                       sink_grad: bool = False):
     """(dQ, dK, dV) shaped like q, k, v from lse (B, H, N) and dO (B, H, N, Dv), one key tile at a time (and one
-    query tile at a time under a window). The softcap's derivative 1 - tanh^2 scales dS per tile."""
+    query tile at a time under a window). The softcap's derivative 1 - tanh^2 scales dS per tile.
+
+    sink_grad: also d sink (H,) float32, -sum_{b,n} P_sink delta with P_sink = exp(sink - lse) and delta the
+    row's sum P dP the key tiles already form (= rowsum(dO O) exactly; `reference.sdpa_backward`)."""
     B, H, N, D = q.shape
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
     qg_all, mask = grouped(q, k, mask, scale)
@@ -214,6 +220,8 @@ def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int
     dq = torch.zeros_like(qg_all)
     dk = torch.zeros((B, Hkv, M, D), dtype=qg_all.dtype, device=q.device)
     dv = torch.zeros((B, Hkv, M, Dv), dtype=qg_all.dtype, device=q.device)
+    sink = torch_mods.sink_logits(mods, Hkv, qg_all.dtype) if sink_grad else None      # (1, Hkv, G, 1)
+    dsink = torch.zeros(qg_all.shape[1:3], dtype=qg_all.dtype, device=q.device)        # (Hkv, G)
     for rows in query_tiles(N, mods):
         qg, do, lse_t = qg_all[..., rows, :], do_all[..., rows, :], lse_all[..., rows]
         tiles = key_tiles(N, M, causal, block_m, rows, mods)
@@ -225,6 +233,8 @@ def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int
             return torch.exp(s - lse_t[..., None]), do @ vt.transpose(-1, -2), kt, factor
 
         delta = sum((p * dp).sum(dim=-1) for p, dp, _, _ in map(recompute, tiles))   # (B, Hkv, G, R)
+        if sink is not None:
+            dsink -= (torch.exp(sink.detach() - lse_t) * delta).sum(dim=(0, 3))
         for cols in tiles:
             p, dp, kt, factor = recompute(cols)
             ds = p * (dp - delta[..., None])
@@ -233,14 +243,16 @@ def blockwise_backward(q, k, v, mask, lse, d_out, *, causal, scale, block_m: int
             dq[..., rows, :] += ds @ kt
             dk[:, :, cols] += (ds.transpose(-1, -2) @ qg).sum(dim=2)               # qg carries the scale
             dv[:, :, cols] += (p.transpose(-1, -2) @ do).sum(dim=2)               # GQA: summed over the group
-    return (dq.reshape(B, H, N, D) * scale).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    grads = (dq.reshape(B, H, N, D) * scale).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    return (*grads, dsink.reshape(H).to(torch.float32)) if sink_grad else grads
 
 
 class BlockwiseAttention(torch.autograd.Function):
-    """O, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale); lse and the mask get no gradient."""
+    """O, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale, mods, sinks); lse and the mask get no
+    gradient; sinks (H,), the sink logits `mods` carries, get theirs when they require it."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, causal, scale, mods=NO_MODS, splits=1):
+    def forward(ctx, q, k, v, mask, causal, scale, mods=NO_MODS, splits=1, sinks=None):
         out, lse = blockwise_forward(q, k, v, mask=mask, causal=causal, scale=scale, mods=mods, splits=splits)
         ctx.save_for_backward(q, k, v, mask, lse)
         ctx.causal, ctx.scale, ctx.mods = causal, scale, mods
@@ -250,8 +262,10 @@ class BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, _d_lse):
         q, k, v, mask, lse = ctx.saved_tensors
-        grads = blockwise_backward(q, k, v, mask, lse, d_out, causal=ctx.causal, scale=ctx.scale, mods=ctx.mods)
-        return (*grads, None, None, None, None, None)
+        sink_grad = ctx.needs_input_grad[8]
+        grads = blockwise_backward(q, k, v, mask, lse, d_out, causal=ctx.causal, scale=ctx.scale, mods=ctx.mods,
+                                   sink_grad=sink_grad)
+        return (*grads[:3], None, None, None, None, None, grads[3] if sink_grad else None)
 
 
 def blockwise_attention(q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS, splits=None):
@@ -261,7 +275,7 @@ def blockwise_attention(q, k, v, *, mask, causal, scale, return_lse=False, mods=
     unsplit one from the combined lse, whichever path the forward took."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     splits = auto_splits(q, k) if splits is None else splits
-    out, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale, mods, splits)
+    out, lse = BlockwiseAttention.apply(q, k, v, mask, causal, scale, mods, splits, mods.sinks)
     return (out, lse) if return_lse else out
 
 
@@ -275,7 +289,7 @@ class TorchBlockwise(TorchBackend):
     # reports/precision/; every conformance check holds it to the claim).
     # KV layouts natively: each sequence's keys gathered through its offsets or block table (`kv_torch`).
     caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=torch_mods.SUPPORTED,
-                        kv_layouts=("dense", "ragged", "paged"), kv_append=True)
+                        kv_layouts=("dense", "ragged", "paged"), kv_append=True, sink_grad=True)
     num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `auto_splits` decides
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):

@@ -430,3 +430,17 @@ class AppendOffByOne(BlockwiseTwin):
 
     def append_at(self, cache_seqlens, b):
         return super().append_at(cache_seqlens, b) - 1
+
+
+class PrefixOffByOne(BlockwiseTwin):
+    """prefix_lm_off_by_one: the prefix reaches one key too far (j <= P), so every query sees key P."""
+
+    def prefix_keep(self, n, m, prefix, device):
+        return super().prefix_keep(n, m, prefix + 1, device)
+
+
+class SinkGradSignFlipped(BlockwiseTwin):
+    """sink_grad_sign_flipped: d sink = +sum P_sink rowsum(dO O), the minus of dP/d sink = -P P_sink dropped."""
+
+    def corrupt_sink_grad(self, dsink):
+        return -dsink

@@ -19,6 +19,8 @@ D query/key dim, Dv value dim.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from attnbench.implementations import Capabilities
@@ -34,13 +36,16 @@ TWIN_WORKERS = 2 * 108          # FlashAttention's workers argument for an A100:
 
 class _RecordedGrad(torch.autograd.Function):
     """Forward through `backend.blockwise` with a recorded graph; backward = `backend.gradients` (autograd), then
-    `backend.corrupt_grads`."""
+    `backend.corrupt_grads` (and `backend.corrupt_sink_grad` for the sink logits (H,), when they require grad)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, backend, options):
+    def forward(ctx, q, k, v, sinks, backend, options):
         with torch.enable_grad():
             leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
-            out, lse = backend.blockwise(*leaves, **options)
+            if sinks is not None and sinks.requires_grad:
+                leaves += (sinks.detach().requires_grad_(),)
+                backend.mods = replace(backend.mods, sinks=leaves[3])
+            out, lse = backend.blockwise(*leaves[:3], **options)
         # The recorded graph is kept on ctx (not save_for_backward): it is replayed by backward, and holds
         # non-tensor state (the backend) that save_for_backward cannot. It is retained because gradcheck
         # replays one forward's backward several times; it is freed with ctx.
@@ -50,9 +55,13 @@ class _RecordedGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         out, lse, leaves, backend, options = ctx.graph
-        dq, dk, dv = backend.gradients(out, lse, leaves, grad_out, options)
+        grads = backend.gradients(out, lse, leaves, grad_out, options)
+        if len(leaves) > len(grads):       # a hand-written (dQ, dK, dV): the sink logits' from the recorded graph
+            grads = (*grads, *torch.autograd.grad(out, leaves[3:], grad_out, retain_graph=True))
         scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
-        return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
+        dsink = backend.corrupt_sink_grad(grads[3]) if len(grads) > 3 else None
+        # no grads for backend, options
+        return (*backend.corrupt_grads(*grads[:3], scale=scale), dsink, None, None)
 
 
 def _tiles(x: torch.Tensor):
@@ -79,7 +88,7 @@ class BlockwiseTwin(TorchBackend):
     # KV layouts read natively, one sequence at a time (`implementations/kv_torch.py`: its addressing steps,
     # `query_span`, `key_slots`, `append_at`, are the ones the layout mutants override).
     caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED,
-                        kv_layouts=("dense", "ragged", "paged"), kv_append=True)
+                        kv_layouts=("dense", "ragged", "paged"), kv_append=True, sink_grad=True)
     mods = TorchMods()      # the call's modifications, set by `attention` for the steps below
     num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `split_count` decides
 
@@ -155,6 +164,11 @@ class BlockwiseTwin(TorchBackend):
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return (ids[:, position][:, :, None] == ids[:, None, :])[:, None]
 
+    def prefix_keep(self, n: int, m: int, prefix: int, device):
+        """Bool (N, M): key j is in the prefix (j < P) or at or before the query's key position i + M - N."""
+        j = torch.arange(m, device=device)[None, :]
+        return (j < prefix) | (j <= torch.arange(n, device=device)[:, None] + m - n)
+
     def sink_state(self, m, l):
         """(m, l) with the sink logits (H,) as one more term of each row's denominator: (sink, 1)."""
         sinks = self.mods.sinks.to(m.dtype)[None, :, None, None].expand_as(m)
@@ -190,8 +204,13 @@ class BlockwiseTwin(TorchBackend):
         return dq, dk, dv
 
     def gradients(self, out, lse, leaves, grad_out, options):
-        """(dQ, dK, dV) in the input dtype: autograd through the recorded forward `out` (lse (B, H, N) unused)."""
+        """(dQ, dK, dV) in the input dtype: autograd through the recorded forward `out` (lse (B, H, N) unused; the sink logits' too
+        where they are a leaf)."""
         return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
+    def corrupt_sink_grad(self, dsink):
+        """The sink logits' gradient (H,) a hand-written backward would return; the twin's is autograd's."""
+        return dsink
 
     # --- the algorithm -------------------------------------------------------------------------------------------
 
@@ -213,6 +232,10 @@ class BlockwiseTwin(TorchBackend):
             d = torch.zeros(B, 1, N, M, dtype=dtype, device=device).masked_fill(
                 ~self.document_keep(self.mods.document, N, M), NEG_INF)
             bias = d if bias is None else bias + d
+        if self.mods.prefix_lm is not None:
+            p = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(
+                ~self.prefix_keep(N, M, self.mods.prefix_lm, device), NEG_INF)
+            bias = p if bias is None else bias + p
         return bias
 
     def blockwise(self, q, k, v, *, mask, causal, scale):
@@ -311,7 +334,7 @@ class BlockwiseTwin(TorchBackend):
         self.mods = mods
         options = dict(mask=mask, causal=causal, scale=scale)
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            return _RecordedGrad.apply(q, k, v, self, options)
+            return _RecordedGrad.apply(q, k, v, mods.sinks, self, options)
         out, lse = self.blockwise(q, k, v, **options)
         return (out, lse) if return_lse else out
 
@@ -374,7 +397,7 @@ class TiledBackwardTwin(BlockwiseTwin):
         return self.io_dtype if self.io_dtype in (torch.float16, torch.bfloat16) else x.dtype
 
     def gradients(self, out, lse, leaves, grad_out, options):
-        q, k, v = (self.read(x) for x in leaves)
+        q, k, v = (self.read(x) for x in leaves[:3])
         io_dtype = self.io_dtype = q.dtype
         acc_dtype = torch.float32 if io_dtype in (torch.float16, torch.bfloat16) else q.dtype
         B, H, N, D = q.shape

@@ -61,6 +61,8 @@ def check(problem) -> str | None:
         return f"kv={problem.kv}: causal is bottom_right in each sequence (FlashAttention's varlen and kvcache)"
     if problem.mod("document") is not None:
         return f"kv={problem.kv}: documents are packed sequences already; use kv=ragged alone"
+    if problem.mod("prefix_lm") is not None:   # the logical view right-aligns sequences: key j is not key j of each
+        return f"kv={problem.kv}: prefix_lm counts keys from each sequence's start; only with kv=dense"
     return layout.check(problem)
 
 
