@@ -65,9 +65,9 @@ def is_decode(n: int, m: int) -> bool:
 
 
 def kv_layout_label(problem: Problem) -> str:
-    """How the point's KV cache is stored, for labels: "dense" until problems carry a KV layout (ragged, paged:
-    the layouts' `kv_layout` attribute, when it exists, names it)."""
-    return getattr(problem, "kv_layout", None) or "dense"
+    """How the point's KV cache is stored, for labels: the problem's `kv` ("dense", "ragged", "paged:16"), with
+    "+append K" when new keys are written into the cache by the call."""
+    return problem.kv + (f"+append {problem.append}" if problem.append else "")
 
 
 def bandwidth_fraction(byte_count: int, seconds: float, peak_bandwidth: float | None) -> float | None:
