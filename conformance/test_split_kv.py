@@ -3,7 +3,8 @@
 A backend with a split-KV path (`num_splits`: torch_blockwise, triton_blockwise, the mutation twin) is checked
 with the split count chosen by its heuristic ("auto") and forced to 1, 2, 3 and 7 chunks, on decode problems
 (N 1, 4, 16; GQA, MQA; causal bottom-right; a window that leaves whole chunks empty; sinks, which must join the
-combine once; rows with no key at all). A backend without one runs "auto" (its only path) and skips the rest.
+combine once; rows with no key at all). A backend without one skips the file: its only path meets decode shapes
+in `cases.py` (DECODE_PROBLEMS) and `long_cases.py`, and running them here again would only cost CI time.
 The backward is the unsplit one from the combined lse: its gradients are checked after a split forward.
 
 Sizes: the first three fit the Triton interpreter (M <= 256, its tiles of 32 or 64 keys give several chunks); the
@@ -43,10 +44,10 @@ BACKWARD = [Problem(**DECODE[i], dtype=dtype, seed=540 + i) for i in (1, 4) for 
 
 def forced(backend, splits):
     """`backend` with its split count forced (a copy), or the backend itself for "auto"; a skip without a path."""
-    if splits == "auto":
-        return backend
     if not hasattr(backend, "num_splits"):
         pytest.skip(f"{backend.name} has no split-KV path (no num_splits)")
+    if splits == "auto":
+        return backend
     chosen = copy.copy(backend)
     chosen.num_splits = splits
     return chosen
