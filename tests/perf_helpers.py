@@ -22,7 +22,7 @@ def perf(tmp_path: Path, *args: str) -> tuple[int, Path]:
 # how many calls were timed (so checked: `integrity`).
 TIMING = {"time_median_s", "time_iqr_s", "time_ci95_s", "first_call_s", "samples", "tflops", "gbps",
           "fraction_of_peak", "peak_bytes", "machine", "tflops_fa2", "process_medians_s", "noisy", "noise",
-          "integrity"}
+          "integrity", "bandwidth_fraction"}
 
 
 def untimed(path) -> dict[str, dict]:
