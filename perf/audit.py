@@ -108,8 +108,9 @@ def job_key(job: Job) -> str:
     from triton.backends.compiler import BaseBackend
 
     spec = [list(native_specialize_impl(BaseBackend, a, False, True, True)) for a in job.args]
-    text = json.dumps([job.module, job.name, job.target, spec, job.constexprs, job.num_warps, job.num_stages],
-                      default=str)
+    # the module's file name, not the module's: a --plugin file is imported under a name that varies per process
+    where = Path(job.path).name or job.module
+    text = json.dumps([where, job.name, job.target, spec, job.constexprs, job.num_warps, job.num_stages], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

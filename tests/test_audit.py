@@ -1,5 +1,6 @@
 """`attnbench audit`: parsing of cuobjdump output, occupancy, the failure rules, real compiles (triton_blockwise and
 the example plugin's kernel through the hook), the selection options, the roofline."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def test_launches_that_specialise_alike_share_one_compile():
     keys = {d: audit.job_key(audit.make_job("sm_90", _launch("fwd", d, "float16", True, (64, 64, 4, 2))))
             for d in (72, 80, 128)}
     assert keys[80] == keys[128] != keys[72]
+    # a --plugin file is imported under a module name that varies per process: the key does not
+    job = audit.make_job("sm_90", _launch("fwd", 64, "float16", True, (64, 64, 4, 2)))
+    assert audit.job_key(dataclasses.replace(job, module="attnbench_plugin_x_123")) == audit.job_key(job)
 
 
 def _triton_blockwise_launches(target):
