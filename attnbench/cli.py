@@ -179,7 +179,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_compare_arguments(compare)
         compare.set_defaults(func=run_compare)
-    audit = sub.add_parser("audit", help="compile the Triton kernels for sm_80/sm_90/sm_100 without a GPU; "
+    audit = sub.add_parser("audit", help="compile a backend's Triton kernels (those it declares: "
+                                         "Backend.audit_launches) for sm_80/sm_90/sm_100 without a GPU; "
                                          "registers, shared memory, spills, tensor cores, occupancy, roofline")
     if wanted("audit"):
         from attnbench.perf.audit import add_audit_arguments, run_audit_command
