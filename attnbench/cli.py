@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from attnbench.reference import AttentionInputError
+from attnbench.errors import AttentionInputError
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -21,10 +20,23 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version   # here: importlib.metadata alone takes 30 ms
+
     try:
         return version("attnbench")
     except PackageNotFoundError:                                 # a source tree that was never installed
         return "unknown (not installed)"
+
+
+class _VersionAction(argparse.Action):
+    """--version, looking the version up only when asked."""
+
+    def __init__(self, option_strings, dest, help="show the version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"attnbench {_version()}")                        # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def use_triton_interpreter_without_cuda() -> None:
@@ -141,7 +153,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="attnbench", description="Verify and benchmark attention implementations.",
                                      formatter_class=_HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"attnbench {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, formatter_class=_HelpFormatter, **k)  # defaults in every --help
