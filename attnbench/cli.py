@@ -19,23 +19,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version   # here: importlib.metadata alone takes 30 ms
-
-    try:
-        return version("attnbench")
-    except PackageNotFoundError:                                 # a source tree that was never installed
-        return "unknown (not installed)"
-
-
 class _VersionAction(argparse.Action):
-    """--version, looking the version up only when asked."""
+    """--version: attnbench.__version__ (pyproject reads it from there), without importlib.metadata (30 ms)."""
 
     def __init__(self, option_strings, dest, help="show the version and exit"):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"attnbench {_version()}")                        # on stdout, as argparse's own version action
+        from attnbench import __version__
+
+        print(f"attnbench {__version__}")                        # on stdout, as argparse's own version action
         parser.exit()
 
 
