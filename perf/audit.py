@@ -23,6 +23,7 @@ compile once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -95,19 +96,34 @@ def module_digest(module_name: str) -> str:
     module = sys.modules[module_name]
     digest = hashlib.sha256(triton.__version__.encode())
     for name, obj in sorted(vars(module).items()):
-        if type(obj).__module__.startswith("triton.") and callable(getattr(obj, "fn", None)):
+        if type(obj).__module__.startswith("triton.runtime") and callable(getattr(obj, "fn", None)):
             digest.update(name.encode() + inspect.getsource(obj.fn).encode())
     return digest.hexdigest()[:16]
+
+
+def launch_key(job: Job) -> str:
+    """The launch as declared (argument values, not their specialisation): what the cache looks up first."""
+    text = json.dumps([Path(job.path).name or job.module, job.name, job.target, job.args, job.constexprs,
+                       job.num_warps, job.num_stages], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=None)
+def _specialised(kind: type, arg) -> list:
+    """[type, key] of one argument as triton's JIT specialises it (its own per-argument function), once per
+    distinct (type, value): launches repeat most arguments. The type is in the cache key, as 1, 1.0 and True are
+    equal but specialise differently."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    return list(native_specialize_impl(BaseBackend, arg, False, True, True))
 
 
 def job_key(job: Job) -> str:
     """What a compile depends on besides the source: the kernel, each argument as the JIT specialises it, the
     constexprs, warps, stages and target. Two launches that differ only in values the JIT does not specialise on
     (D 80 and 128: both multiples of 16) share a key and compile once."""
-    from triton._C.libtriton import native_specialize_impl      # the JIT's own per-argument specialisation
-    from triton.backends.compiler import BaseBackend
-
-    spec = [list(native_specialize_impl(BaseBackend, a, False, True, True)) for a in job.args]
+    spec = [_specialised(type(a), a) for a in job.args]
     # the module's file name, not the module's: a --plugin file is imported under a name that varies per process
     where = Path(job.path).name or job.module
     text = json.dumps([where, job.name, job.target, spec, job.constexprs, job.num_warps, job.num_stages], default=str)
@@ -273,6 +289,21 @@ def _end_workers(pool: ProcessPoolExecutor) -> None:
 
 
 @contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread meanwhile; one that comes is delivered when the block ends. A process started
+    meanwhile inherits the mask for life: a compile worker still starting up, before it leaves the terminal's
+    process group, would otherwise die of Ctrl-C inside its interpreter's start-up (a fatal error on stderr)."""
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextmanager
 def compile_pool(jobs: int):
     """A pool of `jobs` spawned compile workers (without TRITON_INTERPRET: fresh interpreters import the kernels as
     real JIT functions, whatever this process holds) that SIGTERM or Ctrl-C ends with the audit: both raise
@@ -315,22 +346,29 @@ def run_audit(name: str, launches: list[tuple], *, jobs: int = 2, progress=None,
     not cached in `jobs` worker processes. Interrupted (SIGTERM, Ctrl-C) ends the workers and keeps what they
     compiled."""
     compiles = [make_job(target, launch) for target, launch in launches]
-    keys = [job_key(job) for job in compiles]
     cache_file = _cache_path(name, compiles)
-    cache = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
+    stored = json.loads(cache_file.read_text()) if use_cache and cache_file.exists() else {}
+    # compiled: job_key -> record; launches: launch_key -> job_key, so a warm run never specialises an argument
+    cache, seen = stored.get("compiled", {}), stored.get("launches", {})
+    keys = []
+    for job in compiles:
+        plain = launch_key(job)
+        seen[plain] = seen.get(plain) or job_key(job)
+        keys.append(seen[plain])
     todo = list({key: job for key, job in zip(keys, compiles) if key not in cache}.items())
 
     def save() -> None:   # atomically, and every few results: an interrupted audit keeps what it compiled
         if use_cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache))
+            tmp.write_text(json.dumps(dict(compiled=cache, launches=seen)))
             tmp.replace(cache_file)
 
     if todo:
         try:
             with compile_pool(jobs) as pool:
-                results = pool.map(compile_job, [job for _, job in todo], chunksize=1)
+                with _sigint_blocked():      # spawns the workers: they start with Ctrl-C blocked (see there)
+                    results = pool.map(compile_job, [job for _, job in todo], chunksize=1)
                 for done, ((key, job), raw) in enumerate(zip(todo, results), 1):
                     cache[key] = raw
                     if done % 10 == 0:
