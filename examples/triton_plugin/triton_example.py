@@ -174,6 +174,7 @@ class TritonExample(TorchBackend):
                         launches.append(KernelLaunch(
                             _attn_fwd, args, {**constexprs, "BLOCK_N": n, "BLOCK_M": m}, warps, stages,
                             labels=(("kernel", "fwd"), ("D", str(d)), ("dtype", dtype),
-                                    ("causal", "causal" if causal else "none"), ("config", f"n{n}m{m}w{warps}s{stages}")),
+                                    ("causal", "causal" if causal else "none"),
+                                    ("config", f"n{n}m{m}w{warps}s{stages}")),
                             tensor_cores=dtype != "float32"))
         return tuple(launches)
