@@ -18,10 +18,19 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print what tests recorded with `record_property("summary", text)` (the mutation score), serial or -n."""
+    """Print what tests recorded with `record_property("summary", text)`, and the mutation score gathered from
+    every `record_property("mutation", line)` (one per mutant, tests/test_mutation_score.py), serial or -n."""
+    mutation_lines = []
     for outcome in ("passed", "failed"):
         for report in terminalreporter.stats.get(outcome, []):
             for name, text in getattr(report, "user_properties", ()):
                 if name == "summary" and report.when == "call":
                     terminalreporter.write_sep("-", report.nodeid.split("::")[-1])
                     terminalreporter.write_line(str(text))
+                elif name == "mutation" and report.when == "call":
+                    mutation_lines.append(str(text))
+    if mutation_lines:
+        killed = sum(line.split()[1] == "killed" for line in mutation_lines)
+        terminalreporter.write_sep("-", "mutation score")
+        terminalreporter.write_line(f"mutation score: {killed}/{len(mutation_lines)} killed")
+        terminalreporter.write_line("\n".join(sorted(mutation_lines)))

@@ -13,7 +13,7 @@ import json
 
 from attnbench.implementations import Backend
 
-COLUMNS = ("backend", "device", "status", "dtypes", "causal", "masks", "gqa", "grad", "det", "lse", "source")
+COLUMNS = ("backend", "device", "status", "dtypes", "causal", "masks", "kv", "gqa", "grad", "det", "lse", "source")
 ABBREVIATIONS = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
                  "top_left": "top_left", "bottom_right": "bottom_right"}
 
@@ -39,8 +39,17 @@ def backend_row(backend, device: str, source: str = "") -> dict:
     row.update(dtypes=list(caps.dtypes), causal=list(caps.causal), masks=list(caps.masks),
                mask_with_causal=caps.mask_with_causal, cross=caps.cross, gqa=caps.gqa, dv_differs=caps.dv_differs,
                head_dims=list(caps.head_dims), grad=caps.grad, deterministic=caps.deterministic, lse=caps.lse,
-               strided=caps.strided, max_seq=caps.max_seq)
+               strided=caps.strided, max_seq=caps.max_seq, kv=kv_route(caps))
     return row
+
+
+def kv_route(caps) -> str:
+    """How it reads ragged and paged KV layouts: natively (the layouts, "+append" when it appends keys itself),
+    through the pad-and-mask adapter (any backend that takes bool masks), or not at all ("dense")."""
+    native = [k for k in caps.kv_layouts if k != "dense"]
+    if native:
+        return ",".join(native) + ("+append" if caps.kv_append else "")
+    return "pad-and-mask" if "bool" in caps.masks else "dense"
 
 
 def backend_rows(backends, errors: dict[str, str], origin=lambda name: "") -> list[dict]:
@@ -60,7 +69,8 @@ def _cells(row: dict) -> dict:
     return {"backend": row["backend"], "device": row["device"],
             "status": "simulated" if row.get("simulated") else "available" if row["available"] else "unavailable",
             "dtypes": short(row["dtypes"]), "causal": short(row["causal"]), "masks": short(row["masks"]),
-            "gqa": _yes_no(row["gqa"]), "grad": _yes_no(row["grad"]), "det": _yes_no(row["deterministic"]),
+            "kv": row.get("kv", "-"), "gqa": _yes_no(row["gqa"]), "grad": _yes_no(row["grad"]),
+            "det": _yes_no(row["deterministic"]),
             "lse": _yes_no(row["lse"]), "source": row["source"]}
 
 

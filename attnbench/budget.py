@@ -78,6 +78,40 @@ A backend's output in a given dtype is held to two conditions:
    at M = 16385 (bfloat16 1.5x and 16x), and hides under it at M <= 1024. The suite therefore runs half
    precision at M = 16385 (`conformance/long_cases.py`), which the row-sampled reference makes cheap.
 
+   Where it sees one in the backward (`half_accumulator_length`): a hand-written backward sums dK and dV of a
+   key tile over query tiles and dQ of a query tile over key tiles (FlashAttention 2; Triton tutorial 06 steps
+   32 rows at a time). Kept in float16/bfloat16 and rounded once per tile of T terms, a sum over L terms (L = N
+   for dK, dV; M for dQ) takes n = L / T roundings, each within u |partial sum|; the partial sums of a
+   zero-mean sum have the final value's rms r scaled by sqrt(i / n), so the errors add to a variance of
+   u^2 r^2 n / 6, and the worst of the E checked elements errs about sqrt(2 ln E) times that. The plain formula
+   sums in float32 (its error does not grow with L): c u max|g|, c measured from the naive yardstick (1.2 to
+   1.6 for dK, dV; 3.0 for dQ, bfloat16), so condition 2's limit is (2 c + 1) u max|g| with floor (a), and the
+   accumulator exceeds it past
+
+       L* = 6 T ((2 c + 1) (max|g| / r) / sqrt(2 ln E))^2
+
+   With T = 32 and the measured peak-to-rms max|g| / r (about 4 for dK, dV of N = 4097 queries against
+   M = 64 keys, 3.3 for dQ of N = 16 queries against M = 32769 keys), L* is about 2,100 (dK) and 2,700 (dV)
+   queries in float16 and 6,900 keys for dQ in bfloat16; measured with the dkdv_half_accumulator and
+   dq_half_accumulator mutants, the limit is crossed near N = 1,500 (1.6x the limit at N = 4097 in both
+   dtypes) and M = 8,600 (1.4x at 16385, 2.4x at 32769). The other half-precision backward cases sum at most
+   513 queries into dK, dV and 4,097 keys into dQ, below L*, where it hides. The cases (`conformance/cases.py`,
+   `HALF_ACCUMULATOR`) run at 3 to 5 L*: long N against M = 64 for dK, dV; N = 16 against long M for dQ, the
+   other side short so each costs about a second. Condition 3 holds a backend that declares float32
+   accumulation to it on those sampled rows too (`row_bound.backward_row_scales`): dV kept in the half dtype
+   fails it (1.3x float16, 4.4x bfloat16 at N = 8193) and at short lengths already (1.3x at N = 113 in
+   bfloat16, the flash grid), dQ in bfloat16 at M = 32769 1.25x; dK's declared bound is looser (its score term
+   takes T_max by Cauchy-Schwarz times the largest sum of |terms|: 0.2x to 0.3x), so condition 2 sees dK.
+
+   float16's dQ is the exception: past M of about 16k a weight P ~ 1/M is below float16's smallest normal
+   (6.1e-5), the plain formula rounds it absolutely, and its own error grows with M, faster than the
+   accumulator's (0.17x the limit at M = 8193, 0.04x at 65537). What does show there is swamping: with
+   peaked rows (scale 0.5, scores of spread 4) a few keys make dQ, and the later keys' shares fall under half
+   an ulp of the running sum and are lost, an error that grows linearly in the tiles: 1.3x to 4.9x the limit
+   at M = 65537 over five draws (seeds; scale 0.4 to 0.6), 1.1x at 32769; so that case runs at M = 65537
+   (`conformance/long_cases.py`, 3.9x). The cases as drawn: float16 dK 2.2x, dV 2.4x the limit at
+   N = 8193; bfloat16 1.9x, 2.1x; dQ in bfloat16 2.1x at M = 32769; the correct twins at most 0.31x.
+
    In float16/bfloat16 one more term is the dtype's, not the accumulator's:
    FlashAttention's backward (and torch's CPU flash kernel) forms
    delta = rowsum(dO O) from the output O as stored, rounded to the dtype,
@@ -175,6 +209,18 @@ def forward_floor(bound: np.ndarray, expected: np.ndarray, dtype: str) -> np.nda
     return bound * rescale + UNIT_ROUNDOFF[dtype] * np.abs(np.where(np.isfinite(expected), expected, 0.0))
 
 
+def half_accumulator_length(*, tile: int, naive_ulps: float, peak_to_rms: float, elements: int) -> float:
+    """L*: the summed length past which a gradient accumulator kept in the half input dtype, rounded once per
+    `tile` terms, exceeds condition 2's limit at its worst element (module docstring, "Where it sees one in
+    the backward"): 6 tile ((2 naive_ulps + 1) peak_to_rms / sqrt(2 ln elements))^2.
+
+    naive_ulps: the naive yardstick's worst error in units of u max|g|; peak_to_rms: max|g| / rms(g);
+    elements: the number of checked elements of that gradient.
+    """
+    spread = np.sqrt(2 * np.log(max(elements, 2)))
+    return float(6 * tile * ((NAIVE_MULTIPLE * naive_ulps + 1) * peak_to_rms / spread) ** 2)
+
+
 def score_magnitude(q, k, bias, scale: float) -> float:
     """T_max >= |scale q_n . k_m| + |bias_nm| over every visible (finite-bias) pair, in O((N + M) D).
 
@@ -216,6 +262,71 @@ def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tup
     dk = abs(scale) * (weighted.swapaxes(-1, -2) @ np.abs(q))                                   # (B, H, M, D)
     dk = dk.reshape(B, Hkv, H // Hkv, *dk.shape[2:]).sum(axis=2)
     return float(np.max(dq, initial=0.0)), float(np.max(dk, initial=0.0)), 0.0
+
+
+@dataclass(frozen=True)
+class SinkGradTerms:
+    """What `sink_grad_bound` needs of a problem's reference, per row (B, H, N) unless said: see there."""
+
+    p_sink: np.ndarray        # exp(sink - lse)
+    delta: np.ndarray         # |rowsum(dO O)|
+    weighted_dp: np.ndarray   # U = sum_m P |dP|
+    reach: np.ndarray         # W = sum_m P sum_e |dO| |V|
+    flushed: np.ndarray       # F = sum_m min(P, tiny) |dP|
+    stored: np.ndarray        # sum_e |dO| |O|
+    score_size: np.ndarray    # (sqrt(D) + 2 + extra roundings) max over visible keys of T
+    sinks: np.ndarray         # (H,) the logits
+    result: np.ndarray        # (H,) the reference's d sink
+    M: int
+    Dv: int
+
+
+def sink_grad_terms(p, p_sink, v, grad_out, out, sinks, result, score_size, dtype: str) -> SinkGradTerms:
+    """`SinkGradTerms` from the reference's weights p (B, H, N, M), P_sink (B, H, N), v (B, Hkv, M, Dv), dO and O
+    (B, H, N, Dv), the logits and d sink (H,), and each row's score size (B, H, N)."""
+    H, M = p.shape[1], p.shape[-1]
+    vr = np.repeat(v, H // v.shape[1], axis=1)                                        # (B, H, M, Dv)
+    dp = np.abs(grad_out @ vr.swapaxes(-1, -2))                                        # (B, H, N, M)
+    return SinkGradTerms(p_sink, np.abs(np.sum(grad_out * out, axis=-1)), np.sum(p * dp, axis=-1),
+                         np.sum(p * (np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2)), axis=-1),
+                         np.sum(np.minimum(p, FLUSH_THRESHOLD[dtype]) * dp, axis=-1),
+                         np.sum(np.abs(grad_out) * np.abs(out), axis=-1), score_size,
+                         np.asarray(sinks, dtype=np.float64), np.asarray(result, dtype=np.float64), M, v.shape[-1])
+
+
+def sink_grad_bound(t: SinkGradTerms, dtype: str, work: str | None = None) -> np.ndarray:
+    """Bound (H,) on |d sink - d sink_ref| for the sinks' gradient d sink_h = -sum_{b,n} P_sink,bhn delta_bhn,
+    delta_n = rowsum(dO O)_n = sum_m P_nm dP_nm, dP = dO V^T (`reference.sdpa_backward(return_sink_grad=True)`),
+    first order, condition 1's model with u the unit roundoff of `work`, the dtype the kernel computes its
+    scores, statistics and backward sums in (a declared precision's; None: the input dtype, as torch_eager's
+    half path, which also rounds the sink logit there). Per row n:
+
+        score error   ds_n = LAMBDA u (sqrt(D) + 2 + extra roundings) max_m T_nm over visible keys, + u |sink_h|
+                      (the logit rounded to `work`): moves every P_nm by <= 2 ds_n P_nm (exp and normaliser),
+                      so delta by <= 2 ds_n U_n, U_n = sum_m P_nm |dP_nm|
+        P_sink        = exp(sink - lse): lse is off by <= ds_n + LAMBDA u (sqrt(M) + 2) (its sum), exp by u
+        delta's sums  dP over Dv: LAMBDA u (sqrt(Dv) + 2) W_n, W_n = sum_m P_nm sum_e |dO_ne| |V_me|; the sum
+                      over M: LAMBDA u (sqrt(M) + 2) U_n
+        stored O      a half-precision kernel may form delta from O as stored (FlashAttention's backward):
+                      u_dtype sum_e |dO_ne| |O_ne| (a hard bound, as `stored_output_floor`)
+        flushed       weights a float32 exp flushes to 0 (FLUSH_THRESHOLD; a sink far above every key):
+                      F_n = sum_m min(P_nm, tiny) |dP_nm|, in delta and through O, twice
+        the sum over the B N rows of head h: LAMBDA u (sqrt(B N) + 2) sum_n P_sink |delta_n|; one rounding of
+        the result in the logits' float32 (or `work`, if coarser): u_r |d sink_h|
+
+    In float16/bfloat16 a kernel that declares float32 internals is held to about float32's bound (plus the
+    stored-O term): a sign slip in d sink is 2 |d sink|, far outside it; the plain half-precision formula is
+    held to u of the dtype, where the bound is of the order of d sink itself.
+    """
+    u = UNIT_ROUNDOFF[work or dtype]
+    lam = LAMBDA * u
+    B, _, N = t.p_sink.shape
+    ds = lam * t.score_size + u * np.abs(t.sinks)[None, :, None]
+    stored = UNIT_ROUNDOFF[dtype] * t.stored if dtype in HALF_DTYPES else 0.0
+    per_row = t.p_sink * (t.delta * (ds + lam * (np.sqrt(t.M) + 2) + u + lam * (np.sqrt(B * N) + 2))
+                          + t.weighted_dp * (2 * ds + lam * (np.sqrt(t.M) + 2)) + t.reach * lam * (np.sqrt(t.Dv) + 2)
+                          + stored + 2 * t.flushed)
+    return np.sum(per_row, axis=(0, 2)) + max(u, UNIT_ROUNDOFF["float32"]) * np.abs(t.result)
 
 
 def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Check one backend on one problem against the float64 reference: the one compare every suite uses.
 
     verdicts = check_forward(backend, problem)                 # output (+ lse if the backend returns it)
-    verdicts = check_backward(backend, problem)                # dQ, dK, dV
+    verdicts = check_backward(backend, problem)                # dQ, dK, dV (+ d sink where declared, full checks)
     verdicts = check_forward(backend, problem, rows=[0, 63, 64, 8191])   # a verdict on chosen query rows
     verdicts = verify_forward(backend, problem, out, rows=sampled_rows(problem))   # an output already computed
     all(v.passed for v in verdicts)
@@ -25,12 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnbench import reference
-from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, Verdict, backward_floor, compare, forward_floor,
-                              score_magnitude, stored_output_floor)
+from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, SinkGradTerms, Verdict, backward_floor, compare,
+                              forward_floor, score_magnitude, sink_grad_bound, sink_grad_terms, stored_output_floor)
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
-from attnbench.row_bound import RowStats, condition_one, row_stats
+from attnbench.reference import layouts as kv_layouts
+from attnbench.row_bound import RowStats, backward_row_scales, condition_one, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -116,6 +117,7 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
         rows |= set(np.flatnonzero(empty.reshape(-1, N).any(axis=0))[:8].tolist())
     for mod in problem.mods:                                                  # where each modification's edges fall
         rows |= mod.query_rows(problem)
+    rows |= kv_layouts.query_rows(problem)                                    # each sequence's first rows
     rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
     return np.array(sorted(r for r in rows if 0 <= r < N))
 
@@ -130,6 +132,7 @@ def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
         keys |= {offset + d for d in (-1, 0, 1)} | {N - 1 + offset + d for d in (-1, 0, 1)}
     for mod in problem.mods:
         keys |= mod.key_rows(problem)
+    keys |= kv_layouts.key_rows(problem)                                      # sequence, page and append edges
     keys |= set(np.random.default_rng(seed).integers(0, M, RANDOM_ROWS).tolist())
     return np.array(sorted(j for j in keys if 0 <= j < M))
 
@@ -285,10 +288,11 @@ class BackwardReference:
     naive: tuple[np.ndarray, np.ndarray, np.ndarray]
     magnitudes: tuple[float | None, float | None, float | None]
     floors: tuple[float | None, float | None, float | None] = (None, None, None)   # budget floor (b), full only
-    scales: tuple[GradientScale, ...] | None = None                                 # full only
+    scales: tuple[GradientScale, ...] | None = None                 # on the checked rows
+    sink: SinkGradTerms | None = None     # d sink (H,) and its bound's terms: full checks with sinks only
 
     def model_bounds(self, precision: Precision | None, problem: Problem) -> tuple:
-        """The declared-precision bound of dQ, dK, dV (None each where nothing is declared or rows are sampled)."""
+        """The declared-precision bound of dQ, dK, dV (None each where nothing is declared)."""
         if precision is None or precision.grad_accumulate is None or self.scales is None:
             return (None, None, None)
         p = problem
@@ -305,16 +309,55 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     qr, kr = _indices(rows.query, p.N), _indices(rows.key, p.M)
     kwargs = inputs.reference_kwargs(p)
     floors, scales = (None, None, None), None
+    sink = None
     if rows.full:
-        expected = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, **kwargs)
+        *expected, dsink = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, return_sink_grad=True,
+                                                   **kwargs)
         forward = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **kwargs)   # (O, P), once
         magnitudes = backward_magnitudes(inputs, p, grad_out, forward)
         floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward)
+        if p.mod("sinks") is not None:
+            sink = sink_grad_reference(inputs, p, grad_out, forward, dsink)
     else:
         expected = reference.sdpa_backward_rows(inputs.q, inputs.k, inputs.v, grad_out, qr, kr, **kwargs)
         magnitudes = (None, None, None)
+        scales = row_gradient_scales(inputs, p, grad_out, expected, qr, kr)
     return BackwardReference(tuple(expected), naive_backward(inputs, p, grad_out, qr, kr), magnitudes, floors,
-                             scales)
+                             scales, sink)
+
+
+def sink_grad_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward, dsink: np.ndarray):
+    """`budget.SinkGradTerms` of the reference's d sink (full checks only: it sums over every row). Each row's
+    score size is its largest visible score magnitude (`block.magnitude`: ALiBi's bias and the softcap's
+    roundings included)."""
+    from attnbench.reference import mods as modifications
+    from attnbench.reference.block import magnitude
+    from attnbench.reference.sdpa import group_queries, ungroup
+
+    p = problem
+    out, weights = forward
+    _, lse = reference.sdpa(inputs.q, inputs.k, inputs.v, return_lse=True, **inputs.reference_kwargs(p))
+    logits = np.asarray(next(m for m in inputs.mods if m.key == "sinks").logits, dtype=np.float64)   # (H,)
+    t, visible = magnitude(group_queries(inputs.q, p.Hkv), inputs.k, np.arange(p.N), np.arange(p.M),
+                           mask=inputs.mask, causal=p.causal, mods=inputs.mods, N=p.N, M=p.M,
+                           scale=_effective_scale(p))
+    roundings = np.sqrt(p.D) + 2 + modifications.extra_roundings(inputs.mods)
+    size = ungroup(roundings * np.max(np.where(visible, t, 0.0), axis=-1, initial=0.0))      # (B, H, N)
+    p_sink = np.exp(logits[None, :, None] - lse)
+    return sink_grad_terms(weights, p_sink, inputs.v, grad_out, out, logits, dsink,
+                           np.broadcast_to(size, p_sink.shape), p.dtype)
+
+
+def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, query_rows,
+                        key_rows) -> tuple[GradientScale, ...]:
+    """`GradientScale` of dQ, dK, dV on the checked rows of a row-sampled check (`row_bound.backward_row_scales`):
+    a declared precision holds its backward there too, not only at the full-check sizes."""
+    p = problem
+    per_gradient, score_max = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
+                                                  mask=inputs.mask, causal=p.causal, scale=_effective_scale(p),
+                                                  dtype=p.dtype, mods=inputs.mods)
+    return tuple(GradientScale(terms, rms, count, operand, float(np.max(np.abs(e), initial=0.0)), stored, score_max)
+                 for (terms, rms, count, operand, stored), e in zip(per_gradient, expected))
 
 
 def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
@@ -408,7 +451,8 @@ def output_contract(name: str, value, canonical: np.ndarray, shape: tuple, dtype
 
 def _pristine(inputs: Inputs) -> Inputs:
     return Inputs(*(None if x is None else np.array(x, copy=True) for x in (inputs.q, inputs.k, inputs.v,
-                                                                            inputs.mask)), inputs.mods)
+                                                                            inputs.mask)), inputs.mods,
+                  None if inputs.kv is None else inputs.kv.copy())
 
 
 def _same_bits(a, b) -> bool:
@@ -421,6 +465,9 @@ def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]
     memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs."""
     problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
                 if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
+    if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
+        problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
+                     if not _same_bits(getattr(inputs.kv, n), x)]
     for n, native in zip(("q", "k", "v"), getattr(run, "native_inputs", ())):
         if f"input {n} was modified by the call" not in problems:
             values = backend.to_numpy(native)
@@ -448,7 +495,7 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     result = run()
     ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
     return _judge_forward(backend, problem, result, ref, sample, device, want_lse=want_lse,
-                          broken=inputs_contract(backend, run, inputs, pristine))
+                          broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
 
 
 def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
@@ -459,13 +506,15 @@ def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, ro
 
 
 def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sample: RowSample, device: str, *,
-                   want_lse: bool, broken: list[str]) -> Verdicts:
+                   want_lse: bool, broken: list[str], physical=None) -> Verdicts:
     """Verdicts of a forward `result` (O, or (O, lse) with want_lse) against `ref` on the rows of `sample`."""
     out, lse = result if want_lse else (result, None)
-    p = problem
-    actual = backend.to_numpy(out)
-    broken = output_contract("output", out, actual, (p.B, p.H, p.N, p.Dv), p.dtype, device) + broken
+    p, physical = problem, physical or _as_is
+    shapes = _result_shapes(p)
+    actual = physical("out", backend.to_numpy(out))
+    broken = output_contract("output", out, actual, shapes["out"], p.dtype, device) + broken
     verdicts = [_contract("contract", broken)]
+    actual = _logical(p, "out", actual, shapes)
     qr = _indices(sample.query, p.N)
     precision = backend.capabilities(device).precision_for(p.dtype)
     lse_dtype = _dtype_name(lse) if lse is not None else None
@@ -480,13 +529,16 @@ def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sam
                                 lean_slack=None if model_out is None else _before_rounding(model_out, ref.out,
                                                                                            p.dtype)))
     if want_lse:
-        actual_lse = backend.to_numpy(lse)
-        if actual_lse.shape == (p.B, p.H, p.N):
-            verdicts.append(compare("lse", actual_lse[:, :, qr], ref.lse, dtype=p.dtype, bound=ref.lse_bound,
+        actual_lse = physical("lse", backend.to_numpy(lse))
+        if actual_lse.shape == shapes["lse"]:
+            rows_lse = _logical(p, "lse", actual_lse, shapes)[:, :, qr]
+            if kv_layouts.needs_storage(p):       # padding rows are no part of the problem: the reference's value
+                rows_lse = np.where(~kv_layouts.valid(p)[0][:, None, qr], ref.lse, rows_lse)
+            verdicts.append(compare("lse", rows_lse, ref.lse, dtype=p.dtype, bound=ref.lse_bound,
                                     model_bound=model_lse, model=named))
         else:
             verdicts[0] = _contract("contract", broken + [f"lse shape {actual_lse.shape}, expected "
-                                                          f"{(p.B, p.H, p.N)}"])
+                                                          f"{shapes['lse']}"])
     return _judged(backend, problem, device, verdicts, sample, backward=False)
 
 
@@ -498,13 +550,13 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
-    grad_out = make_grad_out(problem)
+    grad_out = kv_layouts.to_physical(problem, "out", make_grad_out(problem))   # dO shaped like O
     run = backend.prepare_backward(inputs, problem, grad_out, device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
     return _judge_backward(backend, problem, actual, ref, sample, device,
-                           broken=inputs_contract(backend, run, inputs, pristine))
+                           broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
 
 
 def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
@@ -515,14 +567,23 @@ def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, r
 
 
 def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, sample: RowSample, device: str, *,
-                    broken: list[str]) -> Verdicts:
+                    broken: list[str], physical=None) -> Verdicts:
     """Verdicts of dQ (B, H, N, D), dK (B, Hkv, M, D), dV (B, Hkv, M, Dv) against `ref` on the rows of `sample`."""
-    p = problem
+    p, physical = problem, physical or _as_is
+    result_shapes = _result_shapes(p)
     shapes = {"dq": (p.B, p.H, p.N, p.D), "dk": (p.B, p.Hkv, p.M, p.D), "dv": (p.B, p.Hkv, p.M, p.Dv)}
-    arrays = [backend.to_numpy(a) for a in actual]
-    broken = [msg for (name, shape), a, arr in zip(shapes.items(), actual, arrays)
-              for msg in output_contract(name, a, arr, shape, p.dtype, device)] + broken
+    actual, dsink = tuple(actual[:3]), (actual[3] if len(actual) > 3 else None)
+    arrays = [physical(name, backend.to_numpy(a)) for name, a in zip(("dq", "dk", "dv"), actual)]
+    broken = [msg for name, a, arr in zip(shapes, actual, arrays)
+              for msg in output_contract(name, a, arr, result_shapes[name], p.dtype, device)] + broken
+    sink_grad = backend.capabilities(device).sink_grad and p.mod("sinks") is not None
+    if sink_grad and dsink is None:
+        broken.append("no d sink returned (declares sink_grad)")
+    sink_array = None if dsink is None else backend.to_numpy(dsink)
+    if dsink is not None:                        # the logits' own dtype: float32, as the kernels take them
+        broken += output_contract("dsink", dsink, sink_array, (p.H,), "float32", device)
     verdicts = [_contract("contract", broken)]
+    arrays = [_logical(p, name, a, result_shapes) for name, a in zip(shapes, arrays)]
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
     precision = backend.capabilities(device).precision_for(p.dtype)
     named = precision.describe(p.dtype) if precision is not None else None
@@ -535,7 +596,40 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
                                     reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
                                     analytic_floor=floor, model_bound=model, model=named if model is not None
                                     else None, lean_slack=slack))
+    if sink_array is not None and sink_array.shape == (p.H,) and ref.sink is not None:
+        work = None
+        if precision is not None and precision.grad_accumulate is not None:       # the coarser of its two
+            work = max(precision.resolved("scores", p.dtype), precision.resolved("grad_accumulate", p.dtype),
+                       key=UNIT_ROUNDOFF.get)
+        verdicts.append(compare("dsink", sink_array, ref.sink.result, dtype=p.dtype,
+                                bound=sink_grad_bound(ref.sink, p.dtype, work)))
     return _judged(backend, problem, device, verdicts, sample, backward=True)
+
+
+def _physical(run):
+    """How to map the prepared callable's results to the layout's physical shapes: `run.physical(name, array)`
+    where a route hands back another view (the pad-and-mask adapter's dense results), else the identity."""
+    return getattr(run, "physical", _as_is)
+
+
+def _as_is(name: str, x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _result_shapes(p: Problem) -> dict[str, tuple]:
+    """Shapes of out, lse, dq, dk, dv as a backend returns them: the layout's physical ones."""
+    if kv_layouts.needs_storage(p):
+        return kv_layouts.result_shapes(p)
+    return dict(out=(p.B, p.H, p.N, p.Dv), lse=(p.B, p.H, p.N), dq=(p.B, p.H, p.N, p.D),
+                dk=(p.B, p.Hkv, p.M, p.D), dv=(p.B, p.Hkv, p.M, p.Dv))
+
+
+def _logical(p: Problem, name: str, actual: np.ndarray, shapes: dict) -> np.ndarray:
+    """A result in its physical shape as the logical dense view the reference is in (itself when dense or when
+    its shape is wrong: the contract has already said so)."""
+    if not kv_layouts.needs_storage(p) or actual.shape != shapes[name]:
+        return actual
+    return kv_layouts.to_logical(p, name, actual)
 
 
 def _before_rounding(bound, result, dtype: str):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from attnbench.check import Verdicts, check_backward, check_forward, failure_message
 from attnbench.problem import Inputs, Problem
+from attnbench.reference import layouts as kv_layouts
 
 
 @dataclass
@@ -51,11 +52,15 @@ class Evaluation:
     def notes(self) -> list[str]:
         return [note for _, verdicts in self.passes for note in verdicts.notes]
 
+    route: str | None = None      # how a KV layout problem was read: None (natively, or dense), "pad-and-mask"
+
     def message(self) -> str:
         if self.skipped is not None:
             return f"{self.backend} does not support {self.problem.id}: {self.skipped}"
-        return "\n".join(failure_message(self.backend, self.problem, verdicts, self.device,
-                                         backward=name == "backward") for name, verdicts in self.passes)
+        route = ([f"kv={self.problem.kv} read via {self.route} (padded to the dense view, a bool mask per sequence)"]
+                 if self.route else [])
+        return "\n".join(route + [failure_message(self.backend, self.problem, verdicts, self.device,
+                                                  backward=name == "backward") for name, verdicts in self.passes])
 
 
 def evaluate(backend, problem: Problem, device: str = "cpu", *, backward: bool = False, forward: bool = True,
@@ -70,6 +75,8 @@ def evaluate(backend, problem: Problem, device: str = "cpu", *, backward: bool =
     result.skipped = backend.why_not(problem, device, need_grad=backward)
     if result.skipped is not None:
         return result
+    if kv_layouts.needs_storage(problem) and not backend.capabilities(device).reads_kv(problem):
+        result.route = "pad-and-mask"
     if forward:
         result.forward = check_forward(backend, problem, device, inputs=inputs, rows=rows)
     if backward:

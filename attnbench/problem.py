@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from attnbench.reference import AttentionInputError, normalize_causal
+from attnbench.reference import layouts as kv_layouts
 from attnbench.reference import mods as modifications
 
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -98,6 +99,8 @@ class Problem:
     `causal` None, "top_left" or "bottom_right"; `scale` None means 1/sqrt(D).
     `mods`: an ordered tuple of modifications (`attnbench.reference.mods`: Window, Softcap, Alibi, Sinks),
     declared without their inputs; `make_inputs` binds them. In the spec each is one item: `window=256:0`.
+    `kv`: the KV layout (`attnbench.reference.layouts`: "dense", "ragged", "paged:PAGE_SIZE"), `append`: new
+    keys per sequence written into the cache before attending (0: none); N and M are then the longest lengths.
     """
 
     B: int = 1
@@ -114,6 +117,8 @@ class Problem:
     inputs: str = "normal"
     layout: str = "contiguous"
     seed: int = 0
+    kv: str = "dense"
+    append: int = 0
     mods: tuple = ()
 
     def __post_init__(self):
@@ -135,6 +140,12 @@ class Problem:
                                      ("layout", self.layout, LAYOUTS)):
             if value not in allowed:
                 raise AttentionInputError(f"Problem: {name} must be one of {allowed}, got {value!r}")
+        if not isinstance(self.append, (int, np.integer)) or self.append < 0:
+            raise AttentionInputError(f"Problem: append must be an integer >= 0, got {self.append!r}")
+        object.__setattr__(self, "kv", kv_layouts.parse(self.kv).spec_value())
+        reason = kv_layouts.check(self)
+        if reason:
+            raise AttentionInputError(f"Problem: {reason}")
         for mod in self.mods:
             reason = mod.check(self)
             if reason:
@@ -160,6 +171,8 @@ class Problem:
         parts += [f"scale{self.scale:g}"] if self.scale is not None else []
         parts += [p for p in (self.inputs, self.layout) if p not in ("normal", "contiguous")]
         parts += [f"{m.key}{m.spec_value()}" for m in self.mods]
+        parts += [self.kv.replace(":", "")] if self.kv != "dense" else []
+        parts += [f"append{self.append}"] if self.append else []
         return "-".join(parts + ([f"seed{self.seed}"] if self.seed else []))
 
     def spec(self) -> str:
@@ -230,6 +243,10 @@ class Inputs:
     v: np.ndarray
     mask: np.ndarray | None
     mods: tuple = ()           # the problem's modifications bound to their inputs (sink logits, ALiBi slopes)
+    # A layout problem's physical storage (`attnbench.reference.layouts.Storage`: packed or paged K/V, offsets,
+    # block table, appended keys), None for plain dense. q, k, v and mask are then its logical dense view (what
+    # the reference reads: zeros and a mask outside each sequence); a backend that reads the layout reads `kv`.
+    kv: object | None = None
 
     def reference_kwargs(self, problem: Problem) -> dict:
         """Keyword arguments for `attnbench.reference.sdpa` on these inputs."""
@@ -270,7 +287,13 @@ def make_inputs(problem: Problem) -> Inputs:
     mask = _make_mask(p, rng)
     # The modifications draw from their own generator: adding one leaves q, k, v and the mask unchanged.
     mods = modifications.bind(p.mods, p, np.random.default_rng([p.seed, 4099]))
-    return Inputs(*(round_to_dtype(x, p.dtype) for x in (q, k, v)), mask, mods)
+    q, k, v = (round_to_dtype(x, p.dtype) for x in (q, k, v))
+    if not kv_layouts.needs_storage(p):
+        return Inputs(q, k, v, mask, mods)
+    # The storage's garbage (cache slots no sequence holds) from a generator of its own, rounded like the rest.
+    storage, (q, k, v, mask) = kv_layouts.make_storage(p, q, k, v, np.random.default_rng([p.seed, 6007]))
+    storage.k, storage.v = round_to_dtype(storage.k, p.dtype), round_to_dtype(storage.v, p.dtype)
+    return Inputs(q, k, v, mask, mods, storage)
 
 
 def make_grad_out(problem: Problem) -> np.ndarray:

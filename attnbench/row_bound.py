@@ -17,6 +17,7 @@ import numpy as np
 from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, UNIT_ROUNDOFF
 from attnbench.precision import HALF_SUBNORMAL, Precision, RowStats, model_bounds
 from attnbench.reference import block, mods as modifications
+from attnbench.reference.block import block_of
 from attnbench.reference.rows import BLOCK_M
 
 
@@ -103,3 +104,84 @@ def row_bounds(q, k, v, out, lse, rows, *, mask, causal, scale: float, dtype: st
         bound, lse_err = model_bounds(stats, out_g, lse_g, precision=precision, dtype=dtype, D=D, M=M,
                                       lse_dtype=lse_dtype)
     return bound.reshape(B, H, R, -1), lse_err.reshape(B, H, R)
+
+
+def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, mask, causal, scale: float, dtype: str,
+                        mods=(), block_n: int = 512, block_m: int = BLOCK_M):
+    """What a declared precision's backward bound needs (`precision.backward_model_bound`) on the checked rows:
+    per gradient (dQ at `query_rows`, dK and dV at `key_rows`) a tuple (terms_max, rounded_rms, rounded_count,
+    operand_max, stored_output), and score_max; the sums of `check.backward_magnitudes`, `check.rounded_operands`
+    and `budget.stored_output_floor`, blockwise and never (N, M), maximised over the checked elements only (the
+    bound is one scalar at least each checked element's own). Equal to those on every row
+    (`tests/test_check_rows.py`).
+
+    q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv), grad_out (B, H, N, Dv) float64. A key row sums over every
+    query, so every query's lse and O come first (one O(N M (D + Dv)) pass, as `reference.sdpa_backward_rows`).
+    score_max: `budget.score_magnitude` with the largest bias and modification magnitude of the visited blocks,
+    widened by the modifications' extra roundings (as `check._with_modifications`).
+    """
+    from attnbench.reference.rows import online
+    from attnbench.reference.sdpa import prepare_qkv
+
+    q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
+    mods = modifications.check(mods)
+    G = H // Hkv
+    qg, gg = q.reshape(B, Hkv, G, N, D), np.asarray(grad_out, dtype=np.float64).reshape(B, Hkv, G, N, Dv)
+    qr, kr = np.asarray(query_rows, dtype=np.int64), np.asarray(key_rows, dtype=np.int64)
+    kwargs = dict(mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
+    u = UNIT_ROUNDOFF[dtype] if UNIT_ROUNDOFF[dtype] > UNIT_ROUNDOFF["float32"] else 0.0   # stored O: half only
+    lse, delta, eps = np.empty(qg.shape[:-1]), np.empty(qg.shape[:-1]), np.empty(qg.shape[:-1])
+    for start in range(0, N, block_n):
+        qi = np.arange(start, min(start + block_n, N))
+        out, lse[..., qi] = online(qg[..., qi, :], k, v, qi, block_m=block_m, **kwargs)
+        delta[..., qi] = np.sum(gg[..., qi, :] * out, axis=-1)
+        eps[..., qi] = u * np.sum(np.abs(gg[..., qi, :]) * np.abs(out), axis=-1)
+    largest_bias = largest_added = 0.0          # the largest finite |bias| and modification magnitude visited
+
+    def visit(qi, kj):
+        """P, the |terms| of dS (|P| (|dO| |V|^T + |delta|)), dS and P eps of rows qi against keys kj."""
+        nonlocal largest_bias, largest_added
+        s = block.scores(qg[..., qi, :], k, qi, kj, **kwargs)
+        p = np.exp(s - np.where(np.isneginf(lse[..., qi]), np.inf, lse[..., qi])[..., None])
+        p = np.where(np.isfinite(p), p, 0.0)
+        vt = v[:, :, None, kj].swapaxes(-1, -2)
+        terms = p * (np.abs(gg[..., qi, :]) @ np.abs(vt) + np.abs(delta[..., qi])[..., None])
+        ds = p * (gg[..., qi, :] @ vt - delta[..., qi][..., None])
+        blk = block_of(qi, kj, N, M, H, Hkv)
+        bias = block.bias_rows(mask, causal, qi, kj, N, M)
+        extra = modifications.magnitude(np.zeros((1, 1, 1, len(qi), len(kj))), mods, blk)
+        largest_bias = max(largest_bias, float(np.max(np.where(np.isfinite(bias), np.abs(bias), 0.0), initial=0.0)))
+        largest_added = max(largest_added, float(np.max(extra, initial=0.0)))
+        return p, terms, np.where(np.isfinite(ds), ds, 0.0), p * eps[..., qi][..., None]
+
+    mq, rq, sq = (np.zeros((B, Hkv, G, len(qr), D)) for _ in range(3))     # dQ_n = scale sum_m dS_nm K_m
+    for start in range(0, M, block_m):
+        kj = np.arange(start, min(start + block_m, M))
+        p, terms, ds, stored = visit(qr, kj)
+        kt = k[:, :, None, kj]
+        mq, rq, sq = mq + terms @ np.abs(kt), rq + (ds * ds) @ (kt * kt), sq + stored @ np.abs(kt)
+    mk, rk, sk = (np.zeros((B, Hkv, len(kr), D)) for _ in range(3))        # dK_m = scale sum_n dS_nm Q_n
+    mv, rv = np.zeros((B, Hkv, len(kr), Dv)), np.zeros((B, Hkv, len(kr), Dv))   # dV_m = sum_n P_nm dO_n
+    for start in range(0, N, block_n):
+        qi = np.arange(start, min(start + block_n, N))
+        p, terms, ds, stored = visit(qi, kr)
+        qt, gt = qg[..., qi, :], gg[..., qi, :]
+        mk += (terms.swapaxes(-1, -2) @ np.abs(qt)).sum(axis=2)             # GQA: summed over the group
+        rk += ((ds * ds).swapaxes(-1, -2) @ (qt * qt)).sum(axis=2)
+        sk += (stored.swapaxes(-1, -2) @ np.abs(qt)).sum(axis=2)
+        mv += (p.swapaxes(-1, -2) @ np.abs(gt)).sum(axis=2)
+        rv += ((p * p).swapaxes(-1, -2) @ (gt * gt)).sum(axis=2)
+
+    def top(x) -> float:
+        return float(np.max(np.where(np.isfinite(x), x, 0.0), initial=0.0))
+
+    def largest_norm(x) -> float:
+        return float(np.max(np.linalg.norm(x, axis=-1), initial=0.0))
+
+    s = abs(scale)
+    widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
+    score_max = widen * (s * largest_norm(q) * largest_norm(k) + largest_bias + largest_added)
+    dq = (s * top(mq), s * np.sqrt(top(rq)), M, s * top(np.abs(k)), s * top(sq))
+    dk = (s * top(mk), s * np.sqrt(top(rk)), N * G, s * top(np.abs(q)), s * top(sk))
+    dv = (top(mv), np.sqrt(top(rv)), N * G, top(np.abs(gg)), 0.0)
+    return (dq, dk, dv), score_max

@@ -6,6 +6,7 @@ partial tiles, and inputs are standard normal (never uniform positive).
 from attnbench.problem import Problem
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 from attnbench.reference.mods.document import Document
+from attnbench.reference.mods.prefix_lm import PrefixLM
 
 SHAPES = [
     dict(B=2, H=4, N=64, D=64),                                       # self-attention, B and H > 1
@@ -62,10 +63,36 @@ MODS = [
     dict(B=2, H=4, Hkv=2, N=97, M=113, D=64, causal="bottom_right",          # all of them, in FlashAttention's order
          mods=(Softcap(20.0), Alibi("batch"), Window(48, 0), Sinks())),
     dict(B=2, H=2, N=80, M=100, D=32, mods=(Document(4),)),                  # packed: boundaries at tile edges + b
+    dict(B=2, H=4, Hkv=2, N=80, M=100, D=32, mods=(PrefixLM(45),)),          # queries 0..24 in the prefix (N < M)
 ]
 MOD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=300 + i) for dtype in DTYPES for i, shape in enumerate(MODS)]
 
-FORWARD_PROBLEMS = MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
+# A decode step (few queries, a longer cache, MQA, a sink), first so that a wrong split-KV combine fails early: the
+# mutation twin splits it as FlashAttention-2 would on an A100 (5 chunks), and so does a GPU kernel with split-KV
+# (conformance/test_split_kv.py forces every split count).
+DECODE = [dict(B=1, H=4, Hkv=1, N=4, M=1100, D=64, causal="bottom_right", mods=(Sinks(),))]
+DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("float32", "float16")
+                   for i, shape in enumerate(DECODE)]
+
+# KV layouts (`attnbench.reference.layouts`): ragged batches (cu_seqlens, FlashAttention varlen), paged caches
+# (block tables over a permuted pool, page sizes 1, 16, 256) and keys appended into a cache (flash_attn_with_kvcache).
+# First of all the cases: a kernel (or mutant) that addresses a sequence, a page or an appended key wrong fails in
+# the first seconds of `pytest -x`. Lengths per sequence are drawn from the seed (sequence 0 short, B // 2 full).
+KV_LAYOUTS = [
+    dict(B=4, H=4, Hkv=2, N=97, M=97, D=32, causal="bottom_right", kv="ragged"),     # packed self-attention
+    dict(B=4, H=8, Hkv=2, N=3, M=300, D=64, causal="bottom_right", kv="paged:16"),   # decode, pages permuted
+    dict(B=3, H=4, Hkv=2, N=4, M=90, D=32, causal="bottom_right", kv="paged:16", append=4),   # decode step
+    dict(B=5, H=4, Hkv=2, N=40, M=113, D=64, kv="ragged", mods=(Window(24, 0), Alibi("batch"))),  # per-sequence
+    dict(B=3, H=2, N=5, M=40, D=32, kv="paged:1", mods=(Softcap(20.0), Sinks())),    # a page per key
+    dict(B=3, H=4, Hkv=1, N=2, M=700, D=64, causal="bottom_right", kv="paged:256"),  # FlashAttention's page size
+    dict(B=4, H=2, N=9, M=60, D=32, causal="bottom_right", kv="ragged", append=3),   # chunked prefill into a cache
+    dict(B=2, H=2, N=4, M=50, D=32, causal="bottom_right", append=4),                # dense cache, appended keys
+]
+KV_PROBLEMS = [Problem(**shape, dtype="float32", seed=400 + i) for i, shape in enumerate(KV_LAYOUTS)]
+KV_PROBLEMS += [Problem(**KV_LAYOUTS[i], dtype=dtype, seed=410 + i) for i, dtype in ((0, "float16"),
+                                                                                     (2, "bfloat16"), (3, "float16"))]
+
+FORWARD_PROBLEMS = KV_PROBLEMS + DECODE_PROBLEMS + MOD_PROBLEMS + [Problem(**shape, dtype=dtype, seed=i)
                                    for dtype in DTYPES for i, shape in enumerate(SHAPES + CAUSAL + MASKS + LAYOUTS)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
                      for dtype in LARGE_LOGIT_DTYPES for i, shape in enumerate(LARGE_LOGITS)]
@@ -75,8 +102,18 @@ FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=100 + i)
 LARGE_GRID = [dict(B=2, H=36, Hkv=12, N=1000, M=48, D=32)]
 FORWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=200 + i)
                      for dtype in ("float32", "float16") for i, shape in enumerate(LARGE_GRID)]
+# A gradient accumulator kept in the half input dtype (`attnbench.budget.half_accumulator_length`): dK and dV sum
+# over the queries, dQ over the keys, so each at about 4x the length where it crosses the 2x-naive limit, with the
+# other side short. Rows are sampled (N M > 512 x 512), so each costs about a second; first, so a backward that
+# accumulates in float16/bfloat16 fails within seconds of `pytest -x`.
+HALF_ACCUMULATOR = [
+    Problem(B=1, H=2, N=8193, M=64, D=64, dtype="float16", seed=400),        # dK, dV: 256 query tiles of 32
+    Problem(B=1, H=2, N=8193, M=64, D=64, dtype="bfloat16", seed=401),
+    Problem(B=1, H=2, N=16, M=32769, D=64, dtype="bfloat16", seed=402),      # dQ: 1,024 key tiles of 32
+]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
-BACKWARD_PROBLEMS = [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
+BACKWARD_PROBLEMS = HALF_ACCUMULATOR + [p for p in KV_PROBLEMS if p.kv == "ragged" and not p.append]  # ragged: grad
+BACKWARD_PROBLEMS += [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
 BACKWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")
                      for i, shape in enumerate([SHAPES[1], SHAPES[3], SHAPES[5], CAUSAL[2], CAUSAL[3], MASKS[1],

@@ -2,7 +2,8 @@
 
     problems(caps)  ->  Problem with B, H (a multiple of Hkv), N, M in 1..max_len (mostly not multiples
                         of 16), D and Dv (odd sizes included), causal alignment, mask kind, scale,
-                        dtype, layout, input distribution and seed; within the shape constraints
+                        dtype, layout, input distribution, seed and KV layout (`kv_layouts`); within the
+                        shape constraints
                         the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima);
                         and a list of the modifications the capabilities declare (`modification_lists`)
 
@@ -19,6 +20,7 @@ from attnbench.implementations import Capabilities
 from attnbench.problem import DTYPES, LAYOUTS, MASK_FORMS, Problem
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 from attnbench.reference.mods.document import Document
+from attnbench.reference.mods.prefix_lm import PrefixLM
 
 # Sizes kernel authors get wrong: 1, just around a tile (15, 17, 63, 65), odd (59, 111), plus any size.
 _SPECIAL_LENGTHS = (1, 2, 15, 17, 31, 63, 65, 97, 113, 129, 200)
@@ -65,7 +67,8 @@ def modification_lists(supported: tuple[str, ...], M: int = 1 << 30) -> st.Searc
               "softcap": st.builds(Softcap, st.sampled_from((1.0, 5.0, 30.0))),
               "alibi": st.builds(Alibi, st.sampled_from(("head", "batch"))),
               "sinks": st.just(Sinks()),
-              "document": st.builds(Document, st.integers(1, max(1, min(4, M))))}     # count <= M keys
+              "document": st.builds(Document, st.integers(1, max(1, min(4, M)))),    # count <= M keys
+              "prefix_lm": st.builds(PrefixLM, st.one_of(st.sampled_from(_WINDOW_SIDES[1:]), st.integers(0, 200)))}
     choices = [makers[k] for k in supported if k in makers]
     if not choices:
         return st.just(())
@@ -88,17 +91,34 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     lo, hi = caps.head_dims[0], min(caps.head_dims[1], max_head_dim)
     D = draw(head_dims(lo, hi, caps.head_dim_choices))
     Dv = draw(st.one_of(st.just(D), head_dims(lo, hi, caps.head_dim_choices))) if caps.dv_differs else D
-    causal = draw(st.sampled_from((None, *caps.causal)))
+    kv, append = draw(kv_layouts(caps, M))
+    dense = kv == "dense" and not append                   # a layout is its own mask, causal per sequence
+    alignments = caps.causal if dense else tuple(c for c in caps.causal if c != "top_left")
+    causal = draw(st.sampled_from((None, *alignments)))
     kinds = [m for m in (masks if masks is not None else (None, *MASK_FORMS))
              if m is None or MASK_FORMS[m] in caps.masks]
-    mask = draw(st.sampled_from(kinds))
+    mask = draw(st.sampled_from(kinds)) if dense else None
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
-    mods = draw(modification_lists(caps.mods, M))
+    # Modifications that count keys from the sequence's start (documents, a prefix) need the dense view's indices.
+    mods = draw(modification_lists(caps.mods if dense else tuple(k for k in caps.mods
+                                                                   if k not in ("document", "prefix_lm")), M))
+    if any(m.key == "prefix_lm" for m in mods):
+        causal = None                                             # a prefix-LM is causal past its prefix already
     return Problem(
         B=draw(st.integers(1, 2)), H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, dtype=dtype, causal=causal, mask=mask,
         scale=draw(st.one_of(st.none(), st.sampled_from((0.05, 0.125, 0.3, 1.0, 2.0)))),
         inputs=draw(st.sampled_from(inputs)),
         layout=draw(st.sampled_from(LAYOUTS if caps.strided else ("contiguous",))),
-        seed=draw(st.integers(0, 2**16)), mods=mods,
+        seed=draw(st.integers(0, 2**16)), mods=mods, kv=kv, append=append,
     )
+
+
+def kv_layouts(caps: Capabilities, M: int) -> st.SearchStrategy[tuple[str, int]]:
+    """(kv, append): a quarter of the time a ragged or paged layout (page sizes 1, 16, 256), some with appended
+    keys, where the backend reads layouts natively or through pad-and-mask (bool masks); else dense."""
+    if caps.kv_layouts == ("dense",) and "bool" not in caps.masks:
+        return st.just(("dense", 0))
+    layout = st.sampled_from(("ragged", "paged:1", "paged:16", "paged:256"))
+    return st.one_of(st.just(("dense", 0)), st.just(("dense", 0)), st.just(("dense", 0)),
+                     st.tuples(layout, st.sampled_from((0, 0, 1, min(M, 3)))))

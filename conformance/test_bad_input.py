@@ -186,7 +186,55 @@ def test_prepare_backward_rejects_backends_without_grad_or_bad_inputs(backend, d
     (dict(inputs="uniform"), "inputs must be one of"),
     (dict(causal="diagonal"), "causal"),
     (dict(scale=float("inf")), "scale must be a finite number"),
+    (dict(kv="sparse"), "kv: expected one of dense, paged, ragged"),
+    (dict(kv="paged:0"), "page size must be an integer >= 1"),
+    (dict(kv="ragged:4"), "kv=ragged takes no argument"),
+    (dict(append=-1), "append must be an integer >= 0"),
+    (dict(N=4, M=8, append=9), "append=9: 0..M=8"),
+    (dict(kv="ragged", causal="top_left"), "causal is bottom_right in each sequence"),
+    (dict(kv="paged:16", mask="bool"), "mask=bool cannot be added"),
 ])
 def test_problem_rejects_bad_fields_naming_them(fields, words):
     with pytest.raises(AttentionInputError, match=words):
         Problem(**fields)
+
+
+# KV layout storage (`attnbench.reference.layouts.validate`): (id, problem spec, corrupt(storage), words)
+def _set(name, index, value):
+    def corrupt(s):
+        array = np.array(getattr(s, name))
+        array[index] = value
+        setattr(s, name, array)
+    return corrupt
+
+
+BAD_STORAGE = [
+    ("block-table-past-pool", "kv=paged:4", lambda s: _set("block_table", (0, 0), len(s.k))(s),
+     ["block_table", "outside the pool"]),
+    ("block-table-negative", "kv=paged:4", _set("block_table", (1, 0), -1), ["block_table", "page -1"]),
+    ("pages-of-another-size", "kv=paged:4", lambda s: setattr(s, "k", s.k.reshape(-1, 2, *s.k.shape[2:])),
+     ["k must be pages", "(num_pages, 4, Hkv, D)"]),
+    ("cu-seqlens-not-increasing", "kv=ragged", _set("cu_seqlens_k", 2, 0), ["cu_seqlens_k", "increase"]),
+    ("cu-seqlens-not-from-0", "kv=ragged", _set("cu_seqlens_q", 0, 1), ["cu_seqlens_q", "start at 0"]),
+    ("cu-seqlens-do-not-add-up", "kv=ragged", _set("cu_seqlens_q", -1, 10_000), ["cu_seqlens_q", "do not add up"]),
+    ("cache-seqlens", "kv=paged:4,append=2", _set("cache_seqlens", 0, 99), ["cache_seqlens"]),
+    ("k-new-missing", "kv=ragged,append=2", lambda s: setattr(s, "k_new", None), ["k_new", "(B, K, Hkv, D)"]),
+]
+
+
+@pytest.mark.parametrize("case", BAD_STORAGE, ids=[c[0] for c in BAD_STORAGE])
+def test_prepare_rejects_bad_kv_storage_naming_the_argument(backend, device, case):
+    _, spec, corrupt, words = case
+    problem = Problem.parse(f"B=3,H=2,N=5,M=20,D=8,{spec}")
+    inputs = make_inputs(problem)
+    corrupt(inputs.kv)
+    with pytest.raises(AttentionInputError) as exc:
+        backend.prepare(inputs, problem, device=device)
+    assert all(w in str(exc.value) for w in words) and len(str(exc.value).splitlines()) == 1, str(exc.value)
+
+
+def test_prepare_rejects_a_layout_problem_without_its_storage(backend, device):
+    problem = Problem.parse("B=3,H=2,N=5,M=20,D=8,kv=ragged")
+    inputs = make_inputs(problem)
+    with pytest.raises(AttentionInputError, match="needs Inputs.kv"):
+        backend.prepare(Inputs(inputs.q, inputs.k, inputs.v, inputs.mask), problem, device=device)

@@ -3,7 +3,7 @@ declares the problem, under the one budget, with declared known deviations (attn
 as such.
 
     pytest conformance/test_flash_grid.py                  # CI: the slice in flash_grid.CI_GRID
-    pytest conformance/test_flash_grid.py --grid flash     # all 648 problems (see README for the time)
+    pytest conformance/test_flash_grid.py --grid flash     # all 5,184 problems (see README for the time)
 """
 from ._verdict import assert_passes
 from .flash_grid import grid_problems as PROBLEMS  # noqa: N812 - conftest reads PROBLEMS (callable: options)

@@ -8,6 +8,7 @@ outside the timed callable.
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +19,7 @@ from attnbench.reference import AttentionInputError, normalize_causal
 
 from ._validate import check_attention_args
 from .base import Backend
+from .kv_torch import KvReader
 from .masks import as_4d
 
 
@@ -56,8 +58,9 @@ def call_problem(q, k, v, mask, causal, scale, sizes) -> Problem:
                    causal=causal, mask=mask_kind, scale=scale, layout="contiguous" if contiguous else "strided")
 
 
-class TorchBackend(Backend):
-    """A backend whose `attention` takes and returns torch tensors."""
+class TorchBackend(KvReader, Backend):
+    """A backend whose `attention` takes and returns torch tensors (and, where its capabilities declare a KV
+    layout, reads it one sequence at a time: `kv_torch.KvReader`)."""
 
     @abstractmethod
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
@@ -86,6 +89,8 @@ class TorchBackend(Backend):
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
+        if inputs.kv is not None:
+            return self.prepare_kv(inputs, problem, device, return_lse)
         q, k, v, mask = to_tensors(inputs, problem, device)
         causal, scale, mods = problem.causal, problem.scale, self.modifications(inputs, device)
 
@@ -99,13 +104,19 @@ class TorchBackend(Backend):
 
     def prepare_backward(self, inputs: Inputs, problem: Problem, grad_out: np.ndarray, *,
                          device: str = "cpu") -> Callable[[], Any]:
+        if inputs.kv is not None:
+            return self.prepare_kv_backward(inputs, problem, grad_out, device)
         q, k, v, mask = to_tensors(inputs, problem, device, requires_grad=True)
         g = torch.from_numpy(grad_out).to(device=device, dtype=torch_dtype(problem.dtype))
         causal, scale, mods = problem.causal, problem.scale, self.modifications(inputs, device)
+        leaves = (q, k, v)
+        if self.capabilities(device).sink_grad and mods and mods["mods"].sinks is not None:
+            sinks = mods["mods"].sinks.detach().clone().requires_grad_()        # (H,) float32: d sink too
+            mods, leaves = {**mods, "mods": replace(mods["mods"], sinks=sinks)}, (q, k, v, sinks)
 
         def run():
             out = self.attention(q, k, v, mask=mask, causal=causal, scale=scale, **mods)
-            return torch.autograd.grad(out, (q, k, v), g)
+            return torch.autograd.grad(out, leaves, g)
 
         run.native_inputs = (q, k, v)
         return run

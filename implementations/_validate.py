@@ -16,6 +16,7 @@ import numpy as np
 
 from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError, normalize_causal
+from attnbench.reference import layouts as kv_layouts
 from attnbench.reference._checks import check_qkv
 
 
@@ -91,6 +92,8 @@ def check_prepare(backend, inputs, problem, device: str, *, need_grad: bool = Fa
     got = {name: tuple(getattr(inputs, name).shape) for name in want}
     if got != want:
         raise AttentionInputError(f"{who}: inputs do not match problem {p.id}: expected shapes {want}, got {got}")
+    if kv_layouts.needs_storage(p):
+        kv_layouts.validate(inputs.kv, p, who)
     reason = backend.why_not(problem, device, need_grad=need_grad)
     if reason:
         raise AttentionInputError(f"{who}: cannot run {p.id} on {device}: {reason}")

@@ -23,6 +23,7 @@ import numpy as np
 from attnbench.precision import Precision
 from attnbench.problem import DTYPES, Inputs, Problem
 from attnbench.reference import CAUSAL_ALIGNMENTS
+from attnbench.reference import layouts as kv_layouts
 
 ALL_CAUSAL = CAUSAL_ALIGNMENTS         # the reference's alignments, under the name Capabilities reads
 ALL_MASKS = ("bool", "bias")
@@ -30,15 +31,25 @@ ALL_MASKS = ("bool", "bias")
 
 def has_empty_rows(p: Problem) -> bool:
     """Whether some query row of `p` sees no key: a fully masked row, bottom_right causal with N > M, or a
-    window (with causal) that holds no key for the first or last query."""
-    if p.mask == "fully_masked" or (p.causal == "bottom_right" and p.N > p.M):
+    window (with causal) that holds no key for the first or last query; in a KV layout, of any one sequence (the
+    padding of its logical view is no part of the problem)."""
+    if p.mask == "fully_masked":
+        return True
+    if kv_layouts.needs_storage(p):
+        return kv_layouts.has_empty_rows(p, lambda n, m: _empty_rows(p, n, m))
+    return _empty_rows(p, p.N, p.M)
+
+
+def _empty_rows(p: Problem, N: int, M: int) -> bool:
+    """has_empty_rows for N queries against M keys under p's causal alignment and modifications."""
+    if p.causal == "bottom_right" and N > M:
         return True
     from attnbench.reference import causal_offset
     from attnbench.reference.mods import visible_range
 
-    for i in (0, p.N - 1):
-        first, last = visible_range(p.mods, i, i, p.N, p.M)
-        last = last if p.causal is None else min(last, i + causal_offset(p.causal, p.N, p.M))
+    for i in (0, N - 1):
+        first, last = visible_range(p.mods, i, i, N, M)
+        last = last if p.causal is None else min(last, i + causal_offset(p.causal, N, M))
         if first > last:
             return True
     return False
@@ -56,6 +67,8 @@ class Capabilities:
     empty_rows: a query row whose every key is masked gives O = 0 and lse = -inf (as the reference does).
     deterministic: bitwise-identical output for identical inputs.
     strided: accepts non-contiguous inputs.   max_seq: largest N or M (None: no limit).
+    max_batch_heads: largest B * H in one call (None: no limit): a launch grid of one program per (batch, head)
+    that an emulator runs one program at a time (the Triton interpreter) is minutes long at 65,536.
     Shape constraints (data every suite reads: drawn problems, fixed cases, bad-input tests, perf sweeps):
     seq_multiple: N and M must be multiples of it (a kernel without masking of partial tiles: 128).
     head_dim_choices: the only D (and Dv) it takes, e.g. (64, 128), on top of `head_dims`; None: any.
@@ -65,6 +78,11 @@ class Capabilities:
         declared here is held to the bound its model implies, on top of the two budget conditions.
     mods: the modifications it computes natively, by key (`attnbench.reference.mods.MODS`: "window",
         "softcap", "alibi", "sinks"); a problem with any other is a skip with its reason.
+    kv_layouts: the KV layouts it reads natively (`attnbench.reference.layouts`: "dense", "ragged", "paged");
+        kv_append: it writes appended keys into the cache itself. Any other layout problem runs through the
+        pad-and-mask adapter (`implementations/pad_and_mask.py`) if it takes bool masks, else is a skip.
+    sink_grad: with "sinks" in mods, `prepare_backward` also returns d(sink logits) (H,) (the logits require
+        grad), checked against the reference's (`reference.sdpa_backward(return_sink_grad=True)`).
     """
 
     dtypes: tuple[str, ...] = DTYPES
@@ -81,12 +99,20 @@ class Capabilities:
     deterministic: bool = True
     strided: bool = True
     max_seq: int | None = None
+    max_batch_heads: int | None = None
     precision: tuple[tuple[str, Precision], ...] = ()
     seq_multiple: int = 1
     head_dim_choices: tuple[int, ...] | None = None
     same_length: bool = False
     max_seq_by_dtype: tuple[tuple[str, int], ...] = ()
     mods: tuple[str, ...] = ()
+    kv_layouts: tuple[str, ...] = ("dense",)
+    kv_append: bool = False
+    sink_grad: bool = False
+
+    def reads_kv(self, p: Problem) -> bool:
+        """Whether it reads `p`'s KV layout (and appended keys) natively."""
+        return kv_layouts.parse(p.kv).key in self.kv_layouts and (not p.append or self.kv_append)
 
     def longest(self, dtype: str) -> int | None:
         """The largest N or M allowed in `dtype` (None: no limit)."""
@@ -99,6 +125,28 @@ class Capabilities:
 
     def why_not(self, p: Problem, *, need_grad: bool = False) -> str | None:
         """The first reason these capabilities do not cover problem `p`, or None if they do."""
+        if kv_layouts.needs_storage(p):
+            return self._why_not_layout(p, need_grad)
+        return self._why_not_dense(p, need_grad)
+
+    def _why_not_layout(self, p: Problem, need_grad: bool) -> str | None:
+        """A layout problem: natively, or through the pad-and-mask adapter (the dense problem it runs)."""
+        layout = p.kv + (f", append={p.append}" if p.append else "")
+        if need_grad and (not kv_layouts.parse(p.kv).grad or p.append):
+            return f"kv={layout}: forward only (no backward through a paged or appended KV cache)"
+        if self.reads_kv(p):
+            return self._why_not_dense(p, need_grad)
+        if "bool" not in self.masks:
+            return (f"kv={layout} not read natively (has {', '.join(self.kv_layouts)}) nor via pad-and-mask "
+                    "(no bool masks)")
+        from attnbench.implementations.pad_and_mask import dense_problem
+
+        reason = self._why_not_dense(dense_problem(p), need_grad) or (
+            "rows with every key masked (O = 0 expected) not supported" if has_empty_rows(p) and not self.empty_rows
+            else None)
+        return None if reason is None else f"kv={layout} via pad-and-mask: {reason}"
+
+    def _why_not_dense(self, p: Problem, need_grad: bool) -> str | None:
         checks = [
             (p.dtype not in self.dtypes, f"dtype {p.dtype} not supported (has {', '.join(self.dtypes)})"),
             (p.causal is not None and p.causal not in self.causal, f"causal alignment {p.causal} not supported"),
@@ -113,6 +161,8 @@ class Capabilities:
             (p.layout != "contiguous" and not self.strided, f"{p.layout} (non-contiguous) inputs not supported"),
             (self.longest(p.dtype) is not None and max(p.N, p.M) > self.longest(p.dtype),
              f"N/M above max {self.longest(p.dtype)} in {p.dtype}"),
+            (self.max_batch_heads is not None and p.B * p.H > self.max_batch_heads,
+             f"B * H = {p.B * p.H} above max {self.max_batch_heads}"),
             (p.N % self.seq_multiple or p.M % self.seq_multiple,
              f"N={p.N}, M={p.M}: both must be multiples of {self.seq_multiple}"),
             (self.head_dim_choices is not None and not {p.D, p.Dv} <= set(self.head_dim_choices),
@@ -168,6 +218,11 @@ def _validated(prepare: Callable, *, need_grad: bool) -> Callable:
     @functools.wraps(prepare)
     def wrapper(self, inputs, problem, *args, device: str = "cpu", **kwargs):
         check_prepare(self, inputs, problem, device, need_grad=need_grad)
+        if kv_layouts.needs_storage(problem) and not self.capabilities(device).reads_kv(problem):
+            from .pad_and_mask import prepare_padded
+
+            dense = functools.partial(wrapper, self)
+            return prepare_padded(dense, inputs, problem, *args, device=device, need_grad=need_grad, **kwargs)
         return prepare(self, inputs, problem, *args, device=device, **kwargs)
 
     wrapper.validates = True

@@ -29,8 +29,8 @@ from .registry import register
 
 def _modified(s, mods, N: int, M: int, Hkv: int):
     """Grouped scores s (B, Hkv, G, N, M) after the softcap and ALiBi of `mods` (reference modifications, bound),
-    in their order and in s's dtype, and the bool keep of the window (N, M) and documents (B, 1, 1, N, M) (None
-    without either)."""
+    in their order and in s's dtype, and the bool keep of the window and prefix-LM (N, M) and documents
+    (B, 1, 1, N, M) (None without any)."""
     dtype = s.dtype
     distance = np.arange(N)[:, None] + (M - N) - np.arange(M)[None, :]       # i + M - N - j (bottom-right)
     keep = None
@@ -50,6 +50,9 @@ def _modified(s, mods, N: int, M: int, Hkv: int):
             ids = np.asarray(m.ids)
             same = ids[:, np.clip(np.arange(N) + M - N, 0, M - 1)][:, :, None] == ids[:, None, :]
             keep = same[:, None, None] if keep is None else keep & same[:, None, None]
+        elif m.key == "prefix_lm":                       # (N, M): in the prefix, or at or before the query
+            prefix = (np.arange(M)[None, :] < m.length) | (distance >= 0)
+            keep = prefix if keep is None else keep & prefix
     return s, keep
 
 
@@ -96,7 +99,7 @@ class NumpyBackend(Backend):
     devices = ("cpu",)
     # float16 up to 16,385 keys: NumPy has no float16 BLAS (a 16 x 65,537 float16 product took 14 s here).
     caps = Capabilities(dtypes=("float16", "float32", "float64"), max_seq_by_dtype=(("float16", 16385),),
-                        mods=("window", "softcap", "alibi", "sinks", "document"))
+                        mods=("window", "softcap", "alibi", "sinks", "document", "prefix_lm"))
 
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:

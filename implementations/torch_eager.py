@@ -6,7 +6,8 @@ are a reshape of the queries, not a copy of K/V. Fully masked rows give zeros
 (the denominator is made 1 where the row sum is 0, which keeps autograd free of
 0/0). CPU and CUDA, every dtype, autograd, and the log-sum-exp. Modifications
 (window, softcap, ALiBi, sinks: `torch_mods`) on the whole (N, M) score matrix,
-in the input dtype like the rest; a sink is one more column of the softmax.
+in the input dtype like the rest; a sink is one more column of the softmax, so
+autograd also returns the sink logits' gradient when they require it (sink_grad).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class TorchEager(TorchBackend):
 
     name = "torch_eager"
     devices = ("cpu", "cuda")
-    caps = Capabilities(grad=True, lse=True, mods=torch_mods.SUPPORTED)
+    caps = Capabilities(grad=True, lse=True, mods=torch_mods.SUPPORTED, sink_grad=True)   # autograd reaches sinks
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=torch_mods.TorchMods()):
         return eager_attention(q, k, v, mask=mask, causal=causal, scale=scale, return_lse=return_lse, mods=mods)

@@ -89,6 +89,9 @@ def flex_mods(mask, causal: str | None, B: int, H: int, N: int, M: int, mods=tor
     if mods.document is not None:                 # attention-gym's document mask, queries at key position i + M - N
         ids = mods.document
         predicates.append(lambda b, h, q_idx, kv_idx: ids[b, (q_idx + (M - N)).clamp(0, M - 1)] == ids[b, kv_idx])
+    if mods.prefix_lm is not None:                # attention-gym's prefix_lm: or_masks(prefix, causal), bottom-right
+        prefix = mods.prefix_lm
+        predicates.append(lambda b, h, q_idx, kv_idx: (kv_idx < prefix) | (kv_idx <= q_idx + (M - N)))
     scores = _score_mods(mods, B, H, N, M)
     if mask is not None:
         full = as_4d(mask).expand(B, H, N, M)                                # (B, H, N, M), a view: per-head rows

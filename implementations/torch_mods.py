@@ -6,6 +6,7 @@ reference's, so a backend is never its own yardstick. Conventions as in `attnben
     alibi slopes          s - slope_h |i + M - N - j|, slopes (H,) or (B, H) float32, applied in the scores' dtype
     sinks logits          one more term exp(sink_h) in each row's denominator
     document ids          key j visible from query i iff ids[b, clip(i + M - N, 0)] == ids[b, j]
+    prefix_lm P           key j visible from query i iff j < P or j <= i + M - N
 
 `convert` turns a problem's bound modifications into `TorchMods` once (in `prepare`, outside the timed call);
 `scores` applies them to a block of grouped scores (B, Hkv, G, R, C) given its query rows and key columns.
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-SUPPORTED = ("window", "softcap", "alibi", "sinks", "document")
+SUPPORTED = ("window", "softcap", "alibi", "sinks", "document", "prefix_lm")
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,13 @@ class TorchMods:
     alibi: torch.Tensor | None = None      # (H,) or (B, H) float32
     sinks: torch.Tensor | None = None      # (H,) float32
     document: torch.Tensor | None = None   # (B, M) int64: the document of each key position
+    prefix_lm: int | None = None           # P: keys before it bidirectional, causal after
     order: tuple[str, ...] = ()            # score modifications in the problem's order
 
     @property
     def empty(self) -> bool:
-        return all(x is None for x in (self.window, self.softcap, self.alibi, self.sinks, self.document))
+        return all(x is None for x in (self.window, self.softcap, self.alibi, self.sinks, self.document,
+                                             self.prefix_lm))
 
 
 def convert(mods, device) -> TorchMods:
@@ -49,6 +52,8 @@ def convert(mods, device) -> TorchMods:
             fields["sinks"] = torch.as_tensor(m.logits, dtype=torch.float32, device=device)
         elif m.key == "document":
             fields["document"] = torch.as_tensor(m.ids, dtype=torch.int64, device=device)
+        elif m.key == "prefix_lm":
+            fields["prefix_lm"] = int(m.length)
         else:
             raise ValueError(f"torch backends: modification {m.key!r} not implemented")
     return TorchMods(**fields, order=tuple(order))
@@ -95,6 +100,9 @@ def scores(s: torch.Tensor, mods: TorchMods, rows: torch.Tensor, cols: torch.Ten
         ids = mods.document
         same = (ids[:, (rows + (m - n)).clamp(0, m - 1)][:, :, None] == ids[:, cols][:, None, :])[:, None, None]
         keep = same if keep is None else keep & same
+    if mods.prefix_lm is not None:                # (R, C): in the prefix, or at or before the query's position
+        prefix = (cols[None, :] < mods.prefix_lm) | (distance(rows, cols, n, m) >= 0)
+        keep = prefix if keep is None else keep & prefix
     s = s if keep is None else s.masked_fill(~keep, float("-inf"))
     return (s, factor) if with_grad else s
 
@@ -105,18 +113,24 @@ def sink_logits(mods: TorchMods, hkv: int, dtype) -> torch.Tensor | None:
 
 
 def key_range(mods: TorchMods, lo: int, hi: int, n: int, m: int) -> tuple[int, int]:
-    """Inclusive key columns queries lo..hi can see under the window (tile skipping)."""
-    if mods.window is None:
-        return 0, m - 1
-    left, right = mods.window
-    first = 0 if left < 0 else max(0, lo + m - n - left)
-    last = m - 1 if right < 0 else min(m - 1, hi + m - n + right)
+    """Inclusive key columns queries lo..hi can see under the window and the prefix-LM's causal half (tile
+    skipping)."""
+    first, last = 0, m - 1
+    if mods.window is not None:
+        left, right = mods.window
+        first = 0 if left < 0 else max(0, lo + m - n - left)
+        last = m - 1 if right < 0 else min(m - 1, hi + m - n + right)
+    if mods.prefix_lm is not None:
+        last = min(last, max(mods.prefix_lm - 1, hi + m - n))
     return first, last
 
 
 def for_tile(mods: TorchMods, rows: slice, cols: slice, n: int, m: int) -> TorchMods:
-    """`mods` for the tile of query rows x key cols: without the window where every pair of the tile is inside
-    it (the interior tiles of a long window need no mask: only the two edge tiles of each query tile do)."""
+    """`mods` for the tile of query rows x key cols: without the window or the prefix-LM where every pair of the
+    tile is inside it (the interior tiles of a long window need no mask: only the two edge tiles of each query
+    tile do; under a prefix-LM, the tiles inside the prefix or below the diagonal)."""
+    if mods.prefix_lm is not None and (cols.stop - 1 < mods.prefix_lm or cols.stop - 1 <= rows.start + m - n):
+        mods = replace(mods, prefix_lm=None)
     if mods.window is None:
         return mods
     left, right = mods.window

@@ -37,6 +37,12 @@ each a constexpr flag, so a problem without them compiles the plain kernels:
   (dP - delta), delta = rowsum(dO O), the sink adds nothing to O). No gradient
   for the sink logits or slopes.
 
+Split-KV (flash-decoding): a third grid axis cuts the keys into chunks of whole tiles (FlashAttention's
+n_blocks_per_split); each program writes its chunk's float32 partial O and lse, and `split_kv.combine` rescales
+them by exp(lse_s - lse) (the sink joins there, once; the kernel runs without it). `auto_splits` follows
+FlashAttention-2's num_splits_heuristic on CUDA (never under the interpreter, which runs one program at a time);
+`num_splits` on the backend forces it. The backward is the unsplit one, from the combined O and lse.
+
 Devices: "cuda" compiled; "cpu" only under the Triton interpreter, i.e. when
 TRITON_INTERPRET=1 was set before this module (and triton) was imported. The
 interpreter is slow, so there N and M are capped at 256; and it computes
@@ -58,6 +64,7 @@ import torch
 from ._torch_common import TorchBackend
 from attnbench.precision import FLASH, for_half
 
+from . import split_kv
 from .base import Capabilities
 from .masks import causal_offset
 from .torch_mods import TorchMods
@@ -80,6 +87,9 @@ except ImportError as exc:   # the module still imports, and the backend reports
 # triton.jit picks the interpreter when the kernels are decorated, so what counts is the setting at import.
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 INTERPRETER_MAX_SEQ = 256
+# The interpreter runs the grid's programs one at a time in Python: B * H = 65,536 tiny heads ran over 10 minutes
+# (CI, 2 cores); 4,096 covers every other case of the suite.
+INTERPRETER_MAX_BATCH_HEADS = 4096
 BF16_INTERPRETER_REASON = ("bfloat16 not supported under the Triton interpreter (TRITON_INTERPRET=1): it does "
                            "bf16 arithmetic on the uint16 bit patterns, so tl.dot gives garbage; declared on CUDA")
 LOG2E = 1.4426950408889634
@@ -194,6 +204,12 @@ def _fwd_kernel(Q, K, V, O, LSE, ALIBI_SLOPES, SINK_LOGITS,
         hi = tl.minimum(M, start_n + BLOCK_N + causal_offset)
     if WINDOW:   # the first key row start_n may see is start_n + window_offset: skip whole tiles left of it
         lo = tl.maximum(0, start_n + window_offset) // BLOCK_M * BLOCK_M
+    # Split-KV: grid axis 2 cuts the keys into chunks of whole tiles, ceil(tiles / splits) each (FlashAttention's
+    # n_blocks_per_split); one chunk (the whole of M) unsplit. A chunk outside [lo, hi) runs no tile: O = 0, lse = -inf.
+    split = tl.program_id(2)
+    chunk = tl.cdiv(tl.cdiv(M, BLOCK_M), tl.num_programs(2)) * BLOCK_M
+    lo = tl.maximum(lo, split * chunk)
+    hi = tl.minimum(hi, split * chunk + chunk)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
         kt = tl.load(k_base + offs_m[None, :] * skm + offs_d[:, None] * skd,
@@ -215,9 +231,12 @@ def _fwd_kernel(Q, K, V, O, LSE, ALIBI_SLOPES, SINK_LOGITS,
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]                                     # empty rows: acc is 0, so O is 0
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-    tl.store(O + b * sob + h * soh + offs_n[:, None] * son + offs_dv[None, :] * sod, out.to(O.dtype.element_ty),
-             mask=(offs_n[:, None] < N) & (offs_dv[None, :] < DV))
-    tl.store(LSE + bh * N + offs_n, lse, mask=offs_n < N)
+    # split s writes its partial at O[s], LSE[s]: O is (S, B, H, N, Dv) with the (B, H, N, Dv) strides given, LSE
+    # (S, B * H, N); S = 1 unsplit.
+    o_split = split * (tl.num_programs(1) // H) * sob
+    tl.store(O + o_split + b * sob + h * soh + offs_n[:, None] * son + offs_dv[None, :] * sod,
+             out.to(O.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_dv[None, :] < DV))
+    tl.store(LSE + (split * tl.num_programs(1) + bh) * N + offs_n, lse, mask=offs_n < N)
 
 
 @jit
@@ -579,16 +598,23 @@ def _common_args(q, k, v, causal, scale, mods) -> dict:
                             BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv))))
 
 
-def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | None = None, mods=NO_MODS):
+def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | None = None, mods=NO_MODS,
+                   splits: int = 1):
     """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv) in q's dtype, lse (B, H, N) float32.
 
     configs: {kernel: LaunchConfig} to force (tests run every candidate); None autotunes on CUDA.
     mods: `torch_mods.TorchMods` (window, softcap, ALiBi, sinks); the lse includes a sink's term.
+    splits > 1: split-KV, one launch over (query tiles, B * H, splits) writing float32 partials, then
+    `split_kv.combine` (the sink joins there, once).
     """
-    o, lse, call = forward_call(q, k, v, causal, scale, mods)
+    o, lse, call = forward_call(q, k, v, causal, scale, mods, splits)
     fn, launch = _launcher("fwd", _fwd_kernel, q, padded_head_dim(q.shape[-1], v.shape[-1]), configs, not mods.empty)
     fn[call.grid](*call.args, **call.constexprs, **launch)
-    return o, lse
+    if splits == 1:
+        return o, lse
+    sinks = mod_args(mods, q, q.shape[0], q.shape[1])["sinks"]
+    out, lse = split_kv.combine(o, lse, None if sinks is None else sinks[None, :, None])
+    return out.to(q.dtype), lse
 
 
 @dataclass(frozen=True)
@@ -600,19 +626,36 @@ class KernelCall:
     grid: object
 
 
-def forward_call(q, k, v, causal, scale, mods=NO_MODS) -> tuple:
+def forward_call(q, k, v, causal, scale, mods=NO_MODS, splits: int = 1) -> tuple:
     """(O, lse, KernelCall of _fwd_kernel): the outputs allocated and the arguments a launch passes (what
-    triton_forward launches and `attnbench audit` compiles, there with torch "meta" tensors)."""
+    triton_forward launches and `attnbench audit` compiles, there with torch "meta" tensors). splits > 1: O and
+    lse are the float32 partials (S, B, H, N, .) the combine reads, and no program adds the sink."""
     a = _common_args(q, k, v, causal, scale, mods)
-    o = torch.empty((a["B"], a["H"], a["N"], a["Dv"]), dtype=q.dtype, device=q.device)
-    lse = torch.empty((a["B"], a["H"], a["N"]), dtype=torch.float32, device=q.device)
+    B, H, N, Dv = a["B"], a["H"], a["N"], a["Dv"]
+    split = splits > 1
+    # partials stay float32 (FlashAttention's oaccum): the output is rounded once, after the combine
+    o = torch.empty((splits, B, H, N, Dv) if split else (B, H, N, Dv), dtype=torch.float32 if split else q.dtype,
+                    device=q.device)
+    lse = torch.empty((splits, B, H, N) if split else (B, H, N), dtype=torch.float32, device=q.device)
     # an absent modification's pointer is never read: any float32 buffer stands in (the signature stays the same)
     alibi, sinks = (lse if x is None else x for x in (a["alibi"], a["sinks"]))
-    args = (q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-            a["H"], a["H"] // a["Hkv"], a["N"], a["M"], a["D"], a["Dv"], a["sm_scale"] * LOG2E, *a["mod_values"],
-            *a["buckets"])
-    grid = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
-    return o, lse, KernelCall(args, {**a["consts"], **a["sink_const"]}, grid)
+    o_strides = o.stride()[1:] if split else o.stride()
+    args = (q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o_strides,
+            H, H // a["Hkv"], N, a["M"], a["D"], Dv, a["sm_scale"] * LOG2E, *a["mod_values"], *a["buckets"])
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H, splits)  # noqa: E731
+    return o, lse, KernelCall(args, {**a["consts"], "SINKS": a["sink_const"]["SINKS"] and not split}, grid)
+
+
+def auto_splits(q, k) -> int:
+    """Split-KV chunks for q (B, H, N, D) against k (B, Hkv, M, D) by FlashAttention's rule
+    (`split_kv.num_splits_heuristic`), with the default forward tile: work items B * H * query tiles, key blocks
+    of M, the GPU's workers (2 x SMs). The interpreter runs one program at a time: 1."""
+    if INTERPRETED or q.device.type != "cuda":
+        return 1
+    tile = default_configs(dtype_kind(q.dtype), padded_head_dim(q.shape[-1], q.shape[-1]))["fwd"]
+    B, H, N, _ = q.shape
+    return split_kv.num_splits_heuristic(B * H * -(-N // tile.block_n), split_kv.device_workers(q.device),
+                                         -(-k.shape[2] // tile.block_m))
 
 
 def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, LaunchConfig] | None = None,
@@ -654,8 +697,8 @@ class TritonAttention(torch.autograd.Function):
     """O, lse = TritonAttention.apply(q, k, v, causal, scale, configs, mods); lse is not differentiable."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, scale, configs=None, mods=NO_MODS):
-        o, lse = triton_forward(q, k, v, causal, scale, configs, mods)
+    def forward(ctx, q, k, v, causal, scale, configs=None, mods=NO_MODS, splits=1):
+        o, lse = triton_forward(q, k, v, causal, scale, configs, mods, splits)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.scale, ctx.configs, ctx.mods = causal, scale, configs, mods
         ctx.mark_non_differentiable(lse)
@@ -665,7 +708,7 @@ class TritonAttention(torch.autograd.Function):
     def backward(ctx, do, _dlse):
         q, k, v, o, lse = ctx.saved_tensors
         grads = triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.configs, ctx.mods)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------- audit
@@ -748,6 +791,7 @@ class TritonBlockwise(TorchBackend):
     devices = ("cpu", "cuda")
     caps = CAPS
     forced_configs: dict[str, LaunchConfig] | None = None    # {kernel: config}; None: autotune (CUDA) / default
+    num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `auto_splits` decides
 
     def unavailable_reason(self) -> str | None:
         return TRITON_MISSING
@@ -768,7 +812,8 @@ class TritonBlockwise(TorchBackend):
 
     def capabilities(self, device: str) -> Capabilities:
         if device == "cpu":
-            return CAPS.replace(dtypes=("float16", "float32"), max_seq=INTERPRETER_MAX_SEQ)
+            return CAPS.replace(dtypes=("float16", "float32"), max_seq=INTERPRETER_MAX_SEQ,
+                                max_batch_heads=INTERPRETER_MAX_BATCH_HEADS)
         return CAPS
 
     def why_not(self, problem, device: str = "cpu", *, need_grad: bool = False) -> str | None:
@@ -777,11 +822,14 @@ class TritonBlockwise(TorchBackend):
             return BF16_INTERPRETER_REASON
         if reason and device == "cpu" and reason.startswith("N/M above"):
             return f"{reason}: the Triton interpreter is slow (N 1024, D 64 takes about 13 s)"
+        if reason and device == "cpu" and reason.startswith("B * H = "):
+            return f"{reason}: the Triton interpreter runs the launch grid one program at a time"
         return reason
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=NO_MODS):
         self._refuse_unsupported(q, k, v, mask)
-        o, lse = TritonAttention.apply(q, k, v, causal, scale, self.forced_configs, mods)
+        splits = auto_splits(q, k) if self.num_splits is None else self.num_splits
+        o, lse = TritonAttention.apply(q, k, v, causal, scale, self.forced_configs, mods, splits)
         return (o, lse) if return_lse else o
 
     def _refuse_unsupported(self, q, k, v, mask) -> None:

@@ -24,6 +24,8 @@ QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=QUICK_TIME_BUDGET
              remeasure=0)
 DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=PERF_TIME_BUDGET_S,
                 repeats=50, processes=3, remeasure=1)
+# --decode: a few new queries against a KV cache swept over M (the memory-bound regime; GB/s, not TFLOP/s).
+DECODE = dict(seq_lens="1", kv_lens="4096,16384,32768,65536", passes="fwd")
 CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -75,6 +77,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma-separated backend names (default: every registered one that fits)")
     p.add_argument("--seq-lens", help=f"N values (default {DEFAULTS['seq_lens']}; --quick {QUICK['seq_lens']})")
     p.add_argument("--kv-len", type=int, help="M for every point (default: M = N)")
+    p.add_argument("--decode", action="store_true",
+                   help=f"the decode regime: N fixed and small (--seq-lens, default {DECODE['seq_lens']}), M swept "
+                        f"over --kv-lens (default {DECODE['kv_lens']}), fwd; reports GB/s and the fraction of the "
+                        "machine's measured memory bandwidth")
+    p.add_argument("--kv-lens", help="M values to sweep at each N (the decode regime; default with --decode: "
+                                     f"{DECODE['kv_lens']})")
+    p.add_argument("--kv-heads", type=int, help="Hkv of every point (grouped-query; default: H)")
     p.add_argument("--heads", default="4", help="H values")
     p.add_argument("--heads-at-n", type=int, metavar="N", help="sweep H only at this N; the N curve uses the "
                                                                "first H (default: the whole N x H grid)")
@@ -158,6 +167,12 @@ def parse_mods(text: str) -> tuple:
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
     base = QUICK if args.quick else DEFAULTS
+    decode = getattr(args, "decode", False)
+    if decode:
+        base = {**base, **DECODE}
+    kv_lens = getattr(args, "kv_lens", None) or (base["kv_lens"] if decode else None)
+    if kv_lens and args.kv_len:
+        raise AttentionInputError("--kv-len sets one M; --kv-lens (or --decode) sweeps M: give one of them")
     causal = tuple(CAUSAL_WORDS[c] for c in words(args.causal, tuple(CAUSAL_WORDS), "causal"))
     for plugin in args.plugin:
         if not Path(plugin).is_file():
@@ -171,8 +186,12 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
         dtypes=words(args.dtype, DTYPES, "dtype"), causal=causal,
         passes=words(args.passes or base["passes"], PERF_PASSES, "pass"),
         backends=backends, device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
+        kv_lens=ints(kv_lens, "kv-lens") if kv_lens else None, kv_heads=getattr(args, "kv_heads", None),
         mods=parse_mods(args.mods),
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
+    if spec.kv_heads is not None and (spec.kv_heads < 1 or any(h % spec.kv_heads for h in spec.heads)):
+        raise AttentionInputError(f"--kv-heads: {spec.kv_heads} must be >= 1 and divide every --heads value "
+                                  f"({', '.join(map(str, spec.heads))})")
     for flag in ("kv_len", "heads_at_n"):
         if getattr(spec, flag) is not None and getattr(spec, flag) < 1:
             raise AttentionInputError(f"--{flag.replace('_', '-')}: expected an integer >= 1, "

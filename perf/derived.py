@@ -42,6 +42,39 @@ def min_bytes(problem: Problem, pass_: str) -> int:
     return elements * ITEMSIZE[p.dtype]
 
 
+# A decode step is bound by memory, not FLOPs (tritonbench's decoding_attention reports GB/s): its figure is the
+# bytes a perfect kernel moves, K and V read once, Q read and O written once, over the time.
+DECODE_MAX_N = 16
+DECODE_BYTES = "bytes = (B·Hkv·M·(D + Dv) + B·H·N·(D + Dv)) · itemsize: K and V read once, Q read, O written"
+
+
+def decode_bytes(problem: Problem) -> int:
+    """Bytes of one forward decode step (`DECODE_BYTES`): the forward's `min_bytes`, K and V dominating."""
+    return min_bytes(problem, "fwd")
+
+
+def kv_bytes_per_token(problem: Problem) -> int:
+    """Bytes one cached token holds, per sequence and layer: Hkv · (D + Dv) · itemsize (its K and V rows)."""
+    p = problem
+    return p.Hkv * (p.D + p.Dv) * ITEMSIZE[p.dtype]
+
+
+def is_decode(n: int, m: int) -> bool:
+    """A decode point: a few queries (N <= DECODE_MAX_N) against a longer cache."""
+    return n <= DECODE_MAX_N and n < m
+
+
+def kv_layout_label(problem: Problem) -> str:
+    """How the point's KV cache is stored, for labels: the problem's `kv` ("dense", "ragged", "paged:16"), with
+    "+append K" when new keys are written into the cache by the call."""
+    return problem.kv + (f"+append {problem.append}" if problem.append else "")
+
+
+def bandwidth_fraction(byte_count: int, seconds: float, peak_bandwidth: float | None) -> float | None:
+    """Achieved bytes/s over the machine's measured copy bandwidth (None when it was not measured)."""
+    return byte_count / seconds / peak_bandwidth if peak_bandwidth else None
+
+
 def predicted_pattern_bytes(problem: Problem) -> int:
     """One (B, H, N, M) attention pattern in the problem's dtype: the N^2 buffer a naive kernel materialises."""
     p = problem

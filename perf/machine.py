@@ -220,6 +220,13 @@ def _store_peaks(key: str, entry: dict) -> None:
         pass                                       # a read-only home: measure again next time
 
 
+def with_cached_bandwidth(machine: dict) -> dict:
+    """A fingerprint with the copy bandwidth this machine measured before (peaks.json), if any: no measuring
+    here (a worker must not spend its point's time on it)."""
+    bandwidth = _cached_peaks(_cache_key(machine)).get("peak_bandwidth")
+    return {**machine, "peak_bandwidth": bandwidth} if bandwidth else machine
+
+
 def _measure(device: str, dtypes) -> dict:
     """Peaks per dtype and the copy bandwidth, measured once per machine (`peaks_cache_path`): a dtype without a
     fast path costs seconds to time, every run would pay them again, and a later run under load would measure

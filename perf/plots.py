@@ -16,7 +16,7 @@ matplotlib.use("Agg")   # reports are rendered headless, in CI and over ssh
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter  # noqa: E402
 
-from .derived import loglog_slope  # noqa: E402
+from .derived import DECODE_BYTES, DECODE_MAX_N, is_decode, loglog_slope  # noqa: E402
 from .records import PointResult  # noqa: E402
 
 FIGSIZE, DPI = (10, 5.2), 100           # 1000 px wide: readable at full page width
@@ -27,7 +27,13 @@ STATUS_MARKERS = {"oom": "v", "timeout": "s", "error": "X"}
 
 
 def _parts(r: PointResult, vary: str) -> tuple[str, ...]:
-    """A series' identity, one readable part per dimension except the varied one."""
+    """A series' identity, one readable part per dimension except the varied one. Along M (the decode regime)
+    the KV layout joins the backend's name unless dense, so ragged and paged points are labelled as such."""
+    if vary == "M":
+        backend = r.backend if r.kv_layout == "dense" else f"{r.backend} [{r.kv_layout}]"
+        heads = f"H{r.H}" if r.Hkv == r.H else f"H{r.H}/Hkv{r.Hkv}"
+        return (backend, r.pass_, r.dtype, f"B{r.B}", heads, f"N{r.N}", f"D{r.D}",
+                f"causal {r.causal}" if r.causal else "not causal")
     fixed = {"N": f"H{r.H}", "H": f"N{r.N}"}[vary]
     return (r.backend, r.pass_, r.dtype, f"B{r.B}", fixed, f"D{r.D}", f"causal {r.causal}" if r.causal else "not causal")
 
@@ -39,13 +45,23 @@ def series(results: list[PointResult], vary: str) -> dict[tuple[str, ...], list[
     no curve at all (a one-N sweep); otherwise it is another plot's point (the H sweep's, in the N plot).
     """
     groups: dict[tuple, list[PointResult]] = defaultdict(list)
+    swept_m = _on_m_curves(results) if vary != "M" else set()     # the decode plots' points: not an N or H curve
     for r in results:
-        if r.status != "skipped":
+        if r.status != "skipped" and id(r) not in swept_m:
             groups[_parts(r, vary)].append(r)
     curves = {k for k, v in groups.items() if len({getattr(r, vary) for r in v}) > 1}
     settings = {k[1:] for k in curves}                            # a curve's settings, backend aside
     return {k: sorted(v, key=lambda r: getattr(r, vary)) for k, v in sorted(groups.items())
             if not curves or k[1:] in settings}
+
+
+def _on_m_curves(results: list[PointResult]) -> set[int]:
+    """ids of the records on a curve along M (N fixed, the cache length swept: --kv-lens, --decode)."""
+    by_m: dict[tuple, list[PointResult]] = defaultdict(list)
+    for r in results:
+        if r.status != "skipped":
+            by_m[_parts(r, "M")].append(r)
+    return {id(r) for rs in by_m.values() if len({r.M for r in rs}) > 1 for r in rs}
 
 
 def short_labels(keys) -> tuple[dict[tuple, str], str]:
@@ -120,7 +136,8 @@ def _draw(results, vary: str, value, *, title: str, ylabel: str, note: str, erro
     else:
         ax.set_yscale(yscale)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0) if percent else _PLAIN)
-    ax.set(xlabel={"N": "N (query length; M = N unless --kv-len)", "H": "H (heads)"}[vary], ylabel=ylabel)
+    ax.set(xlabel={"N": "N (query length; M = N unless --kv-len)", "H": "H (heads)",
+                   "M": "M (keys in the KV cache)"}[vary], ylabel=ylabel)
     _finish(ax, title, shared, note)
     return _png(fig)
 
@@ -132,7 +149,7 @@ def time_vs_n(results: list[PointResult]):
                 ylabel="median time per call [ms]",
                 note="Bars: interquartile range of the timed calls (± IQR/2). Slope: least-squares fit of "
                      "log time on log N (2 = quadratic).")
-    return png or "No plot: no point was measured ok."
+    return png or "No plot: no point was measured ok on a curve along N (a sweep along M has the decode plots)."
 
 
 def memory_vs_n(results: list[PointResult]):
@@ -140,6 +157,8 @@ def memory_vs_n(results: list[PointResult]):
     ok = [r for r in results if r.status == "ok" and r.peak_bytes is not None]
     if not ok:
         return "No plot: no point was measured ok."
+    if not any(r.status == "ok" and r.peak_bytes is not None for rs in series(results, "N").values() for r in rs):
+        return "No plot: every point lies on a curve along M (see the decode plots)."
     return _memory(results)
 
 
@@ -195,9 +214,35 @@ def fraction_of_peak(results: list[PointResult]):
                 ylabel="achieved / attainable FLOP/s", yscale="linear", percent=True,
                 note="Attainable: min(measured matmul peak, measured memory bandwidth × FLOPs per byte moved).")
     if png is None:
-        return "No plot: no point has a fraction of peak (the machine's peak was not measured)."
+        return ("No plot: no point on a curve along N has a fraction of peak (the machine's peak was not measured, "
+                "or the sweep ran along M: see the decode plots).")
     return png
 
 
+def decode_points(results: list[PointResult]) -> list[PointResult]:
+    """The records of the decode regime (a few queries against a longer cache, `derived.is_decode`)."""
+    return [r for r in results if is_decode(r.N, r.M)]
+
+
+def decode_time_vs_m(results: list[PointResult]):
+    """Median time per decode call vs the cache length M, log-log, IQR as error bars."""
+    png = _draw(decode_points(results), "M", lambda r: r.time_median_s and r.time_median_s * 1e3,
+                error=lambda r: (r.time_iqr_s or 0) * 1e3 / 2, title="Decode: time per call vs cache length M",
+                ylabel="median time per call [ms]", needs_two=True,
+                note="A memory-bound step: time should grow like M (K and V are read once). "
+                     "Bars: interquartile range of the timed calls (± IQR/2).")
+    return png or f"No decode plot: no series of N <= {DECODE_MAX_N} queries measured ok at two cache lengths M."
+
+
+def decode_bandwidth_vs_m(results: list[PointResult]):
+    """Achieved bytes/s as a fraction of the machine's measured copy bandwidth vs M (the decode roofline)."""
+    png = _draw(decode_points(results), "M", lambda r: r.bandwidth_fraction, needs_two=True, yscale="linear",
+                percent=True, title="Decode: fraction of the measured memory bandwidth vs cache length M",
+                ylabel="achieved GB/s / measured copy GB/s",
+                note=f"{DECODE_BYTES}; over the machine's measured tensor-copy bandwidth (read + write).")
+    return png or "No decode plot: no decode series has a bandwidth fraction at two cache lengths M."
+
+
 PLOTS = {"time_vs_n.png": time_vs_n, "memory_vs_n.png": memory_vs_n, "time_vs_h.png": time_vs_h,
-         "fraction_of_peak.png": fraction_of_peak}
+         "fraction_of_peak.png": fraction_of_peak, "decode_time_vs_m.png": decode_time_vs_m,
+         "decode_bandwidth_vs_m.png": decode_bandwidth_vs_m}

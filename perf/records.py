@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import derived
 from .sweep import Case
 
 # implausible: measured faster than the machine's roofline allows (integrity.py); timed, never ranked.
@@ -64,6 +65,11 @@ class PointResult:
     # what the timing passed (integrity.combine): input sets rotated, timed calls checked, the first wrong one,
     # an output in memory the caller still held or in an input's memory
     integrity: dict = field(default_factory=dict)
+    # memory-bound figures (the decode regime): bytes/s over the machine's measured copy bandwidth, the bytes one
+    # cached token holds, and the KV cache's layout ("dense"; ragged and paged points say so)
+    bandwidth_fraction: float | None = None
+    kv_bytes_per_token: int | None = None
+    kv_layout: str = "dense"
     schema: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -86,7 +92,8 @@ def base_fields(case: Case) -> dict:
     """The identifying fields of a case's record."""
     p = case.problem
     return dict(key=case.key, backend=case.backend, device=case.device, dtype=p.dtype, B=p.B, H=p.H, Hkv=p.Hkv,
-                N=p.N, M=p.M, D=p.D, Dv=p.Dv, causal=p.causal, pass_=case.pass_)
+                N=p.N, M=p.M, D=p.D, Dv=p.Dv, causal=p.causal, pass_=case.pass_,
+                kv_layout=derived.kv_layout_label(p))
 
 
 def append(path: Path, result: PointResult) -> None:

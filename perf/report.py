@@ -10,7 +10,7 @@ from attnbench.reference import AttentionInputError
 
 from . import records
 from .analysis import noisy_table, slopes
-from .derived import FLOP_CONVENTION
+from .derived import DECODE_BYTES, DECODE_MAX_N, FLOP_CONVENTION, is_decode
 from .integrity import INPUT_SETS, ROOFLINE_MARGIN, SUSPICIOUS_SPEEDUP
 from .machine import describe as describe_machine
 from .machine import machine_label
@@ -45,7 +45,7 @@ def status_cell(r: PointResult) -> str:
 
 
 def points_table(results: list[PointResult]) -> list[list[str]]:
-    head = ["backend", "pass", "dtype", "B", "H", "N", "D", "causal", "status", "median ms", "IQR ms",
+    head = ["backend", "pass", "dtype", "B", "H", "N", "M", "D", "causal", "status", "median ms", "IQR ms",
             "first call ms", "peak MiB", "N² MiB", "TFLOP/s", "TFLOP/s (FA)", "GB/s", "of peak", "max err", "ok"]
     rows = [head]
     for r in results:
@@ -53,13 +53,38 @@ def points_table(results: list[PointResult]) -> list[list[str]]:
             continue
         ms = lambda s: None if s is None else s * 1e3  # noqa: E731
         mib = lambda b: None if b is None else b / 2 ** 20  # noqa: E731
-        rows.append([r.backend, r.pass_, r.dtype, str(r.B), str(r.H), str(r.N), str(r.D), r.causal or "-",
+        rows.append([r.backend, r.pass_, r.dtype, str(r.B), str(r.H), str(r.N), str(r.M), str(r.D), r.causal or "-",
                      status_cell(r), _fmt(ms(r.time_median_s)),
                      _fmt(ms(r.time_iqr_s), ".2g"), _fmt(ms(r.first_call_s)), _fmt(mib(r.peak_bytes)),
                      _fmt(mib(r.predicted_pattern_bytes)), _fmt(r.tflops), _fmt(r.tflops_fa2), _fmt(r.gbps),
                      _fmt(r.fraction_of_peak, ".1%"), _fmt(r.error_vs_ref, ".1e"),
                      {True: "yes", False: "NO", None: "-"}[r.accurate]])
     return rows
+
+
+def decode_table(results: list[PointResult]) -> list[list[str]]:
+    """Rows (header first) of the decode points (N <= DECODE_MAX_N against a longer cache): time, GB/s, the
+    fraction of the machine's measured copy bandwidth, and the bytes one cached token holds."""
+    rows = [["backend", "KV layout", "dtype", "B", "H", "Hkv", "N", "M", "D", "status", "median ms", "GB/s",
+             "of measured bandwidth", "KV bytes/token", "ok"]]
+    for r in results:
+        if r.status == "skipped" or not is_decode(r.N, r.M):
+            continue
+        rows.append([r.backend, r.kv_layout, r.dtype, str(r.B), str(r.H), str(r.Hkv), str(r.N), str(r.M), str(r.D),
+                     status_cell(r), _fmt(r.time_median_s and r.time_median_s * 1e3), _fmt(r.gbps),
+                     _fmt(r.bandwidth_fraction, ".1%"), _fmt(r.kv_bytes_per_token, "d"),
+                     {True: "yes", False: "NO", None: "-"}[r.accurate]])
+    return rows
+
+
+def _decode_section(results: list[PointResult]) -> list[tuple[str, list[list[str]]]]:
+    """The decode regime's table, where the run has decode points (none otherwise)."""
+    rows = decode_table(results)
+    if len(rows) < 2:
+        return []
+    peak = _machine(results).get("peak_bandwidth")
+    return [(f"Decode regime (N <= {DECODE_MAX_N} against M cached keys): GB/s against the measured bandwidth "
+             f"({_fmt(peak and peak / 1e9)} GB/s)", rows)]
 
 
 def slopes_table(results: list[PointResult]) -> list[list[str]]:
@@ -121,8 +146,10 @@ def _method(device: str) -> str:
             f"{FLOP_CONVENTION} Bytes are the minimum a "
             "perfect kernel moves (q, k, v, o, plus dO, dQ, dK, dV for fwd+bwd); fraction of peak is "
             "achieved FLOP/s over min(measured matmul peak, measured bandwidth × FLOPs/byte). N² MiB is "
-            "the predicted B·H·N·M pattern in the dtype. Accuracy: `check_forward` at the point's own N "
-            "and M (every row up to 512 x 512, else rows sampled where tiles break, float64 reference), and in "
+            f"the predicted B·H·N·M pattern in the dtype. Decode points (N <= {DECODE_MAX_N} < M) are memory-bound: "
+            f"{DECODE_BYTES}; their bandwidth fraction is GB/s over the machine's measured copy bandwidth. "
+            "Accuracy: `check_forward` at the point's own N and M (every row up to 512 x 512, else rows sampled "
+            "where tiles break, float64 reference), and in "
             "every process the first, a middle and the last timed call, the timed calls rotating among "
             f"{INPUT_SETS} input sets, against the row-sampled reference of the set each was given. A point "
             f"faster than {ROOFLINE_MARGIN:g}x the measured roofline is implausible; one more than "
@@ -151,7 +178,8 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
     if len(groups) > 1:                                          # never mix machines in one table or fit
         per_machine = []
         for label, rs in groups.items():
-            per_machine += [(f"Machine {label}", _machine_text(_machine(rs))), (f"Points on {label}", points_table(rs)),
+            per_machine += [(f"Machine {label}", _machine_text(_machine(rs))), *_decode_section(rs),
+                            (f"Points on {label}", points_table(rs)),
                             (f"Fitted slopes on {label}", slopes_table(rs)),
                             (f"Noisy points on {label}", noisy_table(rs))]
         device = _machine(results).get("device", "cpu")
@@ -161,7 +189,7 @@ def _sections(results: list[PointResult]) -> list[tuple[str, list[list[str]] | s
     device = m.get("device", "cpu")
     machine = _machine_text(m)
     return [*_verdicts(results), ("Machine", machine), ("How it was measured", _method(device)),
-            ("Points", points_table(results)),
+            *_decode_section(results), ("Points", points_table(results)),
             ("Fitted slopes (log-log vs N) and largest N reached", slopes_table(results)),
             ("Noisy points (timings not to be trusted)", noisy_table(results)),
             ("Skipped (not declared by the backend)", skipped_table(results))]

@@ -65,7 +65,8 @@ def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResu
         attainable = peak and derived.attainable_flops(flop_count, byte_count, peak, machine["peak_bandwidth"])
         extra = dict(tflops=flop_count / t / 1e12, gbps=byte_count / t / 1e9,
                      tflops_fa2=derived.flops_fa2(p, case.pass_) / t / 1e12,
-                     fraction_of_peak=attainable and flop_count / t / attainable)
+                     fraction_of_peak=attainable and flop_count / t / attainable,
+                     bandwidth_fraction=derived.bandwidth_fraction(byte_count, t, machine.get("peak_bandwidth")))
         impossible = attainable and integrity.implausible_reason(flop_count, t, attainable)
         if impossible:
             status, fields = "implausible", {**fields, "message": "; ".join(filter(None, [impossible,
@@ -76,6 +77,7 @@ def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResu
     measured["samples"] = tuple(measured.get("samples", ()))
     return PointResult(**records.base_fields(case), status=status, flops=flop_count, bytes_moved=byte_count,
                        predicted_pattern_bytes=derived.predicted_pattern_bytes(p), machine=machine,
+                       kv_bytes_per_token=derived.kv_bytes_per_token(p),
                        **measured, **extra)
 
 

@@ -88,7 +88,9 @@ def fastest_rows(results: list[PointResult]) -> list[list[str]]:
         nxt = (f"{ranked[1].backend} ({ranked[1].time_median_s / best.time_median_s:.2f}x)"
                if len(ranked) > 1 else "-")
         name = best.backend + (f" ({marked[best.key]})" if best.key in marked else "")
-        rows.append([*map(str, size[:7]), name, f"{best.time_median_s * 1e3:.3g}", nxt, evidence(ranked)])
+        n, m = size[6], size[7]                  # M shown where it is not N (a decode sweep: N fixed, M swept)
+        rows.append([*map(str, size[:6]), str(n) if n == m else f"{n}, M {m}", name, f"{best.time_median_s * 1e3:.3g}",
+                     nxt, evidence(ranked)])
     return rows
 
 

@@ -72,10 +72,19 @@ class SweepSpec:
     plugins: tuple[str, ...] = field(default=())
     heads_at_n: int | None = None
     mods: tuple = ()            # modifications every problem carries (`attnbench.reference.mods`): --mods
+    # The decode regime (--decode): M swept over kv_lens at each (small) N of seq_lens, M fastest-varying;
+    # kv_heads: Hkv of every point (None: H, no grouping).
+    kv_lens: tuple[int, ...] | None = None
+    kv_heads: int | None = None
 
     def problems(self) -> list[Problem]:
-        """Every Problem of the grid, N fastest-varying so a backend's curve is measured together."""
+        """Every Problem of the grid, N (or, with kv_lens, M) fastest-varying so a backend's curve is measured
+        together."""
         rest = (self.head_dims, self.dtypes, self.causal)
+        if self.kv_lens is not None:
+            grid = itertools.product(self.batch, self.heads, *rest, self.seq_lens, self.kv_lens)
+            return [Problem(B=b, H=h, Hkv=self.kv_heads or h, D=d, dtype=dt, causal=c, N=n, M=m, mods=self.mods)
+                    for b, h, d, dt, c, n, m in grid]
         if self.heads_at_n is None:
             grid = list(itertools.product(self.batch, self.heads, *rest, self.seq_lens))
         else:

@@ -31,7 +31,7 @@ import signal
 import sys
 
 from . import integrity, replicates
-from .machine import fingerprint
+from .machine import fingerprint, with_cached_bandwidth
 from .measure import MeasureOptions, measure_case, set_cpu_cap
 from .settings import LONG_POINT_TIMEOUT_S
 from .sweep import Case
@@ -69,7 +69,9 @@ def _child(case_json: str, options: dict, caps: dict | None, conn, placement: di
         _apply_placement(placement)
         if caps is not None:
             _reuse_capabilities(case, caps)
-        machine = fingerprint(case.device)       # before the memory cap: naming the CPU spawns `uname -p`
+        # before the memory cap: naming the CPU spawns `uname -p`. The copy bandwidth this machine measured
+        # (peaks.json), so a point measured elsewhere (Ray) still has its bandwidth fraction.
+        machine = with_cached_bandwidth(fingerprint(case.device))
         fields = measure_case(case, _options(options), check_accuracy=check_accuracy)
         conn.send(("ok", {**fields, "machine": machine}))
     except BaseException as exc:  # noqa: BLE001 - every failure is a recorded status

@@ -99,13 +99,19 @@ def sdpa(q, k, v, *, mask=None, causal=None, scale=None, mods=(), return_weights
     return (out, *extras) if extras else out
 
 
-def sdpa_backward(q, k, v, grad_out, *, mask=None, causal=None, scale=None, mods=()):
+def sdpa_backward(q, k, v, grad_out, *, mask=None, causal=None, scale=None, mods=(), return_sink_grad=False):
     """(dQ, dK, dV) of sum(O * grad_out), grad_out (B, H, N, Dv); GQA grads summed into Hkv heads.
 
         dV = P^T dO,   dP = dO V^T,   dS = P * (dP - rowsum(dO * O)),
         dQ = scale (dS f') K,   dK = scale (dS f')^T Q
     with f' the derivative of the score modifications (softcap; 1 without). A sink adds a column of value 0 to
     the softmax: it changes P and O, and dS of the real keys keeps this form. Fully masked rows have P = 0.
+
+    return_sink_grad: also d/d(sink logit) (H,), the sinks' gradient (a problem without sinks: zeros). With
+    Z_n = exp(sink_h) + sum_m exp(S_nm), P_nm = exp(S_nm) / Z_n and P_sink,n = exp(sink_h) / Z_n = exp(sink_h -
+    lse_n): dP_nm / d sink_h = -P_nm P_sink,n, so dO_n / d sink_h = -P_sink,n O_n and
+
+        d sink_h = -sum_{b, n} P_sink,bhn rowsum(dO * O)_bhn        (a row that sees no key: O = 0, adds 0)
     """
     q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
     mods = modifications.check(mods)
@@ -114,13 +120,21 @@ def sdpa_backward(q, k, v, grad_out, *, mask=None, causal=None, scale=None, mods
         raise AttentionInputError(f"grad_out: expected shape {(B, H, N, Dv)}, got {g.shape}")
     qg, gg = group_queries(q, Hkv), group_queries(g, Hkv)                   # (B, Hkv, G, N, .)
     s, factor = full_scores(q, k, mask, causal, scale, mods, with_grad=True)
-    p, _ = softmax_with_sink(s, _sink(mods, (B, H, Hkv, N, M, D, Dv)))
+    sink = _sink(mods, (B, H, Hkv, N, M, D, Dv))
+    p, lse = softmax_with_sink(s, sink)
     out = np.einsum("bkgnm,bkme->bkgne", p, v)
     dv = np.einsum("bkgnm,bkgne->bkme", p, gg)                             # (B, Hkv, M, Dv)
     dp = np.einsum("bkgne,bkme->bkgnm", gg, v)
-    ds = p * (dp - np.sum(gg * out, axis=-1, keepdims=True))
+    delta = np.sum(gg * out, axis=-1)                                      # (B, Hkv, G, N)
+    ds = p * (dp - delta[..., None])
     if factor is not None:
         ds = ds * np.where(p > 0, factor, 0.0)                             # hidden keys: P = 0, factor unused
     dq = ungroup(scale * np.einsum("bkgnm,bkmd->bkgnd", ds, k))            # (B, H, N, D)
     dk = scale * np.einsum("bkgnm,bkgnd->bkmd", ds, qg)                     # (B, Hkv, M, D)
-    return dq, dk, dv
+    if not return_sink_grad:
+        return dq, dk, dv
+    if sink is None:
+        return dq, dk, dv, np.zeros(H)
+    p_sink = np.exp(np.broadcast_to(sink, lse.shape) - lse)                # (B, Hkv, G, N)
+    dsink = -np.sum(p_sink * delta, axis=(0, 3))                           # (Hkv, G): head h at [h // G, h % G]
+    return dq, dk, dv, dsink.reshape(H)

@@ -110,3 +110,23 @@ def test_matching_nan_passes_and_shape_mismatch_fails():
     assert compare("o", np.array([1.0, np.nan]), expected, bound=1e-3, dtype="float32").passed
     assert not compare("o", np.array([1.0, 2.0]), expected, bound=1e-3, dtype="float32").passed
     assert not compare("o", np.ones(3), np.ones(2), bound=1.0, dtype="float32").passed
+
+
+def test_the_half_accumulator_cases_run_past_the_length_the_budget_derives():
+    """dK, dV (and dQ) kept in the half dtype cross the 2x-naive limit at L* (`budget.half_accumulator_length`,
+    constants measured on the naive yardstick): the CI cases sum 3x that or more, the other half cases less."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attnbench.budget import half_accumulator_length
+    from conformance.cases import BACKWARD_PROBLEMS, HALF_ACCUMULATOR
+    from conformance.mutants.twin import KEY_TILE, QUERY_TILE
+
+    dkdv = half_accumulator_length(tile=QUERY_TILE, naive_ulps=1.35, peak_to_rms=4.05, elements=3328)   # dV
+    dq = half_accumulator_length(tile=KEY_TILE, naive_ulps=3.03, peak_to_rms=3.26, elements=1664)
+    assert 2000 < dkdv < 3000 and 6000 < dq < 8000
+    assert min(p.N for p in HALF_ACCUMULATOR if p.M < 100) >= 3 * dkdv
+    assert min(p.M for p in HALF_ACCUMULATOR if p.N < 100) >= 4 * dq
+    others = [p for p in BACKWARD_PROBLEMS if p not in HALF_ACCUMULATOR and p.dtype in ("float16", "bfloat16")]
+    assert max(p.N for p in others) < dkdv and max(p.M for p in others) < dq

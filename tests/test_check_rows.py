@@ -128,6 +128,51 @@ def test_the_row_bound_equals_the_budget_bound_on_every_row():
         np.testing.assert_allclose(got_lse, lse_bound(x.q, x.k, lse, bias, scale, p.dtype), rtol=1e-9, atol=0)
 
 
+def test_the_backward_row_scales_equal_the_full_checks_on_every_row():
+    """A declared precision's backward bound on sampled rows is built from the same sums as at full size."""
+    from attnbench.check import RowSample, backward_reference, row_gradient_scales
+    from attnbench.problem import make_grad_out, make_inputs
+    from attnbench.reference.mods import Alibi, Softcap, Window
+
+    for p in (Problem(B=2, H=4, Hkv=2, N=37, M=53, D=8, Dv=5, mask="per_head", causal="bottom_right",
+                      dtype="float16", seed=3),
+              Problem(B=1, H=4, Hkv=2, N=30, M=41, D=8, dtype="bfloat16", mods=(Softcap(5.0), Alibi("batch"),
+                                                                                   Window(9, 2)), seed=4),
+              Problem(B=1, H=2, N=40, M=40, D=8, mask="fully_masked", dtype="float32")):
+        x, g = make_inputs(p), make_grad_out(p)
+        full = backward_reference(x, p, g, RowSample())
+        rows = row_gradient_scales(x, p, g, full.expected, np.arange(p.N), np.arange(p.M))
+        for want, got in zip(full.scales, rows):
+            np.testing.assert_allclose([getattr(got, f) for f in want.__dataclass_fields__],
+                                       [getattr(want, f) for f in want.__dataclass_fields__], rtol=1e-9, atol=1e-300)
+
+
+def test_a_row_sampled_backward_holds_a_declared_precision_to_its_bound():
+    from attnbench.check import check_backward
+    from conformance.mutants import make_backend
+
+    p = Problem(B=1, H=2, N=1025, M=300, D=16, dtype="float16", seed=5)        # N M > 512 x 512: rows sampled
+    verdicts = check_backward(make_backend("twin"), p)
+    assert not verdicts.rows.full and all(v.passed for v in verdicts), "\n".join(v.describe() for v in verdicts)
+    assert all(v.model_units is not None for v in verdicts[1:])
+
+
+def test_a_half_precision_gradient_accumulator_fails_the_naive_rule_at_the_derived_length():
+    """Without a declared precision (condition 2 alone): dK, dV kept in float16 fail at N = 8193 against 64 keys,
+    dQ kept in bfloat16 at 32769 keys (`budget.half_accumulator_length`, `conformance/cases.py`)."""
+    from conformance.cases import HALF_ACCUMULATOR
+    from conformance.mutants import make_backend
+
+    for name, problem, caught in (("dkdv_half_accumulator", HALF_ACCUMULATOR[0], {"dk", "dv"}),
+                                  ("dq_half_accumulator", HALF_ACCUMULATOR[2], {"dq"})):
+        backend = make_backend(name)
+        backend.caps = backend.caps.replace(precision=())                   # declares nothing
+        verdicts = check_backward(backend, problem)
+        failed = {v.name for v in verdicts if not v.passed}
+        assert failed == caught, "\n".join(v.describe() for v in verdicts)
+        assert all("worse than 2x the naive" in v.reason for v in verdicts if not v.passed)
+
+
 def test_perf_accuracy_is_checked_at_the_points_own_length():
     """A kernel wrong only beyond key 256 is inaccurate at N = M = 8192 in perf (no shrunk copy hides it)."""
     from attnbench.perf.measure import accuracy

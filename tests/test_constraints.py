@@ -13,7 +13,7 @@ from conformance.strategies import problems
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tests" / "plugins" / "narrow_plugin.py"
 NARROW = Capabilities(dtypes=("float16",), seq_multiple=128, head_dim_choices=(64, 128), same_length=True,
-                      max_seq_by_dtype=(("float16", 512),))
+                      max_seq_by_dtype=(("float16", 512),), max_batch_heads=64)
 
 
 @settings(max_examples=50, deadline=None)
@@ -27,6 +27,7 @@ def test_drawn_problems_stay_inside_the_declared_constraints(problem):
     (dict(D=80, Dv=80), "not one of 64, 128"),
     (dict(M=256), "N = M only"),
     (dict(N=640, M=640), "above max 512 in float16"),
+    (dict(B=16, H=8), "B * H = 128 above max 64"),
 ])
 def test_a_problem_outside_a_constraint_is_refused_with_the_reason(change, words):
     from attnbench.problem import Problem

@@ -12,16 +12,19 @@ from attnbench.reference import AttentionInputError
 from attnbench.reference.mods import Alibi, Sinks, Softcap, Window
 from attnbench.reference.mods.alibi import geometric_slopes
 from attnbench.reference.mods.document import Document
+from attnbench.reference.mods.prefix_lm import PrefixLM
 
 
 def _bound(mods, B, H, seed=0, N=9, M=13):
     return tuple(m.bind(Problem(B=B, H=H, N=N, M=M, D=1), np.random.default_rng(seed)) for m in mods)
 
 
-def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, causal=None, documents=None):
+def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, causal=None, documents=None,
+                prefix=None):
     """O (B, H, N, Dv) from the definitions as the kernels' docs state them, one (query, key) at a time: FlashAttention's
     window [i + M - N - left, i + M - N + right], softcap cap tanh(s / cap) of the scaled score, ALiBi
-    -slope |i + M - N - j| added after it, a sink logit in the denominator. No shared code with the reference."""
+    -slope |i + M - N - j| added after it, a sink logit in the denominator, attention-gym's prefix-LM
+    `kv_idx < prefix or q_idx >= kv_idx` with q_idx the key position i + M - N. No shared code with the reference."""
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     out = np.zeros((B, H, N, v.shape[-1]))
@@ -34,6 +37,8 @@ def _by_element(q, k, v, *, window=None, softcap=None, slopes=None, sinks=None, 
                     if causal == "bottom_right" and j > i + M - N:
                         continue
                     if documents is not None and documents[b, max(i + M - N, 0)] != documents[b, j]:
+                        continue
+                    if prefix is not None and not (j < prefix or i + M - N >= j):
                         continue
                     if window is not None:
                         left, right = window
@@ -71,6 +76,10 @@ def qkv():
     ((Sinks(),), dict()),
     ((Softcap(2.0), Alibi("batch"), Window(4, 0), Sinks()), dict(softcap=2.0, window=(4, 0))),
     ((Document(3),), dict()),
+    ((PrefixLM(6),), dict(prefix=6)),                  # queries 0..1 in the prefix (key positions 4, 5), N < M
+    ((PrefixLM(0),), dict(prefix=0)),                  # bottom-right causal
+    ((PrefixLM(20),), dict(prefix=20)),                # past M: bidirectional
+    ((Softcap(2.0), Window(3, 2), PrefixLM(7), Sinks()), dict(softcap=2.0, window=(3, 2), prefix=7)),
 ])
 def test_reference_matches_the_published_definitions(qkv, mods, definition):
     q, k, v = qkv
@@ -82,7 +91,7 @@ def test_reference_matches_the_published_definitions(qkv, mods, definition):
             definition = {**definition, "sinks": m.logits}
         if isinstance(m, Document):
             definition = {**definition, "documents": m.ids}
-    for causal in (None, "bottom_right"):
+    for causal in (None,) if "prefix" in definition else (None, "bottom_right"):    # prefix-LM refuses causal
         np.testing.assert_allclose(reference.sdpa(q, k, v, mods=bound, causal=causal),
                                    _by_element(q, k, v, causal=causal, **definition), rtol=1e-12, atol=1e-12)
 
@@ -154,6 +163,30 @@ def test_backward_matches_finite_differences_through_every_modification(qkv):
         assert abs(numeric - grad[index]) < 1e-6 * max(1.0, abs(numeric)), (name, numeric, grad[index])
 
 
+def test_sink_gradient_matches_finite_differences_in_float64(qkv):
+    """d sink_h = -sum_n P_sink,n rowsum(dO O)_n (`reference.sdpa_backward`), against central differences of
+    sum(O dO) in each head's sink logit, through GQA, a softcap, ALiBi, a window and rows that see no key."""
+    q, k, v = qkv
+    g = np.random.default_rng(7).standard_normal((2, 4, 9, 3))
+    mods = _bound((Softcap(2.5), Alibi("batch"), Window(1, 0), Sinks()), 2, 4)
+    mask = np.ones((1, 1, 9, 13), dtype=bool)
+    mask[..., 3, :] = False                                            # row 3 sees nothing: O = 0, adds 0
+    *_, dsink = reference.sdpa_backward(q, k, v, g, mods=mods, mask=mask, return_sink_grad=True)
+    eps = 1e-6
+    for h in range(4):
+        loss = []
+        for step in (eps, -eps):
+            logits = mods[-1].logits.astype(np.float64).copy()
+            logits[h] += step
+            moved = mods[:-1] + (Sinks(logits),)
+            loss.append(np.sum(reference.sdpa(q, k, v, mods=moved, mask=mask) * g))
+        numeric = (loss[0] - loss[1]) / (2 * eps)
+        assert abs(numeric - dsink[h]) < 1e-7 * max(1.0, abs(numeric)), (h, numeric, dsink[h])
+    assert np.all(dsink != 0)
+    *_, none = reference.sdpa_backward(q, k, v, g, return_sink_grad=True)
+    assert np.array_equal(none, np.zeros(4))
+
+
 def test_spec_round_trips_and_keeps_the_order():
     spec = "B=2,H=4,Hkv=2,N=97,M=113,D=64,dtype=float16,causal=bottom_right,alibi=batch,softcap=30,window=256:0,sinks=1"
     problem = Problem.parse(spec)
@@ -172,6 +205,9 @@ def test_spec_round_trips_and_keeps_the_order():
     ("N=8,blur=3", "expected key=value with key in"),
     ("N=8,document=0", "document: expected a count of documents >= 1"),
     ("N=8,M=3,document=4", "4 documents need M >= 4"),
+    ("N=8,prefix_lm=-1", "prefix_lm: expected a prefix length >= 0"),
+    ("N=8,prefix_lm=x", "prefix_lm: expected a prefix length"),
+    ("N=8,causal=bottom_right,prefix_lm=4", "prefix_lm=4: is causal past its prefix already; drop causal"),
 ])
 def test_bad_modification_specs_are_one_line_errors(spec, words):
     with pytest.raises(AttentionInputError, match=words) as err:
@@ -214,3 +250,47 @@ def test_document_boundaries_sit_on_tile_edges_and_differ_per_batch():
     bounds = Document(4).boundaries(3, 1000)
     assert bounds[0].tolist() == [240, 496, 736] and bounds[1].tolist() == [241, 497, 737]
     assert (np.diff(Document(5).boundaries(2, 6), axis=1) > 0).all()            # stays increasing when M is small
+
+
+def test_prefix_lm_is_attention_gyms_mask_when_n_equals_m_and_bottom_right_otherwise():
+    """N = M: exactly `or_masks(kv_idx < P, q_idx >= kv_idx)`; N > M: the first N - M queries (before the first key)
+    see the prefix alone; a decode step sees every key. Keys are one-hot in V, so O is the visible set's weights."""
+    for n, m, prefix in ((7, 7, 3), (9, 5, 2), (1, 6, 2)):
+        q, k, v = np.zeros((1, 1, n, 2)), np.zeros((1, 1, m, 2)), np.eye(m)[None, None]
+        got = reference.sdpa(q, k, v, mods=(PrefixLM(prefix),))[0, 0] > 0
+        i, j = np.arange(n)[:, None], np.arange(m)[None, :]
+        want = (j < prefix) | (j <= i + m - n)
+        assert np.array_equal(got, want), (n, m, prefix)
+        if n == m:
+            assert np.array_equal(got, (j < prefix) | (i >= j))
+
+
+def test_prefix_lm_visible_range_holds_every_visible_key():
+    """The tile-skipping range never cuts a visible key (and is tight at the last query of each range)."""
+    from attnbench.reference.mods.base import Block
+
+    for n, m, prefix in ((80, 100, 45), (100, 80, 5), (16, 16, 40)):
+        mod = PrefixLM(prefix)
+        keep = mod.keep(Block(np.arange(n), np.arange(m), n, m, 1, 1))
+        for lo, hi in ((0, 15), (16, 31), (n - 7, n - 1)):
+            first, last = mod.visible_range(lo, hi, n, m)
+            cols = np.flatnonzero(keep[lo:hi + 1].any(axis=0))
+            assert cols.size == 0 or (first <= cols.min() and cols.max() == last)
+
+
+def test_a_sink_gradient_is_judged_where_declared_and_a_wrong_one_fails():
+    """torch_eager, torch_blockwise and the twin return d sink (sink_grad) and pass its verdict; a sign slip fails."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attnbench.check import check_backward
+    from attnbench.implementations import get_backend
+    from conformance.mutants import make_backend
+
+    problem = Problem.parse("B=2,H=4,Hkv=2,N=17,M=23,D=16,dtype=float32,sinks=1,softcap=5")
+    for backend in (get_backend("torch_eager"), get_backend("torch_blockwise"), make_backend("twin")):
+        verdicts = check_backward(backend, problem)
+        assert [v.name for v in verdicts if v.name == "dsink"] == ["dsink"] and all(v.passed for v in verdicts)
+    wrong = {v.name: v for v in check_backward(make_backend("sink_grad_sign_flipped"), problem)}
+    assert not wrong["dsink"].passed and wrong["dq"].passed

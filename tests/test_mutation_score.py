@@ -1,11 +1,13 @@
-"""Mutation testing of the conformance suite: it must fail every mutant and pass their correct twin.
+"""Mutation testing of the conformance suite: it must fail every mutant and pass their correct twins.
 
 Each mutant (`conformance/mutants`) is the correct blockwise twin with one
 realistic bug. For each, `pytest conformance -x --mutant NAME` runs in a
-subprocess (as many at a time as this process's share of the cores); exit code 1 means a test
-caught the bug ("killed"), 0 means the whole suite passed it (a survivor, i.e.
-a hole in the suite: strengthen the cases, never delete the mutant). The table
-printed with `pytest -s` names the test that killed each mutant.
+subprocess; exit code 1 means a test caught the bug ("killed"), 0 means the
+whole suite passed it (a survivor, i.e. a hole in the suite: strengthen the
+cases, never delete the mutant). Each twin and each mutant is its own test, so
+pytest-xdist spreads the runs over every worker (one serial test was CI's
+critical path), and a failure names the survivor. The score, with the test that
+killed each mutant, is printed in the terminal summary by the root conftest.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import re
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,6 @@ if str(ROOT) not in sys.path:         # conformance/ is the repo's test suite, n
     sys.path.insert(0, str(ROOT))
 
 from conformance.mutants import MUTANTS, TWINS  # noqa: E402
-
-
-def side_by_side() -> int:
-    """Suite runs at once: the cores this process may use, shared with the other pytest-xdist workers."""
-    xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, len(os.sched_getaffinity(0)) // xdist_workers)
 
 
 KILLED, PASSED = 1, 0          # pytest exit codes; anything else (usage, collection error) is a broken run
@@ -53,7 +48,7 @@ def run_suite(mutant: str, *pytest_args: str, paths=("conformance",)) -> Outcome
     cmd = [sys.executable, "-m", "pytest", *paths, "-q", "-x", "-p", "no:cacheprovider",
            "--mutant", mutant, *pytest_args]
     start = time.perf_counter()
-    # One thread per run: the runs side by side already fill the cores; more threads only contend.
+    # One thread per run: pytest-xdist's workers already fill the cores; more threads only contend.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
@@ -62,39 +57,42 @@ def run_suite(mutant: str, *pytest_args: str, paths=("conformance",)) -> Outcome
                    output[-3000:])
 
 
-def run_all(names, *pytest_args: str) -> list[Outcome]:
-    with ThreadPoolExecutor(side_by_side()) as pool:
-        return list(pool.map(lambda name: run_suite(name, *pytest_args), names))
-
-
 def survivors(outcomes: list[Outcome]) -> list[str]:
     return [o.mutant for o in outcomes if o.returncode == PASSED]
 
 
+def score_line(o: Outcome) -> str:
+    """One mutant's line of the score: killed or SURVIVED, by which test, in how long."""
+    verdict = {KILLED: "killed", PASSED: "SURVIVED"}.get(o.returncode, f"BROKEN RUN (exit {o.returncode})")
+    return f"  {o.mutant:28s} {verdict:9s} {o.seconds:5.1f}s  {o.killer or ''}"
+
+
 def score_table(outcomes: list[Outcome]) -> str:
-    """The mutation score, then one line per mutant: killed or SURVIVED, by which test, in how long."""
+    """The mutation score, then one line per mutant."""
     killed = sum(o.returncode == KILLED for o in outcomes)
-    lines = [f"mutation score: {killed}/{len(outcomes)} killed"]
-    for o in sorted(outcomes, key=lambda o: o.mutant):
-        verdict = {KILLED: "killed", PASSED: "SURVIVED"}.get(o.returncode, f"BROKEN RUN (exit {o.returncode})")
-        lines.append(f"  {o.mutant:28s} {verdict:9s} {o.seconds:5.1f}s  {o.killer or ''}")
-    return "\n".join(lines)
+    return "\n".join([f"mutation score: {killed}/{len(outcomes)} killed",
+                      *(score_line(o) for o in sorted(outcomes, key=lambda o: o.mutant))])
 
 
 @pytest.mark.starts_first
-def test_suite_passes_the_twins_and_kills_every_mutant(record_property):
-    outcomes = run_all([*TWINS, *sorted(MUTANTS)])
-    twins, mutants = outcomes[:len(TWINS)], outcomes[len(TWINS):]
-    # The score belongs in every CI log, not only in failures: the root conftest prints this property in the
+@pytest.mark.parametrize("twin", sorted(TWINS))
+def test_the_suite_passes_the_correct_twin(twin):
+    """The plain twin, and one rounding P to the input dtype as FlashAttention does: no false alarm."""
+    outcome = run_suite(twin)
+    assert outcome.returncode == PASSED, f"the correct {twin} must pass the suite:\n{outcome.tail}"
+    # Mutants share the twin's capabilities, so a case the twin skips is one no mutant is ever checked on.
+    assert "skipped" not in outcome.tail, f"{twin} must run every case:\n{outcome.tail}"
+
+
+@pytest.mark.starts_first
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_the_suite_kills_the_mutant(mutant, record_property):
+    outcome = run_suite(mutant)
+    # The score belongs in every CI log, not only in failures: the root conftest gathers these lines into the
     # terminal summary, which works under pytest-xdist too (a worker's stdout never reaches the log).
-    record_property("summary", score_table(mutants))
-    for twin in twins:     # the plain twin, and one rounding P to the input dtype as FlashAttention does
-        assert twin.returncode == PASSED, f"the correct {twin.mutant} must pass the suite:\n{twin.tail}"
-        # Mutants share the twin's capabilities, so a case the twin skips is one no mutant is ever checked on.
-        assert "skipped" not in twin.tail, f"{twin.mutant} must run every case:\n{twin.tail}"
-    broken = [o for o in mutants if o.returncode not in (KILLED, PASSED)]
-    assert not broken, "runs that neither passed nor failed a test:\n" + "\n".join(o.tail for o in broken)
-    assert not survivors(mutants), f"the suite lets these mutants pass: {survivors(mutants)}\n{score_table(mutants)}"
+    record_property("mutation", score_line(outcome))
+    assert outcome.returncode in (KILLED, PASSED), f"{mutant}: neither passed nor failed a test:\n{outcome.tail}"
+    assert outcome.returncode == KILLED, f"the suite lets {mutant} pass (a hole in the suite):\n{outcome.tail}"
 
 
 def test_meta_test_reports_a_survivor_when_the_suite_cannot_see_the_bug():

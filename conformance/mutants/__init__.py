@@ -19,7 +19,7 @@ def _name(cls) -> str:
 
 
 MUTANTS = {_name(c): c for c in vars(mutants).values()
-           if isinstance(c, type) and issubclass(c, BlockwiseTwin) and c is not BlockwiseTwin}
+           if isinstance(c, type) and issubclass(c, BlockwiseTwin) and c.__module__ == mutants.__name__}
 
 
 def make_backend(name: str) -> BlockwiseTwin:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .twin import KEY_TILE, NEG_INF, BlockwiseTwin
+from .twin import KEY_TILE, NEG_INF, QUERY_TILE, BlockwiseTwin, TiledBackwardTwin
 
 
 class MeanV(BlockwiseTwin):
@@ -272,6 +272,27 @@ class StatisticsInInputDtype(BlockwiseTwin):
         return m, l.to(self.io_dtype).to(l.dtype), acc
 
 
+# --- the half-precision accumulator class in the backward: a hand-written backward (`TiledBackwardTwin`) -----------
+
+class DkDvHalfAccumulator(TiledBackwardTwin):
+    """dkdv_half_accumulator: keeps each key tile's dK and dV accumulators in the half input dtype, rounding them
+    after every query tile's share (QUERY_TILE queries) is added: error grows with N (see `budget`)."""
+
+    def sum_query_tiles(self, parts):
+        total = torch.zeros_like(parts[:, :, 0])
+        for i in range(parts.shape[2]):
+            total = (total + parts[:, :, i]).to(self.half_dtype(parts)).to(parts.dtype)
+        return total
+
+
+class DqHalfAccumulator(TiledBackwardTwin):
+    """dq_half_accumulator: keeps the dQ accumulator in the half input dtype, rounding it after every key tile's
+    share (KEY_TILE keys) is added: error grows with M (see `budget`)."""
+
+    def accumulate_dq(self, dq, part):
+        return (dq + part).to(self.half_dtype(dq)).to(dq.dtype)
+
+
 LOST_TILE_ROWS, LOST_TILE_WORKERS = 64, 1000
 
 
@@ -358,3 +379,68 @@ class DocumentLeaksAcrossBoundary(BlockwiseTwin):
         previous = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)          # key j counted in document ids[j + 1]
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return keep | (ids[:, position][:, :, None] == previous[:, None, :])[:, None]
+
+
+# --- split-KV (flash-decoding): the combine of the chunks' partials ------------------------------------------------
+
+class SplitCombineNoRescale(BlockwiseTwin):
+    """split_combine_no_rescale: split-KV combine that averages the chunks' partial outputs, leaving out the
+    exp(lse_s - lse) rescale (each chunk weighed alike, whatever share of the softmax mass its keys hold)."""
+
+    def combine(self, parts, sink):
+        _, lse = super().combine(parts, sink)
+        seen = [(o, (l > NEG_INF).to(o.dtype)[..., None]) for o, l in parts]
+        count = sum(s for _, s in seen)
+        return sum(o * s for o, s in seen) / count.clamp_min(1), lse
+
+
+class SinkPerSplit(BlockwiseTwin):
+    """sink_per_split: split-KV where every chunk starts from the sink's state (sink, 1), so the sink joins the
+    denominator once per chunk (and once more in the combine) instead of once."""
+
+    def chunk_start(self, m, l):
+        return self.sink_state(m, l) if self.mods.sinks is not None else (m, l)
+
+
+# --- KV layouts (`attnbench.reference.layouts`, read by `implementations/kv_torch.py`): one class of bug each --------
+
+class PagedIgnoresBlockTable(BlockwiseTwin):
+    """paged_ignores_block_table: reads sequence b's pages as if stored in order (page b * max_pages + t //
+    page_size, the pool before it was permuted) instead of through the block table."""
+
+    def key_slots(self, layout, geometry, b, t):
+        if layout.key != "paged":
+            return super().key_slots(layout, geometry, b, t)
+        page = (b * geometry.block_table.shape[1] + t // layout.page_size) % geometry.num_pages
+        return page * layout.page_size + t % layout.page_size
+
+
+class RaggedKeysShifted(BlockwiseTwin):
+    """ragged_keys_shifted: sequence b's keys start one row late (cu_seqlens_k[b] + 1): it loses its first key
+    and sees the next sequence's first one."""
+
+    def key_slots(self, layout, geometry, b, t):
+        slots = super().key_slots(layout, geometry, b, t)
+        return (slots + 1).clamp(max=geometry.slots - 1) if layout.key == "ragged" else slots
+
+
+class AppendOffByOne(BlockwiseTwin):
+    """append_off_by_one: writes the new keys at cache_seqlens[b] - 1, over the cache's last key, leaving the
+    last slot it then reads unwritten."""
+
+    def append_at(self, cache_seqlens, b):
+        return super().append_at(cache_seqlens, b) - 1
+
+
+class PrefixOffByOne(BlockwiseTwin):
+    """prefix_lm_off_by_one: the prefix reaches one key too far (j <= P), so every query sees key P."""
+
+    def prefix_keep(self, n, m, prefix, device):
+        return super().prefix_keep(n, m, prefix + 1, device)
+
+
+class SinkGradSignFlipped(BlockwiseTwin):
+    """sink_grad_sign_flipped: d sink = +sum P_sink rowsum(dO O), the minus of dP/d sink = -P P_sink dropped."""
+
+    def corrupt_sink_grad(self, dsink):
+        return -dsink

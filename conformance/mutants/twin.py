@@ -19,37 +19,65 @@ D query/key dim, Dv value dim.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from attnbench.implementations import Capabilities
+from attnbench.implementations.split_kv import num_splits_heuristic
 from attnbench.implementations.torch_mods import SUPPORTED, TorchMods
 from attnbench.precision import FLASH, FLOAT32_INTERNAL, for_half
 from attnbench.implementations._torch_common import TorchBackend
 
 KEY_TILE = 32
 NEG_INF = float("-inf")
+TWIN_WORKERS = 2 * 108          # FlashAttention's workers argument for an A100: 2 x its SMs
 
 
 class _RecordedGrad(torch.autograd.Function):
-    """Forward through `backend.blockwise` with a recorded graph; backward = autograd, then `backend.corrupt_grads`."""
+    """Forward through `backend.blockwise` with a recorded graph; backward = `backend.gradients` (autograd), then
+    `backend.corrupt_grads` (and `backend.corrupt_sink_grad` for the sink logits (H,), when they require grad)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, backend, options):
+    def forward(ctx, q, k, v, sinks, backend, options):
         with torch.enable_grad():
             leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
-            out, _ = backend.blockwise(*leaves, **options)
+            if sinks is not None and sinks.requires_grad:
+                leaves += (sinks.detach().requires_grad_(),)
+                backend.mods = replace(backend.mods, sinks=leaves[3])
+            out, lse = backend.blockwise(*leaves[:3], **options)
         # The recorded graph is kept on ctx (not save_for_backward): it is replayed by backward, and holds
         # non-tensor state (the backend) that save_for_backward cannot. It is retained because gradcheck
         # replays one forward's backward several times; it is freed with ctx.
-        ctx.graph = (out, leaves, backend, options)
+        ctx.graph = (out, lse.detach(), leaves, backend, options)
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad_out):
-        out, leaves, backend, options = ctx.graph
-        dq, dk, dv = torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+        out, lse, leaves, backend, options = ctx.graph
+        grads = backend.gradients(out, lse, leaves, grad_out, options)
+        if len(leaves) > len(grads):       # a hand-written (dQ, dK, dV): the sink logits' from the recorded graph
+            grads = (*grads, *torch.autograd.grad(out, leaves[3:], grad_out, retain_graph=True))
         scale = backend.effective_scale(leaves[0].shape[-1], options["scale"])
-        return (*backend.corrupt_grads(dq, dk, dv, scale=scale), None, None)   # no grads for backend, options
+        dsink = backend.corrupt_sink_grad(grads[3]) if len(grads) > 3 else None
+        # no grads for backend, options
+        return (*backend.corrupt_grads(*grads[:3], scale=scale), dsink, None, None)
+
+
+def _tiles(x: torch.Tensor):
+    """cols -> x[:, :, cols] for x (B, H, M, .), cut once into KEY_TILE pieces by `torch.split`: autograd then
+    gathers every tile's gradient in one concatenation, where slicing per tile makes a zero (B, H, M, .) gradient
+    for each tile (M^2 / KEY_TILE work: 9 s of the backward at M = 16,385, N = 16). A slice that is not a run
+    of whole pieces (none of the twin's or mutants' tilings) is sliced directly."""
+    pieces = x.split(KEY_TILE, dim=2)
+
+    def tile(cols: slice) -> torch.Tensor:
+        first, last = cols.start // KEY_TILE, -(-cols.stop // KEY_TILE)
+        if cols.start % KEY_TILE or min(cols.stop, x.shape[2]) != min(last * KEY_TILE, x.shape[2]):
+            return x[:, :, cols]
+        return pieces[first] if last == first + 1 else torch.cat(pieces[first:last], dim=2)
+
+    return tile
 
 
 class BlockwiseTwin(TorchBackend):
@@ -57,8 +85,12 @@ class BlockwiseTwin(TorchBackend):
 
     name = "twin"
     # Half inputs computed in float32 and rounded once: every mutant inherits the claim and is held to it.
-    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED)
+    # KV layouts read natively, one sequence at a time (`implementations/kv_torch.py`: its addressing steps,
+    # `query_span`, `key_slots`, `append_at`, are the ones the layout mutants override).
+    caps = Capabilities(grad=True, lse=True, precision=for_half(FLOAT32_INTERNAL), mods=SUPPORTED,
+                        kv_layouts=("dense", "ragged", "paged"), kv_append=True, sink_grad=True)
     mods = TorchMods()      # the call's modifications, set by `attention` for the steps below
+    num_splits: int | None = None      # split-KV chunks to force (1: never split); None: `split_count` decides
 
     # --- the steps a mutant may override -------------------------------------------------------------------------
 
@@ -132,6 +164,11 @@ class BlockwiseTwin(TorchBackend):
         position = (torch.arange(n, device=ids.device) + m - n).clamp(0, m - 1)
         return (ids[:, position][:, :, None] == ids[:, None, :])[:, None]
 
+    def prefix_keep(self, n: int, m: int, prefix: int, device):
+        """Bool (N, M): key j is in the prefix (j < P) or at or before the query's key position i + M - N."""
+        j = torch.arange(m, device=device)[None, :]
+        return (j < prefix) | (j <= torch.arange(n, device=device)[:, None] + m - n)
+
     def sink_state(self, m, l):
         """(m, l) with the sink logits (H,) as one more term of each row's denominator: (sink, 1)."""
         sinks = self.mods.sinks.to(m.dtype)[None, :, None, None].expand_as(m)
@@ -166,6 +203,15 @@ class BlockwiseTwin(TorchBackend):
         """What a hand-written backward would return; the twin's is exact."""
         return dq, dk, dv
 
+    def gradients(self, out, lse, leaves, grad_out, options):
+        """(dQ, dK, dV) in the input dtype: autograd through the recorded forward `out` (lse (B, H, N) unused; the sink logits' too
+        where they are a leaf)."""
+        return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
+    def corrupt_sink_grad(self, dsink):
+        """The sink logits' gradient (H,) a hand-written backward would return; the twin's is autograd's."""
+        return dsink
+
     # --- the algorithm -------------------------------------------------------------------------------------------
 
     def bias(self, mask, causal, B, N, M, dtype, device):
@@ -186,6 +232,10 @@ class BlockwiseTwin(TorchBackend):
             d = torch.zeros(B, 1, N, M, dtype=dtype, device=device).masked_fill(
                 ~self.document_keep(self.mods.document, N, M), NEG_INF)
             bias = d if bias is None else bias + d
+        if self.mods.prefix_lm is not None:
+            p = torch.zeros(N, M, dtype=dtype, device=device).masked_fill(
+                ~self.prefix_keep(N, M, self.mods.prefix_lm, device), NEG_INF)
+            bias = p if bias is None else bias + p
         return bias
 
     def blockwise(self, q, k, v, *, mask, causal, scale):
@@ -207,18 +257,84 @@ class BlockwiseTwin(TorchBackend):
         if self.mods.sinks is not None:
             m, l = self.sink_state(m, l)
         acc = torch.zeros(B, H, N, Dv, dtype=acc_dtype, device=q.device)
+        splits = self.split_count(B, H, N, M, D)
+        if splits > 1:
+            out, lse = self.split_forward(q, k, v, bias, scale, splits)
+            return self.round_output(out, io_dtype), lse
+        k_tile, v_tile = _tiles(k), _tiles(v)
         for cols in self.tile_order(self.key_tiles(M)):
-            s = self.scores(q, k[:, :, cols], None if bias is None else bias[..., cols], scale,
+            s = self.scores(q, k_tile(cols), None if bias is None else bias[..., cols], scale,
                             cols if self.mods.order else None)
-            m, l, acc = self.online_update(m, l, acc, s, v[:, :, cols])
+            m, l, acc = self.online_update(m, l, acc, s, v_tile(cols))
         out, lse = self.finish(m, l, acc, scale)
         return self.round_output(out, io_dtype), lse
+
+    # --- split-KV (flash-decoding): chunks of keys, a partial (O_s, lse_s) each, one combine ----------------------
+
+    def split_count(self, B: int, H: int, N: int, M: int, D: int) -> int:
+        """`num_splits` if forced, else FlashAttention-2's `num_splits_heuristic` for an A100 (108 SMs, its argument
+        2 x 108) with its blocks: B * H * ceil(N / 64) work items, ceil(M / split_block(D)) key blocks. A fixed
+        machine, so the path the twin takes does not depend on the machine running the suite."""
+        if self.num_splits is not None:
+            return self.num_splits
+        return num_splits_heuristic(B * H * -(-N // 64), TWIN_WORKERS, -(-M // self.split_block(D)))
+
+    def split_block(self, D: int) -> int:
+        """Keys per block when cutting chunks: FlashAttention-2's split-KV block_n (256 up to D 64, 128 up to 128,
+        64 above), a multiple of KEY_TILE, so a chunk is whole tiles."""
+        return 256 if D <= 64 else 128 if D <= 128 else 64
+
+    def split_chunks(self, tiles: list[slice], M: int, D: int, splits: int) -> list[list[slice]]:
+        """The key tiles grouped in chunks of ceil(blocks / splits) blocks (FlashAttention's n_blocks_per_split)."""
+        block = self.split_block(D)
+        per = -(-(-(-M // block)) // splits) * block
+        return [[t for t in tiles if start <= t.start < start + per] for start in range(0, M, per)]
+
+    def chunk_start(self, m, l):
+        """(m, l) a chunk starts from: empty. The sink is no key of any chunk; it joins the combine once."""
+        return m, l
+
+    def sink_term(self, like):
+        """The sink logits (H,) as a (B, H, N) term of the combine, or None."""
+        return None if self.mods.sinks is None else self.mods.sinks.to(like.dtype)[None, :, None].expand_as(like)
+
+    def combine(self, parts, sink):
+        """(O, lse) from the chunks' [(O_s (B, H, N, Dv), lse_s (B, H, N))] and the sink term (B, H, N) or None:
+        lse = log(sum_s exp(lse_s) + exp(sink)), O = sum_s exp(lse_s - lse) O_s. An empty chunk (lse_s = -inf)
+        weighs 0; a row with every term -inf gives O = 0, lse = -inf."""
+        lses = torch.stack([lse for _, lse in parts])                                   # (S, B, H, N)
+        terms = lses if sink is None else torch.cat([lses, sink[None]])
+        top = terms.amax(dim=0).detach()
+        shift = torch.where(top == NEG_INF, torch.zeros_like(top), top)
+        total = torch.exp(terms - shift).sum(dim=0)
+        empty = total == 0
+        safe = torch.where(empty, torch.ones_like(total), total)
+        weights = torch.exp(lses - shift) / safe                                        # (S, B, H, N)
+        out = sum(w[..., None] * o for w, (o, _) in zip(weights, parts))
+        return out, torch.where(empty, torch.full_like(total, NEG_INF), shift + torch.log(safe))
+
+    def split_forward(self, q, k, v, bias, scale, splits: int):
+        """(O, lse) by split-KV: each chunk's tiles through the same recurrence from an empty state, then `combine`.
+        q (B, H, N, D), k, v already per query head (B, H, M, .) in the work dtype."""
+        B, H, N, D = q.shape
+        M, Dv = k.shape[2], v.shape[-1]
+        parts, k_tile, v_tile = [], _tiles(k), _tiles(v)
+        for chunk in self.tile_order(self.split_chunks(self.key_tiles(M), M, D, splits)):
+            m, l = self.chunk_start(torch.full((B, H, N, 1), NEG_INF, dtype=q.dtype, device=q.device),
+                                    torch.zeros((B, H, N, 1), dtype=q.dtype, device=q.device))
+            acc = torch.zeros(B, H, N, Dv, dtype=q.dtype, device=q.device)
+            for cols in chunk:
+                s = self.scores(q, k_tile(cols), None if bias is None else bias[..., cols], scale,
+                                cols if self.mods.order else None)
+                m, l, acc = self.online_update(m, l, acc, s, v_tile(cols))
+            parts.append(self.finish(m, l, acc, scale))
+        return self.combine(parts, self.sink_term(parts[0][1]))
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=TorchMods()):
         self.mods = mods
         options = dict(mask=mask, causal=causal, scale=scale)
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            return _RecordedGrad.apply(q, k, v, self, options)
+            return _RecordedGrad.apply(q, k, v, mods.sinks, self, options)
         out, lse = self.blockwise(q, k, v, **options)
         return (out, lse) if return_lse else out
 
@@ -241,3 +357,80 @@ class FlashPrecisionTwin(BlockwiseTwin):
         p = torch.exp(s - shift)                                  # in [0, 1]: rounded relative to the running max
         p_rounded = p.to(self.io_dtype).to(p.dtype)               # what the half-precision GEMM reads
         return m_new, alpha * l + p.sum(dim=-1, keepdim=True), alpha * acc + p_rounded @ v_tile
+
+
+QUERY_TILE = 32         # Triton tutorial 06's backward: a key block's dK, dV sum query blocks of 32 (BLOCK_M1)
+
+
+class TiledBackwardTwin(BlockwiseTwin):
+    """twin_tiled_backward: the twin with FlashAttention 2's backward written out instead of autograd; correct.
+
+    Not a suite twin (the suite runs the autograd twin): the base of the mutants whose bug is in a hand-written
+    backward's accumulators, so each overrides one step below. From the forward's lse (float32) and the stored
+    output O, per key tile (the forward's KEY_TILE keys; all queries at once, as the forward does):
+
+        P = exp(S - lse)    dP = dO V^T    dS = P (dP - delta),  delta = rowsum(dO O)   (FlashAttention's preprocess)
+        dQ  += scale dS K                      once per key tile      (`accumulate_dq`)
+        dK   = scale sum over query tiles of dS_tile^T Q_tile, dV = sum of P_tile^T dO_tile   (`sum_query_tiles`)
+
+    dS is taken through the score modifications by autograd on the tile's raw scores (softcap's 1 - tanh^2;
+    ALiBi, windows, documents and causal are additive or masks). Everything in float32 for half inputs, a query
+    head group's dK, dV summed in float32, each gradient rounded once to the input dtype.
+    """
+
+    name = "twin_tiled_backward"
+
+    def delta(self, grad_out, out):
+        """(B, H, N, 1) rowsum(dO O), from the output as stored (rounded to the input dtype), in float32."""
+        return (grad_out * out.to(grad_out.dtype)).sum(dim=-1, keepdim=True)
+
+    def accumulate_dq(self, dq, part):
+        """dQ after one more key tile's share `part` (B, H, N, D)."""
+        return dq + part
+
+    def sum_query_tiles(self, parts):
+        """dK or dV of one key tile from its per-query-tile shares (B, H, N / QUERY_TILE, T, .)."""
+        return parts.sum(dim=2)
+
+    def half_dtype(self, x):
+        """The input dtype where it is a half type (what a mutant's accumulator is rounded to), else x's own."""
+        return self.io_dtype if self.io_dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+    def gradients(self, out, lse, leaves, grad_out, options):
+        q, k, v = (self.read(x) for x in leaves[:3])
+        io_dtype = self.io_dtype = q.dtype
+        acc_dtype = torch.float32 if io_dtype in (torch.float16, torch.bfloat16) else q.dtype
+        B, H, N, D = q.shape
+        Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        heads = self.kv_heads(H, Hkv, q.device)
+        q, k, v = q.detach().to(acc_dtype), k.detach().to(acc_dtype)[:, heads], v.detach().to(acc_dtype)[:, heads]
+        scale = self.effective_scale(D, options["scale"])
+        bias = self.bias(options["mask"], options["causal"], B, N, M, acc_dtype, q.device)
+        g = grad_out.to(acc_dtype)
+        delta = self.delta(g, out.detach())
+        shift = torch.where(lse == NEG_INF, torch.full_like(lse, float("inf")), lse).to(acc_dtype)[..., None]
+        pad = -N % QUERY_TILE                                   # zero rows: the last query tile's missing rows
+
+        def per_query_tile(x, y):                               # (B, H, N, T), (B, H, N, .) -> (B, H, N / 32, T, .)
+            x, y = (torch.nn.functional.pad(a, (0, 0, 0, pad)) for a in (x, y))
+            return torch.einsum("bhiqt,bhiqe->bhite", x.unflatten(2, (-1, QUERY_TILE)),
+                                y.unflatten(2, (-1, QUERY_TILE)))
+
+        dq = torch.zeros_like(q)
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        for cols in self.key_tiles(M):
+            with torch.enable_grad():
+                raw = ((q @ k[:, :, cols].transpose(-1, -2)) * scale).requires_grad_()
+                s = self.modify(raw, cols) if self.mods.order else raw
+                s = s if bias is None else s + bias[..., cols]
+            p = torch.exp(s.detach() - shift)
+            ds = p * (g @ v[:, :, cols].transpose(-1, -2) - delta)
+            ds = torch.autograd.grad(s, raw, ds)[0]                           # through the modifications
+            dq = self.accumulate_dq(dq, scale * (ds @ k[:, :, cols]))
+            dk[:, :, cols] = self.sum_query_tiles(scale * per_query_tile(ds, q))
+            dv[:, :, cols] = self.sum_query_tiles(per_query_tile(p, g))
+
+        def per_kv_head(x):                                     # (B, H, M, .) -> (B, Hkv, M, .), in float32
+            return x.unflatten(1, (Hkv, H // Hkv)).sum(dim=2)
+
+        return dq.to(io_dtype), per_kv_head(dk).to(io_dtype), per_kv_head(dv).to(io_dtype)

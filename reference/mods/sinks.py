@@ -4,8 +4,9 @@ gpt-oss's learned sinks (its reference concatenates the sink logit to the scores
 column) and FlashAttention 3's / FlashInfer's `sinks`: P_ij = exp(s_ij) / (exp(sink_h) + sum_j exp(s_ij)).
 The sink logit is in the units of the final scores (no scale, no softcap). The lse the reference returns is the
 log of that whole denominator, log(exp(sink_h) + sum_j exp(s_ij)), so P = exp(s - lse) still holds; a row that
-sees no key has O = 0 and lse = sink_h. The sink's own gradient, where a backend returns one, is
--sum_i P_sink,i · rowsum(dO_i · O_i); no backend here returns it yet. Spec: `sinks=1`.
+sees no key has O = 0 and lse = sink_h. The sink's own gradient, where a backend returns one (`Capabilities.
+sink_grad`), is -sum_i P_sink,i · rowsum(dO_i · O_i) (`reference.sdpa_backward(return_sink_grad=True)`, derived
+there; its budget is `budget.sink_grad_bound`). Spec: `sinks=1`.
 
 The logits are drawn per head, standard normal plus 1 (of the order of a row's largest score), so the sink takes a
 visible share of the mass without swamping the keys.
