@@ -180,6 +180,37 @@ class Capabilities:
         return dataclasses.replace(self, **changes)
 
 
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One launch of a Triton kernel, as `attnbench audit` compiles it for a GPU target (`Backend.audit_launches`).
+
+    kernel: the @triton.jit function, a module-level name (each compile runs in a fresh process that imports it).
+    args: its positional arguments as a launch passes them: tensors (torch "meta" tensors do: only dtype and
+        alignment matter), ints and floats. The audit specialises them as triton's JIT does at a launch: an int
+        equal to 1 becomes a constexpr; ints that are multiples of 16 and pointers get divisibility 16.
+    constexprs: its tl.constexpr arguments by name (tile sizes, flags).
+    num_warps, num_stages: the rest of the launch config.
+    labels: what the audit's table shows and its filters select, in column order, as (name, value) strings:
+        ("kernel", "fwd"), ("D", "64"), ("dtype", "float16"), ("causal", "none" / "causal"), ("mods", "none" /
+        "all") and ("config", ...) are the names `attnbench audit --kernels/--head-dims/--dtypes/--causal/--mods`
+        select on; a backend may add others.
+    tensor_cores: its dots must reach the tensor cores (half-precision inputs); False where they belong on the
+        CUDA cores (IEEE float32 dots).
+    launchable: the backend launches it on this target; False: compiled and shown as excluded, never failed.
+    exclude_hint: where to list it so that it is not launched on this target (printed when it fails the audit).
+    """
+
+    kernel: Any
+    args: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    labels: tuple[tuple[str, str], ...]
+    tensor_cores: bool = True
+    launchable: bool = True
+    exclude_hint: str = ""
+
+
 def _validated(prepare: Callable, *, need_grad: bool) -> Callable:
     """Wrap a backend's `prepare`/`prepare_backward` so the shared check runs first, before any conversion."""
     from ._validate import check_prepare
@@ -274,6 +305,16 @@ class Backend(ABC):
     @abstractmethod
     def to_numpy(self, value) -> np.ndarray:
         """A native output (tensor/array) as float64 NumPy."""
+
+    def audit_launches(self, target: str, *, ci: bool = False) -> tuple[KernelLaunch, ...] | None:
+        """The Triton kernel launches `attnbench audit` compiles for GPU `target` ("sm_80", "sm_90", "sm_100": the
+        names in `attnbench.perf.gpu_targets.TARGETS`), every candidate launch config included, each marked
+        launchable or not on that target; ci: a small representative subset (what CI compiles). The audit reads
+        registers, shared memory, spills and tensor-core instructions from the compiled code and fails a
+        launchable one that spills, exceeds a limit or (tensor_cores) misses the tensor cores. None (the
+        default): this backend has no Triton kernels to audit. `implementations/triton_blockwise.py` and
+        `examples/triton_plugin/triton_onepass.py` declare theirs."""
+        return None
 
     def synchronize(self, device: str) -> None:
         """Wait for queued device work (timing calls this)."""

@@ -72,6 +72,18 @@ def _import_in_repo_modules() -> None:
             _LOAD_ERRORS[module.name] = f"{type(exc).__name__}: {exc}"
 
 
+def _import_own_module(name: str) -> None:
+    """Import implementations/<name>.py alone if there is one: a backend's file is usually named for it, and its
+    siblings' packages (jax, torch.compile's machinery) cost seconds to import for a command that uses one backend.
+    A name not registered by it falls back to discovering every backend."""
+    if name.isidentifier() and not name.startswith("_") and name not in ("base", "registry"):
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            try:
+                importlib.import_module(f"{__package__}.{name}")
+            except Exception:  # noqa: BLE001 - discover() records the error
+                pass
+
+
 def _load_entry_points() -> None:
     global _loading_from
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -114,7 +126,10 @@ def get_backend(name: str) -> Backend:
     """The backend called `name`; an UnknownBackendError listing the known names otherwise. A name
     'module:function' (optionally '@bnhd') is a plain attention function, adapted and registered on first use
     (`implementations/_function.py`), so every command and suite takes it where it takes a name."""
-    discover()
+    if name not in _BACKENDS:
+        _import_own_module(name)
+    if name not in _BACKENDS:
+        discover()
     if name not in _BACKENDS and ":" in name:
         from ._function import function_backend
 

@@ -395,7 +395,6 @@ def _configs(*specs: tuple[int, int, int, int]) -> tuple[LaunchConfig, ...]:
 
 
 KERNELS = ("fwd", "dkdv", "dq")
-AUDITED_TARGETS = ("sm_80", "sm_90", "sm_100")   # perf/gpu_targets.TARGETS
 # Candidate launch configs per kernel, (dtype kind, padded head dim): what autotune may choose from on CUDA.
 # Pruned by `attnbench audit` (perf/audit.py): on every audited target (sm_80, sm_90, sm_100) each of these
 # compiles without spills, within the register and shared-memory limits, and its half-precision dots reach
@@ -531,13 +530,21 @@ def _cuda_target(device) -> str:
     return f"sm_{major}{minor}"
 
 
+def _audited(target: str) -> bool:
+    """Whether `attnbench audit` compiles for `target` (its candidates were pruned there); imported here, on a
+    CUDA launch, so that listing backends never imports attnbench.perf."""
+    from attnbench.perf.gpu_targets import TARGETS
+
+    return target in TARGETS
+
+
 def _launcher(kernel: str, jit_fn, q, d_pad: int, forced: dict[str, LaunchConfig] | None, mods: bool):
     """(callable kernel[grid](...), extra launch kwargs): autotuned on an audited GPU, else one fixed config.
     mods: the problem has a modification (its variants use more registers: EXCLUDED_WITH_MODS)."""
     kind = dtype_kind(q.dtype)
     if forced is None and q.device.type == "cuda" and not INTERPRETED:
         target = _cuda_target(q.device)
-        if target in AUDITED_TARGETS:
+        if _audited(target):
             return _autotuned(kernel, jit_fn, target, kind, d_pad, mods), {}
     config = (forced or default_configs(kind, d_pad))[kernel]
     return jit_fn, dict(BLOCK_N=config.block_n, BLOCK_M=config.block_m, num_warps=config.num_warps,
@@ -581,9 +588,8 @@ def _common_args(q, k, v, causal, scale, mods) -> dict:
     B, H, N, D = q.shape
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
     sm_scale = D ** -0.5 if scale is None else float(scale)
-    d_pad = padded_head_dim(D, Dv)
     diag, mod = diagonals(causal, mods.window, N, M), mod_args(mods, q, B, H)
-    return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale, d_pad=d_pad,
+    return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale,
                 alibi=mod["alibi"], sinks=mod["sinks"],
                 # (causal_offset, window_offset, seq_offset, alibi_sb, softcap): the kernels' runtime mod arguments
                 mod_values=(diag["causal_offset"], diag["window_offset"], M - N, mod["alibi_sb"], mod["softcap"]),
@@ -601,6 +607,29 @@ def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | No
     splits > 1: split-KV, one launch over (query tiles, B * H, splits) writing float32 partials, then
     `split_kv.combine` (the sink joins there, once).
     """
+    o, lse, call = forward_call(q, k, v, causal, scale, mods, splits)
+    fn, launch = _launcher("fwd", _fwd_kernel, q, padded_head_dim(q.shape[-1], v.shape[-1]), configs, not mods.empty)
+    fn[call.grid](*call.args, **call.constexprs, **launch)
+    if splits == 1:
+        return o, lse
+    sinks = mod_args(mods, q, q.shape[0], q.shape[1])["sinks"]
+    out, lse = split_kv.combine(o, lse, None if sinks is None else sinks[None, :, None])
+    return out.to(q.dtype), lse
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One kernel's launch without its config: positional args, constexprs but the tile, and grid(meta)."""
+
+    args: tuple
+    constexprs: dict
+    grid: object
+
+
+def forward_call(q, k, v, causal, scale, mods=NO_MODS, splits: int = 1) -> tuple:
+    """(O, lse, KernelCall of _fwd_kernel): the outputs allocated and the arguments a launch passes (what
+    triton_forward launches and `attnbench audit` compiles, there with torch "meta" tensors). splits > 1: O and
+    lse are the float32 partials (S, B, H, N, .) the combine reads, and no program adds the sink."""
     a = _common_args(q, k, v, causal, scale, mods)
     B, H, N, Dv = a["B"], a["H"], a["N"], a["Dv"]
     split = splits > 1
@@ -608,18 +637,13 @@ def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | No
     o = torch.empty((splits, B, H, N, Dv) if split else (B, H, N, Dv), dtype=torch.float32 if split else q.dtype,
                     device=q.device)
     lse = torch.empty((splits, B, H, N) if split else (B, H, N), dtype=torch.float32, device=q.device)
-    fn, launch = _launcher("fwd", _fwd_kernel, q, a["d_pad"], configs, not mods.empty)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H, splits)  # noqa: E731
     # an absent modification's pointer is never read: any float32 buffer stands in (the signature stays the same)
     alibi, sinks = (lse if x is None else x for x in (a["alibi"], a["sinks"]))
     o_strides = o.stride()[1:] if split else o.stride()
-    fn[grid](q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o_strides,
-             H, H // a["Hkv"], N, a["M"], a["D"], Dv, a["sm_scale"] * LOG2E, *a["mod_values"],
-             *a["buckets"], **a["consts"], SINKS=a["sink_const"]["SINKS"] and not split, **launch)
-    if not split:
-        return o, lse
-    out, lse = split_kv.combine(o, lse, None if a["sinks"] is None else a["sinks"][None, :, None])
-    return out.to(q.dtype), lse
+    args = (q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o_strides,
+            H, H // a["Hkv"], N, a["M"], a["D"], Dv, a["sm_scale"] * LOG2E, *a["mod_values"], *a["buckets"])
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H, splits)  # noqa: E731
+    return o, lse, KernelCall(args, {**a["consts"], "SINKS": a["sink_const"]["SINKS"] and not split}, grid)
 
 
 def auto_splits(q, k) -> int:
@@ -639,9 +663,20 @@ def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, Launc
     """(dQ, dK, dV) shaped like q, k, v, from the forward's O and lse and the upstream dO (B, H, N, Dv).
 
     No gradient for the ALiBi slopes or the sink logits (FlashAttention returns none either)."""
-    a = _common_args(q, k, v, causal, scale, mods)
     do = do.contiguous()
     delta = (do.float() * o.float()).sum(-1)                     # (B, H, N): the FA2 preprocess rowsum(dO * O)
+    dq, dk, dv, calls = backward_calls(q, k, v, lse, do, delta, causal, scale, mods)
+    d_pad = padded_head_dim(q.shape[-1], v.shape[-1])
+    for kernel, jit_fn in (("dkdv", _bwd_dkdv_kernel), ("dq", _bwd_dq_kernel)):
+        fn, launch = _launcher(kernel, jit_fn, q, d_pad, configs, not mods.empty)
+        fn[calls[kernel].grid](*calls[kernel].args, **calls[kernel].constexprs, **launch)
+    return dq, dk, dv
+
+
+def backward_calls(q, k, v, lse, do, delta, causal, scale, mods=NO_MODS) -> tuple:
+    """(dQ, dK, dV, {"dkdv": KernelCall, "dq": KernelCall}): the gradients allocated and the arguments each backward
+    kernel's launch passes (as forward_call), given dO (B, H, N, Dv) contiguous and delta = rowsum(dO O) (B, H, N)."""
+    a = _common_args(q, k, v, causal, scale, mods)
     dq = torch.empty((a["B"], a["H"], a["N"], a["D"]), dtype=q.dtype, device=q.device)
     dk = torch.empty((a["B"], a["Hkv"], a["M"], a["D"]), dtype=k.dtype, device=k.device)
     dv = torch.empty((a["B"], a["Hkv"], a["M"], a["Dv"]), dtype=v.dtype, device=v.device)
@@ -649,15 +684,13 @@ def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, Launc
              *a["buckets"])
     strides = (*q.stride(), *k.stride(), *v.stride())
     alibi = delta if a["alibi"] is None else a["alibi"]
-    fn, launch = _launcher("dkdv", _bwd_dkdv_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_kv = lambda meta: (triton.cdiv(a["M"], meta["BLOCK_M"]), a["B"] * a["Hkv"])  # noqa: E731
-    fn[grid_kv](q, k, v, do, lse, delta, dk, dv, alibi, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"], *sizes,
-                **a["consts"], **launch)
-    fn, launch = _launcher("dq", _bwd_dq_kernel, q, a["d_pad"], configs, not mods.empty)
     grid_q = lambda meta: (triton.cdiv(a["N"], meta["BLOCK_N"]), a["B"] * a["H"])  # noqa: E731
-    fn[grid_q](q, k, v, do, lse, delta, dq, alibi, *strides, a["H"], a["H"] // a["Hkv"], *sizes, **a["consts"],
-               **launch)
-    return dq, dk, dv
+    return dq, dk, dv, dict(
+        dkdv=KernelCall((q, k, v, do, lse, delta, dk, dv, alibi, *strides, a["H"], a["Hkv"], a["H"] // a["Hkv"],
+                         *sizes), a["consts"], grid_kv),
+        dq=KernelCall((q, k, v, do, lse, delta, dq, alibi, *strides, a["H"], a["H"] // a["Hkv"], *sizes),
+                      a["consts"], grid_q))
 
 
 class TritonAttention(torch.autograd.Function):
@@ -676,6 +709,69 @@ class TritonAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         grads = triton_backward(q, k, v, o, lse, do, ctx.causal, ctx.scale, ctx.configs, ctx.mods)
         return (*grads, None, None, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------------- audit
+
+# What `attnbench audit triton_blockwise` compiles (Backend.audit_launches): every kernel x candidate config x head
+# dim x dtype x causal or not x without or with every modification, one representative launch each: contiguous
+# inputs, B 1, H = Hkv 16 (GROUP 1: MHA), N = M = 4096; with modifications window (256, -1), softcap, ALiBi per
+# (batch, head) after the softcap (FlashAttention's order) and sinks: every constexpr on, the most registers. A
+# launch with odd N compiles another specialisation of the same code; its resources are close but not audited.
+AUDIT_HEAD_DIMS = (16, 32, 64, 80, 96, 128, 192, 256)
+AUDIT_DTYPES = ("float16", "bfloat16", "float32")
+# CI's subset, (head dims, dtypes, modifications), causal only (the causal code is the non-causal code plus the
+# mask): float16 at D 64, 80 (padded to 128) and 256, float32 (the most registers) at D 256, and the
+# all-modifications variant at float16 D 64: 132 compiles on three targets (about 2-3 min on 2 cores, 0 cached).
+AUDIT_CI = (((64, 80, 256), ("float16",), False), ((256,), ("float32",), False), ((64,), ("float16",), True))
+_AUDIT_KERNELS = {"fwd": _fwd_kernel, "dkdv": _bwd_dkdv_kernel, "dq": _bwd_dq_kernel}
+
+
+def audit_calls(d: int, dtype: str, causal: bool, mods: bool) -> dict[str, KernelCall]:
+    """{kernel: KernelCall} of the representative launch above, built by forward_call and backward_calls on torch
+    "meta" tensors (shapes, strides and dtypes; no memory), so the audit compiles what a launch passes."""
+    b, h, n = 1, 16, 4096
+    dt = getattr(torch, dtype)
+    q, k, v, do = (torch.empty((b, h, n, d), dtype=dt, device="meta") for _ in range(4))
+    lse, delta = (torch.empty((b, h, n), dtype=torch.float32, device="meta") for _ in range(2))
+    chosen = NO_MODS
+    if mods:
+        chosen = TorchMods(window=(256, -1), softcap=30.0, alibi=torch.empty((b, h), device="meta"),
+                           sinks=torch.empty((h,), device="meta"), order=("softcap", "alibi"))
+    where = "bottom_right" if causal else None
+    calls = dict(fwd=forward_call(q, k, v, where, None, chosen)[2])
+    calls.update(backward_calls(q, k, v, lse, do, delta, where, None, chosen)[3])
+    return calls
+
+
+def audit_launches(target: str, *, ci: bool = False) -> tuple:
+    """The KernelLaunch of every candidate config of every kernel for the audit's grid (ci: AUDIT_CI) on
+    `target`; launchable where candidate_configs keeps it there."""
+    from .base import KernelLaunch
+
+    selection = AUDIT_CI if ci else ((AUDIT_HEAD_DIMS, AUDIT_DTYPES, None),)
+    launches = []
+    for head_dims, dtypes, only_mods in selection:
+        for d in head_dims:
+            for dtype in dtypes:
+                for causal in (True,) if ci else (False, True):
+                    for mods in (False, True) if only_mods is None else (only_mods,):
+                        calls = audit_calls(d, dtype, causal, mods)
+                        kind, d_pad = dtype_kind(dtype), padded_head_dim(d, d)
+                        for kernel, call in calls.items():
+                            keep = {c.id for c in candidate_configs(kernel, kind, d_pad, target, mods)}
+                            table = "EXCLUDED_WITH_MODS" if mods else "EXCLUDED"
+                            for config in CONFIG_SPACE[kernel][(kind, d_pad)]:
+                                launches.append(KernelLaunch(
+                                    _AUDIT_KERNELS[kernel], call.args,
+                                    {**call.constexprs, "BLOCK_N": config.block_n, "BLOCK_M": config.block_m},
+                                    config.num_warps, config.num_stages,
+                                    labels=(("kernel", kernel), ("D", str(d)), ("dtype", dtype),
+                                            ("causal", "causal" if causal else "none"),
+                                            ("mods", "all" if mods else "none"), ("config", config.id)),
+                                    tensor_cores=kind == "half", launchable=config.id in keep,
+                                    exclude_hint=f"{table}[{(target, kernel, kind, d_pad)!r}][{config.id!r}]"))
+    return tuple(launches)
 
 
 # ----------------------------------------------------------------------------------------------- backend
@@ -710,6 +806,9 @@ class TritonBlockwise(TorchBackend):
 
     def simulated_reason(self, device: str) -> str | None:
         return "runs under the Triton interpreter on the CPU" if device == "cpu" and INTERPRETED else None
+
+    def audit_launches(self, target: str, *, ci: bool = False) -> tuple:
+        return audit_launches(target, ci=ci)
 
     def capabilities(self, device: str) -> Capabilities:
         if device == "cpu":

@@ -12,4 +12,6 @@ runner.py   the sweep loop: resume, progress/ETA, append + flush per point
 report.py, plots.py, analysis.py   report.md / report.html / PNGs from results.jsonl only
 compare.py  two runs point by point, one-sided Welch t-test on the per-process log medians (Holm-corrected)
 main_job.py `attnbench run`, a small sweep through the same code
+audit.py    `attnbench audit NAME`: the Triton launches a backend declares (Backend.audit_launches), compiled for
+            gpu_targets.py's sm_80/sm_90/sm_100 without a GPU; registers, shared memory, spills, tensor cores
 """

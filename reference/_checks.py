@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnbench.errors import AttentionInputError  # noqa: F401 - defined without NumPy for the CLI, re-exported
+
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
-
-
-class AttentionInputError(ValueError):
-    """A caller passed arguments that do not describe a valid attention problem."""
 
 
 def as_float64(name: str, x, *, rank: int | None = None) -> np.ndarray:

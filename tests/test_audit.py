@@ -1,5 +1,8 @@
-"""`attnbench audit`: parsing of cuobjdump output, occupancy, the failure rules, a real compile, the roofline."""
+"""`attnbench audit`: parsing of cuobjdump output, occupancy, the failure rules, real compiles (triton_blockwise and
+the example plugin's kernel through the hook), the selection options, the roofline."""
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,81 +55,135 @@ def test_occupancy_follows_the_allocation_rules():
 
 
 def _record(**over):
-    base = dict(regs=128, stack=0, shared_static=0, shared_dynamic=32768, local=0, threads=128,
-                tensor_core_ops={"HMMA": 8}, ffma=0, blocks_per_sm=3)
+    base = dict(target="sm_90", regs=128, stack=0, shared_static=0, shared_dynamic=32768, local=0, threads=128,
+                tensor_core_ops={"HMMA": 8}, ffma=0, blocks_per_sm=3, tensor_cores_required=True)
     return {**base, **over}
 
 
-@pytest.mark.parametrize("dtype, over, expect", [
-    ("float16", {}, None),
-    ("float16", dict(local=16), "spills"),
-    ("float16", dict(stack=8), "spills"),
-    ("float16", dict(shared_dynamic=240 * 1024), "shared memory"),
-    ("float16", dict(blocks_per_sm=0), "no block fits"),
-    ("float16", dict(tensor_core_ops={}), "no tensor-core instruction"),
-    ("bfloat16", dict(tensor_core_ops={}), "no tensor-core instruction"),
-    ("float32", dict(tensor_core_ops={}, ffma=4096), None),          # IEEE float32 belongs on the CUDA cores
+@pytest.mark.parametrize("over, expect", [
+    ({}, None),
+    (dict(local=16), "spills"),
+    (dict(stack=8), "spills"),
+    (dict(shared_dynamic=240 * 1024), "shared memory"),
+    (dict(blocks_per_sm=0), "no block fits"),
+    (dict(tensor_core_ops={}), "no tensor-core instruction"),
+    (dict(tensor_core_ops={}, ffma=4096, tensor_cores_required=False), None),   # IEEE float32: the CUDA cores
 ])
-def test_failure_rules(dtype, over, expect):
-    case = audit.AuditCase("fwd", "sm_90", 64, dtype, True, (64, 64, 4, 2))
-    found = audit.problems(case, _record(**over))
+def test_failure_rules(over, expect):
+    found = audit.problems(_record(**over))
     assert (found == []) if expect is None else any(expect in p for p in found)
+
+
+def _launch(kernel_name, d, dtype, causal, config, mods=False):
+    """A triton_blockwise KernelLaunch for one config, from the arguments its own launch code builds."""
+    from attnbench.implementations import KernelLaunch
+    from attnbench.implementations import triton_blockwise as tb
+
+    call = tb.audit_calls(d, dtype, causal, mods)[kernel_name]
+    n, m, warps, stages = config
+    return KernelLaunch(tb._AUDIT_KERNELS[kernel_name], call.args, {**call.constexprs, "BLOCK_N": n, "BLOCK_M": m},
+                        warps, stages, labels=(("D", str(d)), ("dtype", dtype)), tensor_cores=dtype != "float32")
 
 
 def test_real_compile_reads_resources_and_tensor_cores(tmp_path, monkeypatch):
     """Two small real compiles for sm_80: float16 reaches HMMA, float32 stays on FFMA; and a float32 tile the
     audit rejected (64 x 32 at D 64, causal: 255 registers and a stack frame) spills: the gate can fail."""
     monkeypatch.setenv("ATTNBENCH_AUDIT_CACHE", str(tmp_path))
-    cases = [audit.AuditCase("fwd", "sm_80", 16, "float16", False, (64, 64, 4, 2)),
-             audit.AuditCase("fwd", "sm_80", 16, "float32", False, (64, 64, 4, 2)),
-             audit.AuditCase("fwd", "sm_80", 64, "float32", True, (64, 32, 4, 2))]
-    half, single, huge = audit.run_audit(cases, jobs=2)
+    launches = [("sm_80", _launch("fwd", 16, "float16", False, (64, 64, 4, 2))),
+                ("sm_80", _launch("fwd", 16, "float32", False, (64, 64, 4, 2))),
+                ("sm_80", _launch("fwd", 64, "float32", True, (64, 32, 4, 2)))]
+    half, single, huge = audit.run_audit("triton_blockwise", launches, jobs=1)
     assert half["regs"] > 0 and half["tensor_core_ops"].get("HMMA", 0) > 0 and not half["problems"]
     assert not single["tensor_core_ops"] and single["ffma"] > 0 and not single["problems"]
     assert huge["local"] + huge["stack"] > 0 and any("spills" in p for p in huge["problems"])
-    assert len(json.loads(next(tmp_path.glob("*.json")).read_text())) == 3      # cached for the next run
+    assert len(json.loads(next(tmp_path.glob("*.json")).read_text())["compiled"]) == 3   # cached for the next run
+
+
+def test_launches_that_specialise_alike_share_one_compile():
+    """D 80 and 128 are both multiples of 16, a runtime argument the JIT specialises only on that: one key; D 72
+    is not (no divisibility 16): another."""
+    keys = {d: audit.job_key(audit.make_job("sm_90", _launch("fwd", d, "float16", True, (64, 64, 4, 2))))
+            for d in (72, 80, 128)}
+    assert keys[80] == keys[128] != keys[72]
+    # a --plugin file is imported under a module name that varies per process: the key does not
+    job = audit.make_job("sm_90", _launch("fwd", 64, "float16", True, (64, 64, 4, 2)))
+    assert audit.job_key(dataclasses.replace(job, module="attnbench_plugin_x_123")) == audit.job_key(job)
+
+
+def _triton_blockwise_launches(target):
+    from attnbench.implementations import get_backend
+
+    return get_backend("triton_blockwise").audit_launches(target)
 
 
 def test_every_candidate_config_is_audited_on_every_target():
     from attnbench.implementations import triton_blockwise as tb
 
-    audited = {(c.kernel, c.target, c.head_dim, c.dtype, c.causal, c.config, c.mods) for c in audit.audit_cases()}
-    for kernel in tb.KERNELS:
-        for target in TARGETS:
-            for d in audit.HEAD_DIMS:
-                for dtype in audit.DTYPES:
+    for target in TARGETS:
+        audited = {tuple(dict(launch.labels).values()) for launch in _triton_blockwise_launches(target)}
+        for kernel in tb.KERNELS:
+            for d in tb.AUDIT_HEAD_DIMS:
+                for dtype in tb.AUDIT_DTYPES:
                     for cfg in tb.CONFIG_SPACE[kernel][(tb.dtype_kind(dtype), tb.padded_head_dim(d, d))]:
-                        for causal in (False, True):
-                            for mods in (False, True):
-                                key = (kernel, target, d, dtype, causal,
-                                       (cfg.block_n, cfg.block_m, cfg.num_warps, cfg.num_stages), mods)
-                                assert key in audited, key
+                        for causal in ("none", "causal"):
+                            for mods in ("none", "all"):
+                                key = (kernel, str(d), dtype, causal, mods, cfg.id)
+                                assert key in audited, (target, key)
 
 
 def test_a_config_excluded_with_modifications_is_launchable_without_them():
     """EXCLUDED_WITH_MODS narrows only the modifications' variant: the plain kernel keeps the config, and the audit
-    judges each case by its own variant's table."""
+    judges each launch by its own variant's table."""
     from attnbench.implementations import triton_blockwise as tb
 
     (target, kernel, kind, d_pad), excluded = next(iter(tb.EXCLUDED_WITH_MODS.items()))
     config_id = next(iter(excluded))
     assert config_id in {c.id for c in tb.candidate_configs(kernel, kind, d_pad, target)}
     assert config_id not in {c.id for c in tb.candidate_configs(kernel, kind, d_pad, target, mods=True)}
-    config = next(c for c in tb.CONFIG_SPACE[kernel][(kind, d_pad)] if c.id == config_id)
     dtype = "float32" if kind == "fp32" else "float16"
-    raw = {k: v for k, v in _record().items() if k != "blocks_per_sm"}      # as compile_case returns it
-    for mods in (False, True):
-        case = audit.AuditCase(kernel, target, d_pad, dtype, True, (config.block_n, config.block_m,
-                                                                    config.num_warps, config.num_stages), mods)
-        assert audit.finish_record(case, raw)["launchable"] is not mods
+    for launch in _triton_blockwise_launches(target):
+        labels = dict(launch.labels)
+        if (labels["kernel"], labels["D"], labels["dtype"], labels["config"]) == (kernel, str(d_pad), dtype,
+                                                                                  config_id):
+            assert launch.launchable is (labels["mods"] == "none")
+            assert launch.exclude_hint.startswith("EXCLUDED_WITH_MODS" if labels["mods"] == "all" else "EXCLUDED[")
+
+
+def _args(**over):
+    from types import SimpleNamespace
+
+    base = dict(backend="triton_blockwise", plugin=[], ci=False, targets=None, jobs=1, kernels=None, head_dims=None,
+                dtypes=None, causal=None, mods=None)
+    return SimpleNamespace(**{**base, **over})
 
 
 def test_ci_selection_covers_the_modifications_variant():
-    from types import SimpleNamespace
+    launches, scope = audit.selected_launches(_args(ci=True))
+    mods = {dict(launch.labels)["mods"] for _, launch in launches}
+    assert scope == "ci subset" and mods == {"none", "all"} and len(launches) == 132
 
-    args = SimpleNamespace(backend="triton_blockwise", ci=True, targets=None, kernels=None, jobs=1)
-    cases, scope = audit.selected_cases(args)
-    assert scope == "ci subset" and any(c.mods for c in cases) and any(not c.mods for c in cases)
+
+def test_label_options_select_launches():
+    launches, scope = audit.selected_launches(_args(kernels="dq", head_dims="64,80", dtypes="float16",
+                                                    causal="causal", mods="none", targets="sm_90"))
+    labels = {tuple(dict(launch.labels)[k] for k in ("kernel", "dtype", "causal", "mods")) for _, launch in launches}
+    assert scope == "selection" and labels == {("dq", "float16", "causal", "none")}
+    assert {dict(launch.labels)["D"] for _, launch in launches} == {"64", "80"}
+    assert {target for target, _ in launches} == {"sm_90"}
+
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "triton_plugin" / "triton_example.py")
+
+
+def test_a_plugin_file_declares_its_kernel_and_is_audited(tmp_path, monkeypatch, capsys):
+    """The example plugin's kernel, compiled for sm_90 (float16, D 64, causal: its CI subset): wgmma, no spill."""
+    monkeypatch.setenv("ATTNBENCH_AUDIT_CACHE", str(tmp_path))
+    assert main(["audit", "triton_example", "--plugin", EXAMPLE, "--ci", "--targets", "sm_90", "--jobs", "1",
+                 "--json", str(tmp_path / "audit.json")]) == 0
+    doc = json.loads((tmp_path / "audit.json").read_text())
+    assert doc["backend"] == "triton_example" and len(doc["records"]) == 2 and doc["failures"] == 0
+    assert all(r["tensor_core_ops"].get("HGMMA") for r in doc["records"])
+    assert "triton_example: 2 launches (ci subset)" in capsys.readouterr().err
 
 
 def test_roofline_bound_never_beats_a_peak():
@@ -143,8 +200,11 @@ def test_roofline_bound_never_beats_a_peak():
 
 @pytest.mark.parametrize("argv, message", [
     (["audit", "torch_eager"], "has no Triton kernels"),
+    (["audit", "no_such_backend"], "unknown backend"),
+    (["audit", "--plugin", "no/such/file.py"], "no such file"),
     (["audit", "--head-dims", "7"], "--head-dims"),
     (["audit", "--dtypes", "float64"], "--dtypes"),
+    (["audit", "--mods", "some"], "--mods"),
     (["audit", "--targets", "sm_75"], "--targets"),
     (["audit", "--jobs", "0"], "--jobs"),
 ])

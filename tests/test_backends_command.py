@@ -49,3 +49,16 @@ def test_a_perf_command_still_gets_its_options():
     assert args.quick and args.backends == "numpy" and args.func.__name__ == "run_perf"
     args = build_parser("compare").parse_args(["compare", "--interleaved", "numpy", "torch_eager"])
     assert args.interleaved and args.func.__name__ == "run_compare"
+
+
+@pytest.mark.parametrize("argv, absent", [
+    (["--version"], ("numpy", "torch", "importlib.metadata", "attnbench.reference")),
+    (["--help"], ("numpy", "torch", "importlib.metadata", "attnbench.reference")),
+    (["backends"], ("jax", "attnbench.perf")),      # a backend's heavy package is imported when it is used
+])
+def test_a_command_imports_only_what_it_needs(argv, absent):
+    """`--version` and `--help` in well under 0.3 s: no NumPy (attnbench.errors), no importlib.metadata."""
+    code = ("import sys\nfrom attnbench.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in %r if m in sys.modules), file=sys.stderr)") % (argv, absent)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "[]", done.stderr
