@@ -13,6 +13,7 @@ lists what was not checked and why.
     pytest conformance --backend torch_eager --backend numpy
     pytest conformance --device cuda
     pytest conformance --mutant no_rescale    # a deliberately wrong backend (conformance/mutants) alone
+    pytest conformance --mutant no_rescale,mean_v   # several, each stopped at its first failure (one start-up)
     attnbench conformance --plugin my_attn.py --backend my_attn   # the suite as installed, from any directory
 """
 from __future__ import annotations
@@ -39,13 +40,19 @@ def pytest_addoption(parser, pluginmanager):
     register_suite_options(pluginmanager)
 
 
+def selected_mutants(config) -> list[str]:
+    """The names given to --mutant (comma-separated), or []."""
+    return [name for name in (config.getoption("--mutant") or "").split(",") if name]
+
+
 def selected_backends(config):
-    mutant = config.getoption("--mutant")
-    if mutant:
+    mutants = selected_mutants(config)
+    if mutants:
         from .mutants import make_backend
 
-        register(make_backend(mutant))
-        return [get_backend(mutant)]
+        for name in mutants:
+            register(make_backend(name))
+        return [get_backend(name) for name in mutants]
     names = config.getoption("--backend")
     return [get_backend(n) for n in names] if names else all_backends()
 
@@ -101,3 +108,28 @@ def pytest_generate_tests(metafunc):
                 params.append(pytest.param(backend, device, problem, marks=marks,
                                            id=f"{backend.name}-{device}-{problem.id}"))
     metafunc.parametrize(("backend", "device", "problem"), params)
+
+
+# --- several mutants in one session: each stops at its first failure, as `-x` stops a session of one -------------
+
+_killed: set[str] = set()
+
+
+def _backend_of(item) -> str | None:
+    backend = getattr(item, "callspec", None) and item.callspec.params.get("backend")
+    return getattr(backend, "name", None)
+
+
+def pytest_runtest_setup(item):
+    """With several --mutant names, a mutant already failed by a test is not run again: its first failure is its
+    killer, and the session costs one start-up instead of one per mutant (tests/test_mutation_score.py)."""
+    if len(selected_mutants(item.config)) > 1 and _backend_of(item) in _killed:
+        pytest.skip(f"{_backend_of(item)} already killed")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and len(selected_mutants(item.config)) > 1:
+        _killed.add(_backend_of(item))
