@@ -87,6 +87,8 @@ KV_LAYOUTS = [
     dict(B=3, H=4, Hkv=1, N=2, M=700, D=64, causal="bottom_right", kv="paged:256"),  # FlashAttention's page size
     dict(B=4, H=2, N=9, M=60, D=32, causal="bottom_right", kv="ragged", append=3),   # chunked prefill into a cache
     dict(B=2, H=2, N=4, M=50, D=32, causal="bottom_right", append=4),                # dense cache, appended keys
+    # a sink's gradient sums over every sequence's rows (and none of the padding's)
+    dict(B=4, H=4, Hkv=2, N=40, M=60, D=32, causal="bottom_right", kv="ragged", mods=(Sinks(),)),
 ]
 KV_PROBLEMS = [Problem(**shape, dtype="float32", seed=400 + i) for i, shape in enumerate(KV_LAYOUTS)]
 KV_PROBLEMS += [Problem(**KV_LAYOUTS[i], dtype=dtype, seed=410 + i) for i, dtype in ((0, "float16"),

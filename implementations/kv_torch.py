@@ -103,10 +103,14 @@ class KvReader:
         tensors = self.kv_tensors(inputs, problem, device, requires_grad=True)
         g = torch.from_numpy(np.asarray(grad_out)).to(device=device, dtype=torch_dtype(problem.dtype))
         mods = self.modifications(inputs, device).get("mods")
+        leaves = tensors[:3]
+        if self.capabilities(device).sink_grad and mods is not None and mods.sinks is not None:
+            sinks = mods.sinks.detach().clone().requires_grad_()          # (H,) float32: d sink too, summed over
+            mods, leaves = replace(mods, sinks=sinks), (*leaves, sinks)   # every sequence's rows
 
         def run():
             out = self.attention_kv(problem, *tensors, causal=problem.causal, scale=problem.scale, mods=mods)
-            return torch.autograd.grad(out, tensors[:3], g)
+            return torch.autograd.grad(out, leaves, g)
         return run
 
 
