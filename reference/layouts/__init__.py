@@ -8,28 +8,16 @@ A problem's layout is its spec item `kv=dense|ragged|paged:PAGE_SIZE`, with `app
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 
 import numpy as np
 
 from attnbench.reference._checks import AttentionInputError
+from attnbench.reference._discover import subclasses_by_key
 
 from .base import Geometry, KvLayout, Storage
 
 
-def _discover() -> dict[str, type[KvLayout]]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for value in vars(module).values():
-            if (isinstance(value, type) and issubclass(value, KvLayout) and value.key
-                    and value.__module__ == module.__name__):
-                found[value.key] = value
-    return found
-
-
-LAYOUTS: dict[str, type[KvLayout]] = _discover()
+LAYOUTS: dict[str, type[KvLayout]] = subclasses_by_key(__name__, __path__, KvLayout)
 
 __all__ = ["Geometry", "KvLayout", "LAYOUTS", "Storage", "parse"]
 

@@ -11,12 +11,10 @@ its module (a `Modification` subclass with a `key`), nothing here. The reference
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import numpy as np
 
 from attnbench.reference._checks import AttentionInputError
+from attnbench.reference._discover import subclasses_by_key
 
 from .alibi import Alibi
 from .base import Block, Modification, edges
@@ -25,20 +23,7 @@ from .softcap import Softcap
 from .window import Window
 
 
-
-def _discover() -> dict[str, type[Modification]]:
-    """{key: class} of every Modification subclass defined in this package's modules, in module-name order."""
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        for value in vars(module).values():
-            if (isinstance(value, type) and issubclass(value, Modification) and value.key
-                    and value.__module__ == module.__name__):
-                found[value.key] = value
-    return found
-
-
-MODS: dict[str, type[Modification]] = _discover()
+MODS: dict[str, type[Modification]] = subclasses_by_key(__name__, __path__, Modification)
 
 __all__ = ["MODS", "Alibi", "Block", "Modification", "Sinks", "Softcap", "Window", "apply", "edges",
            "magnitude", "parse", "sink_logits", "visible_range"]
