@@ -1,7 +1,7 @@
 """A sweep on a local Ray cluster: every point once, a killed worker costs one point, resume works, same records.
 
 The cluster is started here (`ray.init(num_cpus=2)`, no dashboard, its own temp
-dir) and shared by the tests of this module; skipped where Ray is not installed.
+dir) and shared by the tests of this module; skipped where Ray is not installed, and without --long.
 """
 import platform
 import shutil
@@ -17,9 +17,6 @@ from attnbench.perf.runner import run_sweep
 from attnbench.perf.sweep import SweepSpec
 
 from perf_helpers import perf, untimed
-
-ray = pytest.importorskip("ray")
-from attnbench.perf.ray_executor import RayExecutor  # noqa: E402
 
 OPTIONS = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
 
@@ -50,7 +47,13 @@ KILLER = textwrap.dedent('''
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
+    # A local cluster and a Ray worker per point cost about 50 worker-seconds, the dearest module of CI's 15
+    # minutes for an optional extra; the executor's contract (records, resume) is the local executor's, tested
+    # in CI (tests/test_perf_*.py).
+    if not request.config.getoption("--long"):
+        pytest.skip("Ray integration (a local cluster, ~50 s): run with --long")
+    ray = pytest.importorskip("ray")                               # ~5 s to import: only when it runs
     temp_dir = tempfile.mkdtemp(prefix="ray")                  # short: Ray's socket paths must fit 107 bytes
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
     yield
@@ -83,6 +86,8 @@ def test_attnbench_perf_on_ray_records_what_the_local_executor_does(cluster, tmp
 
 
 def test_a_killed_worker_costs_one_point_and_resume_skips_what_is_done(cluster, tmp_path, killer_plugin):
+    from attnbench.perf.ray_executor import RayExecutor
+
     spec = SweepSpec(seq_lens=(512,), heads=(2,), head_dims=(16,),
                      backends=("numpy", "test_kills_its_worker"), plugins=(killer_plugin,))
     path = run_sweep(spec, tmp_path, OPTIONS, executor=RayExecutor(log=lambda _: None), log=lambda _: None)
