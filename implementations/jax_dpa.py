@@ -4,8 +4,9 @@ JAX computes softmax(scale * Q K^T + bias, masked) V in layout (B, N, H, D);
 inputs are converted from NumPy once in `prepare` and transposed from the
 canonical (B, H, N, D). GQA is native (fewer key heads), bool masks go to
 `mask`, additive ones to `bias`. `is_causal` is top_left; bottom_right is folded
-into the bool mask. The lse is `return_residual=True`; dQ, dK, dV come from
-`jax.vjp`.
+into the bool mask. A sliding window is JAX's own `local_window_size` (shifted to
+FlashAttention's bottom-right alignment, `jax_window`). The lse is
+`return_residual=True`; dQ, dK, dV come from `jax.vjp`.
 
 Not supported, by the library (jax 0.10.2, measured): float16 ("precision
 F16_F16_F32 is not supported by dot_general on CPU"); bfloat16 with N = M = 1
@@ -55,15 +56,26 @@ def jax_masks(mask, causal: str | None, N: int, M: int, dtype: str):
     return bias, None if keep is None else jnp.asarray(keep), causal is not None
 
 
+def jax_window(problem: Problem) -> tuple[int, int] | None:
+    """`local_window_size` (left, right) for `problem`'s window, or None. JAX aligns it top-left (query i sees
+    i - left <= j <= i + right: jax/_src/nn/functions.py `_get_window_mask`); the window is bottom-right
+    (reference/mods/window.py), so both sides shift by M - N, and an unbounded side (-1) is N + M wide."""
+    window = problem.mod("window")
+    if window is None:
+        return None
+    shift, wide = problem.M - problem.N, problem.N + problem.M
+    return (wide if window.left < 0 else window.left - shift, wide if window.right < 0 else window.right + shift)
+
+
 @functools.lru_cache(maxsize=None)
-def jitted(scale: float | None, is_causal: bool, return_lse: bool):
+def jitted(scale: float | None, is_causal: bool, return_lse: bool, window: tuple[int, int] | None = None):
     """The jitted attention for these static options: (q, k, v, bias, mask) -> O (B, N, H, Dv) [, lse (B, H, N)]."""
     import jax
     import jax.numpy as jnp
 
     def attend(q, k, v, bias, mask):
         result = jax.nn.dot_product_attention(q, k, v, bias, mask, scale=scale, is_causal=is_causal,
-                                              return_residual=return_lse)
+                                              local_window_size=window, return_residual=return_lse)
         if not return_lse:
             return result
         out, lse = result                                                     # lse (B, N, H)
@@ -74,12 +86,12 @@ def jitted(scale: float | None, is_causal: bool, return_lse: bool):
 
 @register
 class JaxBackend(Backend):
-    """jax: jax.nn.dot_product_attention, jitted, CPU (bf16/f32; no Dv != D, no fully masked rows)."""
+    """jax: jax.nn.dot_product_attention, jitted, CPU (bf16/f32; window; no Dv != D, no fully masked rows)."""
 
     name = "jax"
     devices = ("cpu",)
     caps = Capabilities(dtypes=("bfloat16", "float32"), dv_differs=False, grad=True, lse=True,
-                        empty_rows=False, strided=False)
+                        empty_rows=False, strided=False, mods=("window",))
 
     def unavailable_reason(self) -> str | None:
         return None if HAS_JAX else "package jax not installed (pip install attnbench[jax])"
@@ -97,7 +109,7 @@ class JaxBackend(Backend):
     def prepare(self, inputs: Inputs, problem: Problem, *, device: str = "cpu",
                 return_lse: bool = False) -> Callable[[], Any]:
         q, k, v, bias, mask, is_causal = self._arrays(inputs, problem)
-        fn = jitted(problem.scale, is_causal, return_lse)
+        fn = jitted(problem.scale, is_causal, return_lse, jax_window(problem))
         import jax
 
         # JAX dispatches asynchronously: block, or a timer would measure only the dispatch.
@@ -107,7 +119,7 @@ class JaxBackend(Backend):
                          device: str = "cpu") -> Callable[[], Any]:
         q, k, v, bias, mask, is_causal = self._arrays(inputs, problem)
         g = to_bnhd(grad_out, problem.dtype)
-        fn = jitted(problem.scale, is_causal, False)
+        fn = jitted(problem.scale, is_causal, False, jax_window(problem))
         import jax
 
         def run():
