@@ -46,10 +46,11 @@ def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None and the bound modifications
     `mods` of `block` (those rows, every key), all in one dtype.
 
-    kt: K^T (B, Hkv, 1, D, M) contiguous, made once for every chunk (the forward, without autograd); then Q K^T
-    and P V are taken one head of the group at a time, as the broadcast matmul runs them (a bmm per (batch,
-    head)) but without the copies of K and V it makes for each of the G heads of every chunk (seconds at
-    M 131,073). The same kernel on the same operands: the same bits (`tests/test_naive.py`)."""
+    kt: K^T (B, Hkv, 1, D, M) contiguous (`_key_transpose`: float16, bfloat16), made once for every chunk (the
+    forward, without autograd); then Q K^T and P V are taken one head of the group at a time, as the broadcast
+    matmul runs them (a bmm per (batch, head)) but without the copies of K and V it makes for each of the G heads
+    of every chunk (seconds at M 131,073). The same kernel on the same operands: the same bits
+    (`tests/test_naive.py`)."""
     # Scale q first: in float16, Q K^T can overflow 65504 where scale * Q K^T does not.
     s = (q * scale) @ k.transpose(-1, -2) if kt is None else _per_head(q * scale, kt)
     if mods:
@@ -67,6 +68,14 @@ def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     p = e / torch.where(total > 0, total, torch.ones_like(total))            # an empty row: P = 0, not 0/0
     p = p[..., :-1] if sink is not None else p
     return p @ v if kt is None else _per_head(p, v)
+
+
+def _key_transpose(k: torch.Tensor) -> torch.Tensor | None:
+    """K^T (B, Hkv, 1, D, M) contiguous for float16 and bfloat16, whose CPU bmm copies a transposed (or
+    broadcast) operand to a contiguous one on every call: once here instead, the same bits. None for float32 and
+    float64: their GEMMs read the broadcast view without a copy (fast already), and a contiguous copy or a
+    per-head call (a GEMV for one row) would sum in another order, hence other bits."""
+    return k.transpose(-1, -2).contiguous() if k.dtype in (torch.float16, torch.bfloat16) else None
 
 
 def _per_head(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -98,7 +107,7 @@ def naive_forward(inputs, problem, rows: np.ndarray | None = None) -> np.ndarray
     p = problem
     rows = np.arange(p.N) if rows is None else np.asarray(rows)
     k, v = _tensor(inputs.k, p.dtype).unsqueeze(2), _tensor(inputs.v, p.dtype).unsqueeze(2)
-    kt = k.transpose(-1, -2).contiguous()                                      # (B, Hkv, 1, D, M), once
+    kt = _key_transpose(k)
     outs = []
     with torch.no_grad():
         for chunk in _chunks(p, rows):
