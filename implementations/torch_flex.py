@@ -13,6 +13,14 @@ window is a mask_mod (so the BlockMask skips the blocks outside it), and sinks,
 which FlexAttention has no hook for, are applied exactly from its lse:
 O' = O sigmoid(lse - sink), lse' = logaddexp(lse, sink).
 
+KV layouts natively (`flex_kv`): a ragged batch is one call over the packed sequences whose block mask keeps each
+sequence's own pairs (attention-gym's document masking, built from cu_seqlens; causal, windows and ALiBi
+bottom-right per sequence in the same mask_mod / score_mod), a paged cache goes through FlexAttention's
+`PagedAttention` (our block table as its page table, a key block per page), appended keys are written into a copy
+of the cache. The eager variant computes every packed pair and masks (it ignores the block sparsity); the compiled
+one skips the tiles across sequences, and reads pages through pad-and-mask (its key tiles are 16 keys or more, a
+page may be 1).
+
 `torch_flex` runs it unfused (eager); `torch_flex_compiled` runs
 `torch.compile(flex_attention)`, the fused kernel FlexAttention is meant for.
 Backward runs on CUDA only ("FlexAttention does not support backward on CPU").
