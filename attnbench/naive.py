@@ -41,12 +41,18 @@ def _grouped_bias(bias: np.ndarray | float, Hkv: int, G: int, dtype: str) -> tor
 
 
 def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
-           mods=(), block=None):
+           mods=(), block=None, *, kt: torch.Tensor | None = None):
     """O (B, Hkv, G, R, Dv) of grouped query rows q (B, Hkv, G, R, D) against k (B, Hkv, 1, M, D),
     v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None and the bound modifications
-    `mods` of `block` (those rows, every key), all in one dtype."""
+    `mods` of `block` (those rows, every key), all in one dtype.
+
+    kt: K^T (B, Hkv, 1, D, M) contiguous (`_key_transpose`: float16, bfloat16), made once for every chunk (the
+    forward, without autograd); then Q K^T and P V are taken one head of the group at a time, as the broadcast
+    matmul runs them (a bmm per (batch, head)) but without the copies of K and V it makes for each of the G heads
+    of every chunk (seconds at M 131,073). The same kernel on the same operands: the same bits
+    (`tests/test_naive.py`)."""
     # Scale q first: in float16, Q K^T can overflow 65504 where scale * Q K^T does not.
-    s = (q * scale) @ k.transpose(-1, -2)
+    s = (q * scale) @ k.transpose(-1, -2) if kt is None else _per_head(q * scale, kt)
     if mods:
         s = modifications.apply(s, mods, block, torch)
     if bias is not None:
@@ -60,7 +66,23 @@ def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     e = torch.exp(s - shift)
     total = e.sum(dim=-1, keepdim=True)
     p = e / torch.where(total > 0, total, torch.ones_like(total))            # an empty row: P = 0, not 0/0
-    return (p[..., :-1] if sink is not None else p) @ v
+    p = p[..., :-1] if sink is not None else p
+    return p @ v if kt is None else _per_head(p, v)
+
+
+def _key_transpose(k: torch.Tensor) -> torch.Tensor | None:
+    """K^T (B, Hkv, 1, D, M) contiguous for float16 and bfloat16, whose CPU bmm copies a transposed (or
+    broadcast) operand to a contiguous one on every call: once here instead, the same bits. None for float32 and
+    float64: their GEMMs read the broadcast view without a copy (fast already), and a contiguous copy or a
+    per-head call (a GEMV for one row) would sum in another order, hence other bits."""
+    return k.transpose(-1, -2).contiguous() if k.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _per_head(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (B, Hkv, G, R, X) @ b (B, Hkv, 1, X, Y) -> (B, Hkv, G, R, Y), one head g at a time (no copy of b)."""
+    if a.shape[2] == 1:
+        return a @ b
+    return torch.cat([a[:, :, g:g + 1] @ b for g in range(a.shape[2])], dim=2)
 
 
 def _operands(inputs, problem, rows: np.ndarray, *, requires_grad: bool = False):
@@ -85,11 +107,12 @@ def naive_forward(inputs, problem, rows: np.ndarray | None = None) -> np.ndarray
     p = problem
     rows = np.arange(p.N) if rows is None else np.asarray(rows)
     k, v = _tensor(inputs.k, p.dtype).unsqueeze(2), _tensor(inputs.v, p.dtype).unsqueeze(2)
+    kt = _key_transpose(k)
     outs = []
     with torch.no_grad():
         for chunk in _chunks(p, rows):
             q, bias, scale, mods = _operands(inputs, p, chunk)
-            outs.append(_plain(q, k, v, bias, scale, **mods))
+            outs.append(_plain(q, k, v, bias, scale, **mods, kt=kt))
     return torch.cat(outs, dim=3).reshape(p.B, p.H, len(rows), p.Dv).double().numpy()
 
 

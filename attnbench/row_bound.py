@@ -48,23 +48,37 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
     for start in range(0, M, block_m):
         kj = np.arange(start, min(start + block_m, M))
-        vt = v[:, :, None, kj]
+        vt = v[:, :, kj]                                                      # (B, Hkv, C, Dv)
         p = np.exp(block.scores(qg, k, rows, kj, **kwargs) - shift)
         t, finite = block.magnitude(qg, k, rows, kj, **kwargs)
         t = widen * t
         t_seen = np.maximum(t_seen, np.max(np.where(p > 0, t, 0.0), axis=-1))
         t_finite = np.maximum(t_finite, np.max(np.where(finite, t, 0.0), axis=-1))
-        abs_v, vis = np.abs(vt), finite.astype(np.float64)
-        mass += p @ abs_v
-        flushed += np.minimum(p, tiny) @ abs_v
+        abs_v, p2_ = np.abs(vt), p * p
+        abs_v2 = abs_v * abs_v
+        # Products that share an operand are one BLAS call (rows or columns side by side: each element the same
+        # dot product); the visibility (0/1) is shared by the heads of a group unless a mask is per head, so its
+        # products are taken once per distinct row (`_compact`), not G times.
+        mass_flushed = block.group_matmul(np.concatenate([p, np.minimum(p, tiny)], axis=-2), abs_v)
+        mass += mass_flushed[..., :R, :]
+        flushed += mass_flushed[..., R:, :]
         p_sum += p.sum(axis=-1)
-        p2 += (p * p).sum(axis=-1)
-        p2_v2 += (p * p) @ (abs_v * abs_v)
-        p2_vs += (p * p) @ vt
-        vis_v2 += vis @ (abs_v * abs_v)
-        vis_v += vis @ abs_v
+        p2 += p2_.sum(axis=-1)
+        p2_both = block.group_matmul(p2_, np.concatenate([abs_v2, vt], axis=-1))
+        p2_v2 += p2_both[..., :Dv]
+        p2_vs += p2_both[..., Dv:]
+        vis = _compact(finite).astype(np.float64)                             # (B|1, Hkv|1, G|1, R, C)
+        vis_both = vis @ np.concatenate([abs_v2, abs_v], axis=-1)[:, :, None]
+        vis_v2 += vis_both[..., :Dv]
+        vis_v += vis_both[..., Dv:]
         visible += vis.sum(axis=-1)
     return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed)
+
+
+def _compact(x: np.ndarray) -> np.ndarray:
+    """`x` (.., C) without the leading axes it is only broadcast along (stride 0): size 1 there, same values."""
+    return x[tuple(slice(0, 1) if stride == 0 and n > 1 else slice(None) for stride, n in
+                   zip(x.strides[:-1], x.shape[:-1]))]
 
 
 def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):

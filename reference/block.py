@@ -55,6 +55,16 @@ def grouped(bias, Hkv: int, G: int):
     return bias.reshape(b, Hkv, G, *bias.shape[2:]) if h != 1 else bias[:, :, None]
 
 
+def group_matmul(a, b):
+    """a (B, Hkv, G, R, X) @ b (B|1, Hkv|1, X, Y) -> (B, Hkv, G, R, Y): the G query heads that share a KV head as
+    one matrix of G R rows, one BLAS product per KV head instead of G skinny ones (decode: R of a few rows). Each
+    element is the same dot product; a ≤ 4-D `a` (no group axis) is a plain matmul."""
+    if a.ndim < 5:
+        return a @ b
+    B, Hkv, G, R, X = a.shape
+    return (a.reshape(B, Hkv, G * R, X) @ b).reshape(B, Hkv, G, R, b.shape[-1])
+
+
 def block_of(rows, cols, N: int, M: int, H: int, Hkv: int) -> modifications.Block:
     return modifications.Block(np.asarray(rows), np.asarray(cols), N, M, H, Hkv)
 
@@ -64,7 +74,7 @@ def scores(qg, k, rows, cols, *, mask, causal, mods, N: int, M: int, scale: floa
     k (B, Hkv, M, D); with_grad also returns d S / d (scale Q K^T) (None: 1, no nonlinear modification)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     rows, cols = np.asarray(rows), np.asarray(cols)
-    raw = scale * (qg @ k[:, :, None, cols].swapaxes(-1, -2))
+    raw = scale * group_matmul(qg, k[:, :, cols].swapaxes(-1, -2))
     block = block_of(rows, cols, N, M, Hkv * G, Hkv)
     s, factor = modifications.apply(raw, mods, block, with_grad=True)
     s = s + grouped(bias_rows(mask, causal, rows, cols, N, M), Hkv, G)
@@ -76,7 +86,7 @@ def magnitude(qg, k, rows, cols, *, mask, causal, mods, N: int, M: int, scale: f
     the magnitude every score's rounding error is relative to (`attnbench.budget`)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     block = block_of(rows, cols, N, M, Hkv * G, Hkv)
-    t = abs(scale) * (np.abs(qg) @ np.abs(k[:, :, None, cols]).swapaxes(-1, -2))
+    t = abs(scale) * group_matmul(np.abs(qg), np.abs(k[:, :, cols]).swapaxes(-1, -2))
     t = modifications.magnitude(t, mods, block)
     bias = grouped(bias_rows(mask, causal, rows, cols, N, M), Hkv, G)
     t = t + np.where(np.isfinite(bias), np.abs(bias), 0.0)

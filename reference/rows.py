@@ -56,7 +56,7 @@ def online(qg, k, v, qi, *, mask, causal, mods, N: int, M: int, scale: float, bl
         p = np.exp(s - shift[..., None])
         alpha = np.exp(m_i - shift)
         l_i = alpha * l_i + p.sum(axis=-1)
-        acc = alpha[..., None] * acc + p @ v[:, :, None, kj]
+        acc = alpha[..., None] * acc + block.group_matmul(p, v[:, :, kj])
         m_i = m_new
     seen = l_i != 0                                                           # NaN rows are not empty: keep NaN
     out = np.where(seen[..., None], acc / np.where(seen, l_i, 1.0)[..., None], 0.0)
