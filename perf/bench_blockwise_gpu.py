@@ -15,24 +15,13 @@ message otherwise.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 from attnbench.precision import HALF_DTYPES
 
 from . import records
-from .measure import MeasureOptions
-from .settings import LONG_POINT_TIMEOUT_S, TIME_BUDGET_S
-from .sweep import SweepSpec
-
-BACKENDS = ("triton_blockwise", "torch_sdpa_flash")
-SEQ_LENS = (1024, 2048, 4096, 8192, 16384)
-HEAD_DIMS = (64, 128)
-B, H = 1, 16
-SPEC = SweepSpec(seq_lens=SEQ_LENS, heads=(H,), batch=(B,), head_dims=HEAD_DIMS, dtypes=("bfloat16",),
-                 causal=(None, "top_left"), passes=("fwd", "fwd+bwd"), backends=BACKENDS, device="cuda")
-OPTIONS = MeasureOptions(time_budget_s=TIME_BUDGET_S, min_repeats=10, max_repeats=100)
+from .spec import GPU_BENCH, with_grid
 
 
 def format_table(results: list[records.PointResult], machine: dict) -> str:
@@ -70,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports", help="parent of the new run directory")
     parser.add_argument("--dtype", default="bfloat16", choices=HALF_DTYPES)
     parser.add_argument("--causal", default="none,top_left", help="none and/or top_left, comma-separated")
-    parser.add_argument("--seq-lens", default=",".join(map(str, SEQ_LENS)), help="N values, comma-separated")
+    parser.add_argument("--seq-lens", default=",".join(map(str, GPU_BENCH.spec.seq_lens)), help="N values, comma-separated")
     args = parser.parse_args(argv)
-    spec = dataclasses.replace(SPEC, dtypes=(args.dtype,), seq_lens=tuple(int(n) for n in args.seq_lens.split(",")),
-                               causal=tuple(None if c == "none" else c for c in args.causal.split(",")))
+    profile = with_grid(GPU_BENCH, dtypes=(args.dtype,), seq_lens=tuple(int(n) for n in args.seq_lens.split(",")),
+                        causal=tuple(None if c == "none" else c for c in args.causal.split(",")))
     if not torch.cuda.is_available():
         print("bench_blockwise_gpu: no CUDA device here; this benchmark needs a GPU (nothing was run).")
         return 1
@@ -81,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import machine_info, new_run_dir, run_sweep
 
     run_dir = new_run_dir(Path(args.out))
-    path = run_sweep(spec, run_dir, OPTIONS, timeout_s=LONG_POINT_TIMEOUT_S)
+    path = run_sweep(profile.spec, run_dir, profile.options, timeout_s=profile.timeout_s)
     render(run_dir)
-    print(format_table(records.read(path), machine_info(run_dir, spec)))
+    print(format_table(records.read(path), machine_info(run_dir, profile.spec)))
     print(f"report: {run_dir / 'report.html'}")
     return 0
 

@@ -17,22 +17,7 @@ from pathlib import Path
 
 from . import records
 from .analysis import slopes
-from .measure import MeasureOptions
-from .settings import LONG_POINT_TIMEOUT_S
-from .sweep import SweepSpec
-
-BACKENDS = ("torch_blockwise", "torch_eager")
-SEQ_LENS = (2048, 4096, 8192, 16384)
-B, H, D = 1, 4, 64
-# torch_eager holds about two (B, H, N, N) float32 buffers: 8 GiB at N 16384 fits, more would be oom.
-MEMORY_CAP = 16 * 2**30
-# Memory is what this sweep is for: one timed call is enough.
-OPTIONS = MeasureOptions(time_budget_s=0.0, min_repeats=1, max_repeats=1, memory_cap=MEMORY_CAP)
-
-
-def spec(seq_lens=SEQ_LENS) -> SweepSpec:
-    return SweepSpec(seq_lens=tuple(seq_lens), heads=(H,), batch=(B,), head_dims=(D,), dtypes=("float32",),
-                     passes=("fwd",), backends=BACKENDS, device="cpu")
+from .spec import MEMORY_SCAN, with_grid
 
 
 def memory_table(results: list[records.PointResult]) -> str:
@@ -40,7 +25,8 @@ def memory_table(results: list[records.PointResult]) -> str:
     backends = sorted({r.backend for r in results})
     cell = {(r.backend, r.N): (f"{r.peak_bytes / 2**20:.0f}" if r.status == "ok" else r.status) for r in results
             if r.status != "skipped"}
-    lines = [f"peak memory of one forward, B{B} H{H} D{D} float32 (MiB)",
+    s = MEMORY_SCAN.spec
+    lines = [f"peak memory of one forward, B{s.batch[0]} H{s.heads[0]} D{s.head_dims[0]} {s.dtypes[0]} (MiB)",
              "| N | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
     for n in sorted({n for _, n in cell}):
         lines.append(f"| {n} | " + " | ".join(cell.get((b, n), "-") for b in backends) + " |")
@@ -50,18 +36,19 @@ def memory_table(results: list[records.PointResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attnbench.perf.cli_perf import ints
+    from .cli_perf import csv, ints
 
     from .report import render
     from .runner import new_run_dir, run_sweep
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--seq-lens", default=",".join(map(str, SEQ_LENS)), help="N values")
+    parser.add_argument("--seq-lens", default=csv(MEMORY_SCAN.spec.seq_lens), help="N values")
     parser.add_argument("--out", default="reports", help="parent of the new run directory")
     args = parser.parse_args(argv)
     run_dir = new_run_dir(Path(args.out))
-    path = run_sweep(spec(ints(args.seq_lens, "seq-lens")), run_dir, OPTIONS, timeout_s=LONG_POINT_TIMEOUT_S)
+    profile = with_grid(MEMORY_SCAN, seq_lens=ints(args.seq_lens, "seq-lens"))
+    path = run_sweep(profile.spec, run_dir, profile.options, timeout_s=profile.timeout_s)
     render(run_dir)
     print(memory_table(records.read(path)))
     print(f"report: {run_dir / 'report.html'}")

@@ -5,16 +5,15 @@ A user mistake raises AttentionInputError (the CLI prints one line and exits 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError
 
-from .cli_perf import CAUSAL_WORDS, ints, words
-from .measure import MeasureOptions
-from .settings import INTERLEAVED_TIME_BUDGET_S, POINT_TIMEOUT_S
-from .sweep import PERF_PASSES, SweepSpec
+from .cli_perf import CAUSAL_WORDS, csv, ints, words
+from .spec import INTERLEAVED, PERF_PASSES, SweepSpec
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,18 +25,19 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     ab = p.add_argument_group("interleaved A/B (the stable gate on a shared machine)")
     ab.add_argument("--interleaved", action="store_true",
                     help="time backends OLD and NEW alternately in the same worker, in fresh processes")
-    ab.add_argument("--seq-lens", default="256,1024", help="N values")
-    ab.add_argument("--heads", default="4", help="H values")
-    ab.add_argument("--head-dim", default="64", help="D values")
-    ab.add_argument("--dtype", default="float32", help="dtypes")
+    spec, options = INTERLEAVED.spec, INTERLEAVED.options
+    ab.add_argument("--seq-lens", default=csv(spec.seq_lens), help="N values")
+    ab.add_argument("--heads", default=csv(spec.heads), help="H values")
+    ab.add_argument("--head-dim", default=csv(spec.head_dims), help="D values")
+    ab.add_argument("--dtype", default=csv(spec.dtypes), help="dtypes")
     ab.add_argument("--causal", default="none", help="none, top_left, bottom_right")
-    ab.add_argument("--pass", dest="passes", default="fwd", help="fwd, fwd+bwd")
-    ab.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to time on")
-    ab.add_argument("--threads", type=int, default=1, help="torch/BLAS threads in the worker")
-    ab.add_argument("--processes", type=int, default=3, help="fresh processes per point")
-    ab.add_argument("--time-budget", type=float, default=INTERLEAVED_TIME_BUDGET_S,
+    ab.add_argument("--pass", dest="passes", default=csv(spec.passes), help="fwd, fwd+bwd")
+    ab.add_argument("--device", default=spec.device, choices=["cpu", "cuda"], help="device to time on")
+    ab.add_argument("--threads", type=int, default=options.threads, help="torch/BLAS threads in the worker")
+    ab.add_argument("--processes", type=int, default=options.processes, help="fresh processes per point")
+    ab.add_argument("--time-budget", type=float, default=options.time_budget_s,
                     help="seconds of timed pairs per process")
-    ab.add_argument("--timeout", type=float, default=POINT_TIMEOUT_S, help="seconds per process")
+    ab.add_argument("--timeout", type=float, default=INTERLEAVED.timeout_s, help="seconds per process")
     ab.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                     help="a module file registering extra backends (e.g. a second install under another name)")
 
@@ -60,7 +60,7 @@ def run_compare(args) -> int:
 
 
 def _pair_cases(args):
-    from .sweep import expand
+    from .spec import expand
 
     for plugin in args.plugin:
         if not Path(plugin).is_file():
@@ -89,8 +89,8 @@ def run_interleaved(args) -> int:
     from .worker import run_pair
 
     pairs = _pair_cases(args)
-    options = MeasureOptions(time_budget_s=args.time_budget, threads=args.threads, processes=args.processes,
-                             max_repeats=1000)
+    options = dataclasses.replace(INTERLEAVED.options, time_budget_s=args.time_budget, threads=args.threads,
+                                  processes=args.processes)
     results = []
     for i, (a, b) in enumerate(pairs):
         print(f"[{i + 1}/{len(pairs)}] {a.pass_} {a.problem.id}", file=sys.stderr, flush=True)

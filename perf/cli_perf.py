@@ -15,19 +15,15 @@ from attnbench.devices import require_device
 from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError
 
-from .measure import MeasureOptions
-from .settings import PERF_TIME_BUDGET_S, POINT_TIMEOUT_S, QUICK_TIME_BUDGET_S
-from .sweep import PERF_PASSES, SweepSpec, measurable_backends
+from .spec import DECODE, PERF, PERF_PASSES, QUICK, MeasureOptions, SweepSpec, measurable_backends
 
-# --quick is a look, not a record: no re-measuring (noisy points are still flagged) and no simulated backends.
-QUICK = dict(seq_lens="128,256,512", passes="fwd", time_budget=QUICK_TIME_BUDGET_S, repeats=20, processes=2,
-             remeasure=0)
-DEFAULTS = dict(seq_lens="256,512,1024,2048", passes="fwd,fwd+bwd", time_budget=PERF_TIME_BUDGET_S,
-                repeats=50, processes=3, remeasure=1)
-# --decode: a few new queries against a KV cache swept over M (the memory-bound regime; GB/s, not TFLOP/s).
-DECODE = dict(seq_lens="1", kv_lens="4096,16384,32768,65536", passes="fwd")
 CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def csv(values) -> str:
+    """(256, 512) -> '256,512': a profile's tuple as the command line writes it."""
+    return ",".join(map(str, values))
 
 
 def ints(text: str, what: str) -> tuple[int, ...]:
@@ -75,32 +71,32 @@ def parse_bytes(text: str | None) -> int | None:
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma-separated backend names (default: every registered one that fits)")
-    p.add_argument("--seq-lens", help=f"N values (default {DEFAULTS['seq_lens']}; --quick {QUICK['seq_lens']})")
+    p.add_argument("--seq-lens", help=f"N values (default {csv(PERF.spec.seq_lens)}; --quick {csv(QUICK.spec.seq_lens)})")
     p.add_argument("--kv-len", type=int, help="M for every point (default: M = N)")
     p.add_argument("--decode", action="store_true",
-                   help=f"the decode regime: N fixed and small (--seq-lens, default {DECODE['seq_lens']}), M swept "
-                        f"over --kv-lens (default {DECODE['kv_lens']}), fwd; reports GB/s and the fraction of the "
+                   help=f"the decode regime: N fixed and small (--seq-lens, default {csv(DECODE.seq_lens)}), M swept "
+                        f"over --kv-lens (default {csv(DECODE.kv_lens)}), fwd; reports GB/s and the fraction of the "
                         "machine's measured memory bandwidth")
     p.add_argument("--kv-lens", help="M values to sweep at each N (the decode regime; default with --decode: "
-                                     f"{DECODE['kv_lens']})")
+                                     f"{csv(DECODE.kv_lens)})")
     p.add_argument("--kv-heads", type=int, help="Hkv of every point (grouped-query; default: H)")
-    p.add_argument("--heads", default="4", help="H values")
+    p.add_argument("--heads", default=csv(PERF.spec.heads), help="H values")
     p.add_argument("--heads-at-n", type=int, metavar="N", help="sweep H only at this N; the N curve uses the "
                                                                "first H (default: the whole N x H grid)")
-    p.add_argument("--batch", default="1", help="B values")
-    p.add_argument("--head-dim", default="64", help="D values")
-    p.add_argument("--dtype", default="float32", help=f"dtypes, from {', '.join(DTYPES)}")
+    p.add_argument("--batch", default=csv(PERF.spec.batch), help="B values")
+    p.add_argument("--head-dim", default=csv(PERF.spec.head_dims), help="D values")
+    p.add_argument("--dtype", default=csv(PERF.spec.dtypes), help=f"dtypes, from {', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device every point runs on")
     p.add_argument("--causal", default="none", help="none, top_left (on), bottom_right; comma-separated")
     p.add_argument("--mods", default="", help="modifications every point computes, as in a problem spec: "
                    "'window=4096:0,softcap=30,alibi=head,sinks=1' (FLOPs count the attended pairs only)")
-    p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {DEFAULTS['passes']})")
+    p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {csv(PERF.spec.passes)})")
     p.add_argument("--out", default="reports", help="parent directory of the new run-* directory")
     p.add_argument("--repeats", type=int,
-                   help=f"most timed repeats per point (default {DEFAULTS['repeats']}; --quick {QUICK['repeats']})")
+                   help=f"most timed repeats per point (default {PERF.options.max_repeats}; --quick {QUICK.options.max_repeats})")
     p.add_argument("--time-budget", type=float, help=f"seconds of timed repeats per point (default "
-                                                     f"{DEFAULTS['time_budget']}; --quick {QUICK['time_budget']})")
-    p.add_argument("--timeout", type=float, default=POINT_TIMEOUT_S, help="seconds per point before it is a timeout")
+                                                     f"{PERF.options.time_budget_s}; --quick {QUICK.options.time_budget_s})")
+    p.add_argument("--timeout", type=float, default=PERF.timeout_s, help="seconds per point before it is a timeout")
     p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom "
                                         "(default: no cap)")
     p.add_argument("--resume", metavar="DIR", help="continue the sweep saved in DIR (its spec.json), skipping "
@@ -121,10 +117,10 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch/BLAS threads in each worker (1 is stable on a shared machine)")
     p.add_argument("--pin-cpus", help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
     p.add_argument("--processes", type=int,
-                   help=f"fresh processes per point (default {DEFAULTS['processes']}; --quick {QUICK['processes']})")
+                   help=f"fresh processes per point (default {PERF.options.processes}; --quick {QUICK.options.processes})")
     p.add_argument("--remeasure", type=int,
-                   help=f"re-measures of a noisy point before it is flagged (default {DEFAULTS['remeasure']}; "
-                        f"--quick {QUICK['remeasure']})")
+                   help=f"re-measures of a noisy point before it is flagged (default {PERF.options.remeasure}; "
+                        f"--quick {QUICK.options.remeasure})")
 
 
 # Flags that do not define the sweep: free to differ on --resume and not saved in spec.json.
@@ -166,11 +162,10 @@ def parse_mods(text: str) -> tuple:
 
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
-    base = QUICK if args.quick else DEFAULTS
+    base = QUICK if args.quick else PERF
     decode = getattr(args, "decode", False)
-    if decode:
-        base = {**base, **DECODE}
-    kv_lens = getattr(args, "kv_lens", None) or (base["kv_lens"] if decode else None)
+    grid = DECODE if decode else base.spec
+    kv_lens = getattr(args, "kv_lens", None) or (csv(DECODE.kv_lens) if decode else None)
     if kv_lens and args.kv_len:
         raise AttentionInputError("--kv-len sets one M; --kv-lens (or --decode) sweeps M: give one of them")
     causal = tuple(CAUSAL_WORDS[c] for c in words(args.causal, tuple(CAUSAL_WORDS), "causal"))
@@ -181,10 +176,10 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     if args.quick and backends is None:
         backends = measurable_backends(args.device, tuple(str(Path(p).resolve()) for p in args.plugin))
     spec = SweepSpec(
-        seq_lens=ints(args.seq_lens or base["seq_lens"], "seq-lens"), heads=ints(args.heads, "heads"),
+        seq_lens=ints(args.seq_lens, "seq-lens") if args.seq_lens else grid.seq_lens, heads=ints(args.heads, "heads"),
         batch=ints(args.batch, "batch"), head_dims=ints(args.head_dim, "head-dim"),
         dtypes=words(args.dtype, DTYPES, "dtype"), causal=causal,
-        passes=words(args.passes or base["passes"], PERF_PASSES, "pass"),
+        passes=words(args.passes, PERF_PASSES, "pass") if args.passes else grid.passes,
         backends=backends, device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
         kv_lens=ints(kv_lens, "kv-lens") if kv_lens else None, kv_heads=getattr(args, "kv_heads", None),
         mods=parse_mods(args.mods),
@@ -196,14 +191,14 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
         if getattr(spec, flag) is not None and getattr(spec, flag) < 1:
             raise AttentionInputError(f"--{flag.replace('_', '-')}: expected an integer >= 1, "
                                       f"got {getattr(spec, flag)}")
-    repeats = base["repeats"] if args.repeats is None else args.repeats
+    repeats = base.options.max_repeats if args.repeats is None else args.repeats
     if repeats < 1 or (args.time_budget is not None and args.time_budget < 0) or args.timeout <= 0:
         raise AttentionInputError("--repeats, --time-budget and --timeout must be positive")
-    processes = args.processes or base["processes"]
-    remeasure = base["remeasure"] if args.remeasure is None else args.remeasure
+    processes = args.processes or base.options.processes
+    remeasure = base.options.remeasure if args.remeasure is None else args.remeasure
     if args.threads < 1 or processes < 1 or remeasure < 0:
         raise AttentionInputError("--threads and --processes must be >= 1, --remeasure >= 0")
-    options = MeasureOptions(time_budget_s=base["time_budget"] if args.time_budget is None else args.time_budget,
+    options = MeasureOptions(time_budget_s=base.options.time_budget_s if args.time_budget is None else args.time_budget,
                              min_repeats=min(5, repeats), max_repeats=repeats,
                              memory_cap=parse_bytes(args.memory_cap), threads=args.threads,
                              pin_cpus=cpus(args.pin_cpus) if args.pin_cpus else None,
@@ -286,7 +281,7 @@ def interrupted(exc) -> int:
 
 def run_perf(args) -> int:
     from .runner import Interrupted, new_run_dir, run_sweep
-    from .sweep import expand
+    from .spec import expand
 
     if args.resume:
         run_dir = Path(args.resume)

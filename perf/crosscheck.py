@@ -23,7 +23,7 @@ _CHILD = """
 import json, sys
 from attnbench.perf import process_setup
 from attnbench.perf.measure import prepare
-from attnbench.perf.sweep import Case, load_plugins
+from attnbench.perf.spec import Case, load_plugins
 case, threads, keep, min_run_time = Case.from_json(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])
 process_setup.set_threads(threads)
 if keep:
@@ -46,7 +46,7 @@ def timer_median(case_json: str, threads: int, keep_freed_memory: bool, min_run_
 
 
 def main(argv=None) -> int:
-    from .sweep import Case
+    from .spec import Case
     from attnbench.problem import Problem
 
     parser = argparse.ArgumentParser(prog="python -m attnbench.perf.crosscheck", description=__doc__.split("\n")[0])

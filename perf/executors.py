@@ -24,8 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .machine import fingerprint
-from .measure import MeasureOptions
-from .sweep import Case
+from .spec import Case, MeasureOptions
 from .worker import run_isolated
 
 

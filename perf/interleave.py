@@ -19,9 +19,9 @@ import numpy as np
 from scipy import stats
 
 from .compare import ALPHA, holm
-from .measure import MeasureOptions, prepare, setup_process
+from .measure import prepare, setup_process
 from .replicates import log_t_interval
-from .sweep import Case, load_plugins
+from .spec import Case, MeasureOptions, load_plugins
 from .timing import warm_up
 
 

@@ -9,15 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import records
-from .measure import MeasureOptions
 from .report import render
 from .runner import new_run_dir, run_sweep
-from .settings import POINT_TIMEOUT_S, RUN_TIME_BUDGET_S
-from .sweep import SweepSpec, measurable_backends
-
-# An N curve at H 4, and H 2 and 8 at N 256 for the time-vs-H plot (two points more per backend).
-DEFAULT_SPEC = SweepSpec(seq_lens=(256, 512, 1024), heads=(4, 2, 8), heads_at_n=256, passes=("fwd",))
-DEFAULT_OPTIONS = MeasureOptions(time_budget_s=RUN_TIME_BUDGET_S, max_repeats=20)
+from .spec import RUN, MeasureOptions, SweepSpec, measurable_backends
 
 
 def format_table(results: list[records.PointResult]) -> str:
@@ -37,15 +31,15 @@ def format_table(results: list[records.PointResult]) -> str:
     return "\n".join(lines)
 
 
-def main_job(out_dir: Path, device: str = "cpu", spec: SweepSpec = DEFAULT_SPEC,
-             options: MeasureOptions = DEFAULT_OPTIONS, log=print) -> Path:
+def main_job(out_dir: Path, device: str = "cpu", spec: SweepSpec = RUN.spec,
+             options: MeasureOptions = RUN.options, log=print) -> Path:
     """Run the default check-and-time sweep on `device`; returns the report directory."""
     run_dir = new_run_dir(Path(out_dir))
     # Like --quick, the main job leaves out backends simulated on this device (7 of its 9.5 min went to timing
     # triton_blockwise under the Triton interpreter); conformance still checks them, `perf --backends` times them.
     backends = spec.backends if spec.backends is not None else measurable_backends(device, spec.plugins)
     path = run_sweep(SweepSpec(**{**spec.__dict__, "device": device, "backends": backends}), run_dir, options,
-                     timeout_s=POINT_TIMEOUT_S, log=log)
+                     timeout_s=RUN.timeout_s, log=log)
     render(run_dir)
     log(format_table(records.read(path)))
     return run_dir

@@ -26,40 +26,12 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
 
 from attnbench.problem import Problem, make_grad_out, make_inputs
 
 from . import integrity, process_setup
-from .settings import TIME_BUDGET_S
-from .sweep import Case, load_plugins
+from .spec import Case, MeasureOptions, load_plugins
 from .timing import summarize, time_cuda, time_steady
-
-
-@dataclass(frozen=True)
-class MeasureOptions:
-    """How to measure a point.
-
-    time_budget_s / min_repeats / max_repeats: timed repeats per fresh process;
-    warmup: the fewest warm-up calls (more until the time settles);
-    memory_cap: bytes one call may allocate (None: no cap);
-    threads: torch/BLAS threads in the worker (None: leave torch's default);
-    pin_cpus: CPUs the worker is pinned to (None: no pinning);
-    processes: fresh processes per point, so its interval describes reruns;
-    remeasure: how many times a noisy point is measured again before it is flagged;
-    keep_freed_memory: glibc keeps freed memory (steady state, no per-call page faults).
-    """
-
-    time_budget_s: float = TIME_BUDGET_S
-    min_repeats: int = 5
-    max_repeats: int = 50
-    warmup: int = 1
-    memory_cap: int | None = None
-    threads: int | None = 1
-    pin_cpus: tuple[int, ...] | None = None
-    processes: int = 3
-    remeasure: int = 1
-    keep_freed_memory: bool = True
 
 
 def accuracy(backend, case: Case) -> tuple[float, bool]:

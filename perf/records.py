@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import derived
-from .sweep import Case
+from .spec import Case
 
 # implausible: measured faster than the machine's roofline allows (integrity.py); timed, never ranked.
 # Bump when a field changes meaning; readers refuse records newer than they know.

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from attnbench.reference import AttentionInputError
 
-from .measure import MeasureOptions
-from .sweep import SweepSpec
+from .spec import MeasureOptions, SweepSpec
 
 SPEC_FILE = "spec.json"
 

@@ -19,11 +19,9 @@ from tqdm import tqdm
 from . import derived, integrity, records
 from .executors import PointJob, SerialExecutor
 from .machine import measure_machine, roofline_flops, same_machine
-from .measure import MeasureOptions
 from .records import PointResult
 from .rundir import save_or_check_spec, writer_lock
-from .settings import POINT_TIMEOUT_S
-from .sweep import Case, SweepSpec, expand
+from .spec import POINT_TIMEOUT_S, Case, MeasureOptions, SweepSpec, expand
 
 
 class Interrupted(Exception):

@@ -32,9 +32,8 @@ import sys
 
 from . import integrity, replicates
 from .machine import fingerprint, with_cached_bandwidth
-from .measure import MeasureOptions, measure_case, set_cpu_cap
-from .settings import LONG_POINT_TIMEOUT_S
-from .sweep import Case
+from .measure import measure_case, set_cpu_cap
+from .spec import LONG_POINT_TIMEOUT_S, Case, MeasureOptions
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
 # Imports only: running any torch op here would start OpenMP threads, and a forked child of a
@@ -116,7 +115,7 @@ def _reuse_capabilities(case: Case, caps: dict) -> None:
     """Give the child's backend the capabilities the parent already probed (SDPA probes cost ~1 s a kernel)."""
     from attnbench.implementations import get_backend
 
-    from .sweep import load_plugins
+    from .spec import load_plugins
 
     load_plugins(case.plugins)
     get_backend(case.backend).adopt_capabilities(case.device, capabilities_from_dict(caps))

@@ -10,11 +10,10 @@ import pytest
 
 from attnbench.implementations import registry
 from attnbench.perf import derived, timing
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf.spec import MeasureOptions, SweepSpec
 from attnbench.perf.records import PointResult
 from attnbench.perf.report import render
 from attnbench.perf.runner import run_sweep
-from attnbench.perf.sweep import SweepSpec
 from attnbench.problem import Problem
 
 from test_perf_trust import INJECTED

@@ -17,7 +17,7 @@ import torch
 from attnbench.implementations import registry
 from attnbench.perf import integrity, records
 from attnbench.perf.summary import fastest_rows, problem_rows, suspicious
-from attnbench.perf.sweep import load_plugins
+from attnbench.perf.spec import load_plugins
 from attnbench.perf.timing import time_callable
 
 from perf_helpers import perf, synthetic

@@ -59,7 +59,7 @@ def test_fa2_flop_convention_is_recorded_beside_ours():
 def test_child_pre_call_check_uses_the_parents_capabilities(monkeypatch):
     # why_not -> device_unavailable_reason used to re-run the SDPA kernel probes (1-2 s per point) in every worker.
     from attnbench.implementations import get_backend, torch_sdpa
-    from attnbench.perf.sweep import Case
+    from attnbench.perf.spec import Case
     from attnbench.perf.worker import _reuse_capabilities
     import dataclasses
 

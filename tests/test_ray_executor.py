@@ -12,9 +12,8 @@ import pytest
 
 from attnbench.implementations import registry
 from attnbench.perf import records
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf.spec import MeasureOptions, SweepSpec
 from attnbench.perf.runner import run_sweep
-from attnbench.perf.sweep import SweepSpec
 
 from perf_helpers import perf, untimed
 

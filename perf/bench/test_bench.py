@@ -11,7 +11,7 @@ import pytest
 from attnbench.implementations import all_backends
 from attnbench.perf import derived
 from attnbench.perf.measure import accuracy, prepare
-from attnbench.perf.sweep import Case
+from attnbench.perf.spec import Case
 from attnbench.problem import Problem
 
 PROBLEMS = [Problem(B=1, H=4, N=256, D=64), Problem(B=1, H=4, N=1024, D=64),
