@@ -21,13 +21,13 @@ from . import records
 
 _CHILD = """
 import json, sys
-from attnbench.perf import process_setup
+from attnbench.perf import worker
 from attnbench.perf.measure import prepare
 from attnbench.perf.spec import Case, load_plugins
 case, threads, keep, min_run_time = Case.from_json(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])
-process_setup.set_threads(threads)
+worker.set_threads(threads)
 if keep:
-    process_setup.keep_freed_memory()
+    worker.keep_freed_memory()
 import torch.utils.benchmark as tb
 from attnbench.implementations import get_backend
 load_plugins(case.plugins)

@@ -12,51 +12,13 @@ Holm-corrected over the points compared.
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from .compare import ALPHA, holm
-from .measure import prepare, setup_process
 from .replicates import log_t_interval
-from .spec import Case, MeasureOptions, load_plugins
-from .timing import warm_up
-
-
-def time_alternately(fn_a, fn_b, *, synchronize, options: MeasureOptions) -> tuple[list[float], list[float]]:
-    """Seconds per call of A and B, timed in adjacent pairs (ABBA order), after both have warmed up."""
-    for fn in (fn_a, fn_b):
-        warm_up(fn, synchronize=synchronize, min_calls=options.warmup, budget_s=options.time_budget_s / 2)
-    a_times, b_times = [], []
-    deadline = time.perf_counter() + options.time_budget_s
-    while len(a_times) < options.min_repeats or (len(a_times) < options.max_repeats
-                                                  and time.perf_counter() < deadline):
-        order = ((fn_a, a_times), (fn_b, b_times))
-        for fn, out in order if len(a_times) % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            fn()
-            synchronize()
-            out.append(time.perf_counter() - start)
-    return a_times, b_times
-
-
-def measure_pair(case_a: Case, case_b: Case, options: MeasureOptions) -> dict:
-    """In one (fresh) process: A's and B's samples, timed alternately."""
-    from attnbench.implementations import get_backend
-
-    setup = setup_process(options)
-    load_plugins(case_a.plugins + case_b.plugins)
-    backend_a, backend_b = get_backend(case_a.backend), get_backend(case_b.backend)
-    fn_a, fn_b = prepare(backend_a, case_a), prepare(backend_b, case_b)
-
-    def sync():
-        backend_a.synchronize(case_a.device)
-        backend_b.synchronize(case_b.device)
-
-    a, b = time_alternately(fn_a, fn_b, synchronize=sync, options=options)
-    return {"samples_a": a, "samples_b": b, **setup}
 
 
 @dataclass(frozen=True)

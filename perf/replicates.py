@@ -12,7 +12,7 @@ import numpy as np
 from scipy import stats
 
 from . import noise
-from .timing import summarize
+from .stats import summarize
 
 
 def log_t_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from attnbench.implementations import registry
-from attnbench.perf import derived, timing
+from attnbench.perf import derived, measure
 from attnbench.perf.spec import MeasureOptions, SweepSpec
 from attnbench.perf.records import PointResult
 from attnbench.perf.report import render
@@ -26,7 +26,7 @@ def injected(tmp_path, monkeypatch):
     """A module file registering `injected`: torch_eager whose every call takes SECONDS on the worker's clock."""
     registry.discover()
     monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
-    monkeypatch.setattr(timing, "time", timing.time)
+    monkeypatch.setattr(measure, "time", measure.time)
     path = tmp_path / "injected_decode.py"
     path.write_text(INJECTED.format(cls="InjectedDecode", name="injected", seconds=SECONDS))
     return str(path)

@@ -18,7 +18,7 @@ from attnbench.implementations import registry
 from attnbench.perf import integrity, records
 from attnbench.perf.summary import fastest_rows, problem_rows, suspicious
 from attnbench.perf.spec import load_plugins
-from attnbench.perf.timing import time_callable
+from attnbench.perf.measure import time_callable
 
 from perf_helpers import perf, synthetic
 

@@ -1,0 +1,27 @@
+"""The statistics of perf in one place: a timing's median and intervals, and the tests `compare` runs.
+
+In: timing samples (seconds) or per-process figures. Out: numbers; nothing here reads files or runs code.
+
+- `summarize`: a timing's median, inter-quartile range and bootstrap interval of the median (one process);
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def median_ci(samples, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median (seeded, so a re-render gives the same numbers)."""
+    x = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, len(x), size=(resamples, len(x)))], axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(medians, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def summarize(samples: list[float]) -> dict:
+    """Median, inter-quartile range and 95% bootstrap CI of the median of timing samples, in seconds."""
+    q1, median, q3 = np.percentile(samples, [25, 50, 75])
+    lo, hi = median_ci(samples)
+    return {"time_median_s": float(median), "time_iqr_s": float(q3 - q1), "time_ci95_s": [lo, hi],
+            "repeats": len(samples)}
