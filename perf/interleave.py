@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from .compare import ALPHA, holm
-from .replicates import log_t_interval
+from .stats import log_t_interval
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class PointResult:
     error_vs_ref: float | None = None
     accurate: bool | None = None
     machine: dict = field(default_factory=dict)
-    # noise control (perf/noise.py, perf/replicates.py): per-process medians, the verdict and its evidence
+    # noise control (perf/noise.py): per-process medians, the verdict and its evidence
     process_medians_s: tuple[float, ...] = ()
     noisy: bool | None = None
     noise: dict = field(default_factory=dict)

@@ -3,10 +3,12 @@
 In: timing samples (seconds) or per-process figures. Out: numbers; nothing here reads files or runs code.
 
 - `summarize`: a timing's median, inter-quartile range and bootstrap interval of the median (one process);
+- `log_t_interval`: the interval of a point's typical time over its fresh processes (times spread multiplicatively);
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 
 def median_ci(samples, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -25,3 +27,12 @@ def summarize(samples: list[float]) -> dict:
     lo, hi = median_ci(samples)
     return {"time_median_s": float(median), "time_iqr_s": float(q3 - q1), "time_ci95_s": [lo, hi],
             "repeats": len(samples)}
+
+
+def log_t_interval(values, confidence: float = 0.95) -> tuple[float, float] | None:
+    """exp(mean(log v) -+ t * sd / sqrt(k)): interval of the typical value over k >= 2 positive values."""
+    v = np.log(np.asarray(values, dtype=float))
+    if len(v) < 2:
+        return None
+    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))
+    return float(np.exp(v.mean() - half)), float(np.exp(v.mean() + half))

@@ -8,7 +8,7 @@ peak-RSS mark, own address-space limit) without paying torch's ~3 s import per
 point. The forkserver never touches CUDA, so children may initialise it.
 
 A point is measured in `options.processes` such children in turn (its interval
-then describes reruns, see replicates.py); if the result is noisy it is measured
+then describes reruns, see noise.py); if the result is noisy it is measured
 again, at most `options.remeasure` times, and the calmest attempt is kept with
 its noise flag.
 
@@ -43,7 +43,7 @@ import os
 import signal
 import sys
 
-from . import integrity, replicates
+from . import integrity, noise
 from .machine import fingerprint, with_cached_bandwidth
 from .spec import LONG_POINT_TIMEOUT_S, Case, MeasureOptions
 
@@ -227,8 +227,8 @@ def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
         if accuracy is None:
             accuracy = {k: runs[0][k] for k in ("error_vs_ref", "accurate")}
             machine = runs[0]["machine"]
-        fields = {**replicates.merge(runs), **accuracy}
-        if best is None or replicates.noise_score(fields) < replicates.noise_score(best):
+        fields = {**noise.merge(runs), **accuracy}
+        if best is None or noise.noise_score(fields) < noise.noise_score(best):
             best = fields
         best["noise"]["attempts"] = attempt + 1
         if not best["noisy"]:

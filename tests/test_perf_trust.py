@@ -4,7 +4,7 @@ Each verdict here is decided on timings the test controls, so it runs, and can f
 
 - Injected timings: a plugin backend whose calls take the seconds it declares on the clock the worker times
   with (`INJECTED`): that clock moves only with the backend's calls and serves as CPU time too, so a loaded
-  machine changes nothing compare sees. Sweeps measure it through the real runner, worker, replicates, noise
+  machine changes nothing compare sees. Sweeps measure it through the real runner, worker, measure, noise
   verdict and records, and `compare` must judge its point: identical code is no regression; twice the
   seconds (the controlled slowdown) is a REGRESSION.
 - Under that artificial load a sweep of a real backend flags its points noisy, and compare says it did not
