@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .derived import loglog_slope
+from .stats import loglog_slope
 from .records import PointResult
 
 

@@ -387,14 +387,14 @@ def predicted_bound(gpu: str, *, n: int, d: int, dtype: str, causal: str | None,
     """Best possible time and TFLOP/s of one attention call on `gpu` from published peaks (B, H, N = M, D = Dv).
 
     time >= max(FLOPs / peak FLOP/s, exponentials / peak exp2/s, minimum bytes / HBM bandwidth), each unit
-    working flat out and perfectly overlapped. FLOPs and minimum bytes are the harness's own (perf.derived),
+    working flat out and perfectly overlapped. FLOPs and minimum bytes are the harness's own (perf.records),
     causal counting only attended pairs; one exponential per attended pair for the forward and one more for
     the backward (an O(N)-memory kernel recomputes P). Config-independent: no launch config can beat it.
     """
     from attnbench.problem import Problem
     from attnbench.reference import attention_flops
 
-    from .derived import flops, min_bytes
+    from .records import flops, min_bytes
 
     peak = PEAKS[gpu]
     problem = Problem(B=b, H=h, N=n, D=d, dtype=dtype, causal=causal)

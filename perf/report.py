@@ -10,13 +10,12 @@ from attnbench.reference import AttentionInputError
 
 from . import records
 from .analysis import noisy_table, slopes
-from .derived import DECODE_BYTES, DECODE_MAX_N, FLOP_CONVENTION, is_decode
 from .integrity import INPUT_SETS, ROOFLINE_MARGIN, SUSPICIOUS_SPEEDUP
 from .machine import describe as describe_machine
 from .machine import machine_label
 from .noise import METHOD as NOISE_METHOD
 from .plots import PLOTS
-from .records import PointResult
+from .records import DECODE_BYTES, DECODE_MAX_N, FLOP_CONVENTION, PointResult, is_decode
 from .summary import fastest_rows, problem_rows
 
 MEMORY_METHOD = {

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import derived, integrity, records
+from . import records
 from .executors import PointJob, SerialExecutor
-from .machine import measure_machine, roofline_flops, same_machine
+from .machine import measure_machine, same_machine
 from .records import PointResult
 from .rundir import save_or_check_spec, writer_lock
 from .spec import POINT_TIMEOUT_S, Case, MeasureOptions, SweepSpec, expand
@@ -50,33 +50,6 @@ def machine_info(run_dir: Path, spec: SweepSpec, threads: int | None = None) -> 
     info = measure_machine(spec.device, spec.dtypes, threads=threads)
     path.write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
-def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResult:
-    """The record of a measured case, with its derived figures."""
-    p = case.problem
-    flop_count, byte_count = derived.flops(p, case.pass_), derived.min_bytes(p, case.pass_)
-    extra = {}
-    if status == "ok":
-        t = fields["time_median_s"]
-        peak = roofline_flops(machine)                       # the best rate in any dtype: see machine.roofline_flops
-        attainable = peak and derived.attainable_flops(flop_count, byte_count, peak, machine["peak_bandwidth"])
-        extra = dict(tflops=flop_count / t / 1e12, gbps=byte_count / t / 1e9,
-                     tflops_fa2=derived.flops_fa2(p, case.pass_) / t / 1e12,
-                     fraction_of_peak=attainable and flop_count / t / attainable,
-                     bandwidth_fraction=derived.bandwidth_fraction(byte_count, t, machine.get("peak_bandwidth")))
-        impossible = attainable and integrity.implausible_reason(flop_count, t, attainable)
-        if impossible:
-            status, fields = "implausible", {**fields, "message": "; ".join(filter(None, [impossible,
-                                                                                         fields.get("message")]))}
-    measured = {k: v for k, v in fields.items() if k != "repeats"}
-    if "time_ci95_s" in measured:
-        measured["time_ci95_s"] = tuple(measured["time_ci95_s"])
-    measured["samples"] = tuple(measured.get("samples", ()))
-    return PointResult(**records.base_fields(case), status=status, flops=flop_count, bytes_moved=byte_count,
-                       predicted_pattern_bytes=derived.predicted_pattern_bytes(p), machine=machine,
-                       kv_bytes_per_token=derived.kv_bytes_per_token(p),
-                       **measured, **extra)
 
 
 def _end_workers() -> None:
@@ -170,7 +143,7 @@ def _measure_remaining(spec, run_dir, options, timeout_s, executor, log, bar) ->
                 case, outcome = pending.pop(future), future.result()
                 if outcome.fields.get("message", "").startswith("KeyboardInterrupt"):
                     raise KeyboardInterrupt                      # the worker saw the terminal's Ctrl-C first
-                records.append(path, result_of(case, outcome.status, outcome.fields,
+                records.append(path, records.result_of(case, outcome.status, outcome.fields,
                                                with_peaks(outcome.machine, machine)))
                 finished += 1
                 noise = outcome.fields.get("noise", {}) if outcome.fields.get("noisy") else None

@@ -3,12 +3,13 @@
 In: timing samples (seconds) or per-process figures. Out: numbers; nothing here reads files or runs code.
 
 - `summarize`: a timing's median, inter-quartile range and bootstrap interval of the median (one process);
+- `loglog_slope`: how time or memory grows with N (a fitted power);
 - `log_t_interval`: the interval of a point's typical time over its fresh processes (times spread multiplicatively);
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy.stats import t as student_t
 
 
 def median_ci(samples, *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -34,5 +35,14 @@ def log_t_interval(values, confidence: float = 0.95) -> tuple[float, float] | No
     v = np.log(np.asarray(values, dtype=float))
     if len(v) < 2:
         return None
-    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))
+    half = student_t.ppf(0.5 + confidence / 2, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))
     return float(np.exp(v.mean() - half)), float(np.exp(v.mean() + half))
+
+
+def loglog_slope(xs, ys) -> float | None:
+    """Slope of log(y) against log(x) by least squares; None with fewer than 2 distinct positive x."""
+    pts = [(x, y) for x, y in zip(xs, ys) if x and y and x > 0 and y > 0]
+    if len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(np.polyfit(x, y, 1)[0])

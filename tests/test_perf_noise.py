@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from attnbench.perf import noise
-from attnbench.perf.derived import flops, flops_fa2
+from attnbench.perf.records import flops, flops_fa2
 from attnbench.problem import Problem
 
 
