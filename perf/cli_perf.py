@@ -224,7 +224,7 @@ def executor_of(args):
 
 def resumed_sweep(run_dir: Path, args) -> tuple[SweepSpec, MeasureOptions, float]:
     """The sweep saved in run_dir; a typed flag that would change it is an error (no silent second sweep)."""
-    from .rundir import load_spec
+    from .runner import load_spec
 
     saved = load_spec(run_dir)
     typed = explicit_values(getattr(args, "argv", []))
@@ -291,13 +291,13 @@ def run_perf(args) -> int:
     else:
         spec, options, timeout = spec_and_options(args)
     require_device(spec.device)                                  # before any work or run directory
-    expand(spec)                                                 # unknown backend etc.: fail before making a dir
+    plan = expand(spec)                                          # unknown backend etc.: fail before making a dir
     executor = executor_of(args)
     run_dir = run_dir if args.resume else new_run_dir(Path(args.out))
     print(f"attnbench perf: writing {run_dir}", file=sys.stderr)
     try:
         path = run_sweep(spec, run_dir, options, timeout_s=timeout, executor=executor,
-                         args=None if args.resume else sweep_values(args))
+                         args=None if args.resume else sweep_values(args), plan=plan)
     except Interrupted as exc:
         return interrupted(exc)
     return finish(run_dir, path, args.allow_failures)

@@ -18,7 +18,7 @@ from attnbench.perf.runner import run_sweep
 from perf_helpers import perf, untimed
 
 ray = pytest.importorskip("ray")
-from attnbench.perf.ray_executor import RayExecutor  # noqa: E402
+from attnbench.perf.executors import RayExecutor  # noqa: E402
 
 OPTIONS = MeasureOptions(time_budget_s=0.01, min_repeats=2, max_repeats=3)
 
