@@ -36,7 +36,7 @@ def memory_table(results: list[records.PointResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli_perf import csv, ints
+    from .commands import csv, ints
 
     from .report import render
     from .runner import new_run_dir, run_sweep

@@ -26,6 +26,7 @@ from attnbench.reference import AttentionInputError
 
 from . import records
 from .records import PointResult
+from .spec import REGRESSION_THRESHOLD
 
 ALPHA = 0.05
 MACHINE_KEYS = ("host", "device", "device_name", "cpu_model", "cpus", "torch")
@@ -143,7 +144,7 @@ def compare_points(pairs: list[tuple[PointResult, PointResult]], threshold: floa
     return changes
 
 
-def compare_runs(old_dir: Path, new_dir: Path, threshold: float = 1.10, *,
+def compare_runs(old_dir: Path, new_dir: Path, threshold: float = REGRESSION_THRESHOLD, *,
                  allow_mismatch: bool = False) -> tuple[list[Change], list[str], list[str]]:
     """(changes for points ok in both, keys ok in only one run, warnings about the runs' setups).
 

@@ -29,6 +29,8 @@ TIME_BUDGET_S = 0.5
 # Seconds one point (one fresh worker process) may run before it is recorded as a timeout.
 POINT_TIMEOUT_S = 120.0
 LONG_POINT_TIMEOUT_S = 600.0      # sizes where one point takes minutes: the GPU bench, the memory scan, by hand
+# `attnbench compare`: the slowdown (new/old time) that counts as a regression when it is significant.
+REGRESSION_THRESHOLD = 1.10
 
 
 @dataclass(frozen=True)

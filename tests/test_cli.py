@@ -47,13 +47,13 @@ def test_unsupported_problem_is_reported_not_crashed(capsys):
 
 
 def test_run_writes_a_report(tmp_path):
-    from attnbench.perf import main_job
+    from attnbench.perf.commands import main_job
     from attnbench.perf.spec import RUN, MeasureOptions, SweepSpec
 
     assert RUN.spec.heads_at_n and len(RUN.spec.heads) > 1   # `run` draws time vs H
     spec = SweepSpec(seq_lens=(32, 48), heads=(2, 4), heads_at_n=32, head_dims=(16,),
                      backends=("numpy", "torch_eager", "torch_sdpa_math"))
-    run_dir = main_job.main_job(tmp_path, spec=spec, options=MeasureOptions(time_budget_s=0.01, min_repeats=2),
+    run_dir = main_job(tmp_path, spec=spec, options=MeasureOptions(time_budget_s=0.01, min_repeats=2),
                                 log=lambda *_: None)
     rows = (run_dir / "results.jsonl").read_text().splitlines()
     assert len(rows) == 9 and "torch_eager" in (run_dir / "report.md").read_text()

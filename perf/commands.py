@@ -1,10 +1,15 @@
-"""`attnbench perf | report` argument handling (compare's is in cli_compare.py): parse user input into a SweepSpec and options.
+"""The perf commands: `attnbench perf`, `run`, `report` and `compare` (attnbench/cli.py builds their parsers here).
+
+In: the command line. Out: a `SweepSpec`, `MeasureOptions` and timeout (a profile of spec.py, changed only by
+the flags a user typed), run through runner.py; at the end the report (report.py), the summary and the exit
+code (`finish`). `compare` reads two runs (compare.py), or times two backends alternately in fresh workers.
 
 A user mistake raises AttentionInputError (the CLI prints one line and exits 2).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shlex
@@ -15,7 +20,8 @@ from attnbench.devices import require_device
 from attnbench.problem import DTYPES
 from attnbench.reference import AttentionInputError
 
-from .spec import DECODE, PERF, PERF_PASSES, QUICK, MeasureOptions, SweepSpec, measurable_backends
+from .spec import (DECODE, INTERLEAVED, PERF, PERF_PASSES, QUICK, REGRESSION_THRESHOLD, RUN, MeasureOptions,
+                   SweepSpec, measurable_backends)
 
 CAUSAL_WORDS = {"none": None, "off": None, "top_left": "top_left", "on": "top_left", "bottom_right": "bottom_right"}
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -303,6 +309,18 @@ def run_perf(args) -> int:
     return finish(run_dir, path, args.allow_failures)
 
 
+def run_main_job(args) -> int:
+    """`attnbench run`: the main job on --device, its report, the summary and the exit code."""
+    from .runner import Interrupted
+
+    require_device(args.device)                                  # before any work or run directory
+    try:
+        run_dir = main_job(Path(args.out), device=args.device)
+    except Interrupted as exc:
+        return interrupted(exc)
+    return finish(run_dir, run_dir / "results.jsonl", args.allow_failures, render_report=False)
+
+
 def run_report(args) -> int:
     from .report import render
 
@@ -311,3 +329,129 @@ def run_report(args) -> int:
     for path in render(Path(args.dir)):
         print(path)
     return 0
+
+
+def format_table(results) -> str:
+    """Measured points, one line each: time, rate, memory and accuracy."""
+    head = f"{'backend':<22} {'pass':<7} {'H':>3} {'N':>6} {'status':<7} {'median ms':>10} {'TFLOP/s':>8} {'peak MiB':>9} " \
+           f"{'max err':>9}  ok"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r.status == "skipped":
+            continue
+        if r.status != "ok":
+            lines.append(f"{r.backend:<22} {r.pass_:<7} {r.H:>3} {r.N:>6} {r.status:<7} {r.message}")
+            continue
+        lines.append(f"{r.backend:<22} {r.pass_:<7} {r.H:>3} {r.N:>6} {r.status:<7} {r.time_median_s * 1e3:>10.2f} "
+                     f"{r.tflops:>8.3f} {r.peak_bytes / 2 ** 20:>9.1f} {r.error_vs_ref:>9.2e}  "
+                     f"{'yes' if r.accurate else 'NO'}")
+    return "\n".join(lines)
+
+
+def main_job(out_dir: Path, device: str = "cpu", spec: SweepSpec = RUN.spec,
+             options: MeasureOptions = RUN.options, log=print) -> Path:
+    """`attnbench run`, the README's main job: every available backend checked against the float64 reference
+    and timed on a few sizes (spec.RUN, about a minute on a 2-core CPU) through the same sweep, worker and
+    report code as `attnbench perf`; the table printed at the end is read back from the run's results.jsonl.
+    Returns the report directory."""
+    from . import records
+    from .report import render
+    from .runner import new_run_dir, run_sweep
+
+    run_dir = new_run_dir(Path(out_dir))
+    # Like --quick, the main job leaves out backends simulated on this device (7 of its 9.5 min went to timing
+    # triton_blockwise under the Triton interpreter); conformance still checks them, `perf --backends` times them.
+    backends = spec.backends if spec.backends is not None else measurable_backends(device, spec.plugins)
+    path = run_sweep(SweepSpec(**{**spec.__dict__, "device": device, "backends": backends}), run_dir, options,
+                     timeout_s=RUN.timeout_s, log=log)
+    render(run_dir)
+    log(format_table(records.read(path)))
+    return run_dir
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("old", help="run directory (reports/run-...), or with --interleaved backend A")
+    p.add_argument("new", help="run directory, or with --interleaved backend B")
+    p.add_argument("--threshold", type=float, default=REGRESSION_THRESHOLD, help="slowdown ratio that counts")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="compare runs measured on different machines, threads, torch or options (warns)")
+    ab = p.add_argument_group("interleaved A/B (the stable gate on a shared machine)")
+    ab.add_argument("--interleaved", action="store_true",
+                    help="time backends OLD and NEW alternately in the same worker, in fresh processes")
+    spec, options = INTERLEAVED.spec, INTERLEAVED.options
+    ab.add_argument("--seq-lens", default=csv(spec.seq_lens), help="N values")
+    ab.add_argument("--heads", default=csv(spec.heads), help="H values")
+    ab.add_argument("--head-dim", default=csv(spec.head_dims), help="D values")
+    ab.add_argument("--dtype", default=csv(spec.dtypes), help="dtypes")
+    ab.add_argument("--causal", default="none", help="none, top_left, bottom_right")
+    ab.add_argument("--pass", dest="passes", default=csv(spec.passes), help="fwd, fwd+bwd")
+    ab.add_argument("--device", default=spec.device, choices=["cpu", "cuda"], help="device to time on")
+    ab.add_argument("--threads", type=int, default=options.threads, help="torch/BLAS threads in the worker")
+    ab.add_argument("--processes", type=int, default=options.processes, help="fresh processes per point")
+    ab.add_argument("--time-budget", type=float, default=options.time_budget_s,
+                    help="seconds of timed pairs per process")
+    ab.add_argument("--timeout", type=float, default=INTERLEAVED.timeout_s, help="seconds per process")
+    ab.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="a module file registering extra backends (e.g. a second install under another name)")
+
+
+def run_compare(args) -> int:
+    if args.threshold < 1:
+        raise AttentionInputError(f"--threshold: expected a ratio >= 1, got {args.threshold}")
+    if args.interleaved:
+        return run_interleaved(args)
+    from .compare import compare_runs, format_changes
+
+    changes, unmatched, warnings = compare_runs(Path(args.old), Path(args.new), args.threshold,
+                                                allow_mismatch=args.allow_mismatch)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    if not changes:
+        raise AttentionInputError(f"compare: no point is ok in both {args.old} and {args.new}")
+    print(format_changes(changes, unmatched, args.threshold))
+    return 1 if any(c.regression for c in changes) else 0
+
+
+def _pair_cases(args):
+    from .spec import expand
+
+    for plugin in args.plugin:
+        if not Path(plugin).is_file():
+            raise AttentionInputError(f"--plugin: no file {plugin!r}")
+    if args.processes < 2 or args.threads < 1 or args.time_budget <= 0:
+        raise AttentionInputError("--processes must be >= 2, --threads >= 1, --time-budget > 0")
+    grid = dict(seq_lens=ints(args.seq_lens, "seq-lens"), heads=ints(args.heads, "heads"),
+                head_dims=ints(args.head_dim, "head-dim"), dtypes=words(args.dtype, DTYPES, "dtype"),
+                causal=tuple(CAUSAL_WORDS[c] for c in words(args.causal, tuple(CAUSAL_WORDS), "causal")),
+                passes=words(args.passes, PERF_PASSES, "pass"), device=args.device,
+                plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
+    cases_a, skipped_a = expand(SweepSpec(backends=(args.old,), **grid))
+    cases_b, skipped_b = expand(SweepSpec(backends=(args.new,), **grid))
+    b_by_point = {(c.problem, c.pass_): c for c in cases_b}
+    pairs = [(a, b_by_point[(a.problem, a.pass_)]) for a in cases_a if (a.problem, a.pass_) in b_by_point]
+    if not pairs:
+        reasons = {r for _, r in skipped_a + skipped_b}
+        raise AttentionInputError(f"compare --interleaved: no point both backends run ({'; '.join(reasons)})")
+    return pairs
+
+
+def run_interleaved(args) -> int:
+    from attnbench.implementations import get_backend
+
+    from .interleave import format_pairs, judge, pair_result
+    from .worker import run_pair
+
+    pairs = _pair_cases(args)
+    options = dataclasses.replace(INTERLEAVED.options, time_budget_s=args.time_budget, threads=args.threads,
+                                  processes=args.processes)
+    results = []
+    for i, (a, b) in enumerate(pairs):
+        print(f"[{i + 1}/{len(pairs)}] {a.pass_} {a.problem.id}", file=sys.stderr, flush=True)
+        caps = tuple(get_backend(c.backend).capabilities(c.device) for c in (a, b))
+        status, runs = run_pair(a, b, options, args.timeout, caps=caps)
+        if status != "ok":
+            raise AttentionInputError(f"compare --interleaved: {a.problem.id}: {status}: {runs.get('message', '')}")
+        results.append(pair_result(f"{a.pass_}|{a.problem.spec()}", runs))
+    judged = judge(results, args.threshold)
+    print(format_pairs(judged, args.old, args.new, args.threshold))
+    return 1 if any(r.regression for r in judged) else 0
