@@ -252,16 +252,17 @@ def resume_command(run_dir: Path) -> str:
     return f"attnbench perf --resume {shlex.quote(str(run_dir))}"
 
 
-def finish(run_dir: Path, results_path: Path, allow_failures: bool, log=print, *, render_report: bool = True) -> int:
-    """Render the report, print the summary; exit 1 if a point errored, was inaccurate or implausible (unless
-    allowed)."""
+def finish(run_dir: Path, allow_failures: bool, log=print, *, points: bool = False) -> int:
+    """Render the report, print the summary (with `points`, every point first: `attnbench run`); exit 1 if a
+    point errored, was inaccurate or implausible (unless allowed)."""
     from . import records
-    from .report import render
-    from .summary import failing, format_summary
+    from .analysis import failing
+    from .report import RUN_COLUMNS, columns, format_summary, points_table, render, text_table
 
-    results = records.read(results_path)
-    if render_report:
-        render(run_dir)
+    results = records.read(Path(run_dir) / "results.jsonl")
+    render(run_dir, results)
+    if points:
+        log(text_table(columns(points_table(results), RUN_COLUMNS)))
     log("\n" + format_summary(results))
     log(f"report written to {run_dir}")
     bad = failing(results)
@@ -302,11 +303,11 @@ def run_perf(args) -> int:
     run_dir = run_dir if args.resume else new_run_dir(Path(args.out))
     print(f"attnbench perf: writing {run_dir}", file=sys.stderr)
     try:
-        path = run_sweep(spec, run_dir, options, timeout_s=timeout, executor=executor,
-                         args=None if args.resume else sweep_values(args), plan=plan)
+        run_sweep(spec, run_dir, options, timeout_s=timeout, executor=executor,
+                  args=None if args.resume else sweep_values(args), plan=plan)
     except Interrupted as exc:
         return interrupted(exc)
-    return finish(run_dir, path, args.allow_failures)
+    return finish(run_dir, args.allow_failures)
 
 
 def run_main_job(args) -> int:
@@ -318,7 +319,7 @@ def run_main_job(args) -> int:
         run_dir = main_job(Path(args.out), device=args.device)
     except Interrupted as exc:
         return interrupted(exc)
-    return finish(run_dir, run_dir / "results.jsonl", args.allow_failures, render_report=False)
+    return finish(run_dir, args.allow_failures, points=True)
 
 
 def run_report(args) -> int:
@@ -331,41 +332,19 @@ def run_report(args) -> int:
     return 0
 
 
-def format_table(results) -> str:
-    """Measured points, one line each: time, rate, memory and accuracy."""
-    head = f"{'backend':<22} {'pass':<7} {'H':>3} {'N':>6} {'status':<7} {'median ms':>10} {'TFLOP/s':>8} {'peak MiB':>9} " \
-           f"{'max err':>9}  ok"
-    lines = [head, "-" * len(head)]
-    for r in results:
-        if r.status == "skipped":
-            continue
-        if r.status != "ok":
-            lines.append(f"{r.backend:<22} {r.pass_:<7} {r.H:>3} {r.N:>6} {r.status:<7} {r.message}")
-            continue
-        lines.append(f"{r.backend:<22} {r.pass_:<7} {r.H:>3} {r.N:>6} {r.status:<7} {r.time_median_s * 1e3:>10.2f} "
-                     f"{r.tflops:>8.3f} {r.peak_bytes / 2 ** 20:>9.1f} {r.error_vs_ref:>9.2e}  "
-                     f"{'yes' if r.accurate else 'NO'}")
-    return "\n".join(lines)
-
-
 def main_job(out_dir: Path, device: str = "cpu", spec: SweepSpec = RUN.spec,
              options: MeasureOptions = RUN.options, log=print) -> Path:
     """`attnbench run`, the README's main job: every available backend checked against the float64 reference
-    and timed on a few sizes (spec.RUN, about a minute on a 2-core CPU) through the same sweep, worker and
-    report code as `attnbench perf`; the table printed at the end is read back from the run's results.jsonl.
-    Returns the report directory."""
-    from . import records
-    from .report import render
+    and timed on a few sizes (spec.RUN, about a minute on a 2-core CPU) through the same sweep and worker as
+    `attnbench perf`. Returns the run directory; `finish` renders its report."""
     from .runner import new_run_dir, run_sweep
 
     run_dir = new_run_dir(Path(out_dir))
     # Like --quick, the main job leaves out backends simulated on this device (7 of its 9.5 min went to timing
     # triton_blockwise under the Triton interpreter); conformance still checks them, `perf --backends` times them.
     backends = spec.backends if spec.backends is not None else measurable_backends(device, spec.plugins)
-    path = run_sweep(SweepSpec(**{**spec.__dict__, "device": device, "backends": backends}), run_dir, options,
-                     timeout_s=RUN.timeout_s, log=log)
-    render(run_dir)
-    log(format_table(records.read(path)))
+    run_sweep(dataclasses.replace(spec, device=device, backends=backends), run_dir, options,
+              timeout_s=RUN.timeout_s, log=log)
     return run_dir
 
 

@@ -164,10 +164,12 @@ def compare_runs(old_dir: Path, new_dir: Path, threshold: float = REGRESSION_THR
 
 
 def format_changes(changes: list[Change], unmatched: list[str], threshold: float) -> str:
-    lines = [f"{'new/old':>8} {'p(Holm)':>8}  {'old ms':>9} {'new ms':>9}  point"]
-    for c in changes:
-        p = "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"
-        lines.append(f"{c.ratio:>8.3f} {p:>8}  {c.old_s * 1e3:>9.3f} {c.new_s * 1e3:>9.3f}  {c.key}  {c.verdict}")
+    from .report import text_table
+
+    rows = [["new/old", "p(Holm)", "old ms", "new ms", "point", "verdict"]]
+    rows += [[f"{c.ratio:.3f}", "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}", f"{c.old_s * 1e3:.3f}",
+              f"{c.new_s * 1e3:.3f}", c.key, c.verdict] for c in changes]
+    lines = [text_table(rows)]
     if unmatched:
         lines.append(f"{len(unmatched)} points in only one run (not compared)")
     n_reg = sum(c.regression for c in changes)

@@ -80,13 +80,13 @@ def judge(results: list[PairResult], threshold: float) -> list[PairResult]:
 
 
 def format_pairs(results: list[PairResult], a: str, b: str, threshold: float) -> str:
-    lines = [f"interleaved A/B in one worker per process: A = {a}, B = {b}",
-             f"{'B/A':>7} {'95% interval':>17} {'p(Holm)':>8}  {'A ms':>9} {'B ms':>9}  point"]
-    for r in results:
-        ci = "-" if r.interval is None else f"{r.interval[0]:.3f}-{r.interval[1]:.3f}"
-        p = "-" if r.p_adjusted is None else f"{r.p_adjusted:.3g}"
-        lines.append(f"{r.ratio:>7.3f} {ci:>17} {p:>8}  {r.a_s * 1e3:>9.3f} {r.b_s * 1e3:>9.3f}  {r.key}  "
-                     f"{r.verdict}")
+    from .report import text_table
+
+    rows = [["B/A", "95% interval", "p(Holm)", "A ms", "B ms", "point", "verdict"]]
+    rows += [[f"{r.ratio:.3f}", "-" if r.interval is None else f"{r.interval[0]:.3f}-{r.interval[1]:.3f}",
+              "-" if r.p_adjusted is None else f"{r.p_adjusted:.3g}", f"{r.a_s * 1e3:.3f}", f"{r.b_s * 1e3:.3f}",
+              r.key, r.verdict] for r in results]
+    lines = [f"interleaved A/B in one worker per process: A = {a}, B = {b}", text_table(rows)]
     n_reg = sum(r.regression for r in results)
     lines.append(f"{len(results)} points compared; {n_reg} significant regressions of B beyond {threshold:g}x "
                  f"(one-sided t on per-process log ratios, Holm-corrected, alpha {ALPHA})")

@@ -16,7 +16,7 @@ import torch
 
 from attnbench.implementations import registry
 from attnbench.perf import integrity, records
-from attnbench.perf.summary import fastest_rows, problem_rows, suspicious
+from attnbench.perf.analysis import fastest_rows, problem_rows, suspicious
 from attnbench.perf.spec import load_plugins
 from attnbench.perf.measure import time_callable
 
@@ -191,7 +191,7 @@ def test_the_roofline_is_the_best_rate_in_any_dtype_so_a_kernel_computing_half_i
 
 
 def test_the_fastest_table_says_when_its_ranking_rests_on_noisy_points():
-    from attnbench.perf.summary import format_summary
+    from attnbench.perf.report import format_summary
 
     quiet, loud = synthetic("quiet", 256, [1e-3] * 9), synthetic("loud", 256, [2e-3] * 9, noisy=True)
     assert fastest_rows([quiet])[1][-1] == "clean"
