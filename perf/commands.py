@@ -417,7 +417,7 @@ def _pair_cases(args):
 def run_interleaved(args) -> int:
     from attnbench.implementations import get_backend
 
-    from .interleave import format_pairs, judge, pair_result
+    from .compare import format_pairs, judge, pair_result
     from .worker import run_pair
 
     pairs = _pair_cases(args)
