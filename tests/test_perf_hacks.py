@@ -1,4 +1,4 @@
-"""A kernel cannot fake its speed: perf flags every reward hack of perf/hack_mutants.py and no correct backend.
+"""A kernel cannot fake its speed: perf flags every reward hack of tests/plugins/hack_mutants.py and no correct backend.
 
 One tiny sweep (N 512, H 2, D 16, float32, CPU, 2 processes of 5 timed calls, fwd and fwd+bwd) holds every
 hack that runs here beside three correct backends, loaded with `--plugin` as an author would load them. Each
@@ -22,7 +22,7 @@ from attnbench.perf.measure import time_callable
 
 from perf_helpers import perf, synthetic
 
-HACK_FILE = Path(__file__).resolve().parents[1] / "perf" / "hack_mutants.py"
+HACK_FILE = Path(__file__).resolve().parent / "plugins" / "hack_mutants.py"
 CORRECT = ("torch_eager", "torch_sdpa_flash", "numpy")
 FLAGS = ("implausible", "inaccurate")
 
