@@ -77,7 +77,8 @@ def parse_bytes(text: str | None) -> int | None:
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma-separated backend names (default: every registered one that fits)")
-    p.add_argument("--seq-lens", help=f"N values (default {csv(PERF.spec.seq_lens)}; --quick {csv(QUICK.spec.seq_lens)})")
+    p.add_argument("--seq-lens",
+                   help=f"N values (default {csv(PERF.spec.seq_lens)}; --quick {csv(QUICK.spec.seq_lens)})")
     p.add_argument("--kv-len", type=int, help="M for every point (default: M = N)")
     p.add_argument("--decode", action="store_true",
                    help=f"the decode regime: N fixed and small (--seq-lens, default {csv(DECODE.seq_lens)}), M swept "
@@ -99,9 +100,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {csv(PERF.spec.passes)})")
     p.add_argument("--out", default="reports", help="parent directory of the new run-* directory")
     p.add_argument("--repeats", type=int,
-                   help=f"most timed repeats per point (default {PERF.options.max_repeats}; --quick {QUICK.options.max_repeats})")
-    p.add_argument("--time-budget", type=float, help=f"seconds of timed repeats per point (default "
-                                                     f"{PERF.options.time_budget_s}; --quick {QUICK.options.time_budget_s})")
+                   help=f"most timed repeats per point (default {PERF.options.max_repeats}; "
+                        f"--quick {QUICK.options.max_repeats})")
+    p.add_argument("--time-budget", type=float,
+                   help=f"seconds of timed repeats per point (default {PERF.options.time_budget_s}; "
+                        f"--quick {QUICK.options.time_budget_s})")
     p.add_argument("--timeout", type=float, default=PERF.timeout_s, help="seconds per point before it is a timeout")
     p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom "
                                         "(default: no cap)")
@@ -123,7 +126,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch/BLAS threads in each worker (1 is stable on a shared machine)")
     p.add_argument("--pin-cpus", help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
     p.add_argument("--processes", type=int,
-                   help=f"fresh processes per point (default {PERF.options.processes}; --quick {QUICK.options.processes})")
+                   help=f"fresh processes per point (default {PERF.options.processes}; "
+                        f"--quick {QUICK.options.processes})")
     p.add_argument("--remeasure", type=int,
                    help=f"re-measures of a noisy point before it is flagged (default {PERF.options.remeasure}; "
                         f"--quick {QUICK.options.remeasure})")

@@ -143,9 +143,9 @@ class Profile:
     timeout_s: float = POINT_TIMEOUT_S
 
 
-# `attnbench perf`: a record, three processes a point, a noisy point measured once more.
-PERF = Profile(SweepSpec(seq_lens=(256, 512, 1024, 2048), passes=PERF_PASSES),
-               MeasureOptions(time_budget_s=0.3, max_repeats=50, processes=3, remeasure=1))
+# `attnbench perf`: a record; MeasureOptions' defaults otherwise (three processes a point, a noisy point
+# measured once more).
+PERF = Profile(SweepSpec(seq_lens=(256, 512, 1024, 2048), passes=PERF_PASSES), MeasureOptions(time_budget_s=0.3))
 # `attnbench perf --quick`: a look, not a record: no re-measuring (noisy points are still flagged) and no
 # simulated backends.
 QUICK = Profile(SweepSpec(seq_lens=(128, 256, 512), passes=("fwd",)),
@@ -157,9 +157,9 @@ DECODE = SweepSpec(seq_lens=(1,), kv_lens=(4096, 16384, 32768, 65536), passes=("
 # N 256 for the time-vs-H plot (two points more per backend).
 RUN = Profile(SweepSpec(seq_lens=(256, 512, 1024), heads=(4, 2, 8), heads_at_n=256, passes=("fwd",)),
               MeasureOptions(time_budget_s=0.2, max_repeats=20))
-# `attnbench compare --interleaved`: seconds of A/B pairs per process, at least two processes (a t-test).
-INTERLEAVED = Profile(SweepSpec(seq_lens=(256, 1024), passes=("fwd",)),
-                      MeasureOptions(time_budget_s=0.5, max_repeats=1000, processes=3))
+# `attnbench compare --interleaved`: the default budget of A/B pairs per process, in the default three
+# processes (the t-test needs two at least).
+INTERLEAVED = Profile(SweepSpec(seq_lens=(256, 1024), passes=("fwd",)), MeasureOptions(max_repeats=1000))
 # `python -m attnbench.perf.tools memory-scan`: peak memory of one forward, torch_blockwise (an (N, block) tile)
 # against torch_eager (two (B, H, N, N) float32 buffers: 8 GiB at N 16384 fits the cap, more would be oom).
 # Memory is what it is for: one timed call is enough.

@@ -1,4 +1,4 @@
-"""A kernel cannot fake its speed: perf flags every reward hack of tests/plugins/hack_mutants.py and no correct backend.
+"""A kernel cannot fake its speed: perf flags every reward hack of plugins/hack_mutants.py and no correct backend.
 
 One tiny sweep (N 512, H 2, D 16, float32, CPU, 2 processes of 5 timed calls, fwd and fwd+bwd) holds every
 hack that runs here beside three correct backends, loaded with `--plugin` as an author would load them. Each
