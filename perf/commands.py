@@ -209,7 +209,7 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     if args.threads < 1 or processes < 1 or remeasure < 0:
         raise AttentionInputError("--threads and --processes must be >= 1, --remeasure >= 0")
     options = MeasureOptions(time_budget_s=base.options.time_budget_s if args.time_budget is None else args.time_budget,
-                             min_repeats=min(5, repeats), max_repeats=repeats,
+                             min_repeats=min(base.options.min_repeats, repeats), max_repeats=repeats,
                              memory_cap=parse_bytes(args.memory_cap), threads=args.threads,
                              pin_cpus=cpus(args.pin_cpus) if args.pin_cpus else None,
                              processes=processes, remeasure=remeasure)
