@@ -75,6 +75,11 @@ def parse_bytes(text: str | None) -> int | None:
     return size
 
 
+def _profiled(what: str, option: str) -> str:
+    """--help text of a measuring option whose default the profile sets: `perf`'s and `--quick`'s."""
+    return f"{what} (default {getattr(PERF.options, option)}; --quick {getattr(QUICK.options, option)})"
+
+
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backends", help="comma-separated backend names (default: every registered one that fits)")
     p.add_argument("--seq-lens",
@@ -99,12 +104,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    "'window=4096:0,softcap=30,alibi=head,sinks=1' (FLOPs count the attended pairs only)")
     p.add_argument("--pass", dest="passes", help=f"from {', '.join(PERF_PASSES)} (default {csv(PERF.spec.passes)})")
     p.add_argument("--out", default="reports", help="parent directory of the new run-* directory")
-    p.add_argument("--repeats", type=int,
-                   help=f"most timed repeats per point (default {PERF.options.max_repeats}; "
-                        f"--quick {QUICK.options.max_repeats})")
-    p.add_argument("--time-budget", type=float,
-                   help=f"seconds of timed repeats per point (default {PERF.options.time_budget_s}; "
-                        f"--quick {QUICK.options.time_budget_s})")
+    p.add_argument("--repeats", type=int, help=_profiled("most timed repeats per point", "max_repeats"))
+    p.add_argument("--time-budget", type=float, help=_profiled("seconds of timed repeats per point", "time_budget_s"))
     p.add_argument("--timeout", type=float, default=PERF.timeout_s, help="seconds per point before it is a timeout")
     p.add_argument("--memory-cap", help="memory one call may allocate, e.g. 2G; beyond it the point is oom "
                                         "(default: no cap)")
@@ -122,15 +123,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                         "concurrent CPU points disturb each other's timings)")
     p.add_argument("--allow-failures", action="store_true",
                    help="exit 0 even when a point errors or is inaccurate (default: exit 1)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=int, default=PERF.options.threads,
                    help="torch/BLAS threads in each worker (1 is stable on a shared machine)")
     p.add_argument("--pin-cpus", help="pin workers to these CPUs, e.g. 0 or 0,1 (default: no pinning)")
-    p.add_argument("--processes", type=int,
-                   help=f"fresh processes per point (default {PERF.options.processes}; "
-                        f"--quick {QUICK.options.processes})")
+    p.add_argument("--processes", type=int, help=_profiled("fresh processes per point", "processes"))
     p.add_argument("--remeasure", type=int,
-                   help=f"re-measures of a noisy point before it is flagged (default {PERF.options.remeasure}; "
-                        f"--quick {QUICK.options.remeasure})")
+                   help=_profiled("re-measures of a noisy point before it is flagged", "remeasure"))
 
 
 # Flags that do not define the sweep: free to differ on --resume and not saved in spec.json.
