@@ -44,17 +44,9 @@ def use_triton_interpreter_without_cuda() -> None:
 
 
 def _cmd_run(args) -> int:
-    from attnbench.devices import require_device
-    from attnbench.perf.cli_perf import finish, interrupted
-    from attnbench.perf.main_job import main_job
-    from attnbench.perf.runner import Interrupted
+    from attnbench.perf.commands import run_main_job
 
-    require_device(args.device)                                  # before any work or run directory
-    try:
-        run_dir = main_job(Path(args.out), device=args.device)
-    except Interrupted as exc:
-        return interrupted(exc)
-    return finish(run_dir, run_dir / "results.jsonl", args.allow_failures, render_report=False)
+    return run_main_job(args)
 
 
 def _cmd_check(args) -> int:
@@ -126,7 +118,7 @@ def run_conformance(pytest_args: list[str]) -> int:
 
 
 def _cmd_report(args) -> int:
-    from attnbench.perf.cli_perf import run_report
+    from attnbench.perf.commands import run_report
 
     return run_report(args)
 
@@ -170,7 +162,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     perf = sub.add_parser("perf", help="sweep N, H, B, D, dtype, causal and pass over backends; time, memory, "
                                        "accuracy; write reports/<run-id>/")
     if wanted("perf"):
-        from attnbench.perf.cli_perf import add_sweep_arguments, run_perf
+        from attnbench.perf.commands import add_sweep_arguments, run_perf
 
         add_sweep_arguments(perf)
         perf.set_defaults(func=run_perf)
@@ -180,7 +172,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="per-point time ratios NEW/OLD (two runs, or two backends "
                                              "interleaved); exit 1 on a significant regression")
     if wanted("compare"):
-        from attnbench.perf.cli_compare import add_compare_arguments, run_compare
+        from attnbench.perf.commands import add_compare_arguments, run_compare
 
         add_compare_arguments(compare)
         compare.set_defaults(func=run_compare)

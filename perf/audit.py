@@ -387,14 +387,14 @@ def predicted_bound(gpu: str, *, n: int, d: int, dtype: str, causal: str | None,
     """Best possible time and TFLOP/s of one attention call on `gpu` from published peaks (B, H, N = M, D = Dv).
 
     time >= max(FLOPs / peak FLOP/s, exponentials / peak exp2/s, minimum bytes / HBM bandwidth), each unit
-    working flat out and perfectly overlapped. FLOPs and minimum bytes are the harness's own (perf.derived),
+    working flat out and perfectly overlapped. FLOPs and minimum bytes are the harness's own (perf.records),
     causal counting only attended pairs; one exponential per attended pair for the forward and one more for
     the backward (an O(N)-memory kernel recomputes P). Config-independent: no launch config can beat it.
     """
     from attnbench.problem import Problem
     from attnbench.reference import attention_flops
 
-    from .derived import flops, min_bytes
+    from .records import flops, min_bytes
 
     peak = PEAKS[gpu]
     problem = Problem(B=b, H=h, N=n, D=d, dtype=dtype, causal=causal)
@@ -447,22 +447,20 @@ def table_rows(records: list[dict], labels: list[str]) -> list[list[str]]:
     return rows
 
 
-def format_table(head: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def audit_table(records: list[dict]) -> str:
     labels = label_names(records)
-    return format_table(["target", *labels, *RESOURCE_COLUMNS], table_rows(records, labels))
+    from .report import text_table
+
+    return text_table([["target", *labels, *RESOURCE_COLUMNS], *table_rows(records, labels)])
 
 
 def roofline_table(rows: list[dict]) -> str:
     head = ("gpu", "target", "pass", "causal", "D", "N", "bound TFLOP/s", "limited by", "best ms")
     body = [[r["gpu"], r["target"], r["pass_"], r["causal"] or "none", str(r["D"]), str(r["N"]),
              f"{r['tflops']:.0f}", r["bound"], f"{r['seconds'] * 1e3:.3f}"] for r in rows]
-    return format_table(head, body)
+    from .report import text_table
+
+    return text_table([list(head), *body])
 
 
 def failures(records: list[dict]) -> list[dict]:

@@ -1,4 +1,8 @@
-"""Compare two runs point by point, without crying wolf.
+"""Stage 5, analysis across runs: `attnbench compare`, two runs point by point or two backends interleaved, as
+regressions, without crying wolf. In: two run directories' records (records.py), or the per-process samples of
+interleaved pairs (worker.run_pair). Out: per point the ratio, its p-value and a verdict (stats.py's tests).
+
+Two runs:
 
 - Both inputs must be run directories holding readable results (a user mistake
   is a one-line error, never "0 points compared").
@@ -13,21 +17,30 @@
   (H0: new/old <= threshold), and the p-values are Holm-corrected for the
   number of points compared.
 - A point flagged noisy in either run is never called a regression.
+
+Interleaved A/B (`compare --interleaved`): two backends (or two installs of one, registered under two names)
+timed alternately. On a shared machine the absolute time of a call drifts with everything else running, but two
+calls made microseconds apart in the same worker see the same machine: the ratio of adjacent calls is stable
+where each time is not. So the regression gate times A and B in one worker, alternating (ABBA order, so neither
+always runs second; measure.measure_pair), takes the median of the per-pair ratios B/A per process, and repeats
+that in `options.processes` fresh processes. The verdict is a one-sided t-test on the log ratios over processes
+(H0: B/A <= threshold), Holm-corrected over the points compared.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from attnbench.reference import AttentionInputError
 
 from . import records
 from .records import PointResult
+from .spec import REGRESSION_THRESHOLD
+from .stats import ALPHA, holm, log_t_interval, ratio_p, slower_p
 
-ALPHA = 0.05
 MACHINE_KEYS = ("host", "device", "device_name", "cpu_model", "cpus", "torch")
 OPTION_KEYS = ("threads", "time_budget_s", "min_repeats", "max_repeats", "warmup", "processes", "pin_cpus",
                "keep_freed_memory")
@@ -93,28 +106,11 @@ def mismatches(old: list[PointResult], new: list[PointResult]) -> tuple[list[str
     return differ, unknown
 
 
-def slower_p(old_medians, new_medians, threshold: float) -> float | None:
-    """One-sided Welch t-test p of H0 "new/old <= threshold" on log per-process medians (None: < 2 each)."""
-    a, b = np.log(np.asarray(old_medians, float)), np.log(np.asarray(new_medians, float))
-    if len(a) < 2 or len(b) < 2:
-        return None
-    excess = b.mean() - a.mean() - np.log(threshold)
-    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
-    if se == 0:
-        return 0.0 if excess > 0 else 1.0
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return float(stats.t.sf(excess / se, df))
-
-
-def holm(p_values: list[float | None]) -> list[float | None]:
-    """Holm-Bonferroni adjusted p-values (None stays None; m counts the tested ones)."""
-    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    m, adjusted, running = len(tested), list(p_values), 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-    return adjusted
+def significance(p_slower: float | None, p_faster: float | None) -> str:
+    """The verdict of a point's Holm-adjusted one-sided p-values: "REGRESSION", "faster" or "" (neither)."""
+    if p_slower is not None and p_slower < ALPHA:
+        return "REGRESSION"
+    return "faster" if p_faster is not None and p_faster < ALPHA else ""
 
 
 def _medians(r: PointResult) -> tuple[float, ...]:
@@ -132,18 +128,14 @@ def compare_points(pairs: list[tuple[PointResult, PointResult]], threshold: floa
             verdict = "noisy"
         elif p is None:
             verdict = "one process"
-        elif p_adj < ALPHA:
-            verdict = "REGRESSION"
-        elif p_fast is not None and p_fast < ALPHA:
-            verdict = "faster"
         else:
-            verdict = ""
+            verdict = significance(p_adj, p_fast)
         changes.append(Change(n.key, o.time_median_s, n.time_median_s, n.time_median_s / o.time_median_s,
                               p, p_adj, verdict))
     return changes
 
 
-def compare_runs(old_dir: Path, new_dir: Path, threshold: float = 1.10, *,
+def compare_runs(old_dir: Path, new_dir: Path, threshold: float = REGRESSION_THRESHOLD, *,
                  allow_mismatch: bool = False) -> tuple[list[Change], list[str], list[str]]:
     """(changes for points ok in both, keys ok in only one run, warnings about the runs' setups).
 
@@ -163,10 +155,12 @@ def compare_runs(old_dir: Path, new_dir: Path, threshold: float = 1.10, *,
 
 
 def format_changes(changes: list[Change], unmatched: list[str], threshold: float) -> str:
-    lines = [f"{'new/old':>8} {'p(Holm)':>8}  {'old ms':>9} {'new ms':>9}  point"]
-    for c in changes:
-        p = "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"
-        lines.append(f"{c.ratio:>8.3f} {p:>8}  {c.old_s * 1e3:>9.3f} {c.new_s * 1e3:>9.3f}  {c.key}  {c.verdict}")
+    from .report import text_table
+
+    rows = [["new/old", "p(Holm)", "old ms", "new ms", "point", "verdict"]]
+    rows += [[f"{c.ratio:.3f}", "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}", f"{c.old_s * 1e3:.3f}",
+              f"{c.new_s * 1e3:.3f}", c.key, c.verdict] for c in changes]
+    lines = [text_table(rows)]
     if unmatched:
         lines.append(f"{len(unmatched)} points in only one run (not compared)")
     n_reg = sum(c.regression for c in changes)
@@ -179,4 +173,59 @@ def format_changes(changes: list[Change], unmatched: list[str], threshold: float
                      "or use `attnbench compare --interleaved`")
     if n_single:
         lines.append(f"{n_single} points measured in one process only: not judged (no between-process spread)")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """One point of an A/B comparison: B/A ratio (median over processes), its 95% interval, the verdict."""
+
+    key: str
+    ratio: float
+    interval: tuple[float, float] | None
+    process_ratios: tuple[float, ...]
+    a_s: float
+    b_s: float
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    verdict: str = ""
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict == "REGRESSION"
+
+
+def pair_result(key: str, runs: list[dict]) -> PairResult:
+    """The point's ratio B/A from per-process {samples_a, samples_b} (pairs matched by index)."""
+    ratios = [float(np.median(np.asarray(r["samples_b"]) / np.asarray(r["samples_a"]))) for r in runs]
+    return PairResult(key, float(np.median(ratios)), log_t_interval(ratios), tuple(ratios),
+                      float(np.median([s for r in runs for s in r["samples_a"]])),
+                      float(np.median([s for r in runs for s in r["samples_b"]])))
+
+
+def judge(results: list[PairResult], threshold: float) -> list[PairResult]:
+    """Verdicts, Holm-corrected over the points: REGRESSION, faster, or "" (no significant change).
+
+    No separate noisy verdict: the t-test already weighs the spread of the process ratios, and the
+    ratio of adjacent calls is what stays stable on a loaded machine.
+    """
+    raw = [ratio_p(r.process_ratios, threshold) for r in results]
+    fast = [ratio_p([1 / x for x in r.process_ratios], threshold) for r in results]
+    judged = []
+    for r, p, p_adj, p_fast in zip(results, raw, holm(raw), holm(fast)):
+        judged.append(dataclasses.replace(r, p_value=p, p_adjusted=p_adj, verdict=significance(p_adj, p_fast)))
+    return judged
+
+
+def format_pairs(results: list[PairResult], a: str, b: str, threshold: float) -> str:
+    from .report import text_table
+
+    rows = [["B/A", "95% interval", "p(Holm)", "A ms", "B ms", "point", "verdict"]]
+    rows += [[f"{r.ratio:.3f}", "-" if r.interval is None else f"{r.interval[0]:.3f}-{r.interval[1]:.3f}",
+              "-" if r.p_adjusted is None else f"{r.p_adjusted:.3g}", f"{r.a_s * 1e3:.3f}", f"{r.b_s * 1e3:.3f}",
+              r.key, r.verdict] for r in results]
+    lines = [f"interleaved A/B in one worker per process: A = {a}, B = {b}", text_table(rows)]
+    n_reg = sum(r.regression for r in results)
+    lines.append(f"{len(results)} points compared; {n_reg} significant regressions of B beyond {threshold:g}x "
+                 f"(one-sided t on per-process log ratios, Holm-corrected, alpha {ALPHA})")
     return "\n".join(lines)

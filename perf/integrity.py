@@ -101,7 +101,7 @@ def checked_calls(n: int) -> list[int]:
 
 
 class TimedCalls:
-    """Watches the results of a `Rotation`'s calls, called after each call's timing (`after` in timing.py).
+    """Watches the results of a `Rotation`'s calls, called after each call's timing (`after` in measure.py).
 
     Holds the last INPUT_SETS results, copies the results of the calls `checked_calls` may pick (the first
     and each power of two; the last is held anyway), and notes an output in memory the caller still holds

@@ -1,65 +1,179 @@
-"""Measure one case in the current process: accuracy, first call, peak memory, timed repeats.
+"""Stage 3, measurement in the worker: one case measured in the current (fresh) process.
+
+In: a `Case` and its `MeasureOptions` (spec.py), handed over by worker.py in a fresh child. Out: the point's
+fields for that process (accuracy, first call, peak memory, timed samples and their statistics, what the
+process saw meanwhile); noise.py merges several processes into the point, records.py makes it a record.
+
+Accuracy: `attnbench.evaluate` on the case's own problem, the verdict `attnbench check` and conformance give.
 
 Peak memory is what the attention call itself allocates. On CPU: inputs are
 prepared first, the process's peak-RSS mark is reset (Linux /proc/self/clear_refs)
 and read as the baseline, and the growth of `ru_maxrss` across the first call is
 the point's peak. On CUDA: `max_memory_allocated` after `reset_peak_memory_stats`,
-minus what was allocated before the call. Run it in a fresh process per point
-(see worker.py) so one point's allocator state never shapes another's.
+minus what was allocated before the call. Free heap memory is handed back to the OS
+(malloc_trim) just before the baseline, so a call's small allocations (its output)
+grow the RSS instead of reusing pages that input preparation freed. A memory cap
+bounds what the call may allocate beyond the baseline: RLIMIT_AS on CPU, the
+per-process memory fraction on CUDA.
 
-Free heap memory is handed back to the OS (malloc_trim) just before the
-baseline, so a call's small allocations (its output) grow the RSS instead of
-reusing pages that input preparation freed.
+The process is set up first (worker.py): the thread count, optional CPU pinning,
+and glibc told to keep freed memory so repeats measure the steady state of a
+long-running process rather than the kernel's page-fault path.
 
-A memory cap bounds what the call may allocate beyond the baseline: RLIMIT_AS
-on CPU, the per-process memory fraction on CUDA.
+Timing: warm-up until the time settles, then repeats within a budget. On CUDA every
+repeat is timed with device events around the call alone, after a 256 MB write that
+evicts the L2 cache, so a repeat never reads a warm cache the previous repeat left
+behind (a real model's attention never sees its inputs hot). The timed calls rotate
+among `integrity.INPUT_SETS` input sets, each prepared before the first call, and a
+sample of them is verified after the timing (integrity.py): a point is only as
+accurate as its timed calls. `measure_pair` times two backends alternately for
+`compare --interleaved`.
 
-The process is set up first (process_setup.py): the thread count, optional CPU
-pinning, and glibc told to keep freed memory so repeats measure the steady
-state of a long-running process rather than the kernel's page-fault path.
-
-The timed calls rotate among `integrity.INPUT_SETS` input sets, each prepared
-before the first call, and a sample of them is verified after the timing
-(integrity.py): a point is only as accurate as its timed calls.
+The worker's forkserver imports this module once (worker.py): the backends are discovered here, at import, so
+their packages are imported once per run, not once per point. Imports only: running any torch op here would
+start OpenMP threads, and a forked child of a process with a live OpenMP pool hangs on its first parallel
+region.
 """
 from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
+
+from attnbench.implementations import all_backends
 from attnbench.problem import Problem, make_grad_out, make_inputs
 
-from . import integrity, process_setup
-from .settings import TIME_BUDGET_S
-from .sweep import Case, load_plugins
-from .timing import summarize, time_cuda, time_steady
+from . import integrity, noise, worker
+from .stats import summarize
+from .spec import Case, MeasureOptions, load_plugins
+
+all_backends()
+
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+SETTLE_SPREAD = 1.10     # warm-up ends when the last SETTLE_CALLS calls are within 10% of each other
+SETTLE_CALLS = 3
+# ... and none of them faulted in more than this many pages: the allocator has stopped growing. A heap that still
+# grows (glibc reuses freed blocks only once fragmentation settles) re-faults a whole buffer now and then; a point
+# timed before that shows it as minor faults per call in its noise record.
+SETTLED_FAULTS = 64
+MAX_WARMUP_CALLS = 30
 
 
-@dataclass(frozen=True)
-class MeasureOptions:
-    """How to measure a point.
+# Called with each call's result and its timed index (None for a warm-up call), after the call's timing:
+# what verifies timed calls (integrity.TimedCalls) sees every result without moving the timings.
+After = Callable[[object, "int | None"], None]
 
-    time_budget_s / min_repeats / max_repeats: timed repeats per fresh process;
-    warmup: the fewest warm-up calls (more until the time settles);
-    memory_cap: bytes one call may allocate (None: no cap);
-    threads: torch/BLAS threads in the worker (None: leave torch's default);
-    pin_cpus: CPUs the worker is pinned to (None: no pinning);
-    processes: fresh processes per point, so its interval describes reruns;
-    remeasure: how many times a noisy point is measured again before it is flagged;
-    keep_freed_memory: glibc keeps freed memory (steady state, no per-call page faults).
+
+def _ignore(result, index) -> None:
+    """The default `after`: the result is dropped at once, as a caller that does not keep it."""
+
+
+def time_callable(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, warmup: int = 1,
+                  min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0,
+                  faults: list[int] | None = None, after: After = _ignore) -> list[float]:
+    """Seconds per call: `warmup` untimed calls, then at least `min_repeats`, until `budget_s` or `max_repeats`.
+
+    `faults`, if given, receives each timed call's minor page faults (read outside the timed interval);
+    `after(result, index)` runs after each call's timing.
     """
+    for _ in range(warmup):
+        after(fn(), None)
+    synchronize()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < min_repeats or (len(samples) < max_repeats and time.perf_counter() < deadline):
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt if faults is not None else 0
+        start = time.perf_counter()
+        result = fn()
+        synchronize()
+        samples.append(time.perf_counter() - start)
+        if faults is not None:
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+        after(result, len(samples) - 1)
+        del result                                               # not alive in the next call unless `after` keeps it
+    return samples
 
-    time_budget_s: float = TIME_BUDGET_S
-    min_repeats: int = 5
-    max_repeats: int = 50
-    warmup: int = 1
-    memory_cap: int | None = None
-    threads: int | None = 1
-    pin_cpus: tuple[int, ...] | None = None
-    processes: int = 3
-    remeasure: int = 1
-    keep_freed_memory: bool = True
+
+def warm_up(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, min_calls: int = 1,
+            budget_s: float = 1.0, after: After = _ignore) -> int:
+    """Call `fn` until its time settles (last SETTLE_CALLS within SETTLE_SPREAD), or budget_s / MAX_WARMUP_CALLS.
+
+    Returns the number of warm-up calls. Caches, lazy initialisation, JIT and the
+    allocator's first growth all show as early calls slower than the rest, or as calls that fault in pages.
+    `after(result, None)` runs after each call's timing, so what it holds is in the steady state too.
+    """
+    times: list[float] = []
+    faults: list[int] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < MAX_WARMUP_CALLS:
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        result = fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+        after(result, None)
+        del result
+        last = times[-SETTLE_CALLS:]
+        settled = (len(times) >= max(min_calls, SETTLE_CALLS) and max(last) <= SETTLE_SPREAD * min(last)
+                   and max(faults[-SETTLE_CALLS:]) <= SETTLED_FAULTS)
+        if settled or (len(times) >= min_calls and time.perf_counter() > deadline):
+            break
+    return len(times)
+
+
+def time_steady(fn: Callable[[], object], *, synchronize: Callable[[], None] = lambda: None, warmup: int = 1,
+                min_repeats: int = 3, max_repeats: int = 100, budget_s: float = 1.0, after: After = _ignore) -> dict:
+    """Warm up until settled, then time repeats; with what the process saw meanwhile. `after` as in time_callable.
+
+    Returns samples (s), warmup_calls, minor_faults_per_call (mean: what faulting costs the point) and
+    minor_faults_median_per_call (the typical call: 0 in steady state even when the heap grew once), cpu_share (the
+    process's CPU time over wall time, capped at 1: below 1 when another task held the CPU),
+    involuntary context switches per second, and the machine's load around it.
+    """
+    warmup_calls = warm_up(fn, synchronize=synchronize, min_calls=warmup, budget_s=budget_s, after=after)
+    before_sys, before_ru = noise.system_snapshot(), resource.getrusage(resource.RUSAGE_SELF)
+    # Process CPU time, all threads: a backend may compute on its own pool (XLA) while the caller waits.
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    faults: list[int] = []
+    samples = time_callable(fn, synchronize=synchronize, warmup=0, min_repeats=min_repeats,
+                            max_repeats=max_repeats, budget_s=budget_s, faults=faults, after=after)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    after_ru, after_sys = resource.getrusage(resource.RUSAGE_SELF), noise.system_snapshot()
+    return {"samples": samples, "warmup_calls": warmup_calls,
+            # the calls' own faults: copies of checked outputs (`after`) fault outside the timed interval
+            "minor_faults_per_call": float(np.mean(faults)),
+            "minor_faults_median_per_call": float(np.median(faults)),
+            "cpu_share": min(1.0, cpu / wall) if wall > 0 else None,
+            "involuntary_switches_per_s": (after_ru.ru_nivcsw - before_ru.ru_nivcsw) / wall if wall > 0 else None,
+            "timed_wall_s": wall, **noise.system_delta(before_sys, after_sys, wall)}
+
+
+def time_cuda(fn: Callable[[], object], *, warmup: int = 1, min_repeats: int = 3, max_repeats: int = 100,
+              budget_s: float = 1.0, after: After = _ignore) -> list[float]:
+    """Seconds per call from CUDA events, with an L2 flush (not timed) before each repeat; `after` as in
+    time_callable, once the device is synchronised."""
+    import torch
+
+    flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    for _ in range(warmup):
+        after(fn(), None)
+    torch.cuda.synchronize()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(samples) < min_repeats or (len(samples) < max_repeats and time.perf_counter() < deadline):
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = fn()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+        after(result, len(samples) - 1)
+        del result
+    return samples
 
 
 def accuracy(backend, case: Case) -> tuple[float, bool]:
@@ -124,7 +238,7 @@ def set_cpu_cap(cap: int | None) -> None:
 
 
 def _first_call_cpu(fn, cap):
-    process_setup.trim()                                         # small allocations must grow the RSS
+    worker.trim()                                         # small allocations must grow the RSS
     _reset_peak_rss()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     set_cpu_cap(cap)
@@ -153,14 +267,14 @@ def _first_call_cuda(fn, cap):
 
 def setup_process(options: MeasureOptions) -> dict:
     """Threads, pinning and allocator of this worker, as set (recorded with the point)."""
-    cpus = process_setup.pin(options.pin_cpus)                  # an executor's placement may have pinned already
+    cpus = worker.pin(options.pin_cpus)                  # an executor's placement may have pinned already
     if options.threads:
-        threads = process_setup.set_threads(min(options.threads, len(cpus)))   # no more threads than cores
+        threads = worker.set_threads(min(options.threads, len(cpus)))   # no more threads than cores
     else:
         import torch
 
         threads = torch.get_num_threads()
-    kept = process_setup.keep_freed_memory() if options.keep_freed_memory else False
+    kept = worker.keep_freed_memory() if options.keep_freed_memory else False
     return {"threads": threads, "cpus": list(cpus), "freed_memory_kept": kept}
 
 
@@ -196,3 +310,37 @@ def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = 
     return {"first_call_s": first_s, "peak_bytes": int(peak), **timed, **summarize(timed["samples"]),
             "error_vs_ref": error, "accurate": passed, "timed_check": watch.findings(verifier(backend, case, problems)),
             **setup}
+
+
+def time_alternately(fn_a, fn_b, *, synchronize, options: MeasureOptions) -> tuple[list[float], list[float]]:
+    """Seconds per call of A and B, timed in adjacent pairs (ABBA order), after both have warmed up."""
+    for fn in (fn_a, fn_b):
+        warm_up(fn, synchronize=synchronize, min_calls=options.warmup, budget_s=options.time_budget_s / 2)
+    a_times, b_times = [], []
+    deadline = time.perf_counter() + options.time_budget_s
+    while len(a_times) < options.min_repeats or (len(a_times) < options.max_repeats
+                                                  and time.perf_counter() < deadline):
+        order = ((fn_a, a_times), (fn_b, b_times))
+        for fn, out in order if len(a_times) % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            synchronize()
+            out.append(time.perf_counter() - start)
+    return a_times, b_times
+
+
+def measure_pair(case_a: Case, case_b: Case, options: MeasureOptions) -> dict:
+    """In one (fresh) process: A's and B's samples, timed alternately."""
+    from attnbench.implementations import get_backend
+
+    setup = setup_process(options)
+    load_plugins(case_a.plugins + case_b.plugins)
+    backend_a, backend_b = get_backend(case_a.backend), get_backend(case_b.backend)
+    fn_a, fn_b = prepare(backend_a, case_a), prepare(backend_b, case_b)
+
+    def sync():
+        backend_a.synchronize(case_a.device)
+        backend_b.synchronize(case_b.device)
+
+    a, b = time_alternately(fn_a, fn_b, synchronize=sync, options=options)
+    return {"samples_a": a, "samples_b": b, **setup}

@@ -16,8 +16,8 @@ matplotlib.use("Agg")   # reports are rendered headless, in CI and over ssh
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter  # noqa: E402
 
-from .derived import DECODE_BYTES, DECODE_MAX_N, is_decode, loglog_slope  # noqa: E402
-from .records import PointResult  # noqa: E402
+from .records import DECODE_BYTES, DECODE_MAX_N, PointResult, is_decode  # noqa: E402
+from .stats import loglog_slope  # noqa: E402
 
 FIGSIZE, DPI = (10, 5.2), 100           # 1000 px wide: readable at full page width
 MIB = 2 ** 20
@@ -220,7 +220,7 @@ def fraction_of_peak(results: list[PointResult]):
 
 
 def decode_points(results: list[PointResult]) -> list[PointResult]:
-    """The records of the decode regime (a few queries against a longer cache, `derived.is_decode`)."""
+    """The records of the decode regime (a few queries against a longer cache, `records.is_decode`)."""
     return [r for r in results if is_decode(r.N, r.M)]
 
 

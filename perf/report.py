@@ -1,4 +1,11 @@
-"""Render report.md, the PNG plots and a self-contained report.html from results.jsonl alone."""
+"""Stage 6, report: render what analysis.py found, for the terminal, report.md and a self-contained report.html.
+
+In: the records of a run directory's results.jsonl (records.py) and analysis.py's rows. Out: report.md,
+report.html and the PNG plots (plots.py) in the run directory, and the summary `attnbench perf` prints.
+
+Every table of perf, the audit's too, is rows of strings, header first, rendered by one of `text_table`
+(terminal), `markdown_table` or `html_table`.
+"""
 from __future__ import annotations
 
 import base64
@@ -9,15 +16,12 @@ from pathlib import Path
 from attnbench.reference import AttentionInputError
 
 from . import records
-from .analysis import noisy_table, slopes
-from .derived import DECODE_BYTES, DECODE_MAX_N, FLOP_CONVENTION, is_decode
+from .analysis import fastest_rows, noisy_table, problem_rows, slopes
 from .integrity import INPUT_SETS, ROOFLINE_MARGIN, SUSPICIOUS_SPEEDUP
 from .machine import describe as describe_machine
 from .machine import machine_label
 from .noise import METHOD as NOISE_METHOD
-from .plots import PLOTS
-from .records import PointResult
-from .summary import fastest_rows, problem_rows
+from .records import DECODE_BYTES, DECODE_MAX_N, FLOP_CONVENTION, PointResult, is_decode
 
 MEMORY_METHOD = {
     "cpu": "growth of `ru_maxrss` across the first call, in a fresh process per point, inputs prepared "
@@ -62,6 +66,16 @@ def points_table(results: list[PointResult]) -> list[list[str]]:
     return rows
 
 
+# What `attnbench run` prints of every point (`columns` of `points_table`).
+RUN_COLUMNS = ("backend", "pass", "H", "N", "status", "median ms", "TFLOP/s", "peak MiB", "max err", "ok")
+
+
+def columns(rows: list[list[str]], names) -> list[list[str]]:
+    """The columns called `names` of rows (header first), in that order."""
+    index = [rows[0].index(name) for name in names]
+    return [[row[i] for i in index] for row in rows]
+
+
 def decode_table(results: list[PointResult]) -> list[list[str]]:
     """Rows (header first) of the decode points (N <= DECODE_MAX_N against a longer cache): time, GB/s, the
     fraction of the machine's measured copy bandwidth, and the bytes one cached token holds."""
@@ -104,7 +118,16 @@ def skipped_table(results: list[PointResult]) -> list[list[str]]:
     return rows
 
 
-def _md_table(rows: list[list[str]]) -> str:
+def text_table(rows: list[list[str]]) -> str:
+    """Rows (header first) as aligned columns for a terminal; markdown's **bold** marks dropped."""
+    rows = [[str(c).replace("**", "") for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """Rows (header first) as a markdown table; "(none)" without a row below the header."""
     if len(rows) < 2:
         return "(none)\n"
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
@@ -124,7 +147,8 @@ BAD_CELLS = {"error": "bad", "inaccurate": "bad", "implausible": "bad", "NO": "b
              "timeout": "warn", "suspicious: look": "warn", "ok": "good", "yes": "good"}
 
 
-def _html_table(rows: list[list[str]]) -> str:
+def html_table(rows: list[list[str]]) -> str:
+    """Rows (header first) as an HTML table, status and accuracy cells coloured by what they say."""
     if len(rows) < 2:
         return "<p>(none)</p>"
     colour = {i for i, name in enumerate(rows[0]) if name in ("status", "ok")}
@@ -202,10 +226,13 @@ def _verdicts(results: list[PointResult]) -> list[tuple[str, list[list[str]]]]:
             ("Fastest accurate backend per size", fastest_rows(results))]
 
 
-def render(run_dir: Path) -> list[Path]:
-    """Write report.md, the PNGs and report.html into run_dir from its results.jsonl; returns the paths."""
+def render(run_dir: Path, results: list[PointResult] | None = None) -> list[Path]:
+    """Write report.md, the PNGs and report.html into run_dir from its results.jsonl (`results`, if the caller
+    read them already); returns the paths."""
+    from .plots import PLOTS                     # matplotlib: only when a report is drawn
+
     run_dir = Path(run_dir)
-    results = records.read(run_dir / "results.jsonl")
+    results = records.read(run_dir / "results.jsonl") if results is None else results
     if not results:
         raise AttentionInputError(f"{run_dir / 'results.jsonl'} holds no readable records: nothing to report")
     groups = by_machine(results)
@@ -221,9 +248,9 @@ def render(run_dir: Path) -> list[Path]:
     md = [f"# attnbench perf report: {run_dir.name}\n"]
     page = [f"<h1>attnbench perf report: {html.escape(run_dir.name)}</h1>"]
     for title, body in _sections(results):
-        md.append(f"## {title}\n\n" + (body + "\n" if isinstance(body, str) else _md_table(body)))
+        md.append(f"## {title}\n\n" + (body + "\n" if isinstance(body, str) else markdown_table(body)))
         page.append(f"<h2>{html.escape(title)}</h2>" +
-                    (f"<p>{inline_html(body)}</p>" if isinstance(body, str) else _html_table(body)))
+                    (f"<p>{inline_html(body)}</p>" if isinstance(body, str) else html_table(body)))
     md.append("## Plots\n\n" + "\n\n".join(f"![{n}]({n})" if isinstance(d, bytes) else f"{n}: {d}"
                                              for n, d in pngs.items()) + "\n")
     page.append("<h2>Plots</h2>" + "".join(
@@ -242,3 +269,18 @@ def render(run_dir: Path) -> list[Path]:
                                          f"<body>{''.join(page)}</body></html>\n")
     return [run_dir / "report.md", run_dir / "report.html",
             *(run_dir / n for n, d in pngs.items() if isinstance(d, bytes))]
+
+
+def format_summary(results: list[PointResult]) -> str:
+    """The console summary printed after a sweep."""
+    fastest, bad = fastest_rows(results), problem_rows(results)
+    parts = [text_table(fastest) if len(fastest) > 1 else "no accurate point was measured"]
+    noisy = sum(bool(r.noisy) for r in results if r.status == "ok")
+    if noisy:
+        parts.append(f"{noisy} of {len(results)} points flagged noisy (the evidence column): their ranking is a "
+                     "hint, not a measurement; re-run on a quiet machine or gate with `compare --interleaved`")
+    if len(bad) > 1:
+        parts.append(f"{len(bad) - 1} points implausible, inaccurate, suspicious or failed:\n" + text_table(bad))
+    else:
+        parts.append("every measured point is accurate and plausible; no error, oom or timeout")
+    return "\n\n".join(parts)

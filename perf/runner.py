@@ -1,29 +1,96 @@
-"""Run a sweep: expand the spec, measure each point in isolation, append its record, show progress.
+"""Stage 2, execution: run a sweep. The spec's cases (expanded once), each measured in isolation by an executor,
+each record appended as it completes, progress and ETA shown.
 
-The run directory is locked for the whole sweep and its spec saved (rundir.py);
-Ctrl-C cancels the executor, ends the worker of the point in progress and raises
-`Interrupted`, every point measured before it already on disk.
+In: a `SweepSpec` (or its expanded cases), `MeasureOptions`, a timeout, a run directory. Out: run_dir/results.jsonl
+(records.py), machine.json (the machine's peaks, machine.py) and spec.json.
+
+The run directory is locked for the whole sweep (`writer_lock`) and its spec saved (`save_or_check_spec`):
+spec.json holds the SweepSpec, the MeasureOptions, the timeout and the command-line values that produced them,
+so `attnbench perf --resume DIR` continues exactly that sweep; a flag that would change it is an error, not a
+second sweep mixed into the same results.jsonl. The lock (`DIR/.lock`, an flock held for the whole sweep) keeps
+two processes from measuring the remaining points of one run twice.
+
+Ctrl-C cancels the executor, ends the worker of the point in progress and raises `Interrupted`, every point
+measured before it already on disk.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
-from . import derived, integrity, records
+from attnbench.reference import AttentionInputError
+
+from . import records
 from .executors import PointJob, SerialExecutor
-from .machine import measure_machine, roofline_flops, same_machine
-from .measure import MeasureOptions
+from .machine import measure_machine, same_machine
 from .records import PointResult
-from .rundir import save_or_check_spec, writer_lock
-from .settings import POINT_TIMEOUT_S
-from .sweep import Case, SweepSpec, expand
+from .spec import POINT_TIMEOUT_S, Case, MeasureOptions, SweepSpec, expand
+
+
+SPEC_FILE = "spec.json"
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def spec_to_json(spec: SweepSpec, options: MeasureOptions, timeout_s: float, args: dict | None = None) -> str:
+    return json.dumps({"spec": dataclasses.asdict(spec), "options": dataclasses.asdict(options),
+                       "timeout_s": timeout_s, "args": args or {}}, indent=2) + "\n"
+
+
+def load_spec(run_dir: Path) -> tuple[SweepSpec, MeasureOptions, float, dict] | None:
+    """(spec, options, timeout, command-line values) saved in run_dir; None for a run without spec.json."""
+    path = Path(run_dir) / SPEC_FILE
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(MeasureOptions)}
+    options = MeasureOptions(**{k: v for k, v in d["options"].items() if k in known})
+    return SweepSpec(**_tuples(d["spec"])), options, d["timeout_s"], d.get("args", {})
+
+
+def save_or_check_spec(run_dir: Path, spec: SweepSpec, options: MeasureOptions, timeout_s: float,
+                       args: dict | None = None) -> None:
+    """Write spec.json for a new run; for a run that has one, refuse a different sweep."""
+    saved = load_spec(run_dir)
+    if saved is None:
+        (Path(run_dir) / SPEC_FILE).write_text(spec_to_json(spec, options, timeout_s, args))
+        return
+    if saved[0] != spec:
+        changed = [f.name for f in dataclasses.fields(SweepSpec)
+                   if getattr(saved[0], f.name) != getattr(spec, f.name)]
+        raise AttentionInputError(f"{run_dir} holds a different sweep ({', '.join(changed)} differ); "
+                                  f"resume it as saved or start a new run")
+
+
+@contextmanager
+def writer_lock(run_dir: Path):
+    """Hold run_dir/.lock for the block; a second writer gets a one-line error instead of duplicate points."""
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise AttentionInputError(f"{run_dir} is being measured by another attnbench process (pid {holder}); "
+                                      f"wait for it to finish, then --resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)                                             # closing releases the flock
 
 
 class Interrupted(Exception):
@@ -52,33 +119,6 @@ def machine_info(run_dir: Path, spec: SweepSpec, threads: int | None = None) -> 
     info = measure_machine(spec.device, spec.dtypes, threads=threads)
     path.write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
-def result_of(case: Case, status: str, fields: dict, machine: dict) -> PointResult:
-    """The record of a measured case, with its derived figures."""
-    p = case.problem
-    flop_count, byte_count = derived.flops(p, case.pass_), derived.min_bytes(p, case.pass_)
-    extra = {}
-    if status == "ok":
-        t = fields["time_median_s"]
-        peak = roofline_flops(machine)                       # the best rate in any dtype: see machine.roofline_flops
-        attainable = peak and derived.attainable_flops(flop_count, byte_count, peak, machine["peak_bandwidth"])
-        extra = dict(tflops=flop_count / t / 1e12, gbps=byte_count / t / 1e9,
-                     tflops_fa2=derived.flops_fa2(p, case.pass_) / t / 1e12,
-                     fraction_of_peak=attainable and flop_count / t / attainable,
-                     bandwidth_fraction=derived.bandwidth_fraction(byte_count, t, machine.get("peak_bandwidth")))
-        impossible = attainable and integrity.implausible_reason(flop_count, t, attainable)
-        if impossible:
-            status, fields = "implausible", {**fields, "message": "; ".join(filter(None, [impossible,
-                                                                                         fields.get("message")]))}
-    measured = {k: v for k, v in fields.items() if k != "repeats"}
-    if "time_ci95_s" in measured:
-        measured["time_ci95_s"] = tuple(measured["time_ci95_s"])
-    measured["samples"] = tuple(measured.get("samples", ()))
-    return PointResult(**records.base_fields(case), status=status, flops=flop_count, bytes_moved=byte_count,
-                       predicted_pattern_bytes=derived.predicted_pattern_bytes(p), machine=machine,
-                       kv_bytes_per_token=derived.kv_bytes_per_token(p),
-                       **measured, **extra)
 
 
 def _end_workers() -> None:
@@ -123,8 +163,11 @@ def with_peaks(measured_by: dict, known: dict) -> dict:
 
 def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeout_s: float = POINT_TIMEOUT_S,
               executor=None, log=lambda line: print(line, file=sys.stderr, flush=True), args: dict | None = None,
-              progress_bar: bool | None = None) -> Path:
+              progress_bar: bool | None = None, plan: tuple | None = None) -> Path:
     """Measure every case of `spec` not already in run_dir/results.jsonl; returns the results path.
+
+    plan: `expand(spec)` if the caller has it already (the CLI expands first, to refuse a bad sweep before
+    it makes a run directory), so a sweep is expanded once.
 
     executor: who measures the points (executors.py; default one at a time here). Points are
     appended as they complete, by this process alone, which holds run_dir's lock meanwhile.
@@ -137,17 +180,17 @@ def run_sweep(spec: SweepSpec, run_dir: Path, options: MeasureOptions, *, timeou
     try:
         with writer_lock(run_dir):
             save_or_check_spec(run_dir, spec, options, timeout_s, args)
-            return _measure_remaining(spec, run_dir, options, timeout_s, executor, log,
+            return _measure_remaining(plan or expand(spec), spec, run_dir, options, timeout_s, executor, log,
                                       sys.stderr.isatty() if progress_bar is None else progress_bar)
     finally:
         executor.close()
 
 
-def _measure_remaining(spec, run_dir, options, timeout_s, executor, log, bar) -> Path:
+def _measure_remaining(plan, spec, run_dir, options, timeout_s, executor, log, bar) -> Path:
     from attnbench.implementations import get_backend
 
     path = run_dir / "results.jsonl"
-    cases, skipped = expand(spec)
+    cases, skipped = plan
     done = records.done_keys(path)
     machine = machine_info(run_dir, spec, options.threads)
     for case, reason in skipped:
@@ -172,7 +215,7 @@ def _measure_remaining(spec, run_dir, options, timeout_s, executor, log, bar) ->
                 case, outcome = pending.pop(future), future.result()
                 if outcome.fields.get("message", "").startswith("KeyboardInterrupt"):
                     raise KeyboardInterrupt                      # the worker saw the terminal's Ctrl-C first
-                records.append(path, result_of(case, outcome.status, outcome.fields,
+                records.append(path, records.result_of(case, outcome.status, outcome.fields,
                                                with_peaks(outcome.machine, machine)))
                 finished += 1
                 noise = outcome.fields.get("noise", {}) if outcome.fields.get("noisy") else None

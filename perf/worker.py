@@ -1,4 +1,6 @@
-"""Run one case in a fresh process, with a timeout; an OOM, a timeout or a crash becomes the point's status.
+"""Stage 2, execution in isolation: one case in a fresh process with a timeout; an OOM, a timeout or a crash is
+the point's status. In: a `Case`, `MeasureOptions`, a timeout (from the runner or an executor). Out: (status,
+fields), the fields measure.py returned from each process merged by noise.py (`run_isolated`).
 
 Each point runs in a child of a multiprocessing *forkserver* that has imported
 torch and the backends once: the child is a fresh process (own allocator, own
@@ -6,7 +8,7 @@ peak-RSS mark, own address-space limit) without paying torch's ~3 s import per
 point. The forkserver never touches CUDA, so children may initialise it.
 
 A point is measured in `options.processes` such children in turn (its interval
-then describes reruns, see replicates.py); if the result is noisy it is measured
+then describes reruns, see noise.py); if the result is noisy it is measured
 again, at most `options.remeasure` times, and the calmest attempt is kept with
 its noise flag.
 
@@ -19,10 +21,21 @@ Backends registered only in the parent (a test's) do not exist in the child;
 a case names the module files that register them (`Case.plugins`) and the child
 imports those first.
 
+Set-up of the fresh process before it measures (`pin`, `set_threads`, `keep_freed_memory`, `trim`, called by
+measure.py). Threads: torch's intra-op pool (OpenMP and MKL) via `torch.set_num_threads`, and NumPy's OpenBLAS
+(the `numpy` backend's matmuls) through its own C entry point, since OpenBLAS read its environment when the
+forkserver imported NumPy. Allocator: by default glibc serves every allocation over 128 KiB-32 MiB with a fresh
+mmap and returns it on free, so a call that allocates (N, M) buffers re-faults every page of them on every call
+(torch_eager at N = 1024: ~16,000 minor faults per call, 2.5x its steady-state time). A long-running model keeps
+its memory; `keep_freed_memory` makes the worker do the same (no mmap for large blocks, no trimming of the heap
+top), and `trim` hands free memory back to the OS on request, before the peak-memory baseline, so a call's own
+allocations show in its peak RSS instead of reusing pages freed by input preparation.
+
 By hand, for one point:  python -m attnbench.perf.worker '<case json>'
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import multiprocessing
@@ -30,17 +43,78 @@ import os
 import signal
 import sys
 
-from . import integrity, replicates
+from . import integrity, noise
 from .machine import fingerprint, with_cached_bandwidth
-from .measure import MeasureOptions, measure_case, set_cpu_cap
-from .settings import LONG_POINT_TIMEOUT_S
-from .sweep import Case
+from .spec import LONG_POINT_TIMEOUT_S, Case, MeasureOptions
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "bad_alloc")
-# Imports only: running any torch op here would start OpenMP threads, and a forked child of a
-# process with a live OpenMP pool hangs on its first parallel region.
-_PRELOAD = ["torch", "numpy", "attnbench.implementations", "attnbench.perf.measure", "attnbench.perf.worker",
-            "attnbench.perf.interleave", "attnbench.perf.preload"]
+# Imports only (measure.py discovers the backends as it is imported): running any torch op here would start
+# OpenMP threads, and a forked child of a process with a live OpenMP pool hangs on its first parallel region.
+_PRELOAD = ["torch", "numpy", "attnbench.implementations", "attnbench.perf.measure", "attnbench.perf.worker"]
+
+
+M_TRIM_THRESHOLD = -1          # glibc mallopt parameters (malloc.h)
+M_MMAP_MAX = -4
+_OPENBLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                     "openblas_set_num_threads64_", "scipy_openblas_set_num_threads")
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None)                                 # the running program's symbols: libc's included
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse (no per-call mmap/munmap, no heap trim); False where unavailable."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    ok_mmap = libc.mallopt(M_MMAP_MAX, 0)                     # large blocks come from the heap, reused on free
+    ok_trim = libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)     # never give the heap top back on free
+    return bool(ok_mmap and ok_trim)
+
+
+def trim() -> bool:
+    """Return free heap memory to the OS now (malloc_trim); False where unavailable."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def _openblas_libs() -> list[str]:
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {ln.split()[-1] for ln in f if len(ln.split()) >= 6}
+    except OSError:
+        return []
+    return sorted(p for p in paths if "openblas" in os.path.basename(p).lower() and ".so" in p)
+
+
+def set_threads(n: int) -> int:
+    """Use `n` threads in torch (OpenMP, MKL) and OpenBLAS; returns what torch reports afterwards."""
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)                                 # for anything that reads them later
+    torch.set_num_threads(n)
+    for path in _openblas_libs():
+        lib = ctypes.CDLL(path)
+        for name in _OPENBLAS_SETTERS:
+            if hasattr(lib, name):
+                getattr(lib, name)(n)
+                break
+    return torch.get_num_threads()
+
+
+def pin(cpus: tuple[int, ...] | None) -> tuple[int, ...]:
+    """Pin this process to `cpus` (None: leave it); returns the CPUs it may run on."""
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+    return tuple(sorted(os.sched_getaffinity(0)))
 
 
 def classify(exc: BaseException) -> str:
@@ -64,6 +138,8 @@ def _options(options: dict) -> MeasureOptions:
 
 def _child(case_json: str, options: dict, caps: dict | None, conn, placement: dict | None = None,
            check_accuracy: bool = True) -> None:
+    from .measure import measure_case, set_cpu_cap
+
     try:
         case = Case.from_json(case_json)
         _apply_placement(placement)
@@ -116,7 +192,7 @@ def _reuse_capabilities(case: Case, caps: dict) -> None:
     """Give the child's backend the capabilities the parent already probed (SDPA probes cost ~1 s a kernel)."""
     from attnbench.implementations import get_backend
 
-    from .sweep import load_plugins
+    from .spec import load_plugins
 
     load_plugins(case.plugins)
     get_backend(case.backend).adopt_capabilities(case.device, capabilities_from_dict(caps))
@@ -151,8 +227,8 @@ def run_isolated(case: Case, options: MeasureOptions, timeout_s: float, *,
         if accuracy is None:
             accuracy = {k: runs[0][k] for k in ("error_vs_ref", "accurate")}
             machine = runs[0]["machine"]
-        fields = {**replicates.merge(runs), **accuracy}
-        if best is None or replicates.noise_score(fields) < replicates.noise_score(best):
+        fields = {**noise.merge(runs), **accuracy}
+        if best is None or noise.noise_score(fields) < noise.noise_score(best):
             best = fields
         best["noise"]["attempts"] = attempt + 1
         if not best["noisy"]:
@@ -173,7 +249,7 @@ def run_one(case: Case, options: MeasureOptions, timeout_s: float, *, caps: dict
 
 def _pair_child(case_a: str, case_b: str, options: dict, caps: list, conn) -> None:
     try:
-        from .interleave import measure_pair
+        from .measure import measure_pair
 
         cases = [Case.from_json(case_a), Case.from_json(case_b)]
         for case, known in zip(cases, caps):

@@ -68,7 +68,7 @@ EOF
 }
 
 bench() {
-    "$PY" -m attnbench.perf.bench_blockwise_gpu --dtype float16 --causal none --seq-lens 1024,4096,16384 \
+    "$PY" -m attnbench.perf.tools gpu-bench --dtype float16 --causal none --seq-lens 1024,4096,16384 \
         --out "$WORK/bench" || return $?
     cp "$(ls -d "$WORK"/bench/*/ | head -n 1)/results.jsonl" "$OUT/bench-results.jsonl"
 }

@@ -176,7 +176,7 @@ def test_a_half_precision_gradient_accumulator_fails_the_naive_rule_at_the_deriv
 def test_perf_accuracy_is_checked_at_the_points_own_length():
     """A kernel wrong only beyond key 256 is inaccurate at N = M = 8192 in perf (no shrunk copy hides it)."""
     from attnbench.perf.measure import accuracy
-    from attnbench.perf.sweep import Case
+    from attnbench.perf.spec import Case
 
     p = Problem(B=1, H=1, N=8192, M=8192, D=16, dtype="float32")
     good, bad = _Eager(), _DropsKeysBeyond256()

@@ -47,15 +47,17 @@ def test_unsupported_problem_is_reported_not_crashed(capsys):
 
 
 def test_run_writes_a_report(tmp_path):
-    from attnbench.perf import main_job
-    from attnbench.perf.measure import MeasureOptions
-    from attnbench.perf.sweep import SweepSpec
+    from attnbench.perf.commands import finish, main_job
+    from attnbench.perf.spec import RUN, MeasureOptions, SweepSpec
 
-    assert main_job.DEFAULT_SPEC.heads_at_n and len(main_job.DEFAULT_SPEC.heads) > 1   # `run` draws time vs H
+    assert RUN.spec.heads_at_n and len(RUN.spec.heads) > 1   # `run` draws time vs H
     spec = SweepSpec(seq_lens=(32, 48), heads=(2, 4), heads_at_n=32, head_dims=(16,),
                      backends=("numpy", "torch_eager", "torch_sdpa_math"))
-    run_dir = main_job.main_job(tmp_path, spec=spec, options=MeasureOptions(time_budget_s=0.01, min_repeats=2),
-                                log=lambda *_: None)
+    run_dir = main_job(tmp_path, spec=spec, options=MeasureOptions(time_budget_s=0.01, min_repeats=2),
+                       log=lambda *_: None)
+    printed = []
+    assert finish(run_dir, allow_failures=False, log=printed.append, points=True) == 0
+    assert printed[0].split()[:3] == ["backend", "pass", "H"] and printed[0].count("\n") >= 10   # every point
     rows = (run_dir / "results.jsonl").read_text().splitlines()
     assert len(rows) == 9 and "torch_eager" in (run_dir / "report.md").read_text()
     assert (run_dir / "time_vs_h.png").is_file()

@@ -17,7 +17,7 @@ from conformance._verdict import assert_passes  # noqa: E402
 from conformance.mutants import make_backend  # noqa: E402
 from conformance.mutants.twin import BlockwiseTwin  # noqa: E402
 from perf.measure import accuracy  # noqa: E402
-from perf.sweep import Case  # noqa: E402
+from perf.spec import Case  # noqa: E402
 
 PROBLEM = Problem(B=1, H=2, N=32, M=64, D=32, dtype="float16", seed=4)
 

@@ -7,9 +7,8 @@ from attnbench.cli import main
 from attnbench.perf import records
 from attnbench.perf.executors import (LocalPoolExecutor, Placement, PointJob, SerialExecutor, cpu_sets,
                                       measure_point, placements)
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf.spec import Case, MeasureOptions, SweepSpec
 from attnbench.perf.runner import run_sweep, with_peaks
-from attnbench.perf.sweep import Case, SweepSpec
 from attnbench.problem import Problem
 
 from perf_helpers import untimed

@@ -7,7 +7,8 @@ import pytest
 
 from attnbench.cli import main
 from attnbench.perf import records
-from attnbench.perf.compare import Change, compare_points, holm
+from attnbench.perf.compare import Change, compare_points
+from attnbench.perf.stats import holm
 
 from perf_helpers import synthetic
 

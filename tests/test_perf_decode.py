@@ -9,12 +9,11 @@ import json
 import pytest
 
 from attnbench.implementations import registry
-from attnbench.perf import derived, timing
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf import measure, records
+from attnbench.perf.spec import MeasureOptions, SweepSpec
 from attnbench.perf.records import PointResult
 from attnbench.perf.report import render
 from attnbench.perf.runner import run_sweep
-from attnbench.perf.sweep import SweepSpec
 from attnbench.problem import Problem
 
 from test_perf_trust import INJECTED
@@ -27,7 +26,7 @@ def injected(tmp_path, monkeypatch):
     """A module file registering `injected`: torch_eager whose every call takes SECONDS on the worker's clock."""
     registry.discover()
     monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
-    monkeypatch.setattr(timing, "time", timing.time)
+    monkeypatch.setattr(measure, "time", measure.time)
     path = tmp_path / "injected_decode.py"
     path.write_text(INJECTED.format(cls="InjectedDecode", name="injected", seconds=SECONDS))
     return str(path)
@@ -41,8 +40,8 @@ def test_decode_spec_sweeps_m_at_fixed_n_with_grouped_heads():
 
 def test_decode_bytes_are_k_and_v_read_q_read_o_written():
     p = Problem(B=2, H=8, Hkv=2, N=4, M=1000, D=64, Dv=32, dtype="float16")
-    assert derived.decode_bytes(p) == (2 * 2 * 1000 * (64 + 32) + 2 * 8 * 4 * (64 + 32)) * 2
-    assert derived.kv_bytes_per_token(p) == 2 * (64 + 32) * 2
+    assert records.decode_bytes(p) == (2 * 2 * 1000 * (64 + 32) + 2 * 8 * 4 * (64 + 32)) * 2
+    assert records.kv_bytes_per_token(p) == 2 * (64 + 32) * 2
 
 
 def test_decode_sweep_records_gbps_and_the_fraction_of_measured_bandwidth(tmp_path, injected):
@@ -54,7 +53,7 @@ def test_decode_sweep_records_gbps_and_the_fraction_of_measured_bandwidth(tmp_pa
               if line]
     assert [p.M for p in points] == [64, 128] and all(p.status == "ok" for p in points)
     for p in points:
-        bytes_moved = derived.decode_bytes(Problem(B=1, H=2, Hkv=1, N=1, M=p.M, D=16))
+        bytes_moved = records.decode_bytes(Problem(B=1, H=2, Hkv=1, N=1, M=p.M, D=16))
         assert p.bytes_moved == bytes_moved and p.kv_bytes_per_token == 1 * 2 * 16 * 4 and p.kv_layout == "dense"
         assert p.time_median_s == pytest.approx(SECONDS, rel=0.1)                    # the injected clock
         assert p.gbps == pytest.approx(bytes_moved / p.time_median_s / 1e9, rel=1e-12)

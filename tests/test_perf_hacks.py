@@ -1,4 +1,4 @@
-"""A kernel cannot fake its speed: perf flags every reward hack of perf/hack_mutants.py and no correct backend.
+"""A kernel cannot fake its speed: perf flags every reward hack of plugins/hack_mutants.py and no correct backend.
 
 One tiny sweep (N 512, H 2, D 16, float32, CPU, 2 processes of 5 timed calls, fwd and fwd+bwd) holds every
 hack that runs here beside three correct backends, loaded with `--plugin` as an author would load them. Each
@@ -16,13 +16,13 @@ import torch
 
 from attnbench.implementations import registry
 from attnbench.perf import integrity, records
-from attnbench.perf.summary import fastest_rows, problem_rows, suspicious
-from attnbench.perf.sweep import load_plugins
-from attnbench.perf.timing import time_callable
+from attnbench.perf.analysis import fastest_rows, problem_rows, suspicious
+from attnbench.perf.spec import load_plugins
+from attnbench.perf.measure import time_callable
 
 from perf_helpers import perf, synthetic
 
-HACK_FILE = Path(__file__).resolve().parents[1] / "perf" / "hack_mutants.py"
+HACK_FILE = Path(__file__).resolve().parent / "plugins" / "hack_mutants.py"
 CORRECT = ("torch_eager", "torch_sdpa_flash", "numpy")
 FLAGS = ("implausible", "inaccurate")
 
@@ -191,7 +191,7 @@ def test_the_roofline_is_the_best_rate_in_any_dtype_so_a_kernel_computing_half_i
 
 
 def test_the_fastest_table_says_when_its_ranking_rests_on_noisy_points():
-    from attnbench.perf.summary import format_summary
+    from attnbench.perf.report import format_summary
 
     quiet, loud = synthetic("quiet", 256, [1e-3] * 9), synthetic("loud", 256, [2e-3] * 9, noisy=True)
     assert fastest_rows([quiet])[1][-1] == "clean"

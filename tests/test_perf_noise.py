@@ -6,8 +6,8 @@ end-to-end behaviour under a real load is in test_perf_trust.py.
 import numpy as np
 import pytest
 
-from attnbench.perf import noise, replicates
-from attnbench.perf.derived import flops, flops_fa2
+from attnbench.perf import noise
+from attnbench.perf.records import flops, flops_fa2
 from attnbench.problem import Problem
 
 
@@ -37,7 +37,7 @@ def test_processes_that_disagree_make_a_point_noisy_and_set_its_interval():
     runs = [{"samples": list(m * (1 + 0.001 * np.arange(10))), "first_call_s": m, "peak_bytes": 1 << 20,
              "cpu_share": 1.0, "minor_faults_per_call": 0.0, "error_vs_ref": 1e-7, "accurate": True}
             for m in (25e-3, 55e-3, 69e-3)]
-    fields = replicates.merge(runs)
+    fields = noise.merge(runs)
     lo, hi = fields["time_ci95_s"]
     assert lo < 25e-3 and hi > 69e-3                       # the interval covers what reruns read
     assert fields["time_median_s"] == pytest.approx(55e-3 * 1.0045)      # the middle process's median
@@ -47,7 +47,7 @@ def test_processes_that_disagree_make_a_point_noisy_and_set_its_interval():
 def test_a_point_whose_calls_keep_faulting_says_it_is_not_steady():
     runs = [{"samples": [1e-3] * 10, "first_call_s": 1e-3, "peak_bytes": 1 << 20, "cpu_share": 1.0,
              "minor_faults_per_call": 16352.0}]                # the torch_eager N=1024 without the fix
-    assert replicates.merge(runs)["noise"]["steady_state"] is False
+    assert noise.merge(runs)["noise"]["steady_state"] is False
 
 
 def test_fa2_flop_convention_is_recorded_beside_ours():
@@ -59,7 +59,7 @@ def test_fa2_flop_convention_is_recorded_beside_ours():
 def test_child_pre_call_check_uses_the_parents_capabilities(monkeypatch):
     # why_not -> device_unavailable_reason used to re-run the SDPA kernel probes (1-2 s per point) in every worker.
     from attnbench.implementations import get_backend, torch_sdpa
-    from attnbench.perf.sweep import Case
+    from attnbench.perf.spec import Case
     from attnbench.perf.worker import _reuse_capabilities
     import dataclasses
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from attnbench.cli import main
 from attnbench.perf import records
-from attnbench.perf.rundir import writer_lock
+from attnbench.perf.runner import writer_lock
 
 import pytest
 

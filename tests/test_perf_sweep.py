@@ -2,9 +2,8 @@
 import json
 
 from attnbench.perf import records
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf.spec import MeasureOptions, SweepSpec, expand
 from attnbench.perf.runner import run_sweep
-from attnbench.perf.sweep import SweepSpec, expand
 
 from perf_helpers import by_backend, perf
 
@@ -46,7 +45,7 @@ def test_resume_skips_points_already_recorded(tmp_path):
 def test_quick_leaves_out_backends_that_run_under_a_simulator(capsys, monkeypatch):
     # --quick used to time triton_blockwise under the Triton interpreter: 59 of its 112 s, times of no kernel.
     from attnbench.implementations import triton_blockwise
-    from attnbench.perf.sweep import measurable_backends
+    from attnbench.perf.spec import measurable_backends
 
     monkeypatch.setattr(triton_blockwise, "INTERPRETED", True)     # as the CLI sets it without CUDA
     kept = measurable_backends("cpu", ())

@@ -4,7 +4,7 @@ Each verdict here is decided on timings the test controls, so it runs, and can f
 
 - Injected timings: a plugin backend whose calls take the seconds it declares on the clock the worker times
   with (`INJECTED`): that clock moves only with the backend's calls and serves as CPU time too, so a loaded
-  machine changes nothing compare sees. Sweeps measure it through the real runner, worker, replicates, noise
+  machine changes nothing compare sees. Sweeps measure it through the real runner, worker, measure, noise
   verdict and records, and `compare` must judge its point: identical code is no regression; twice the
   seconds (the controlled slowdown) is a REGRESSION.
 - Under that artificial load a sweep of a real backend flags its points noisy, and compare says it did not
@@ -25,10 +25,9 @@ import pytest
 
 from attnbench.cli import main
 from attnbench.implementations import registry
-from attnbench.perf import timing
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf import measure
+from attnbench.perf.spec import MeasureOptions, SweepSpec
 from attnbench.perf.runner import run_sweep
-from attnbench.perf.sweep import SweepSpec
 
 from perf_helpers import perf
 
@@ -56,16 +55,16 @@ INJECTED = textwrap.dedent('''
 
     from attnbench.implementations import register
     from attnbench.implementations.torch_eager import TorchEager
-    from attnbench.perf import timing
+    from attnbench.perf import measure
 
 
     class Clock:
-        """Advanced by this backend's calls only; the timing module reads it as wall and CPU time alike, so
+        """Advanced by this backend's calls only; the measure module reads it as wall and CPU time alike, so
         another process holding the CPU changes nothing the noise verdict or compare sees."""
         now = 0.0
 
 
-    timing.time = types.SimpleNamespace(perf_counter=lambda: Clock.now, process_time=lambda: Clock.now)
+    measure.time = types.SimpleNamespace(perf_counter=lambda: Clock.now, process_time=lambda: Clock.now)
     # Fresh processes differ, as on a real machine: each times at its own level (2% spread in log), its calls
     # within 0.5% of it; both under the noise flags' 10%, so every point is judged.
     RNG = np.random.default_rng(os.getpid())
@@ -115,7 +114,7 @@ def injected(tmp_path, monkeypatch):
     ("slow"). Loading one in this process installs its clock here too: restored, with the registry, afterwards."""
     registry.discover()                                  # before the copy: the copy is what the test may change
     monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
-    monkeypatch.setattr(timing, "time", timing.time)
+    monkeypatch.setattr(measure, "time", measure.time)
     files = {}
     for tag, seconds in (("fast", 0.01), ("same", 0.01), ("slow", 0.02)):
         files[tag] = tmp_path / f"injected_{tag}.py"

@@ -12,9 +12,8 @@ import pytest
 
 from attnbench.implementations import registry
 from attnbench.perf import records
-from attnbench.perf.measure import MeasureOptions
+from attnbench.perf.spec import MeasureOptions, SweepSpec
 from attnbench.perf.runner import run_sweep
-from attnbench.perf.sweep import SweepSpec
 
 from perf_helpers import perf, untimed
 
@@ -86,7 +85,7 @@ def test_attnbench_perf_on_ray_records_what_the_local_executor_does(cluster, tmp
 
 
 def test_a_killed_worker_costs_one_point_and_resume_skips_what_is_done(cluster, tmp_path, killer_plugin):
-    from attnbench.perf.ray_executor import RayExecutor
+    from attnbench.perf.executors import RayExecutor
 
     spec = SweepSpec(seq_lens=(512,), heads=(2,), head_dims=(16,),
                      backends=("numpy", "test_kills_its_worker"), plugins=(killer_plugin,))

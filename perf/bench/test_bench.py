@@ -9,9 +9,9 @@ does not declare a problem is a skip with the reason.
 import pytest
 
 from attnbench.implementations import all_backends
-from attnbench.perf import derived
+from attnbench.perf import records
 from attnbench.perf.measure import accuracy, prepare
-from attnbench.perf.sweep import Case
+from attnbench.perf.spec import Case
 from attnbench.problem import Problem
 
 PROBLEMS = [Problem(B=1, H=4, N=256, D=64), Problem(B=1, H=4, N=1024, D=64),
@@ -29,6 +29,6 @@ def test_attention(benchmark, backend, problem, pass_):
     case = Case(backend.name, problem, pass_)
     error, passed = accuracy(backend, case)
     fn = prepare(backend, case)
-    benchmark.extra_info.update(error_vs_ref=error, accurate=passed, flops=derived.flops(problem, pass_))
+    benchmark.extra_info.update(error_vs_ref=error, accurate=passed, flops=records.flops(problem, pass_))
     benchmark.pedantic(fn, setup=lambda: backend.synchronize("cpu"), rounds=5, warmup_rounds=1)
     assert passed, f"{backend.name} {problem.id}: max error {error:.3g} exceeds the budget"

@@ -1,6 +1,6 @@
 """Reward hacks for perf: backends that fake their speed, each a few lines, loaded the way an author loads one.
 
-    attnbench perf --plugin perf/hack_mutants.py --backends hack_cache_on_address,hack_lazy --seq-lens 256
+    attnbench perf --plugin tests/plugins/hack_mutants.py --backends hack_cache_on_address,hack_lazy --seq-lens 256
 
 Each is right whenever a single call is checked (`attnbench check` passes it), and each would have come out
 "ok", "accurate" and fastest before perf verified its timed calls and held them to the roofline
