@@ -59,8 +59,10 @@ import os
 import types
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from attnbench.reference import layouts as kv_layouts
 from ._torch_common import TorchBackend
 from attnbench.precision import FLASH, for_half
 
@@ -168,27 +170,90 @@ def _keep(offs_n, offs_m, M, causal_offset, window_offset, CAUSAL: tl.constexpr,
 
 
 @jit
-def _fwd_kernel(Q, K, V, O, LSE, ALIBI_SLOPES, SINK_LOGITS,
-                sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd, sob, soh, son, sod,
+def _sequence(b, N, M, CU_Q, CU_K, CACHE_SEQLENS, n_new, KV: tl.constexpr, APPEND: tl.constexpr):
+    """(q0, n_b, k0, m_b, held) of sequence b: its first packed query row and query count, its first packed key
+    row and key count, and how many of its keys the cache holds (the rest, m_b - held, are appended: k_new).
+    Dense: (0, N, 0, M, M); ragged (KV 1): from cu_seqlens_q/_k, the held ones cache_seqlens[b] with APPEND;
+    paged (KV 2): N queries, cache_seqlens[b] + n_new keys."""
+    q0 = 0
+    n_b = N
+    k0 = 0
+    m_b = M
+    held = M
+    if KV == 1:
+        q0 = tl.load(CU_Q + b)
+        n_b = tl.load(CU_Q + b + 1) - q0
+        k0 = tl.load(CU_K + b)
+        m_b = tl.load(CU_K + b + 1) - k0
+        held = m_b
+    if KV == 2:
+        m_b = tl.load(CACHE_SEQLENS + b) + n_new
+        held = m_b
+    if APPEND:
+        held = tl.load(CACHE_SEQLENS + b)
+    return q0, n_b, k0, m_b, held
+
+
+@jit
+def _key_offsets(offs_m, b, held, BLOCK_TABLE, sbt, page_size, skb, skm, svb, svm, KV: tl.constexpr):
+    """Element offsets of cache keys offs_m of one sequence in K and V, from its base (K + hkv skh, plus b skb when
+    dense, k0 skm when ragged): rows offs_m; paged, page block_table[b, t // P] (stride skb: the pool's page
+    stride), slot t % P, looked up per key so a tile may span pages (P < BLOCK_M) or share one (P > BLOCK_M).
+    Keys past `held` (appended ones, or past the sequence) look up nothing: their loads are masked."""
+    k_off = offs_m * skm
+    v_off = offs_m * svm
+    if KV == 2:
+        page = tl.load(BLOCK_TABLE + b * sbt + offs_m // page_size, mask=offs_m < held, other=0)
+        slot = offs_m % page_size
+        k_off = page * skb + slot * skm
+        v_off = page * svb + slot * svm
+    return k_off, v_off
+
+
+@jit
+def _fwd_kernel(Q, K, V, O, LSE, ALIBI_SLOPES, SINK_LOGITS, CU_Q, CU_K, BLOCK_TABLE, CACHE_SEQLENS, K_NEW, V_NEW,
+                sqb, sqh, sqn, sqd, skb, skh, skm, skd, svb, svh, svm, svd, sos, sob, soh, son, sod,
+                sls, slb, slh, sln, sknb, sknh, sknm, sknd, svnb, svnh, svnm, svnd, sbt, page_size, n_new,
                 H, GROUP, N, M, D, DV, qk_scale, causal_offset, window_offset, seq_offset, alibi_sb, softcap,
                 N_BUCKET, M_BUCKET,
                 CAUSAL: tl.constexpr, WINDOW: tl.constexpr, ALIBI: tl.constexpr, ALIBI_FIRST: tl.constexpr,
-                SOFTCAP: tl.constexpr, SINKS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """O (B, H, N, Dv) and lse (B*H, N) for one (query tile, b*h) program; K/V read from head h // GROUP."""
+                SOFTCAP: tl.constexpr, SINKS: tl.constexpr, IEEE: tl.constexpr, KV: tl.constexpr,
+                APPEND: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_DV: tl.constexpr):
+    """O and lse for one (query tile, b*h, key chunk) program; K/V read from head h // GROUP.
+
+    KV 0 dense: q (B, H, N, D), K (B, Hkv, M, D) through its strides, O (B, H, N, Dv), lse (B, H, N). KV 1 ragged:
+    packed q (total_q, H, D) and K (total_k, Hkv, D), sequence b at rows cu_seqlens[b] (sqb, skb, sob, slb 0);
+    O (total_q, H, Dv), lse (H, total_q). KV 2 paged: K (pages, P, Hkv, D) through the block table, skb its page
+    stride. APPEND: keys held..m_b of sequence b are k_new[b, 0..n_new) (the cache is read, never written). N, M
+    are the longest sequence's lengths (the grid's); each sequence's causal diagonal, window and ALiBi distance
+    are bottom-right in its own n_b x m_b."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     hkv = h // GROUP
+    q0, n_b, k0, m_b, held = _sequence(b, N, M, CU_Q, CU_K, CACHE_SEQLENS, n_new, KV, APPEND)
+    if KV != 0:   # the host's diagonals are for (N, M): move them to this sequence's (n_b, m_b)
+        to_sequence = (m_b - n_b) - (M - N)
+        causal_offset += to_sequence
+        window_offset += to_sequence
+        seq_offset += to_sequence
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(Q + b * sqb + h * sqh + offs_n[:, None] * sqn + offs_d[None, :] * sqd,
-                mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)                  # (BN, BD)
+    row_ok = offs_n < n_b
+    q = tl.load(Q + b * sqb + h * sqh + (q0 + offs_n)[:, None] * sqn + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)                        # (BN, BD)
     k_base = K + b * skb + hkv * skh
     v_base = V + b * svb + hkv * svh
+    if KV == 1:
+        k_base = K + k0 * skm + hkv * skh
+        v_base = V + k0 * svm + hkv * svh
+    if KV == 2:   # skb, svb are the pool's page strides: the page comes from the block table, per key
+        k_base = K + hkv * skh
+        v_base = V + hkv * svh
     m_i = tl.full([BLOCK_N], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_N], tl.float32)
     if SINKS:     # the sink is one more term of every row's denominator, exp(sink) with value 0: (m, l) = (sink, 1)
@@ -199,44 +264,56 @@ def _fwd_kernel(Q, K, V, O, LSE, ALIBI_SLOPES, SINK_LOGITS,
     if ALIBI:
         slope = tl.load(ALIBI_SLOPES + b * alibi_sb + h) * 1.4426950408889634
     lo = 0
-    hi = M
+    hi = m_b
     if CAUSAL:   # the last key any row of this tile may see is (start_n + BLOCK_N - 1) + offset
-        hi = tl.minimum(M, start_n + BLOCK_N + causal_offset)
+        hi = tl.minimum(m_b, start_n + BLOCK_N + causal_offset)
     if WINDOW:   # the first key row start_n may see is start_n + window_offset: skip whole tiles left of it
         lo = tl.maximum(0, start_n + window_offset) // BLOCK_M * BLOCK_M
+    if KV == 1:   # a query tile past this sequence's end (the grid is the longest one's): no key tile
+        hi = tl.where(start_n < n_b, hi, 0)
     # Split-KV: grid axis 2 cuts the keys into chunks of whole tiles, ceil(tiles / splits) each (FlashAttention's
-    # n_blocks_per_split); one chunk (the whole of M) unsplit. A chunk outside [lo, hi) runs no tile: O = 0, lse = -inf.
+    # n_blocks_per_split, of the sequence's own keys); one chunk (all of them) unsplit. A chunk outside [lo, hi)
+    # runs no tile: O = 0, lse = -inf.
     split = tl.program_id(2)
-    chunk = tl.cdiv(tl.cdiv(M, BLOCK_M), tl.num_programs(2)) * BLOCK_M
+    chunk = tl.cdiv(tl.cdiv(m_b, BLOCK_M), tl.num_programs(2)) * BLOCK_M
     lo = tl.maximum(lo, split * chunk)
     hi = tl.minimum(hi, split * chunk + chunk)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + offs_m0
-        kt = tl.load(k_base + offs_m[None, :] * skm + offs_d[:, None] * skd,
-                     mask=(offs_m[None, :] < M) & (offs_d[:, None] < D), other=0.0)             # (BD, BM)
+        k_off, v_off = _key_offsets(offs_m, b, held, BLOCK_TABLE, sbt, page_size, skb, skm, svb, svm, KV)
+        kt = tl.load(k_base + k_off[None, :] + offs_d[:, None] * skd,
+                     mask=(offs_m[None, :] < held) & (offs_d[:, None] < D), other=0.0)            # (BD, BM)
+        if APPEND:   # keys held..m_b: the new ones, k_new[b, t - held]
+            new = (offs_m >= held) & (offs_m < m_b)
+            kn = tl.load(K_NEW + b * sknb + hkv * sknh + (offs_m - held)[None, :] * sknm + offs_d[:, None] * sknd,
+                         mask=new[None, :] & (offs_d[:, None] < D), other=0.0)
+            kt = tl.where(new[None, :], kn, kt)
         s = _dot(q, kt, IEEE) * qk_scale                                                       # (BN, BM), log2 units
         s, _ = _score_mods(s, offs_n, offs_m, slope, seq_offset, softcap, ALIBI, ALIBI_FIRST, SOFTCAP)
-        keep = _keep(offs_n, offs_m, M, causal_offset, window_offset, CAUSAL, WINDOW)
+        keep = _keep(offs_n, offs_m, m_b, causal_offset, window_offset, CAUSAL, WINDOW)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)        # a row with nothing seen yet: avoid -inf - -inf
         p = tl.math.exp2(s - shift[:, None])
         alpha = tl.math.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_m[:, None] * svm + offs_dv[None, :] * svd,
-                    mask=(offs_m[:, None] < M) & (offs_dv[None, :] < DV), other=0.0)           # (BM, BDV)
+        v = tl.load(v_base + v_off[:, None] + offs_dv[None, :] * svd,
+                    mask=(offs_m[:, None] < held) & (offs_dv[None, :] < DV), other=0.0)        # (BM, BDV)
+        if APPEND:
+            vn = tl.load(V_NEW + b * svnb + hkv * svnh + (offs_m - held)[:, None] * svnm + offs_dv[None, :] * svnd,
+                         mask=new[:, None] & (offs_dv[None, :] < DV), other=0.0)
+            v = tl.where(new[:, None], vn, v)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     empty = l_i == 0                                                # saw no key (nor a sink); NaN rows are not empty
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]                                     # empty rows: acc is 0, so O is 0
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-    # split s writes its partial at O[s], LSE[s]: O is (S, B, H, N, Dv) with the (B, H, N, Dv) strides given, LSE
-    # (S, B * H, N); S = 1 unsplit.
-    o_split = split * (tl.num_programs(1) // H) * sob
-    tl.store(O + o_split + b * sob + h * soh + offs_n[:, None] * son + offs_dv[None, :] * sod,
-             out.to(O.dtype.element_ty), mask=(offs_n[:, None] < N) & (offs_dv[None, :] < DV))
-    tl.store(LSE + (split * tl.num_programs(1) + bh) * N + offs_n, lse, mask=offs_n < N)
+    # split s writes its partial at O + s sos, LSE + s sls (split-KV partials: O (S, ..), lse (S, ..) float32)
+    rows = q0 + offs_n
+    tl.store(O + split * sos + b * sob + h * soh + rows[:, None] * son + offs_dv[None, :] * sod,
+             out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(LSE + split * sls + b * slb + h * slh + rows * sln, lse, mask=row_ok)
 
 
 @jit
@@ -515,7 +592,7 @@ def seq_bucket(n: int) -> int:
 
 _AUTOTUNED: dict[tuple, object] = {}
 # The constexpr variants tune apart: a window changes the work per tile, ALiBi and a softcap the registers.
-AUTOTUNE_FLAGS = ("CAUSAL", "WINDOW", "ALIBI", "SOFTCAP")
+AUTOTUNE_FLAGS = ("CAUSAL", "WINDOW", "ALIBI", "SOFTCAP", "KV", "APPEND")
 
 
 def _autotuned(kernel: str, jit_fn, target: str, kind: str, d_pad: int, mods: bool):
@@ -586,9 +663,8 @@ def mod_args(mods, q, b: int, h: int) -> dict:
                 sink_const=dict(SINKS=sinks is not None))
 
 
-def _common_args(q, k, v, causal, scale, mods) -> dict:
-    B, H, N, D = q.shape
-    Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[3]
+def _common_args(q, k, v, causal, scale, mods, kv: "KvCache | None" = None) -> dict:
+    B, H, N, D, Hkv, M, Dv = (q.shape + k.shape[1:3] + v.shape[3:]) if kv is None else kv.sizes(q, k, v)
     sm_scale = D ** -0.5 if scale is None else float(scale)
     diag, mod = diagonals(causal, mods.window, N, M), mod_args(mods, q, B, H)
     return dict(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, Dv=Dv, sm_scale=sm_scale,
@@ -601,20 +677,25 @@ def _common_args(q, k, v, causal, scale, mods) -> dict:
 
 
 def triton_forward(q, k, v, causal, scale, configs: dict[str, LaunchConfig] | None = None, mods=NO_MODS,
-                   splits: int = 1):
+                   splits: int = 1, kv: "KvCache | None" = None):
     """q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) -> O (B, H, N, Dv) in q's dtype, lse (B, H, N) float32.
 
     configs: {kernel: LaunchConfig} to force (tests run every candidate); None autotunes on CUDA.
     mods: `torch_mods.TorchMods` (window, softcap, ALiBi, sinks); the lse includes a sink's term.
     splits > 1: split-KV, one launch over (query tiles, B * H, splits) writing float32 partials, then
     `split_kv.combine` (the sink joins there, once).
+    kv: a ragged or paged layout, or appended keys (`KvCache`), read by the kernel itself: q, k, v are then the
+    layout's physical tensors, and O, lse come in its shapes (ragged: (total_q, H, Dv), (H, total_q)).
     """
-    o, lse, call = forward_call(q, k, v, causal, scale, mods, splits)
+    o, lse, call = forward_call(q, k, v, causal, scale, mods, splits, kv)
     fn, launch = _launcher("fwd", _fwd_kernel, q, padded_head_dim(q.shape[-1], v.shape[-1]), configs, not mods.empty)
     fn[call.grid](*call.args, **call.constexprs, **launch)
     if splits == 1:
         return o, lse
-    sinks = mod_args(mods, q, q.shape[0], q.shape[1])["sinks"]
+    sinks = None if mods.sinks is None else mods.sinks.to(device=q.device, dtype=torch.float32)
+    if kv is not None and kv.kind == "ragged":    # partials (S, H, total_q, Dv) and (S, H, total_q)
+        out, lse = split_kv.combine(o, lse, None if sinks is None else sinks[:, None])
+        return out.transpose(0, 1).contiguous().to(q.dtype), lse
     out, lse = split_kv.combine(o, lse, None if sinks is None else sinks[None, :, None])
     return out.to(q.dtype), lse
 
@@ -628,24 +709,95 @@ class KernelCall:
     grid: object
 
 
-def forward_call(q, k, v, causal, scale, mods=NO_MODS, splits: int = 1) -> tuple:
+@dataclass(frozen=True)
+class KvCache:
+    """A KV layout the forward kernel reads itself, in FlashAttention's arguments (`attnbench.reference.layouts`).
+
+    kind "ragged": q (total_q, H, D), k (total_k, Hkv, D) packed, cu_seqlens_q/_k (B + 1,) int32 (varlen);
+    "paged": k (num_pages, page_size, Hkv, D) addressed through block_table (B, max_pages) int32, cache_seqlens
+    (B,) keys held per sequence (kvcache); "dense": k (B, Hkv, M, D). k_new, v_new (B, K, Hkv, D|Dv): keys
+    appended after each sequence's cache_seqlens[b] held ones (read from k_new; the cache is not written).
+    max_seqlen_q, max_seqlen_k: the longest sequence's N and M (the grid's size and the diagonals' origin).
+    """
+
+    kind: str
+    cache_seqlens: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    cu_seqlens_q: torch.Tensor | None = None
+    cu_seqlens_k: torch.Tensor | None = None
+    block_table: torch.Tensor | None = None
+    k_new: torch.Tensor | None = None
+    v_new: torch.Tensor | None = None
+
+    CODES = {"dense": 0, "ragged": 1, "paged": 2}      # the kernel's KV constexpr
+
+    def sizes(self, q, k, v) -> tuple:
+        """(B, H, N, D, Hkv, M, Dv): the batch and heads of the physical tensors, N and M the longest."""
+        B = len(self.cache_seqlens)
+        H, D = q.shape[-2:] if self.kind == "ragged" else (q.shape[1], q.shape[3])
+        Hkv = k.shape[-2] if self.kind != "dense" else k.shape[1]
+        return B, H, self.max_seqlen_q, D, Hkv, self.max_seqlen_k, v.shape[-1]
+
+    def strides(self, x) -> tuple:
+        """(batch, head, row, dim) strides of a cache tensor: paged the page stride stands for the batch's (the
+        kernel adds page * it), the slot's for the row's; ragged no batch stride (the kernel starts at cu_seqlens)."""
+        if self.kind == "ragged":
+            return 0, x.stride(1), x.stride(0), x.stride(2)
+        if self.kind == "paged":
+            return x.stride(0), x.stride(2), x.stride(1), x.stride(3)
+        return tuple(x.stride())
+
+
+def _new_strides(x) -> tuple:
+    """(batch, head, row, dim) strides of appended keys (B, K, Hkv, D); zeros without any."""
+    return (0,) * 4 if x is None else (x.stride(0), x.stride(2), x.stride(1), x.stride(3))
+
+
+def forward_call(q, k, v, causal, scale, mods=NO_MODS, splits: int = 1, kv: KvCache | None = None) -> tuple:
     """(O, lse, KernelCall of _fwd_kernel): the outputs allocated and the arguments a launch passes (what
     triton_forward launches and `attnbench audit` compiles, there with torch "meta" tensors). splits > 1: O and
-    lse are the float32 partials (S, B, H, N, .) the combine reads, and no program adds the sink."""
-    a = _common_args(q, k, v, causal, scale, mods)
+    lse are the float32 partials (S, B, H, N, .) the combine reads ((S, H, total_q, .) ragged), and no program
+    adds the sink. kv: the layout (`KvCache`), None dense."""
+    a = _common_args(q, k, v, causal, scale, mods, kv)
     B, H, N, Dv = a["B"], a["H"], a["N"], a["Dv"]
     split = splits > 1
+    ragged = kv is not None and kv.kind == "ragged"
     # partials stay float32 (FlashAttention's oaccum): the output is rounded once, after the combine
-    o = torch.empty((splits, B, H, N, Dv) if split else (B, H, N, Dv), dtype=torch.float32 if split else q.dtype,
-                    device=q.device)
-    lse = torch.empty((splits, B, H, N) if split else (B, H, N), dtype=torch.float32, device=q.device)
-    # an absent modification's pointer is never read: any float32 buffer stands in (the signature stays the same)
+    dtype = torch.float32 if split else q.dtype
+    if ragged:    # O (total_q, H, Dv) and lse (H, total_q) as varlen returns them; partials head-major
+        total = q.shape[0]
+        o = torch.empty((splits, H, total, Dv) if split else (total, H, Dv), dtype=dtype, device=q.device)
+        lse = torch.empty((splits, H, total) if split else (H, total), dtype=torch.float32, device=q.device)
+        o_strides = (*o.stride()[:1], 0, *o.stride()[1:]) if split else (0, 0, o.stride(1), o.stride(0), o.stride(2))
+        lse_strides = (lse.stride(0), 0, lse.stride(1), 1) if split else (0, 0, lse.stride(0), 1)
+        q_strides = (0, q.stride(1), q.stride(0), q.stride(2))
+    else:
+        o = torch.empty((splits, B, H, N, Dv) if split else (B, H, N, Dv), dtype=dtype, device=q.device)
+        lse = torch.empty((splits, B, H, N) if split else (B, H, N), dtype=torch.float32, device=q.device)
+        o_strides = o.stride() if split else (0, *o.stride())
+        lse_strides = lse.stride() if split else (0, *lse.stride())
+        q_strides = q.stride()
+    # an absent modification's or layout's pointer is never read: any buffer stands in (the signature stays)
     alibi, sinks = (lse if x is None else x for x in (a["alibi"], a["sinks"]))
-    o_strides = o.stride()[1:] if split else o.stride()
-    args = (q, k, v, o, lse, alibi, sinks, *q.stride(), *k.stride(), *v.stride(), *o_strides,
-            H, H // a["Hkv"], N, a["M"], a["D"], Dv, a["sm_scale"] * LOG2E, *a["mod_values"], *a["buckets"])
+    if kv is None:
+        layout = (lse,) * 6 + (0,) * 11
+        k_strides, v_strides, code, append = k.stride(), v.stride(), 0, False
+    else:
+        new = kv.k_new is not None
+        layout = (*(lse if x is None else x for x in (kv.cu_seqlens_q, kv.cu_seqlens_k, kv.block_table,
+                                                        kv.cache_seqlens, kv.k_new, kv.v_new)),
+                  *_new_strides(kv.k_new), *_new_strides(kv.v_new),
+                  0 if kv.block_table is None else kv.block_table.stride(0),
+                  k.shape[1] if kv.kind == "paged" else 1, kv.k_new.shape[1] if new else 0)
+        k_strides, v_strides, code, append = kv.strides(k), kv.strides(v), KvCache.CODES[kv.kind], new
+    pointers, ints = layout[:6], layout[6:]
+    args = (q, k, v, o, lse, alibi, sinks, *pointers, *q_strides, *k_strides, *v_strides, *o_strides,
+            *lse_strides, *ints, H, H // a["Hkv"], N, a["M"], a["D"], Dv, a["sm_scale"] * LOG2E, *a["mod_values"],
+            *a["buckets"])
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H, splits)  # noqa: E731
-    return o, lse, KernelCall(args, {**a["consts"], "SINKS": a["sink_const"]["SINKS"] and not split}, grid)
+    consts = {**a["consts"], "SINKS": a["sink_const"]["SINKS"] and not split, "KV": code, "APPEND": append}
+    return o, lse, KernelCall(args, consts, grid)
 
 
 def auto_splits(q, k) -> int:
@@ -781,8 +933,11 @@ def audit_launches(target: str, *, ci: bool = False) -> tuple:
 # FlashAttention's precision by construction: float32 scores and accumulators, p.to(v.dtype) before P V,
 # p and ds cast to the input dtype before the dV, dK, dQ dots (measured under the interpreter, float16: 0.22 to
 # 0.38 of the bound on the grid slice and fixed cases; every conformance check holds it to the claim).
+# KV layouts: the forward kernel reads ragged (cu_seqlens) and paged (block table) caches and appended keys itself
+# (`KvCache`); a ragged backward runs per sequence through `kv_torch` (gathers in torch, these kernels on each).
 CAPS = Capabilities(dtypes=("float16", "bfloat16", "float32"), masks=(), mask_with_causal=False,
-                    head_dims=(16, 256), grad=True, lse=True, precision=for_half(FLASH), mods=MODS)
+                    head_dims=(16, 256), grad=True, lse=True, precision=for_half(FLASH), mods=MODS,
+                    kv_layouts=("dense", "ragged", "paged"), kv_append=True)
 
 
 @register
@@ -834,7 +989,30 @@ class TritonBlockwise(TorchBackend):
         o, lse = TritonAttention.apply(q, k, v, causal, scale, self.forced_configs, mods, splits)
         return (o, lse) if return_lse else o
 
-    def _refuse_unsupported(self, q, k, v, mask) -> None:
+    def prepare_kv(self, inputs, problem, device: str, return_lse: bool):
+        """The forward of a layout problem in one launch: the kernel reads cu_seqlens, the block table and the
+        appended keys itself (`KvCache`; `kv_torch.KvReader.prepare_kv` runs the sequences one by one instead)."""
+        q, k, v, k_new, v_new, cache_seqlens, cu_q = self.kv_tensors(inputs, problem, device)
+        self._refuse_unsupported(q, k, v, None, heads=(problem.H, problem.Hkv))
+        s = inputs.kv
+
+        def ints(x):
+            return None if x is None else torch.from_numpy(np.asarray(x)).to(device=device, dtype=torch.int32)
+
+        kv = KvCache(kind=kv_layouts.parse(problem.kv).key, cache_seqlens=ints(s.cache_seqlens),
+                     max_seqlen_q=problem.N, max_seqlen_k=problem.M, cu_seqlens_q=ints(s.cu_seqlens_q),
+                     cu_seqlens_k=ints(s.cu_seqlens_k), block_table=ints(s.block_table), k_new=k_new, v_new=v_new)
+        mods = self.modifications(inputs, device).get("mods", NO_MODS)
+        splits = self.num_splits or 1      # auto_splits is 1 off CUDA; on CUDA, a decode layout splits when forced
+
+        def run():
+            o, lse = triton_forward(q, k, v, problem.causal, problem.scale, self.forced_configs, mods, splits, kv)
+            return (o, lse) if return_lse else o
+        return run
+
+    def _refuse_unsupported(self, q, k, v, mask, heads: tuple[int, int] | None = None) -> None:
+        """NotImplementedError / ValueError for what the kernels do not compute; heads: (H, Hkv) where q and k
+        are a layout's physical tensors (their dim 1 is no head count)."""
         if TRITON_MISSING:
             raise NotImplementedError(f"{self.name}: {TRITON_MISSING}")
         if mask is not None:
@@ -852,5 +1030,6 @@ class TritonBlockwise(TorchBackend):
         lo, hi = CAPS.head_dims
         if not (lo <= min(q.shape[-1], v.shape[-1]) and max(q.shape[-1], v.shape[-1]) <= hi):
             raise ValueError(f"{self.name}: head dim D={q.shape[-1]}, Dv={v.shape[-1]} outside {lo}..{hi}")
-        if q.shape[1] % k.shape[1]:
-            raise ValueError(f"{self.name}: H={q.shape[1]} must be a multiple of Hkv={k.shape[1]}")
+        h, hkv = heads or (q.shape[1], k.shape[1])
+        if h % hkv:
+            raise ValueError(f"{self.name}: H={h} must be a multiple of Hkv={hkv}")
