@@ -800,16 +800,18 @@ def forward_call(q, k, v, causal, scale, mods=NO_MODS, splits: int = 1, kv: KvCa
     return o, lse, KernelCall(args, consts, grid)
 
 
-def auto_splits(q, k) -> int:
+def auto_splits(q, k, sizes: tuple[int, int, int, int] | None = None) -> int:
     """Split-KV chunks for q (B, H, N, D) against k (B, Hkv, M, D) by FlashAttention's rule
     (`split_kv.num_splits_heuristic`), with the default forward tile: work items B * H * query tiles, key blocks
-    of M, the GPU's workers (2 x SMs). The interpreter runs one program at a time: 1."""
+    of M, the GPU's workers (2 x SMs). sizes: (B, H, N, M) where q, k are a layout's physical tensors (N, M the
+    longest sequence's, as FlashAttention's varlen and kvcache kernels count them). The interpreter runs one
+    program at a time: 1."""
     if INTERPRETED or q.device.type != "cuda":
         return 1
     tile = default_configs(dtype_kind(q.dtype), padded_head_dim(q.shape[-1], q.shape[-1]))["fwd"]
-    B, H, N, _ = q.shape
+    B, H, N, M = sizes or (*q.shape[:3], k.shape[2])
     return split_kv.num_splits_heuristic(B * H * -(-N // tile.block_n), split_kv.device_workers(q.device),
-                                         -(-k.shape[2] // tile.block_m))
+                                         -(-M // tile.block_m))
 
 
 def triton_backward(q, k, v, o, lse, do, causal, scale, configs: dict[str, LaunchConfig] | None = None,
@@ -1003,7 +1005,8 @@ class TritonBlockwise(TorchBackend):
                      max_seqlen_q=problem.N, max_seqlen_k=problem.M, cu_seqlens_q=ints(s.cu_seqlens_q),
                      cu_seqlens_k=ints(s.cu_seqlens_k), block_table=ints(s.block_table), k_new=k_new, v_new=v_new)
         mods = self.modifications(inputs, device).get("mods", NO_MODS)
-        splits = self.num_splits or 1      # auto_splits is 1 off CUDA; on CUDA, a decode layout splits when forced
+        splits = (auto_splits(q, k, (problem.B, problem.H, problem.N, problem.M)) if self.num_splits is None
+                  else self.num_splits)
 
         def run():
             o, lse = triton_forward(q, k, v, problem.causal, problem.scale, self.forced_configs, mods, splits, kv)
