@@ -160,7 +160,8 @@ def _args(**over):
 def test_ci_selection_covers_the_modifications_variant():
     launches, scope = audit.selected_launches(_args(ci=True))
     mods = {dict(launch.labels)["mods"] for _, launch in launches}
-    assert scope == "ci subset" and mods == {"none", "all"} and len(launches) == 132
+    assert scope == "ci subset" and mods == {"none", "all"} and len(launches) == 198     # 132 + 48 paged fwd + 18 ragged bwd
+    assert {dict(launch.labels).get("kv") for _, launch in launches} == {None, "paged+append", "ragged"}
 
 
 def test_label_options_select_launches():
