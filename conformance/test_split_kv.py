@@ -6,6 +6,7 @@ with the split count chosen by its heuristic ("auto") and forced to 1, 2, 3 and 
 combine once; rows with no key at all). A backend without one skips the file: its only path meets decode shapes
 in `cases.py` (DECODE_PROBLEMS) and `long_cases.py`, and running them here again would only cost CI time.
 The backward is the unsplit one from the combined lse: its gradients are checked after a split forward.
+Ragged and paged caches (with appended keys) go through the split path too, at one forced count.
 
 Sizes: the first three fit the Triton interpreter (M <= 256, its tiles of 32 or 64 keys give several chunks); the
 next ones have 2,049 keys, so the torch path (128-key tiles: 16) and the twin (FlashAttention's 256-key blocks: 9)
@@ -40,6 +41,16 @@ PROBLEMS += [Problem(**DECODE[i], dtype="float16", seed=510 + i) for i in (1, 3)
 LONG_PROBLEMS = [Problem(B=1, H=4, Hkv=1, N=16, M=131073, D=64, causal="bottom_right", mods=(Sinks(),),
                          dtype="float16", seed=520)]
 BACKWARD = [Problem(**DECODE[i], dtype=dtype, seed=540 + i) for i in (1, 4) for dtype in ("float32", "float16")]
+# KV layouts through the split path: each sequence's own keys cut into chunks (a short one into fewer), the
+# partials in the layout's shapes (ragged: packed rows), appended keys in the last chunk, a sink joined once. One
+# forced count (3), sizes the Triton interpreter takes (M <= 256): pages of 256 (one per sequence), of 1 (a tile
+# spans 16 or more), ragged with appended keys and a sink.
+LAYOUTS = [
+    Problem(B=3, H=4, Hkv=1, N=2, M=250, D=32, causal="bottom_right", kv="paged:256", dtype="float32", seed=560),
+    Problem(B=4, H=4, Hkv=2, N=16, M=200, D=32, causal="bottom_right", kv="ragged", append=3, mods=(Sinks(),),
+            dtype="float32", seed=561),
+    Problem(B=2, H=2, N=4, M=100, D=16, kv="paged:1", append=2, mods=(Window(30, 0),), dtype="float32", seed=562),
+]
 
 
 def forced(backend, splits):
@@ -62,6 +73,12 @@ def test_split_kv_forward(backend, device, problem, splits):
 @pytest.mark.parametrize("problem_", BACKWARD, ids=lambda p: p.id)
 def test_split_kv_gradients_after_a_split_forward(backend, device, problem_, splits):
     assert_passes(forced(backend, splits), problem_, device, backward=True)
+
+
+@pytest.mark.parametrize("splits", (3,), ids=lambda s: f"splits_{s}")
+@pytest.mark.parametrize("problem_", LAYOUTS, ids=lambda p: p.id)
+def test_split_kv_reads_kv_layouts(backend, device, problem_, splits):
+    assert_passes(forced(backend, splits), problem_, device)
 
 
 # --- the rule and the combine, as pure functions ------------------------------------------------------------------

@@ -143,10 +143,29 @@ def test_a_config_excluded_with_modifications_is_launchable_without_them():
     dtype = "float32" if kind == "fp32" else "float16"
     for launch in _triton_blockwise_launches(target):
         labels = dict(launch.labels)
-        if (labels["kernel"], labels["D"], labels["dtype"], labels["config"]) == (kernel, str(d_pad), dtype,
-                                                                                  config_id):
+        if (labels["kernel"], labels["D"], labels["dtype"], labels["config"], labels.get("kv")) == (
+                kernel, str(d_pad), dtype, config_id, None):          # the dense launches (KV layouts: below)
             assert launch.launchable is (labels["mods"] == "none")
             assert launch.exclude_hint.startswith("EXCLUDED_WITH_MODS" if labels["mods"] == "all" else "EXCLUDED[")
+
+
+def test_a_config_excluded_with_a_kv_layout_is_launchable_dense():
+    """EXCLUDED_WITH_KV narrows only the layout variants (label "kv"): the dense launch keeps the config."""
+    from attnbench.implementations import triton_blockwise as tb
+
+    (target, kernel, kind, d_pad), excluded = next(iter(tb.EXCLUDED_WITH_KV.items()))
+    config_id = next(iter(excluded))
+    assert config_id in {c.id for c in tb.candidate_configs(kernel, kind, d_pad, target)}
+    assert config_id not in {c.id for c in tb.candidate_configs(kernel, kind, d_pad, target, kv=True)}
+    seen = set()
+    for launch in _triton_blockwise_launches(target):
+        labels = dict(launch.labels)
+        if (labels["kernel"], labels["D"], labels["config"], labels["mods"]) == (kernel, str(d_pad), config_id,
+                                                                                 "none"):
+            seen.add(labels.get("kv"))
+            assert launch.launchable is ("kv" not in labels)
+            assert launch.exclude_hint.startswith("EXCLUDED_WITH_KV" if "kv" in labels else "EXCLUDED[")
+    assert None in seen and len(seen) > 1
 
 
 def _args(**over):
@@ -160,7 +179,9 @@ def _args(**over):
 def test_ci_selection_covers_the_modifications_variant():
     launches, scope = audit.selected_launches(_args(ci=True))
     mods = {dict(launch.labels)["mods"] for _, launch in launches}
-    assert scope == "ci subset" and mods == {"none", "all"} and len(launches) == 132
+    # 132 dense launches, 48 of the paged+append forward, 18 of the ragged backward with every modification
+    assert scope == "ci subset" and mods == {"none", "all"} and len(launches) == 198
+    assert {dict(launch.labels).get("kv") for _, launch in launches} == {None, "paged+append", "ragged"}
 
 
 def test_label_options_select_launches():
