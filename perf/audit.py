@@ -2,7 +2,7 @@
 
 A backend declares what to compile (`Backend.audit_launches(target, ci=)`: one `KernelLaunch` per kernel and
 launch config, with the arguments a launch passes); triton_blockwise and the example plugin
-(`examples/triton_plugin/triton_onepass.py`) do. For each launch and target of `gpu_targets.TARGETS` (sm_80 A100,
+(`examples/triton_plugin/triton_example.py`) do. For each launch and target of `gpu_targets.TARGETS` (sm_80 A100,
 sm_90a H100, sm_100a B200) the audit specialises the arguments with triton's own JIT binder (as a launch would:
 an int 1 becomes a constexpr, multiples of 16 and pointers get divisibility 16), compiles with
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`, reads the cubin's resources with the
