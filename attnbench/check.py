@@ -498,11 +498,14 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
                           broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
 
 
-def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
+def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,
+                   run=None) -> Verdicts:
     """`check_forward`'s verdicts on `result`, an output O (B, H, N, Dv) the backend already returned for
-    `make_inputs(problem)` (a timed call's, in perf): the same compare and output contract, no call made."""
+    `make_inputs(problem)` (a timed call's, in perf): the same compare and output contract, no call made. `run`:
+    the prepared callable that returned it, whose results a route (pad-and-mask) maps to the layout's shapes."""
     ref = _cached_forward_reference(problem, rows)
-    return _judge_forward(backend, problem, result, ref, rows, device, want_lse=False, broken=[])
+    return _judge_forward(backend, problem, result, ref, rows, device, want_lse=False, broken=[],
+                          physical=_physical(run))
 
 
 def _judge_forward(backend, problem: Problem, result, ref: ForwardReference, sample: RowSample, device: str, *,
@@ -550,7 +553,7 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
-    grad_out = kv_layouts.to_physical(problem, "out", make_grad_out(problem))   # dO shaped like O
+    grad_out = grad_out_for(problem)
     run = backend.prepare_backward(inputs, problem, grad_out, device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
@@ -559,11 +562,13 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
                            broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
 
 
-def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample) -> Verdicts:
+def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,
+                    run=None) -> Verdicts:
     """`check_backward`'s verdicts on `result`, (dQ, dK, dV) the backend already returned for `make_inputs(problem)`
-    and `make_grad_out(problem)` (a timed call's, in perf): the same compare and output contract, no call made."""
+    and `make_grad_out(problem)` (physical: `grad_out_for`) (a timed call's, in perf): the same compare and output
+    contract, no call made. `run` as in `verify_forward`."""
     ref = _cached_backward_reference(problem, rows)
-    return _judge_backward(backend, problem, result, ref, rows, device, broken=[])
+    return _judge_backward(backend, problem, result, ref, rows, device, broken=[], physical=_physical(run))
 
 
 def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, sample: RowSample, device: str, *,
@@ -604,6 +609,11 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
         verdicts.append(compare("dsink", sink_array, ref.sink.result, dtype=p.dtype,
                                 bound=sink_grad_bound(ref.sink, p.dtype, work)))
     return _judged(backend, problem, device, verdicts, sample, backward=True)
+
+
+def grad_out_for(problem: Problem):
+    """The dO every backward check and timed backward call gets: `make_grad_out`, shaped like the layout's O."""
+    return kv_layouts.to_physical(problem, "out", make_grad_out(problem))
 
 
 def _physical(run):

@@ -92,6 +92,12 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-lens", help="M values to sweep at each N (the decode regime; default with --decode: "
                                      f"{csv(DECODE.kv_lens)})")
     p.add_argument("--kv-heads", type=int, help="Hkv of every point (grouped-query; default: H)")
+    p.add_argument("--kv", default="dense", metavar="LAYOUT",
+                   help="KV cache layout of every point: dense, ragged (a batch of different lengths, packed), "
+                        "paged:PAGE_SIZE (pages through a block table); bytes and FLOPs count each sequence's own "
+                        "length")
+    p.add_argument("--append", type=int, default=0, metavar="K",
+                   help="new keys per sequence the call writes into the cache (default 0)")
     p.add_argument("--heads", default=csv(PERF.spec.heads), help="H values")
     p.add_argument("--heads-at-n", type=int, metavar="N", help="sweep H only at this N; the N curve uses the "
                                                                "first H (default: the whole N x H grid)")
@@ -168,6 +174,17 @@ def parse_mods(text: str) -> tuple:
     return Problem.parse(",".join(items)).mods
 
 
+def layout_of(text: str) -> str:
+    """--kv's layout, checked now (one line naming the flag), not once per point."""
+    from attnbench.reference import layouts
+
+    try:
+        layouts.parse(text)
+    except AttentionInputError as exc:
+        raise AttentionInputError(f"--kv: {exc}") from None
+    return text
+
+
 def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
     """(SweepSpec, MeasureOptions, timeout) from parsed arguments; --quick changes only the unset defaults."""
     base = QUICK if args.quick else PERF
@@ -190,7 +207,7 @@ def spec_and_options(args) -> tuple[SweepSpec, MeasureOptions, float]:
         passes=words(args.passes, PERF_PASSES, "pass") if args.passes else grid.passes,
         backends=backends, device=args.device, kv_len=args.kv_len, heads_at_n=getattr(args, "heads_at_n", None),
         kv_lens=ints(kv_lens, "kv-lens") if kv_lens else None, kv_heads=getattr(args, "kv_heads", None),
-        mods=parse_mods(args.mods),
+        mods=parse_mods(args.mods), kv=layout_of(getattr(args, "kv", "dense")), append=getattr(args, "append", 0),
         plugins=tuple(str(Path(p).resolve()) for p in args.plugin))
     if spec.kv_heads is not None and (spec.kv_heads < 1 or any(h % spec.kv_heads for h in spec.heads)):
         raise AttentionInputError(f"--kv-heads: {spec.kv_heads} must be >= 1 and divide every --heads value "

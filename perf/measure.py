@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from attnbench.implementations import all_backends
-from attnbench.problem import Problem, make_grad_out, make_inputs
+from attnbench.problem import Problem, make_inputs
 
 from . import integrity, noise, worker
 from .stats import summarize
@@ -192,10 +192,12 @@ def prepare(backend, case: Case, problem: Problem | None = None):
     """The zero-argument callable of the case's pass on `problem`'s inputs (default the case's), converted
     (not timed)."""
     problem = problem or case.problem
+    from attnbench.check import grad_out_for
+
     inputs = make_inputs(problem)
     if case.pass_ == "fwd":
         return backend.prepare(inputs, problem, device=case.device)
-    return backend.prepare_backward(inputs, problem, make_grad_out(problem), device=case.device)
+    return backend.prepare_backward(inputs, problem, grad_out_for(problem), device=case.device)
 
 
 def input_addresses(calls) -> set[int]:
@@ -203,16 +205,17 @@ def input_addresses(calls) -> set[int]:
     return set().union(*(integrity.storage_addresses(tuple(getattr(call, "native_inputs", ()))) for call in calls))
 
 
-def verifier(backend, case: Case, problems: list[Problem]):
+def verifier(backend, case: Case, problems: list[Problem], calls: list):
     """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the
-    row-sampled float64 reference of that set's inputs (the rows `attnbench.check.sampled_rows` picks)."""
+    row-sampled float64 reference of that set's inputs (the rows `attnbench.check.sampled_rows` picks); `calls`
+    the prepared callables, whose route (pad-and-mask) maps results to the layout's shapes as the check does."""
     from attnbench.check import sampled_rows, verify_backward, verify_forward
 
     verify = verify_forward if case.pass_ == "fwd" else verify_backward
 
     def wrong(which: int, result) -> str | None:
         problem = problems[which]
-        verdicts = verify(backend, problem, result, case.device, rows=sampled_rows(problem))
+        verdicts = verify(backend, problem, result, case.device, rows=sampled_rows(problem), run=calls[which])
         return next((v.describe() for v in verdicts if not v.passed), None)
 
     return wrong
@@ -308,7 +311,8 @@ def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = 
         timed = time_steady(rotation, synchronize=lambda: backend.synchronize(case.device), **repeats)
         set_cpu_cap(None)                    # the cap bounds the call; the reference the check computes is ours
     return {"first_call_s": first_s, "peak_bytes": int(peak), **timed, **summarize(timed["samples"]),
-            "error_vs_ref": error, "accurate": passed, "timed_check": watch.findings(verifier(backend, case, problems)),
+            "error_vs_ref": error, "accurate": passed,
+            "timed_check": watch.findings(verifier(backend, case, problems, calls)),
             **setup}
 
 

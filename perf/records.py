@@ -35,10 +35,24 @@ FLOP_CONVENTION = ("FLOPs are the matmuls' (multiply + add = 2): forward 2·pair
                    "published figures; it is the same time, read 1.17x higher.")
 
 
-def flops(problem: Problem, pass_: str) -> int:
-    """Matmul FLOPs of the pass, counting only the pairs a query may attend (causal, windows)."""
+def sequences(problem: Problem) -> list[tuple[int, int]]:
+    """(N_b, M_b) of each sequence: B times (N, M) for a dense problem; a ragged or paged batch's own lengths
+    (`attnbench.reference.layouts.geometry`, drawn from the seed), appended keys included."""
+    from attnbench.reference import layouts
+
     p = problem
-    return attention_flops(p.B, p.H, p.N, p.M, p.D, p.Dv, causal=p.causal, pass_=pass_, mods=p.mods)
+    if not layouts.needs_storage(p):
+        return [(p.N, p.M)] * p.B
+    g = layouts.geometry(p)
+    return list(zip(g.seq_q.tolist(), g.seq_k.tolist()))
+
+
+def flops(problem: Problem, pass_: str) -> int:
+    """Matmul FLOPs of the pass, counting only the pairs a query may attend (causal, windows), each sequence of
+    a ragged or paged batch at its own lengths."""
+    p = problem
+    return sum(attention_flops(1, p.H, n, m, p.D, p.Dv, causal=p.causal, pass_=pass_, mods=p.mods)
+               for n, m in sequences(p))
 
 
 def flops_fa2(problem: Problem, pass_: str) -> int:
@@ -50,9 +64,10 @@ def flops_fa2(problem: Problem, pass_: str) -> int:
 
 def min_bytes(problem: Problem, pass_: str) -> int:
     """Bytes a perfect kernel must move: read q, k, v (and dO), write o (and dQ, dK, dV), each once."""
-    p = problem
-    q, o = p.B * p.H * p.N * p.D, p.B * p.H * p.N * p.Dv
-    k, v = p.B * p.Hkv * p.M * p.D, p.B * p.Hkv * p.M * p.Dv
+    p, lengths = problem, sequences(problem)
+    queries, keys = sum(n for n, _ in lengths), sum(m for _, m in lengths)   # a ragged batch: its real tokens
+    q, o = p.H * queries * p.D, p.H * queries * p.Dv
+    k, v = p.Hkv * keys * p.D, p.Hkv * keys * p.Dv
     elements = q + k + v + o
     if pass_ != "fwd":
         elements += o + q + k + v                                            # dO read; dQ, dK, dV written
@@ -62,7 +77,8 @@ def min_bytes(problem: Problem, pass_: str) -> int:
 # A decode step is bound by memory, not FLOPs (tritonbench's decoding_attention reports GB/s): its figure is the
 # bytes a perfect kernel moves, K and V read once, Q read and O written once, over the time.
 DECODE_MAX_N = 16
-DECODE_BYTES = "bytes = (B·Hkv·M·(D + Dv) + B·H·N·(D + Dv)) · itemsize: K and V read once, Q read, O written"
+DECODE_BYTES = ("bytes = (Hkv·ΣM_b·(D + Dv) + H·ΣN_b·(D + Dv)) · itemsize: K and V read once, Q read, O written "
+                "(a dense batch: ΣM_b = B·M; ragged and paged: each sequence's own length)")
 
 
 def decode_bytes(problem: Problem) -> int:

@@ -90,6 +90,9 @@ class SweepSpec:
     # kv_heads: Hkv of every point (None: H, no grouping).
     kv_lens: tuple[int, ...] | None = None
     kv_heads: int | None = None
+    # KV layout and appended keys of every point (`attnbench.reference.layouts`): --kv, --append.
+    kv: str = "dense"
+    append: int = 0
 
     def problems(self) -> list[Problem]:
         """Every Problem of the grid, N (or, with kv_lens, M) fastest-varying so a backend's curve is measured
@@ -97,14 +100,16 @@ class SweepSpec:
         rest = (self.head_dims, self.dtypes, self.causal)
         if self.kv_lens is not None:
             grid = itertools.product(self.batch, self.heads, *rest, self.seq_lens, self.kv_lens)
-            return [Problem(B=b, H=h, Hkv=self.kv_heads or h, D=d, dtype=dt, causal=c, N=n, M=m, mods=self.mods)
+            return [Problem(B=b, H=h, Hkv=self.kv_heads or h, D=d, dtype=dt, causal=c, N=n, M=m, mods=self.mods,
+                            kv=self.kv, append=self.append)
                     for b, h, d, dt, c, n, m in grid]
         if self.heads_at_n is None:
             grid = list(itertools.product(self.batch, self.heads, *rest, self.seq_lens))
         else:
             grid = [*itertools.product(self.batch, self.heads[:1], *rest, self.seq_lens),
                     *itertools.product(self.batch, self.heads[1:], *rest, (self.heads_at_n,))]
-        return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n, mods=self.mods)
+        return [Problem(B=b, H=h, D=d, dtype=dt, causal=c, N=n, M=self.kv_len or n, mods=self.mods, kv=self.kv,
+                        append=self.append)
                 for b, h, d, dt, c, n in grid]
 
 
