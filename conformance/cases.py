@@ -66,6 +66,11 @@ MODS = [
     dict(B=2, H=4, Hkv=2, N=80, M=100, D=32, mods=(PrefixLM(45),)),          # queries 0..24 in the prefix (N < M)
 ]
 MOD_PROBLEMS = [Problem(**shape, dtype=dtype, seed=300 + i) for dtype in DTYPES for i, shape in enumerate(MODS)]
+# Found by the thorough drawn search: large softcapped scores (scale 2, D 157) under per-batch ALiBi slopes, where
+# a half-precision kernel that rounds the slope to float16 and then the product (torch_eager did) errs 3x the
+# naive formula, which rounds slope x distance once (FlashAttention's slopes are float32).
+MOD_PROBLEMS += [Problem(B=2, H=1, N=1, M=117, D=157, dtype="float16", scale=2.0, seed=46505,
+                         mods=(Softcap(30.0), Alibi("batch")))]
 
 # A decode step (few queries, a longer cache, MQA, a sink), first so that a wrong split-KV combine fails early: the
 # mutation twin splits it as FlashAttention-2 would on an A100 (5 chunks), and so does a GPU kernel with split-KV

@@ -93,8 +93,12 @@ def scores(s: torch.Tensor, mods: TorchMods, rows: torch.Tensor, cols: torch.Ten
             t = torch.tanh(s / mods.softcap)
             factor = 1 - t * t if with_grad else None
             s = mods.softcap * t
-        else:       # in the scores' dtype: float32 for half inputs (as FlashAttention), float64 for float64
-            s = s - _per_head(mods.alibi, s.shape[1]).to(s.dtype) * distance(rows, cols, n, m).abs().to(s.dtype)
+        else:       # slope x distance in float32 (float64 for float64) and rounded once to the scores' dtype, as
+            # FlashAttention's float32 slopes: slope and product each rounded to float16 (torch_eager's half scores)
+            # put 3x the naive formula's error on softcapped scores (a thorough drawn problem, scale 2, M 117)
+            work = torch.promote_types(s.dtype, torch.float32)
+            bias = _per_head(mods.alibi, s.shape[1]).to(work) * distance(rows, cols, n, m).abs().to(work)
+            s = s - bias.to(s.dtype)
     keep = window_keep(rows, cols, n, m, mods.window)
     if mods.document is not None:                 # (B, 1, 1, R, C): same document as the query's key position
         ids = mods.document
