@@ -193,6 +193,7 @@ def test_prepare_backward_rejects_backends_without_grad_or_bad_inputs(backend, d
     (dict(N=4, M=8, append=9), "append=9: 0..M=8"),
     (dict(kv="ragged", causal="top_left"), "causal is bottom_right in each sequence"),
     (dict(kv="paged:16", mask="bool"), "mask=bool cannot be added"),
+    (dict(N=4, M=8, append=2, mask="bool"), "append=2: the layout is its own mask; mask=bool cannot be added"),
 ])
 def test_problem_rejects_bad_fields_naming_them(fields, words):
     with pytest.raises(AttentionInputError, match=words):

@@ -41,10 +41,11 @@ def check(problem) -> str | None:
     layout = parse(problem.kv)
     if problem.append and not 0 <= problem.append <= problem.M:
         return f"append={problem.append}: 0..M={problem.M} new keys per sequence"
+    if problem.mask is not None and needs_storage(problem):   # the storage holds no mask: it would be dropped
+        return (f"kv={problem.kv}{f', append={problem.append}' if problem.append else ''}: the layout is its own "
+                f"mask; mask={problem.mask} cannot be added")
     if problem.kv == "dense":
         return layout.check(problem)
-    if problem.mask is not None:
-        return f"kv={problem.kv}: the layout is its own mask; mask={problem.mask} cannot be added"
     if problem.causal == "top_left":
         return f"kv={problem.kv}: causal is bottom_right in each sequence (FlashAttention's varlen and kvcache)"
     if problem.mod("document") is not None:
