@@ -550,8 +550,9 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
-    grad_out = kv_layouts.to_physical(problem, "out", make_grad_out(problem))   # dO shaped like O
-    run = backend.prepare_backward(inputs, problem, grad_out, device=device)
+    grad_out = make_grad_out(problem)                   # logical (B, H, N, Dv): the reference's
+    run = backend.prepare_backward(inputs, problem, kv_layouts.to_physical(problem, "out", grad_out),   # like O
+                                   device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
