@@ -220,6 +220,12 @@ BAD_STORAGE = [
     ("cu-seqlens-do-not-add-up", "kv=ragged", _set("cu_seqlens_q", -1, 10_000), ["cu_seqlens_q", "do not add up"]),
     ("cache-seqlens", "kv=paged:4,append=2", _set("cache_seqlens", 0, 99), ["cache_seqlens"]),
     ("k-new-missing", "kv=ragged,append=2", lambda s: setattr(s, "k_new", None), ["k_new", "(B, K, Hkv, D)"]),
+    ("v-new-missing", "kv=ragged,append=2", lambda s: setattr(s, "v_new", None), ["v_new", "(B, K, Hkv, Dv)"]),
+    ("k-new-head-dim", "kv=paged:4,append=2", lambda s: setattr(s, "k_new", s.k_new[..., :3]), ["k_new", "got (3, 2"]),
+    ("v-rows-short", "kv=ragged", lambda s: setattr(s, "v", s.v[:-1]), ["v must be", "for kv=ragged"]),
+    ("k-head-dim", "kv=ragged", lambda s: setattr(s, "k", s.k[..., :3]), ["k must be", "for kv=ragged"]),
+    ("v-pages-head-dim", "kv=paged:4", lambda s: setattr(s, "v", s.v[..., :3]), ["v must be pages", "k and v"]),
+    ("v-pool-short", "kv=paged:4", lambda s: setattr(s, "v", s.v[:-1]), ["v must be pages", "k and v"]),
 ]
 
 
