@@ -294,3 +294,16 @@ def test_a_sink_gradient_is_judged_where_declared_and_a_wrong_one_fails():
         assert [v.name for v in verdicts if v.name == "dsink"] == ["dsink"] and all(v.passed for v in verdicts)
     wrong = {v.name: v for v in check_backward(make_backend("sink_grad_sign_flipped"), problem)}
     assert not wrong["dsink"].passed and wrong["dq"].passed
+
+
+def test_a_sink_far_below_the_scores_leaves_a_d_sink_no_float32_holds():
+    """bfloat16 large logits put the sink ~700 below each row's lse: d sink ~ 1e-294, 0 in the float32 every
+    kernel returns it in. The bound allows the flushed P_sink (it failed torch_blockwise and twin_flash, 11-21x)."""
+    from attnbench.check import check_backward
+    from attnbench.implementations import get_backend
+
+    problem = Problem.parse("B=2,H=2,N=17,M=9,D=8,dtype=bfloat16,sinks=1,inputs=large_logits")
+    verdicts = check_backward(get_backend("torch_blockwise"), problem)
+    dsink = next(v for v in verdicts if v.name == "dsink")
+    assert 0 < abs(dsink.worst_expected) < 1e-200 and dsink.worst_actual == 0
+    assert all(v.passed for v in verdicts), [v.describe() for v in verdicts]
