@@ -261,7 +261,14 @@ def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tup
     dq = abs(scale) * (weighted @ np.abs(np.repeat(k, H // Hkv, axis=1)))                       # (B, H, N, D)
     dk = abs(scale) * (weighted.swapaxes(-1, -2) @ np.abs(q))                                   # (B, H, M, D)
     dk = dk.reshape(B, Hkv, H // Hkv, *dk.shape[2:]).sum(axis=2)
-    return float(np.max(dq, initial=0.0)), float(np.max(dk, initial=0.0)), 0.0
+    return finite_max(dq), finite_max(dk), 0.0
+
+
+def finite_max(x) -> float:
+    """max |x| over its finite elements (0 if none): a bound's scale where non-finite inputs leave NaN or inf in
+    some rows (they are judged apart: matching NaN is no error), so one NaN does not make the bound NaN."""
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    return float(np.max(np.where(np.isfinite(x), x, 0.0), initial=0.0))
 
 
 @dataclass(frozen=True)

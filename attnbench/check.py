@@ -26,7 +26,8 @@ import numpy as np
 
 from attnbench import reference
 from attnbench.budget import (FLUSH_THRESHOLD, UNIT_ROUNDOFF, SinkGradTerms, Verdict, backward_floor, compare,
-                              forward_floor, score_magnitude, sink_grad_bound, sink_grad_terms, stored_output_floor)
+                              finite_max, forward_floor, score_magnitude, sink_grad_bound, sink_grad_terms,
+                              stored_output_floor)
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
@@ -356,7 +357,7 @@ def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     per_gradient, score_max = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
                                                   mask=inputs.mask, causal=p.causal, scale=_effective_scale(p),
                                                   dtype=p.dtype, mods=inputs.mods)
-    return tuple(GradientScale(terms, rms, count, operand, float(np.max(np.abs(e), initial=0.0)), stored, score_max)
+    return tuple(GradientScale(terms, rms, count, operand, finite_max(e), stored, score_max)
                  for (terms, rms, count, operand, stored), e in zip(per_gradient, expected))
 
 
@@ -398,7 +399,7 @@ def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expe
     scores = _with_modifications(scores, inputs, p)
     out, weights = forward
     stored = stored_output_floor(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
-    result_max = [float(np.max(np.abs(e), initial=0.0)) for e in expected]
+    result_max = [finite_max(e) for e in expected]
     floors = tuple(s + backward_floor(p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M), score_max=scores, terms_max=m,
                                       result_max=r)
                    for s, m, r in zip(stored, magnitudes, result_max))

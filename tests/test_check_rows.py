@@ -185,3 +185,15 @@ def test_perf_accuracy_is_checked_at_the_points_own_length():
     assert passed and 0 < error < 1e-5
     error, passed = accuracy(bad, Case(bad.name, p))
     assert not passed and error > 1e-2
+
+
+def test_a_declared_backward_bound_survives_non_finite_inputs():
+    """One NaN in q and one inf in v (inputs=nonfinite) leave NaN gradients where the reference has them too; the
+    declared precision's bound and condition 2's floor are scaled by the finite ones (the NaN maximum made the
+    bound NaN: every finite error 'infx' its declared precision, torch_blockwise and every half-precision claim)."""
+    from attnbench.implementations import get_backend
+
+    verdicts = check_backward(get_backend("torch_blockwise"), Problem(B=1, H=2, N=33, M=47, D=32, dtype="float16",
+                                                                      inputs="nonfinite"))
+    assert all(v.passed for v in verdicts), "\n".join(v.describe() for v in verdicts)
+    assert all(np.isfinite(v.model_units) and np.isfinite(v.naive_limit) for v in verdicts[1:])
