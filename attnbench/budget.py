@@ -325,7 +325,8 @@ def sink_grad_bound(t: SinkGradTerms, dtype: str, work: str | None = None) -> np
 
     In float16/bfloat16 a kernel that declares float32 internals is held to about float32's bound (plus the
     stored-O term): a sign slip in d sink is 2 |d sink|, far outside it; the plain half-precision formula is
-    held to u of the dtype, where the bound is of the order of d sink itself.
+    held to u of the dtype, where the bound is of the order of d sink itself (4 to 900 times it), so
+    `check` also holds d sink to condition 2: twice the naive formula's error, floor this bound at float32.
     """
     u = UNIT_ROUNDOFF[work or dtype]
     lam = LAMBDA * u
