@@ -190,6 +190,7 @@ def test_prepare_backward_rejects_backends_without_grad_or_bad_inputs(backend, d
     (dict(kv="paged:0"), "page size must be an integer >= 1"),
     (dict(kv="ragged:4"), "kv=ragged takes no argument"),
     (dict(append=-1), "append must be an integer >= 0"),
+    (dict(N=4, M=8, append=True), "append must be an integer >= 0, got True"),
     (dict(N=4, M=8, append=9), "append=9: 0..M=8"),
     (dict(kv="ragged", causal="top_left"), "causal is bottom_right in each sequence"),
     (dict(kv="paged:16", mask="bool"), "mask=bool cannot be added"),
