@@ -261,7 +261,14 @@ def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tup
     dq = abs(scale) * (weighted @ np.abs(np.repeat(k, H // Hkv, axis=1)))                       # (B, H, N, D)
     dk = abs(scale) * (weighted.swapaxes(-1, -2) @ np.abs(q))                                   # (B, H, M, D)
     dk = dk.reshape(B, Hkv, H // Hkv, *dk.shape[2:]).sum(axis=2)
-    return float(np.max(dq, initial=0.0)), float(np.max(dk, initial=0.0)), 0.0
+    return finite_max(dq), finite_max(dk), 0.0
+
+
+def finite_max(x) -> float:
+    """max |x| over its finite elements (0 if none): a bound's scale where non-finite inputs leave NaN or inf in
+    some rows (they are judged apart: matching NaN is no error), so one NaN does not make the bound NaN."""
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    return float(np.max(np.where(np.isfinite(x), x, 0.0), initial=0.0))
 
 
 @dataclass(frozen=True)
@@ -310,13 +317,16 @@ def sink_grad_bound(t: SinkGradTerms, dtype: str, work: str | None = None) -> np
         stored O      a half-precision kernel may form delta from O as stored (FlashAttention's backward):
                       u_dtype sum_e |dO_ne| |O_ne| (a hard bound, as `stored_output_floor`)
         flushed       weights a float32 exp flushes to 0 (FLUSH_THRESHOLD; a sink far above every key):
-                      F_n = sum_m min(P_nm, tiny) |dP_nm|, in delta and through O, twice
+                      F_n = sum_m min(P_nm, tiny) |dP_nm|, in delta and through O, twice; and P_sink itself (a
+                      sink far below the scores): min(P_sink, tiny) |delta_n|, absolute like the result's
+                      own underflow in float32 (tiny): a d sink of 1e-294 is 0 in any kernel's float32
         the sum over the B N rows of head h: LAMBDA u (sqrt(B N) + 2) sum_n P_sink |delta_n|; one rounding of
         the result in the logits' float32 (or `work`, if coarser): u_r |d sink_h|
 
     In float16/bfloat16 a kernel that declares float32 internals is held to about float32's bound (plus the
     stored-O term): a sign slip in d sink is 2 |d sink|, far outside it; the plain half-precision formula is
-    held to u of the dtype, where the bound is of the order of d sink itself.
+    held to u of the dtype, where the bound is of the order of d sink itself (4 to 900 times it), so
+    `check` also holds d sink to condition 2: twice the naive formula's error, floor this bound at float32.
     """
     u = UNIT_ROUNDOFF[work or dtype]
     lam = LAMBDA * u
@@ -325,8 +335,9 @@ def sink_grad_bound(t: SinkGradTerms, dtype: str, work: str | None = None) -> np
     stored = UNIT_ROUNDOFF[dtype] * t.stored if dtype in HALF_DTYPES else 0.0
     per_row = t.p_sink * (t.delta * (ds + lam * (np.sqrt(t.M) + 2) + u + lam * (np.sqrt(B * N) + 2))
                           + t.weighted_dp * (2 * ds + lam * (np.sqrt(t.M) + 2)) + t.reach * lam * (np.sqrt(t.Dv) + 2)
-                          + stored + 2 * t.flushed)
-    return np.sum(per_row, axis=(0, 2)) + max(u, UNIT_ROUNDOFF["float32"]) * np.abs(t.result)
+                          + stored + 2 * t.flushed) + np.minimum(t.p_sink, FLUSH_THRESHOLD[dtype]) * t.delta
+    tiny = FLUSH_THRESHOLD["float32"]                  # the result's own underflow in the logits' float32
+    return np.sum(per_row, axis=(0, 2)) + max(u, UNIT_ROUNDOFF["float32"]) * np.abs(t.result) + tiny
 
 
 def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:

@@ -41,10 +41,11 @@ def _grouped_bias(bias: np.ndarray | float, Hkv: int, G: int, dtype: str) -> tor
 
 
 def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
-           mods=(), block=None, *, kt: torch.Tensor | None = None):
+           mods=(), block=None, sinks: torch.Tensor | None = None, *, kt: torch.Tensor | None = None):
     """O (B, Hkv, G, R, Dv) of grouped query rows q (B, Hkv, G, R, D) against k (B, Hkv, 1, M, D),
     v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None and the bound modifications
-    `mods` of `block` (those rows, every key), all in one dtype.
+    `mods` of `block` (those rows, every key), all in one dtype. sinks: the sink logits (H,) as a tensor in the
+    dtype (a leaf for their gradient) in place of the bound ones.
 
     kt: K^T (B, Hkv, 1, D, M) contiguous (`_key_transpose`: float16, bfloat16), made once for every chunk (the
     forward, without autograd); then Q K^T and P V are taken one head of the group at a time, as the broadcast
@@ -59,7 +60,8 @@ def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         s = s + bias
     sink = modifications.sink_logits(mods, block) if mods else None
     if sink is not None:                                   # one more column, of value 0: only the denominator
-        column = torch.as_tensor(sink, dtype=s.dtype)[..., None].expand(*s.shape[:-1], 1)
+        sink = torch.as_tensor(sink, dtype=s.dtype) if sinks is None else sinks.reshape(1, *s.shape[1:3], 1)
+        column = sink[..., None].expand(*s.shape[:-1], 1)
         s = torch.cat([s, column], dim=-1)
     row_max = s.amax(dim=-1, keepdim=True)
     shift = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max).detach()
@@ -140,3 +142,19 @@ def naive_backward(inputs, problem, grad_out: np.ndarray, query_rows: np.ndarray
         dk += gk[:, :, 0, kr].double().numpy()
         dv += gv[:, :, 0, kr].double().numpy()
     return dq[:, :, qr], dk, dv
+
+
+def naive_sink_grad(inputs, problem, grad_out: np.ndarray) -> np.ndarray:
+    """d sink (H,) float64 of the plain formula in the dtype (the sink logits rounded to it): torch autograd, the
+    chunks' gradients summed in float64 like dK, dV in `naive_backward`."""
+    p = problem
+    k, v = _tensor(inputs.k, p.dtype).unsqueeze(2), _tensor(inputs.v, p.dtype).unsqueeze(2)
+    logits = next(m for m in inputs.mods if m.key == "sinks").logits
+    sinks = _tensor(np.asarray(logits, dtype=np.float64), p.dtype).requires_grad_()
+    dsink = np.zeros(p.H)
+    for chunk in _chunks(p, np.arange(p.N)):
+        q, bias, scale, mods = _operands(inputs, p, chunk)
+        out = _plain(q, k, v, bias, scale, **mods, sinks=sinks)
+        do = _tensor(grad_out[:, :, chunk], p.dtype).reshape(out.shape)
+        dsink += torch.autograd.grad(out, sinks, do)[0].double().numpy()
+    return dsink

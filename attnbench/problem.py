@@ -140,7 +140,7 @@ class Problem:
                                      ("layout", self.layout, LAYOUTS)):
             if value not in allowed:
                 raise AttentionInputError(f"Problem: {name} must be one of {allowed}, got {value!r}")
-        if not isinstance(self.append, (int, np.integer)) or self.append < 0:
+        if not isinstance(self.append, (int, np.integer)) or isinstance(self.append, bool) or self.append < 0:
             raise AttentionInputError(f"Problem: append must be an integer >= 0, got {self.append!r}")
         object.__setattr__(self, "kv", kv_layouts.parse(self.kv).spec_value())
         reason = kv_layouts.check(self)

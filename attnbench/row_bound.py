@@ -189,8 +189,8 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, mask, causal
     def top(x) -> float:
         return float(np.max(np.where(np.isfinite(x), x, 0.0), initial=0.0))
 
-    def largest_norm(x) -> float:
-        return float(np.max(np.linalg.norm(x, axis=-1), initial=0.0))
+    def largest_norm(x) -> float:                   # of the finite rows: one NaN input must not make it NaN
+        return top(np.linalg.norm(x, axis=-1))
 
     s = abs(scale)
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)

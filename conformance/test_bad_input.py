@@ -190,9 +190,11 @@ def test_prepare_backward_rejects_backends_without_grad_or_bad_inputs(backend, d
     (dict(kv="paged:0"), "page size must be an integer >= 1"),
     (dict(kv="ragged:4"), "kv=ragged takes no argument"),
     (dict(append=-1), "append must be an integer >= 0"),
+    (dict(N=4, M=8, append=True), "append must be an integer >= 0, got True"),
     (dict(N=4, M=8, append=9), "append=9: 0..M=8"),
     (dict(kv="ragged", causal="top_left"), "causal is bottom_right in each sequence"),
     (dict(kv="paged:16", mask="bool"), "mask=bool cannot be added"),
+    (dict(N=4, M=8, append=2, mask="bool"), "append=2: the layout is its own mask; mask=bool cannot be added"),
 ])
 def test_problem_rejects_bad_fields_naming_them(fields, words):
     with pytest.raises(AttentionInputError, match=words):
@@ -219,6 +221,12 @@ BAD_STORAGE = [
     ("cu-seqlens-do-not-add-up", "kv=ragged", _set("cu_seqlens_q", -1, 10_000), ["cu_seqlens_q", "do not add up"]),
     ("cache-seqlens", "kv=paged:4,append=2", _set("cache_seqlens", 0, 99), ["cache_seqlens"]),
     ("k-new-missing", "kv=ragged,append=2", lambda s: setattr(s, "k_new", None), ["k_new", "(B, K, Hkv, D)"]),
+    ("v-new-missing", "kv=ragged,append=2", lambda s: setattr(s, "v_new", None), ["v_new", "(B, K, Hkv, Dv)"]),
+    ("k-new-head-dim", "kv=paged:4,append=2", lambda s: setattr(s, "k_new", s.k_new[..., :3]), ["k_new", "got (3, 2"]),
+    ("v-rows-short", "kv=ragged", lambda s: setattr(s, "v", s.v[:-1]), ["v must be", "for kv=ragged"]),
+    ("k-head-dim", "kv=ragged", lambda s: setattr(s, "k", s.k[..., :3]), ["k must be", "for kv=ragged"]),
+    ("v-pages-head-dim", "kv=paged:4", lambda s: setattr(s, "v", s.v[..., :3]), ["v must be pages", "k and v"]),
+    ("v-pool-short", "kv=paged:4", lambda s: setattr(s, "v", s.v[:-1]), ["v must be pages", "k and v"]),
 ]
 
 

@@ -313,7 +313,7 @@ class Backend(ABC):
         registers, shared memory, spills and tensor-core instructions from the compiled code and fails a
         launchable one that spills, exceeds a limit or (tensor_cores) misses the tensor cores. None (the
         default): this backend has no Triton kernels to audit. `implementations/triton_blockwise.py` and
-        `examples/triton_plugin/triton_onepass.py` declare theirs."""
+        `examples/triton_plugin/triton_example.py` declare theirs."""
         return None
 
     def synchronize(self, device: str) -> None:

@@ -115,7 +115,10 @@ class KvReader:
 
 
 def _batch_mods(mods, b: int):
-    """The torch modifications of sequence b alone: per-batch ALiBi slopes (B, H) -> its row (1, H)."""
+    """The torch modifications of sequence b alone: per-batch ALiBi slopes (B, H) -> its row (1, H), document ids
+    (B, M) -> its row (1, M) (documents reach here only with a dense cache: other layouts refuse them)."""
     if mods.alibi is not None and mods.alibi.ndim == 2:
-        return replace(mods, alibi=mods.alibi[b:b + 1])
+        mods = replace(mods, alibi=mods.alibi[b:b + 1])
+    if mods.document is not None:
+        mods = replace(mods, document=mods.document[b:b + 1])
     return mods

@@ -1,6 +1,7 @@
 """The one check on sampled rows: rows are chosen where tiled kernels break, a row-sampled verdict sees a kernel
 that drops far keys, and the call's contract (dtype, shape, device, inputs unchanged) fails wrong kernels."""
 import numpy as np
+import pytest
 import torch
 
 from attnbench.check import (RowSample, check_backward, check_forward, choose_key_rows, choose_rows,
@@ -185,3 +186,18 @@ def test_perf_accuracy_is_checked_at_the_points_own_length():
     assert passed and 0 < error < 1e-5
     error, passed = accuracy(bad, Case(bad.name, p))
     assert not passed and error > 1e-2
+
+
+@pytest.mark.parametrize("n", [33, 520], ids=["full", "rows_sampled"])
+def test_a_declared_backward_bound_survives_non_finite_inputs(n):
+    """One NaN in q and one inf in v (inputs=nonfinite) leave NaN gradients where the reference has them too; the
+    declared precision's bound and condition 2's floor are scaled by the finite ones (the NaN maximum made the
+    bound NaN: every finite error 'infx' its declared precision, torch_blockwise and every half-precision claim),
+    on every row and on sampled rows (`row_bound.backward_row_scales`: the largest |q| row norm)."""
+    from attnbench.implementations import get_backend
+
+    problem = Problem(B=1, H=2, N=n, M=n + 14, D=16, dtype="float16", inputs="nonfinite")
+    verdicts = check_backward(get_backend("torch_blockwise"), problem)
+    assert verdicts.rows.full == (n == 33)
+    assert all(v.passed for v in verdicts), "\n".join(v.describe() for v in verdicts)
+    assert all(np.isfinite(v.model_units) and np.isfinite(v.naive_limit) for v in verdicts[1:])

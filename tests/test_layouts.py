@@ -130,3 +130,28 @@ def test_validate_names_the_argument():
         layouts.validate(storage, p, "who")
     with pytest.raises(AttentionInputError, match="needs Inputs.kv"):
         layouts.validate(None, p, "who")
+
+
+@pytest.mark.parametrize("backend", ["torch_blockwise", "twin"])
+def test_native_reader_cuts_per_batch_modifications_per_sequence(backend):
+    """A dense cache with appended keys is read one sequence at a time (`implementations/kv_torch.py`): the
+    per-batch inputs of its modifications (ALiBi's (B, H) slopes, a document's (B, M) ids) cut to that sequence."""
+    from attnbench.conformance.mutants import make_backend
+    from attnbench.evaluate import evaluate
+    from attnbench.implementations import get_backend
+
+    chosen = make_backend(backend) if backend == "twin" else get_backend(backend)
+    problem = Problem.parse("B=3,H=2,N=4,M=40,D=8,dtype=float32,append=3,document=3,alibi=batch")
+    result = evaluate(chosen, problem)
+    assert result.route is None and result.passed, result.message()
+
+
+def test_a_backward_check_on_given_inputs_reads_the_logical_upstream_gradient():
+    """check_backward(..., inputs=) of a ragged problem: the backend gets dO packed like O, the reference the
+    logical (B, H, N, Dv) one (it raised on the packed one)."""
+    from attnbench.check import check_backward
+    from attnbench.implementations import get_backend
+
+    problem = Problem.parse("B=3,H=2,N=9,M=9,D=8,dtype=float32,kv=ragged,causal=bottom_right")
+    verdicts = check_backward(get_backend("torch_blockwise"), problem, inputs=make_inputs(problem))
+    assert verdicts and all(v.passed for v in verdicts), [v.describe() for v in verdicts]

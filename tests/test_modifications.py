@@ -294,3 +294,37 @@ def test_a_sink_gradient_is_judged_where_declared_and_a_wrong_one_fails():
         assert [v.name for v in verdicts if v.name == "dsink"] == ["dsink"] and all(v.passed for v in verdicts)
     wrong = {v.name: v for v in check_backward(make_backend("sink_grad_sign_flipped"), problem)}
     assert not wrong["dsink"].passed and wrong["dq"].passed
+
+
+def test_a_sink_far_below_the_scores_leaves_a_d_sink_no_float32_holds():
+    """bfloat16 large logits put the sink ~700 below each row's lse: d sink ~ 1e-294, 0 in the float32 every
+    kernel returns it in. The bound allows the flushed P_sink (it failed torch_blockwise and twin_flash, 11-21x)."""
+    from attnbench.check import check_backward
+    from attnbench.implementations import get_backend
+
+    problem = Problem.parse("B=2,H=2,N=17,M=9,D=8,dtype=bfloat16,sinks=1,inputs=large_logits")
+    verdicts = check_backward(get_backend("torch_blockwise"), problem)
+    dsink = next(v for v in verdicts if v.name == "dsink")
+    assert 0 < abs(dsink.worst_expected) < 1e-200 and dsink.worst_actual == 0
+    assert all(v.passed for v in verdicts), [v.describe() for v in verdicts]
+
+
+def test_a_d_sink_of_the_wrong_sign_fails_in_half_precision_without_a_declared_precision():
+    """torch_eager declares no precision: its d sink's first-order bound is at float16's u, 4-900x |d sink|, and a
+    sign slip passed it in float16 and bfloat16. Condition 2 (twice the plain formula's d sink error) fails it."""
+    from attnbench.check import check_backward
+    from attnbench.implementations.torch_eager import TorchEager
+
+    class Flipped(TorchEager):
+        name = "eager_dsink_flipped"
+
+        def prepare_backward(self, *args, **kwargs):
+            run = super().prepare_backward(*args, **kwargs)
+            return lambda: (lambda g: (*g[:3], -g[3]))(run())
+
+    for dtype in ("float16", "bfloat16"):
+        problem = Problem.parse(f"B=2,H=4,Hkv=2,N=33,M=47,D=16,dtype={dtype},sinks=1,seed=3")
+        verdicts = {v.name: v for v in check_backward(Flipped(), problem)}
+        assert not verdicts["dsink"].passed and "naive" in verdicts["dsink"].reason, verdicts["dsink"].describe()
+        assert all(verdicts[n].passed for n in ("dq", "dk", "dv"))
+        assert all(v.passed for v in check_backward(TorchEager(), problem))

@@ -157,3 +157,19 @@ def test_meta_test_reports_a_survivor_when_the_suite_cannot_see_the_bug():
 def test_killer_is_the_first_failed_line(output, killer):
     found = FAILED_LINE.search(output)
     assert (found.group(1) if found else None) == killer
+
+
+def test_the_hand_written_backward_the_accumulator_mutants_share_is_correct():
+    """`TiledBackwardTwin` is no suite twin, so nothing else shows that its mutants die of their own bug: it must
+    pass the ragged backward case with per-batch ALiBi slopes (one `attention` call per sequence before any
+    backward: it read the last sequence's slopes and sizes for all of them, and crashed). The suite's other
+    backward cases and CI's flash grid slice it passes too (about a minute: not in CI)."""
+    from attnbench.evaluate import evaluate
+    from conformance.cases import BACKWARD_PROBLEMS
+    from conformance.mutants.twin import TiledBackwardTwin
+
+    chosen = [p for p in BACKWARD_PROBLEMS if p.kv == "ragged" and p.mod("alibi") is not None]
+    assert chosen
+    for problem in chosen[:1]:
+        result = evaluate(TiledBackwardTwin(), problem, backward=True, forward=False)
+        assert result.skipped is None and result.passed, result.message()

@@ -49,12 +49,15 @@ class _RecordedGrad(torch.autograd.Function):
         # The recorded graph is kept on ctx (not save_for_backward): it is replayed by backward, and holds
         # non-tensor state (the backend) that save_for_backward cannot. It is retained because gradcheck
         # replays one forward's backward several times; it is freed with ctx.
-        ctx.graph = (out, lse.detach(), leaves, backend, options)
+        # The call's state on the backend too (`mods`, `sizes`): a KV layout calls `attention` once per sequence
+        # (kv_torch), each with its own sizes and per-batch inputs, before any backward runs.
+        ctx.graph = (out, lse.detach(), leaves, backend, options, dict(vars(backend)))
         return out.detach()
 
     @staticmethod
     def backward(ctx, grad_out):
-        out, lse, leaves, backend, options = ctx.graph
+        out, lse, leaves, backend, options, state = ctx.graph
+        vars(backend).update(state)        # what a hand-written backward (`gradients`) reads: this call's
         grads = backend.gradients(out, lse, leaves, grad_out, options)
         if len(leaves) > len(grads):       # a hand-written (dQ, dK, dV): the sink logits' from the recorded graph
             grads = (*grads, *torch.autograd.grad(out, leaves[3:], grad_out, retain_graph=True))

@@ -41,10 +41,11 @@ def check(problem) -> str | None:
     layout = parse(problem.kv)
     if problem.append and not 0 <= problem.append <= problem.M:
         return f"append={problem.append}: 0..M={problem.M} new keys per sequence"
+    if problem.mask is not None and needs_storage(problem):   # the storage holds no mask: it would be dropped
+        return (f"kv={problem.kv}{f', append={problem.append}' if problem.append else ''}: the layout is its own "
+                f"mask; mask={problem.mask} cannot be added")
     if problem.kv == "dense":
         return layout.check(problem)
-    if problem.mask is not None:
-        return f"kv={problem.kv}: the layout is its own mask; mask={problem.mask} cannot be added"
     if problem.causal == "top_left":
         return f"kv={problem.kv}: causal is bottom_right in each sequence (FlashAttention's varlen and kvcache)"
     if problem.mod("document") is not None:
@@ -232,7 +233,7 @@ def has_empty_rows(problem, rows_empty) -> bool:
 def validate(storage: Storage | None, problem, who: str) -> None:
     """Raise `AttentionInputError` naming the argument where `storage` does not hold `problem`'s layout: offsets
     that do not start at 0, are not increasing or do not add up, a block table pointing past the pool, pages of
-    another size, cache lengths past their room."""
+    another size, cache lengths past their room, K, V or the appended keys of another shape."""
     if storage is None:
         raise AttentionInputError(f"{who}: kv={problem.kv}, append={problem.append} needs Inputs.kv (the storage)")
     p, g, layout = problem, geometry(problem), parse(problem.kv)
@@ -257,10 +258,13 @@ def validate(storage: Storage | None, problem, who: str) -> None:
         raise AttentionInputError(f"{who}: cache_seqlens must be {g.cache.tolist()}, got {seqlens.tolist()}")
     if layout.key == "paged":
         table = np.asarray(storage.block_table)
-        pool = np.shape(storage.k)
-        if len(pool) != 4 or pool[1] != layout.page_size:
-            raise AttentionInputError(f"{who}: k must be pages (num_pages, {layout.page_size}, Hkv, D) for "
-                                      f"kv={p.kv}, got {pool}")
+        pool = tuple(np.shape(storage.k))
+        for name, width in (("k", p.D), ("v", p.Dv)):
+            got = tuple(np.shape(getattr(storage, name)))
+            if len(got) != 4 or got[1:] != (layout.page_size, p.Hkv, width) or got[0] != pool[0]:
+                raise AttentionInputError(f"{who}: {name} must be pages (num_pages, {layout.page_size}, Hkv, "
+                                          f"{'D' if name == 'k' else 'Dv'}) = (num_pages, {layout.page_size}, "
+                                          f"{p.Hkv}, {width}) for kv={p.kv}, k and v alike, got {got}")
         need = -(-g.seq_k // layout.page_size)
         used = np.concatenate([table[b, :need[b]] for b in range(p.B)]) if table.ndim == 2 else table
         if table.ndim != 2 or table.shape[0] != p.B or table.shape[1] < need.max():
@@ -270,8 +274,13 @@ def validate(storage: Storage | None, problem, who: str) -> None:
         if len(outside):
             raise AttentionInputError(f"{who}: block_table points at page {int(outside[0])}, outside the pool of "
                                       f"{pool[0]} pages")
-    elif tuple(np.shape(storage.k)[:-1]) != tuple(shapes["dk"][:-1]):
-        raise AttentionInputError(f"{who}: k must be {shapes['dk']} for kv={p.kv}, got {np.shape(storage.k)}")
-    if p.append and (storage.k_new is None or np.shape(storage.k_new)[:3] != (p.B, p.append, p.Hkv)):
-        raise AttentionInputError(f"{who}: k_new must be (B, K, Hkv, D) = {(p.B, p.append, p.Hkv, p.D)}, got "
-                                  f"{None if storage.k_new is None else np.shape(storage.k_new)}")
+    else:
+        for name in ("k", "v"):
+            want, got = shapes[f"d{name}"], tuple(np.shape(getattr(storage, name)))
+            if got != want:
+                raise AttentionInputError(f"{who}: {name} must be {want} for kv={p.kv}, got {got}")
+    for name, width in (("k_new", p.D), ("v_new", p.Dv)) if p.append else ():
+        want, got = (p.B, p.append, p.Hkv, width), getattr(storage, name)
+        if got is None or tuple(np.shape(got)) != want:
+            raise AttentionInputError(f"{who}: {name} must be (B, K, Hkv, {'D' if name == 'k_new' else 'Dv'}) = "
+                                      f"{want}, got {None if got is None else tuple(np.shape(got))}")
