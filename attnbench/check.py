@@ -100,6 +100,31 @@ def one_per_tile(length: int, rng: np.random.Generator) -> set[int]:
     return set((starts + rng.integers(0, np.minimum(TILE_STEP, length - starts))).tolist())
 
 
+def sequence_spans(problem: Problem, side: str) -> set[tuple[int, int]]:
+    """(start, length) in the logical view of each sequence's own query rows (side "query": ragged queries
+    only) or key rows ("key": any layout with storage); empty for a dense problem, whose tiles are the view's."""
+    if not kv_layouts.needs_storage(problem):
+        return set()
+    g = kv_layouts.geometry(problem)
+    if side == "query":
+        if not kv_layouts.parse(problem.kv).ragged_queries:
+            return set()
+        return {(problem.N - int(n), int(n)) for n in g.seq_q}
+    return {(problem.M - int(m), int(m)) for m in g.seq_k}
+
+
+def _per_sequence_tiles(spans: set[tuple[int, int]], rng: np.random.Generator) -> set[int]:
+    """Tile edges and one row in every 16-row tile of each sequence, in its own coordinates: a kernel reading
+    a layout tiles every sequence from its own first row (FlashAttention varlen, a block table's first page), so
+    the logical view's tiles, which `one_per_tile` covers, are not its tiles. Cost: up to B / 16 of each
+    sequence's rows more."""
+    rows = set()
+    for start, length in sorted(spans):
+        if length > 0:
+            rows |= {start + i for i in _tile_edges(length) | one_per_tile(length, rng) if 0 <= i < length}
+    return rows
+
+
 def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0) -> np.ndarray:
     """Query rows where bugs hide: first and last, both sides of every tile boundary a kernel might use (in N,
     and the rows whose last visible key sits on a key-tile boundary under causal), around the causal diagonal
@@ -119,6 +144,7 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
     for mod in problem.mods:                                                  # where each modification's edges fall
         rows |= mod.query_rows(problem)
     rows |= kv_layouts.query_rows(problem)                                    # each sequence's first rows
+    rows |= _per_sequence_tiles(sequence_spans(problem, "query"), np.random.default_rng(seed + 11))
     rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
     return np.array(sorted(r for r in rows if 0 <= r < N))
 
@@ -134,6 +160,7 @@ def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
     for mod in problem.mods:
         keys |= mod.key_rows(problem)
     keys |= kv_layouts.key_rows(problem)                                      # sequence, page and append edges
+    keys |= _per_sequence_tiles(sequence_spans(problem, "key"), np.random.default_rng(seed + 11))
     keys |= set(np.random.default_rng(seed).integers(0, M, RANDOM_ROWS).tolist())
     return np.array(sorted(j for j in keys if 0 <= j < M))
 

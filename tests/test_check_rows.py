@@ -201,3 +201,22 @@ def test_a_declared_backward_bound_survives_non_finite_inputs(n):
     assert verdicts.rows.full == (n == 33)
     assert all(v.passed for v in verdicts), "\n".join(v.describe() for v in verdicts)
     assert all(np.isfinite(v.model_units) and np.isfinite(v.naive_limit) for v in verdicts[1:])
+
+
+def test_row_samples_cover_every_tile_of_each_sequence_in_its_own_coordinates():
+    """A ragged kernel tiles each sequence from its own first row, a paged one each sequence's keys from its
+    first page: every 16-row tile of every sequence (queries of a ragged batch, keys of any layout) holds a
+    sampled row, not just every tile of the padded view (a review finding: 16- and 32-row tiles inside a
+    sequence could go unchecked)."""
+    from attnbench.check import choose_key_rows, choose_rows, sequence_spans
+
+    for p in (Problem(B=5, H=2, N=1500, M=1700, D=32, dtype="float16", kv="ragged", seed=3),
+              Problem(B=3, H=2, N=2, M=3000, D=32, dtype="float16", kv="paged:16", append=2, seed=4)):
+        for side, chosen in (("query", set(choose_rows(p).tolist())), ("key", set(choose_key_rows(p).tolist()))):
+            spans = sequence_spans(p, side)
+            assert spans or side == "query"
+            for start, length in spans:
+                for tile in range(0, length, 16):
+                    assert chosen & set(range(start + tile, start + min(tile + 16, length))), (p.kv, side, start,
+                                                                                               tile)
+    assert not sequence_spans(Problem(B=2, H=2, N=64, M=64, D=16), "key")
