@@ -190,6 +190,10 @@ NAIVE_MULTIPLE = 2.0
 # in practice, but a sink far above every score (P ~ 1e-57 for all keys) makes it the whole output.
 FLUSH_THRESHOLD = {"float16": float(np.finfo(np.float32).tiny), "bfloat16": float(np.finfo(np.float32).tiny),
                    "float32": float(np.finfo(np.float32).tiny), "float64": float(np.finfo(np.float64).tiny)}
+# A weight held in the input dtype (the plain formula's P, FlashAttention's P rounded for P V) below the dtype's
+# smallest normal is off by up to half the subnormal spacing, absolutely, not u P: condition 1 adds
+# HALF_SUBNORMAL sum |v_m| over those keys (float16 below 2^-14: a drawn problem whose sink dwarfed its one key,
+# P ~ 3e-8, had the plain float16 formula itself at 1.25x condition 1 without it).
 
 
 def naive_floor(dtype: str, reduction_length: int, magnitude: float) -> float:
@@ -364,7 +368,11 @@ def forward_bound(q, k, v, bias, scale: float, dtype: str) -> np.ndarray:
     spread = mass + np.sum(p, axis=-1, keepdims=True) * np.abs(out)
     flushed = np.einsum("bkgnm,bkme->bkgne", np.minimum(p, FLUSH_THRESHOLD[dtype]), np.abs(v))
     subnormal = np.where(np.sum(p, axis=-1, keepdims=True) > 0, HALF_SUBNORMAL[dtype], 0.0)   # O's rounding there
-    bound = score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed + subnormal
+    # weights below the dtype's smallest normal, held in the dtype, off by half the subnormal spacing each
+    low = ((p > 0) & (p < HALF_SUBNORMAL[dtype] / u)).astype(np.float64)
+    subnormal_weights = HALF_SUBNORMAL[dtype] * np.einsum("bkgnm,bkme->bkgne", low, np.abs(v))
+    bound = (score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * mass + u * np.abs(out) + flushed
+             + subnormal + subnormal_weights)
     return ungroup(bound)
 
 

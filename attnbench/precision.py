@@ -110,6 +110,8 @@ class RowStats:
     mass: sum_m P |v|;  p_sum: sum_m P;  p2_v2, p2_vs, p2: sum_m P^2 v^2, P^2 v (signed), P^2;
     vis_v2, vis_v, visible: sum over unmasked keys of v^2, |v|, 1.
     flushed: sum_m min(P, tiny) |v|: what weights that underflow to 0 can lose (`budget.FLUSH_THRESHOLD`).
+    subnormal_v: sum of |v| over the keys whose weight 0 < P < the dtype's smallest normal (row_stats'
+        `min_normal`): a P held in the dtype there is off by up to half the subnormal spacing, not u P.
     """
 
     t_seen: np.ndarray
@@ -123,6 +125,7 @@ class RowStats:
     vis_v: np.ndarray
     visible: np.ndarray
     flushed: np.ndarray | float = 0.0
+    subnormal_v: np.ndarray | float = 0.0
 
 
 def _sum_sq_shifted(sq: np.ndarray, lin: np.ndarray, count: np.ndarray, o: np.ndarray) -> np.ndarray:

@@ -21,8 +21,13 @@ from attnbench.reference.block import block_of
 from attnbench.reference.rows import BLOCK_M
 
 
+def min_normal(dtype: str) -> float:
+    """The dtype's smallest normal number (HALF_SUBNORMAL / u: float16 2^-14, bfloat16 and float32 2^-126)."""
+    return HALF_SUBNORMAL[dtype] / UNIT_ROUNDOFF[dtype]
+
+
 def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_m: int = BLOCK_M,
-              tiny: float = 0.0) -> RowStats:
+              tiny: float = 0.0, min_normal: float = 0.0) -> RowStats:
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
@@ -43,7 +48,7 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
     shift = np.where(np.isneginf(lse_g), np.inf, lse_g)[..., None]            # rows with no key: P = 0
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)
     t_seen, t_finite, p_sum, p2, visible = (np.zeros(per_row) for _ in range(5))
-    mass, p2_v2, p2_vs, vis_v2, vis_v, flushed = (np.zeros(per_elem) for _ in range(6))
+    mass, p2_v2, p2_vs, vis_v2, vis_v, flushed, subnormal_v = (np.zeros(per_elem) for _ in range(7))
     kwargs = dict(mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
     for start in range(0, M, block_m):
@@ -59,9 +64,11 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
         # Products that share an operand are one BLAS call (rows or columns side by side: each element the same
         # dot product); the visibility (0/1) is shared by the heads of a group unless a mask is per head, so its
         # products are taken once per distinct row (`_compact`), not G times.
-        mass_flushed = block.group_matmul(np.concatenate([p, np.minimum(p, tiny)], axis=-2), abs_v)
+        low = ((p > 0) & (p < min_normal)).astype(np.float64)
+        mass_flushed = block.group_matmul(np.concatenate([p, np.minimum(p, tiny), low], axis=-2), abs_v)
         mass += mass_flushed[..., :R, :]
-        flushed += mass_flushed[..., R:, :]
+        flushed += mass_flushed[..., R:2 * R, :]
+        subnormal_v += mass_flushed[..., 2 * R:, :]
         p_sum += p.sum(axis=-1)
         p2 += p2_.sum(axis=-1)
         p2_both = block.group_matmul(p2_, np.concatenate([abs_v2, vt], axis=-1))
@@ -72,7 +79,7 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
         vis_v2 += vis_both[..., :Dv]
         vis_v += vis_both[..., Dv:]
         visible += vis.sum(axis=-1)
-    return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed)
+    return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed, subnormal_v)
 
 
 def _compact(x: np.ndarray) -> np.ndarray:
@@ -91,8 +98,11 @@ def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
     # The output's own rounding: u |O|, and half the subnormal spacing where O is that small (float16 below
     # 6.1e-5: a row whose every weight a sink dwarfs); a row that sees no key must still be exactly 0.
     subnormal = np.where(stats.p_sum[..., None] > 0, HALF_SUBNORMAL[dtype], 0.0)
+    # Weights below the dtype's smallest normal, held in the dtype (the plain formula's P, FlashAttention's P for
+    # P V), are off by up to half the subnormal spacing each, not u P: the plain float16 formula itself was 1.25x
+    # condition 1 without this (a drawn problem: a sink dwarfing the one key, P ~ 3e-8).
     bound = (score_err[..., None] * spread + LAMBDA * u * (np.sqrt(M) + 2) * stats.mass + u * out_g + stats.flushed
-             + subnormal)
+             + subnormal + HALF_SUBNORMAL[dtype] * stats.subnormal_v)
     finite_lse = np.isfinite(lse)
     lse_err = np.where(finite_lse, LAMBDA * u * (np.sqrt(D) + 2) * stats.t_finite + LAMBDA * u * (np.sqrt(M) + 2)
                        + u * np.abs(np.where(finite_lse, lse, 0.0)), 0.0)
@@ -110,7 +120,7 @@ def row_bounds(q, k, v, out, lse, rows, *, mask, causal, scale: float, dtype: st
     Hkv, M = k.shape[1], k.shape[2]
     G, R = H // Hkv, len(rows)
     stats = row_stats(q, k, v, lse, rows, mask=mask, causal=causal, scale=scale, mods=mods, block_m=block_m,
-                      tiny=FLUSH_THRESHOLD[dtype])
+                      tiny=FLUSH_THRESHOLD[dtype], min_normal=min_normal(dtype))
     out_g, lse_g = out.reshape(B, Hkv, G, R, -1), lse.reshape(B, Hkv, G, R)
     if precision is None:
         bound, lse_err = condition_one(stats, out_g, lse_g, dtype=dtype, D=D, M=M)

@@ -130,3 +130,17 @@ def test_the_half_accumulator_cases_run_past_the_length_the_budget_derives():
     assert min(p.M for p in HALF_ACCUMULATOR if p.N < 100) >= 4 * dq
     others = [p for p in BACKWARD_PROBLEMS if p not in HALF_ACCUMULATOR and p.dtype in ("float16", "bfloat16")]
     assert max(p.N for p in others) < dkdv and max(p.M for p in others) < dq
+
+
+def test_the_plain_half_formula_meets_condition_one_where_weights_are_subnormal():
+    """A sink dwarfing the one key (P ~ 3e-8, below float16's smallest normal 2^-14): the plain float16 formula
+    holds P in float16, off by up to half the subnormal spacing, not u P. Found by the thorough drawn search
+    (torch_eager = the plain formula, 1.25x condition 1 before the budget counted it)."""
+    from attnbench.check import RowSample, forward_reference
+    from attnbench.problem import Problem, make_inputs
+
+    p = Problem.parse("B=1,H=1,N=97,D=1,Hkv=1,M=1,Dv=3,dtype=float16,softcap=1,alibi=batch,sinks=1")
+    ref = forward_reference(make_inputs(p), p, RowSample())
+    err = np.abs(ref.naive - ref.out)
+    assert np.max(err / ref.out_bound) <= 1.0
+    assert np.max(err / ref.out_bound) > 0.5                # the term is needed, not slack: 0.88 of the bound
