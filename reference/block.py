@@ -59,10 +59,11 @@ def group_matmul(a, b):
     """a (B, Hkv, G, R, X) @ b (B|1, Hkv|1, X, Y) -> (B, Hkv, G, R, Y): the G query heads that share a KV head as
     one matrix of G R rows, one BLAS product per KV head instead of G skinny ones (decode: R of a few rows). Each
     element is the same dot product; a ≤ 4-D `a` (no group axis) is a plain matmul."""
-    if a.ndim < 5:
-        return a @ b
-    B, Hkv, G, R, X = a.shape
-    return (a.reshape(B, Hkv, G * R, X) @ b).reshape(B, Hkv, G, R, b.shape[-1])
+    with np.errstate(invalid="ignore"):          # NaN/Inf inputs propagate by design (the adversarial cases)
+        if a.ndim < 5:
+            return a @ b
+        B, Hkv, G, R, X = a.shape
+        return (a.reshape(B, Hkv, G * R, X) @ b).reshape(B, Hkv, G, R, b.shape[-1])
 
 
 def block_of(rows, cols, N: int, M: int, H: int, Hkv: int) -> modifications.Block:
