@@ -585,7 +585,7 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
     grad_out = make_grad_out(problem)                   # logical (B, H, N, Dv): the reference's
-    run = backend.prepare_backward(inputs, problem, grad_out_for(problem), device=device)   # shaped like O
+    run = backend.prepare_backward(inputs, problem, grad_out_for(problem, grad_out), device=device)  # shaped like O
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
@@ -647,9 +647,10 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
     return _judged(backend, problem, device, verdicts, sample, backward=True)
 
 
-def grad_out_for(problem: Problem):
-    """The dO every backward check and timed backward call gets: `make_grad_out`, shaped like the layout's O."""
-    return kv_layouts.to_physical(problem, "out", make_grad_out(problem))
+def grad_out_for(problem: Problem, grad_out: np.ndarray | None = None):
+    """The dO every backward check and timed backward call gets: `make_grad_out` (or `grad_out`, that logical
+    (B, H, N, Dv) array already made), shaped like the layout's O."""
+    return kv_layouts.to_physical(problem, "out", make_grad_out(problem) if grad_out is None else grad_out)
 
 
 def _physical(run):
