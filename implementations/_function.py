@@ -14,6 +14,15 @@ function's signature for the call convention users meet, and declares only what 
     GQA         `enable_gqa=` (torch) or a bnhd function (FlashAttention takes Hkv < H); else Hkv = H only
     result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...))
 
+and FlashAttention's keywords for the modifications its kernels compute (`flash_attn_interface.py`, 2, 3 and 4):
+
+    window      `window_size=(left, right)`, bottom-right aligned; an unbounded side as the signature's default
+                says: -1 (FlashAttention 2 and 3) or None (4's `(None, None)`)
+    softcap     `softcap=` cap, on the scaled scores; FlashAttention applies it before ALiBi, so a problem listing
+                ALiBi first is a skip
+    alibi       `alibi_slopes=` float32 (H,) or (B, H): bias -slope |i + M - N - j|
+    sinks       `learnable_sink=` (FlashAttention 4) or `sinks=`: float32 (H,) logits in each denominator
+
 A function whose first parameter is `module` and which takes `attention_mask` follows transformers' attention
 interface (`ALL_ATTENTION_FUNCTIONS`: `sdpa_attention_forward`, Llama's `eager_attention_forward`, ...):
 
@@ -67,12 +76,42 @@ def _keyword(params, *names: str) -> str | None:
     return next((n for n in names if n in params), None)
 
 
+# A modification's spec key -> the keywords that take it, in FlashAttention's conventions (module docstring).
+MOD_KEYWORDS = {"window": ("window_size",), "softcap": ("softcap",), "alibi": ("alibi_slopes",),
+                "sinks": ("learnable_sink", "sinks")}
+
+
 def capabilities_of(params, layout: str) -> Capabilities:
     """What a function with these keyword parameters can be asked (see the module docstring)."""
     causal = (("top_left",) if "is_causal" in params else ("bottom_right",) if "causal" in params else ())
     masks = ("bool", "bias") if "attn_mask" in params else ()
+    mods = tuple(key for key, names in MOD_KEYWORDS.items() if _keyword(params, *names))
     return Capabilities(causal=causal, masks=masks, mask_with_causal=False, grad=True,
-                        gqa="enable_gqa" in params or layout == "bnhd")
+                        gqa="enable_gqa" in params or layout == "bnhd", mods=mods)
+
+
+def unbounded_side(signature: inspect.Signature):
+    """How the function spells an unbounded window side: None where `window_size` defaults to (None, None)
+    (FlashAttention 4), else -1 (FlashAttention 2 and 3)."""
+    param = signature.parameters.get("window_size")
+    default = None if param is None else param.default
+    return None if isinstance(default, (tuple, list)) and None in default else -1
+
+
+def mod_kwargs(mods, params, unbounded) -> dict:
+    """The keyword arguments that hand `mods` (a `TorchMods`) to a FlashAttention-style function."""
+    if mods is None:
+        return {}
+    kwargs = {}
+    if mods.window is not None:
+        kwargs["window_size"] = tuple(unbounded if side < 0 else side for side in mods.window)
+    if mods.softcap is not None:
+        kwargs["softcap"] = mods.softcap
+    if mods.alibi is not None:
+        kwargs["alibi_slopes"] = mods.alibi
+    if mods.sinks is not None:
+        kwargs[_keyword(params, *MOD_KEYWORDS["sinks"])] = mods.sinks
+    return kwargs
 
 
 def is_module_convention(params) -> bool:
@@ -124,6 +163,7 @@ class FunctionBackend(TorchBackend):
         if self.module_convention:
             self.caps = Capabilities(grad=True, empty_rows=False)
         self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")
+        self.unbounded = unbounded_side(inspect.signature(self.fn))
 
     @property
     def description(self) -> str:
@@ -134,9 +174,12 @@ class FunctionBackend(TorchBackend):
         reason = super().why_not(problem, device, need_grad=need_grad)
         if reason is None and problem.scale is not None and self.scale_keyword is None:
             reason = "custom scale not supported (the function takes no scale= or softmax_scale=)"
+        keys = [m.key for m in problem.mods]
+        if reason is None and "softcap" in keys and "alibi" in keys and keys.index("alibi") < keys.index("softcap"):
+            reason = "ALiBi before softcap not supported (FlashAttention's kernels apply softcap first)"
         return reason
 
-    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=None):
         if return_lse:
             raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
         if self.module_convention:
@@ -144,7 +187,7 @@ class FunctionBackend(TorchBackend):
             out, _ = self.fn(module, q, k, v, additive_mask(q, mask, causal, q.shape[2], k.shape[2]),
                              scaling=q.shape[-1] ** -0.5 if scale is None else scale, dropout=0.0)
             return out.transpose(1, 2)                                                # (B, N, H, Dv) -> (B, H, N, Dv)
-        kwargs = {}
+        kwargs = mod_kwargs(mods, self.params, self.unbounded)
         if causal is not None:
             kwargs["is_causal" if "is_causal" in self.params else "causal"] = True
         if mask is not None:

@@ -74,3 +74,24 @@ def test_a_function_in_transformers_convention_is_a_backend_by_name():
     assert evaluate(good, problem, backward=True).passed
     assert evaluate(bad, problem).passed is False
     assert "rows with every key masked" in good.why_not(problem.replace(mask="fully_masked"))
+
+
+def test_flashattention_keywords_carry_the_modifications_a_function_declares():
+    """window_size= / softcap= / alibi_slopes= / learnable_sink= in the signature declare those modifications and
+    receive them in FlashAttention's conventions: a right function passes a problem composing all four, forward and
+    backward; one whose window is a key short fails; FlashAttention 4's (None, None) default gets None for an
+    unbounded side; ALiBi listed before softcap (FlashAttention applies softcap first) is a skip, not a call."""
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    good = get_backend("tests.plugins.functions:flash_style@bnhd")
+    assert set(good.capabilities("cpu").mods) == {"window", "softcap", "alibi", "sinks"}
+    problem = Problem.parse("B=2,H=4,Hkv=2,N=57,M=73,D=16,dtype=float16,causal=bottom_right,window=9:0,"
+                                "softcap=20,alibi=batch,sinks=1")
+    assert evaluate(good, problem, backward=True).passed
+    bad = get_backend("tests.plugins.functions:flash_style_window_off_by_one@bnhd")
+    assert evaluate(bad, problem).passed is False
+    fa4 = get_backend("tests.plugins.functions:flash4_style@bnhd")
+    assert set(fa4.capabilities("cpu").mods) == {"window", "softcap", "sinks"}
+    assert evaluate(fa4, Problem.parse("B=1,H=2,N=40,M=50,D=16,dtype=bfloat16,window=6:-1")).passed
+    assert "ALiBi before softcap" in good.why_not(Problem.parse("B=1,H=2,N=8,D=16,alibi=head,softcap=5"))
