@@ -23,6 +23,21 @@ and FlashAttention's keywords for the modifications its kernels compute (`flash_
     alibi       `alibi_slopes=` float32 (H,) or (B, H): bias -slope |i + M - N - j|
     sinks       `learnable_sink=` (FlashAttention 4) or `sinks=`: float32 (H,) logits in each denominator
 
+FlashAttention's two inference entry points are recognised by their parameters, and read the KV layouts natively
+(`attnbench.reference.layouts`, whose conventions are theirs):
+
+    varlen      `cu_seqlens_q=` (flash_attn_varlen_func): q (total_q, H, D), k, v (total_k, Hkv, .) packed, with
+                cu_seqlens_q/_k int32 (B + 1,) and max_seqlen_q/_k: kv=ragged natively, and a dense problem as B
+                sequences of equal length; its backward through autograd
+    kvcache     `k_cache=` (flash_attn_with_kvcache): q (B, N, H, D) against a cache (B, M, Hkv, D), or pages
+                through `block_table=` (or `page_table=`), holding `cache_seqlens=` keys each, new keys `k=`, `v=`
+                written into the cache first: kv=dense and paged natively, appended keys where it takes k= and v=;
+                forward only (FlashAttention has no backward for it). It writes the cache in place, so with
+                appended keys the adapter hands it its own copy, made once when the call is prepared (outside
+                the timed calls: writing the same keys again each call changes nothing), never the caller's
+
+Both take FlashAttention's layouts whatever `@layout` says, GQA included (Hkv < H heads packed as they are).
+
 A function whose first parameter is `module` and which takes `attention_mask` follows transformers' attention
 interface (`ALL_ATTENTION_FUNCTIONS`: `sdpa_attention_forward`, Llama's `eager_attention_forward`, ...):
 
@@ -40,10 +55,14 @@ Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys, D
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 
+import torch
+
 from attnbench.reference import AttentionInputError
+from attnbench.reference import layouts as kv_layouts
 
 from ._torch_common import TorchBackend
 from .base import Capabilities
@@ -79,6 +98,7 @@ def _keyword(params, *names: str) -> str | None:
 # A modification's spec key -> the keywords that take it, in FlashAttention's conventions (module docstring).
 MOD_KEYWORDS = {"window": ("window_size",), "softcap": ("softcap",), "alibi": ("alibi_slopes",),
                 "sinks": ("learnable_sink", "sinks")}
+PAGE_KEYWORDS = ("block_table", "page_table")            # flash_attn_with_kvcache's, FlashAttention 4's
 
 
 def capabilities_of(params, layout: str) -> Capabilities:
@@ -86,8 +106,35 @@ def capabilities_of(params, layout: str) -> Capabilities:
     causal = (("top_left",) if "is_causal" in params else ("bottom_right",) if "causal" in params else ())
     masks = ("bool", "bias") if "attn_mask" in params else ()
     mods = tuple(key for key, names in MOD_KEYWORDS.items() if _keyword(params, *names))
-    return Capabilities(causal=causal, masks=masks, mask_with_causal=False, grad=True,
-                        gqa="enable_gqa" in params or layout == "bnhd", mods=mods)
+    fields = dict(causal=causal, masks=masks, mask_with_causal=False, grad=True,
+                  gqa="enable_gqa" in params or layout == "bnhd", mods=mods)
+    return Capabilities(**{**fields, **layout_capabilities(params)})
+
+
+def convention_of(params) -> str | None:
+    """'varlen' (flash_attn_varlen_func), 'kvcache' (flash_attn_with_kvcache) or None (one dense call)."""
+    return "varlen" if "cu_seqlens_q" in params else "kvcache" if "k_cache" in params else None
+
+
+def layout_capabilities(params) -> dict:
+    """The KV layouts (and append, gradients, GQA) an inference entry point's signature declares."""
+    convention = convention_of(params)
+    if convention == "varlen":
+        return dict(kv_layouts=("dense", "ragged"), gqa=True)
+    if convention == "kvcache":
+        return dict(kv_layouts=("dense", "paged") if _keyword(params, *PAGE_KEYWORDS) else ("dense",),
+                    kv_append="k" in params and "v" in params, grad=False, gqa=True)
+    return {}
+
+
+@functools.lru_cache(maxsize=64)
+def _int32_geometry(problem, device: str) -> dict:
+    """`problem`'s key offsets and block table as int32 tensors on `device` and its longest lengths, made once per
+    problem (the first call, which is never timed), so no timed call copies them to the device."""
+    g = kv_layouts.geometry(problem)
+    as_int32 = lambda x: None if x is None else torch.as_tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    return dict(cu_seqlens_k=as_int32(g.cu_k), block_table=as_int32(g.block_table),
+                max_seqlen_q=int(g.seq_q.max()), max_seqlen_k=int(g.seq_k.max()))
 
 
 def unbounded_side(signature: inspect.Signature):
@@ -164,6 +211,7 @@ class FunctionBackend(TorchBackend):
             self.caps = Capabilities(grad=True, empty_rows=False)
         self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")
         self.unbounded = unbounded_side(inspect.signature(self.fn))
+        self.convention = None if self.module_convention else convention_of(self.params)
 
     @property
     def description(self) -> str:
@@ -196,11 +244,63 @@ class FunctionBackend(TorchBackend):
             kwargs[self.scale_keyword] = scale
         if "enable_gqa" in self.params and k.shape[1] != q.shape[1]:
             kwargs["enable_gqa"] = True
+        if self.convention == "varlen":
+            return self._dense_as_varlen(q, k, v, kwargs)
+        if self.convention == "kvcache":
+            full = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
+            return _first(self.fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache_seqlens=full,
+                                  **kwargs)).transpose(1, 2)
         if self.layout == "bnhd":
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))                       # (B, L, H, D)
-        out = self.fn(q, k, v, **kwargs)
-        out = out[0] if isinstance(out, (tuple, list)) else out
+        out = _first(self.fn(q, k, v, **kwargs))
         return out.transpose(1, 2) if self.layout == "bnhd" else out              # (B, H, N, Dv)
+
+    def _dense_as_varlen(self, q, k, v, kwargs):
+        """q (B, H, N, D), k, v (B, Hkv, M, .) as B packed sequences of equal length -> O (B, H, N, Dv)."""
+        B, N, M = q.shape[0], q.shape[2], k.shape[2]
+        packed = [x.transpose(1, 2).reshape(B * x.shape[2], x.shape[1], x.shape[3]) for x in (q, k, v)]
+        cu = [torch.arange(B + 1, dtype=torch.int32, device=q.device) * n for n in (N, M)]
+        out = _first(self.fn(*packed, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1], max_seqlen_q=N, max_seqlen_k=M,
+                             **kwargs))
+        return out.reshape(B, N, *out.shape[1:]).transpose(1, 2)
+
+    def kv_tensors(self, inputs, problem, device: str, *, requires_grad: bool = False):
+        """`KvReader.kv_tensors`, the cache copied once where a kvcache function will write appended keys into it
+        (a float64 cache tensor shares the caller's NumPy memory)."""
+        tensors = super().kv_tensors(inputs, problem, device, requires_grad=requires_grad)
+        if self.convention == "kvcache" and problem.append:
+            q, k, v, *rest = tensors
+            tensors = (q, k.clone(), v.clone(), *rest)
+        return tensors
+
+    def attention_kv(self, problem, q, k, v, new_k, new_v, cache_seqlens, cu_q, *, causal, scale,
+                     return_lse: bool = False, mods=None):
+        """One call over the whole batch in the layout's physical tensors (`kv_torch.KvReader.attention_kv`'s
+        contract): packed ragged for varlen, the (paged) cache for kvcache."""
+        if return_lse:
+            raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
+        kwargs = mod_kwargs(mods, self.params, self.unbounded)
+        if causal is not None:
+            kwargs["causal"] = True
+        if scale is not None:
+            kwargs[self.scale_keyword] = scale
+        g = _int32_geometry(problem, str(q.device))
+        if self.convention == "varlen":
+            return _first(self.fn(q, k, v, cu_seqlens_q=cu_q.to(torch.int32), cu_seqlens_k=g["cu_seqlens_k"],
+                                  max_seqlen_q=g["max_seqlen_q"], max_seqlen_k=g["max_seqlen_k"], **kwargs))
+        if g["block_table"] is not None:
+            kwargs[_keyword(self.params, *PAGE_KEYWORDS)] = g["block_table"]
+        else:
+            k, v = k.transpose(1, 2), v.transpose(1, 2)                          # dense cache (B, M, Hkv, .)
+        if new_k is not None:                       # into the copy `kv_tensors` made: the function writes in place
+            kwargs.update(k=new_k, v=new_v)
+        out = self.fn(q.transpose(1, 2), k, v, cache_seqlens=cache_seqlens.to(torch.int32), **kwargs)
+        return _first(out).transpose(1, 2)                                        # (B, H, N, Dv)
+
+
+def _first(out):
+    """The output of a function that may return a tuple (FlashAttention's (O, lse, ...))."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def function_backend(name: str) -> FunctionBackend:

@@ -95,3 +95,25 @@ def test_flashattention_keywords_carry_the_modifications_a_function_declares():
     assert set(fa4.capabilities("cpu").mods) == {"window", "softcap", "sinks"}
     assert evaluate(fa4, Problem.parse("B=1,H=2,N=40,M=50,D=16,dtype=bfloat16,window=6:-1")).passed
     assert "ALiBi before softcap" in good.why_not(Problem.parse("B=1,H=2,N=8,D=16,alibi=head,softcap=5"))
+
+
+@pytest.mark.parametrize("good, bad, spec", [
+    ("flash_varlen_style", "flash_varlen_keys_at_query_offsets",
+     "B=4,H=4,Hkv=2,N=37,M=61,D=16,dtype=float16,kv=ragged,causal=bottom_right"),
+    ("flash_kvcache_style", "flash_kvcache_pages_in_order",
+     "B=4,H=4,Hkv=2,N=3,M=100,D=16,dtype=float64,kv=paged:16,append=2,causal=bottom_right"),
+])
+def test_flashattention_varlen_and_kvcache_signatures_read_their_layouts_natively(good, bad, spec):
+    """flash_attn_varlen_func's cu_seqlens_q= and flash_attn_with_kvcache's k_cache= declare the KV layouts they
+    read: a right function passes its layout in one call (the varlen one backward too; the kvcache one writes the
+    appended keys into the cache it is given, which must not be the caller's: float64 shares its memory), and one
+    that reads keys at the wrong offsets or pages in storage order fails."""
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    problem = Problem.parse(spec)
+    right = get_backend(f"tests.plugins.functions:{good}")
+    assert right.capabilities("cpu").reads_kv(problem) and right.convention in ("varlen", "kvcache")
+    result = evaluate(right, problem, backward=right.convention == "varlen")
+    assert result.passed, result.message()
+    assert evaluate(get_backend(f"tests.plugins.functions:{bad}"), problem).passed is False

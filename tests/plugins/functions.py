@@ -82,3 +82,55 @@ def flash4_style(q, k, v, softmax_scale=None, causal=False, window_size=(None, N
         raise ValueError(f"window_size sides must be None or >= 0, got {window_size}")
     sides = tuple(-1 if side is None else side for side in window_size)
     return flash_style(q, k, v, softmax_scale, causal, sides, softcap, None, learnable_sink)
+
+
+def flash_varlen_style(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                       softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+    """flash_attn_varlen_func's signature: q (total_q, H, D), k, v (total_k, Hkv, .) packed by cu_seqlens; each
+    sequence through flash_style (its own bottom-right alignment), ALiBi slopes (H,) or (B, H)."""
+    outs = []
+    for b in range(len(cu_seqlens_q) - 1):
+        qs, ks = (slice(int(cu[b]), int(cu[b + 1])) for cu in (cu_seqlens_q, cu_seqlens_k))
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.ndim == 1 else alibi_slopes[b:b + 1]
+        outs.append(flash_style(q[None, qs], k[None, ks], v[None, ks], softmax_scale, causal, window_size, softcap,
+                                slopes)[0])
+    return torch.cat(outs)
+
+
+def flash_varlen_keys_at_query_offsets(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                       dropout_p=0.0, softmax_scale=None, causal=False):
+    """flash_varlen_style reading each sequence's keys at its query offsets (a bug only N_b != M_b shows)."""
+    return flash_varlen_style(q, k, v, cu_seqlens_q, cu_seqlens_q + (cu_seqlens_k - cu_seqlens_q).clamp(max=0),
+                              max_seqlen_q, max_seqlen_k, softmax_scale=softmax_scale, causal=causal)
+
+
+def flash_kvcache_style(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, block_table=None,
+                        softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+    """flash_attn_with_kvcache's signature: q (B, N, H, D) against a cache (B, M, Hkv, D) or pages (P, page, Hkv, D)
+    through block_table; new keys k, v (B, K, Hkv, D) written into the cache in place at cache_seqlens first."""
+    outs = []
+    for b in range(q.shape[0]):
+        held = int(cache_seqlens[b])
+        slots = torch.arange(held + (0 if k is None else k.shape[1]))
+        if block_table is None:
+            where = (torch.full_like(slots, b), slots)
+        else:
+            page = k_cache.shape[1]
+            where = (block_table[b, slots // page].long(), slots % page)
+        if k is not None:
+            k_cache[where[0][held:], where[1][held:]] = k[b]
+            v_cache[where[0][held:], where[1][held:]] = v[b]
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.ndim == 1 else alibi_slopes[b:b + 1]
+        outs.append(flash_style(q[b:b + 1], k_cache[where][None], v_cache[where][None], softmax_scale, causal,
+                                window_size, softcap, slopes))
+    return torch.cat(outs)
+
+
+def flash_kvcache_pages_in_order(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, block_table=None,
+                                 softmax_scale=None, causal=False):
+    """flash_kvcache_style reading pages 0, 1, 2, ... instead of through the block table."""
+    if block_table is not None:
+        pages = block_table.shape[1]
+        block_table = torch.arange(block_table.shape[0] * pages, dtype=block_table.dtype).reshape(-1, pages)
+        block_table = block_table % k_cache.shape[0]
+    return flash_kvcache_style(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_scale, causal)
