@@ -127,3 +127,15 @@ def test_causal_stays_a_problem_field_in_the_spec():
         Problem(N=5, mods=(Causal("top_left"),))
     with pytest.raises(AttentionInputError, match="at most once"):
         reference.sdpa(*(np.zeros((1, 1, 2, 2)),) * 3, causal="top_left", mods=(Causal("bottom_right"),))
+
+
+def test_a_nan_query_reaches_its_row_only_through_visible_keys():
+    """Hidden pairs are replaced by -inf, not added -inf (as a window, as FlashAttention masks): with N > M
+    bottom-right, a NaN query in a row that sees no key gives O = 0 and lse = -inf; one that sees keys gives NaN."""
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((1, 1, 5, 4)), rng.standard_normal((1, 1, 3, 4)), rng.standard_normal((1, 1, 3, 4))
+    q[0, 0, 0, 0] = q[0, 0, 4, 1] = np.nan                      # row 0 sees no key, row 4 sees all three
+    for out, lse in (reference.sdpa(q, k, v, causal="bottom_right", return_lse=True),
+                     reference.sdpa_rows(q, k, v, np.arange(5), causal="bottom_right")):
+        assert not out[0, 0, 0].any() and np.isneginf(lse[0, 0, 0])
+        assert np.isnan(out[0, 0, 4]).all() and np.isfinite(out[0, 0, 1:4]).all()

@@ -18,6 +18,11 @@ only as this modification (`Problem.reference_mods`: `Causal(align)` first, then
 pair counts, tile skipping and the row sampling ask it the same questions as a window. It is not in `MODS` (the
 spec keeps `causal=` a field).
 
+A hidden pair's score is replaced by -inf (`mods.apply`, as for a window and as FlashAttention masks), not -inf
+added to it: a NaN score there no longer reaches its row. Only a row that sees no key and holds a NaN query
+differs from the hand-threaded bias this replaced (O = 0 now, NaN then, NaN + -inf); every other row, NaN and
+-inf included, is the same to the bit.
+
 KV layouts (`reference/layouts/`) accept bottom_right only: FlashAttention's varlen and kvcache align causal
 bottom-right in each sequence with its own N_b, M_b, and the logical dense view right-aligns every sequence, so
 i + M - N - j there equals i_b + M_b - N_b - j_b: this one rule on the view is each sequence's own rule.
