@@ -32,8 +32,8 @@ def row_stats(q, k, v, lse, rows, *, mask, scale: float, mods=(), block_m: int =
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
     (P = exp(S - lse)); mask broadcastable to (B, H, N, M) or None; mods: bound modifications, causal among them
-    (`Inputs.reference_mods`); tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`). Scores
-    and their magnitude T come from the reference's block function.
+    (`Inputs.reference_mods`); tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`).
+    Scores and their magnitude T come from the reference's block function.
 
     A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
     raises the score error from LAMBDA u (sqrt(D) + 2) T to at most LAMBDA u (sqrt(D) + 2 + extra) T: T is

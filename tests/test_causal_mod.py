@@ -119,7 +119,8 @@ def test_causal_stays_a_problem_field_in_the_spec():
     assert p.causal == "bottom_right" and p.mods == (Window(3, 0),) and "causal" not in MODS
     assert p.spec() == "B=1,H=2,N=5,D=8,Hkv=2,M=9,Dv=8,dtype=float32,causal=bottom_right,window=3:0"
     assert Problem.parse(p.spec()) == p
-    assert p.reference_mods == (Causal("bottom_right"), Window(3, 0)) and p.replace(causal=None).reference_mods == p.mods
+    assert p.reference_mods == (Causal("bottom_right"), Window(3, 0))
+    assert p.replace(causal=None).reference_mods == p.mods
     assert Causal("top_left").label() == "causal=top_left" and Causal.parse("bottom_right") == Causal("bottom_right")
     with pytest.raises(AttentionInputError, match="causal"):
         Causal("lower_right")

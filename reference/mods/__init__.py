@@ -10,8 +10,8 @@
 
 `MODS` maps a spec key to its class, found by looking through this package's modules: adding a modification is
 its module (a `Modification` subclass with a `key`), nothing here. Causal is left out of `MODS`: the spec keeps
-`causal=top_left|bottom_right` as the problem's field, as every backend API keeps causal a flag of its own. The reference's block function
-(`attnbench.reference.block`) is the only place scores meet them.
+`causal=top_left|bottom_right` as the problem's field, as every backend API keeps causal a flag of its own. The
+reference's block function (`attnbench.reference.block`) is the only place scores meet them.
 """
 from __future__ import annotations
 
