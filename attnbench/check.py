@@ -32,12 +32,11 @@ from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
 from attnbench.reference import layouts as kv_layouts
+from attnbench.reference.mods.base import TILE_MAX, TILE_STEP, tile_edges as _tile_edges  # noqa: F401
 from attnbench.row_bound import RowStats, backward_row_scales, condition_one, min_normal, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
-# Tile sizes a kernel might use: both sides of every multiple of 16 through 256 are sampled.
-TILE_STEP, TILE_MAX = 16, 256
 RANDOM_ROWS = 16
 
 
@@ -78,17 +77,6 @@ def _judged(backend, problem: Problem, device: str, verdicts: list[Verdict], sam
     return Verdicts(judged, sample, notes)
 
 
-def _tile_edges(length: int) -> set[int]:
-    """Both sides of every tile boundary: multiples of 16 through 256 and the start of each size's last tile."""
-    edges = set()
-    for t in range(TILE_STEP, TILE_MAX + 1, TILE_STEP):
-        edges |= {t - 1, t}
-    for t in (16, 32, 64, 128, 256):
-        last = (length - 1) // t * t                                          # first index of the last tile
-        edges |= {last - 1, last, last + 1}
-    return edges
-
-
 def one_per_tile(length: int, rng: np.random.Generator) -> set[int]:
     """One random index in every TILE_STEP-long tile of 0..length: every tile of every size 16..256 holds one.
 
@@ -126,23 +114,18 @@ def _per_sequence_tiles(spans: set[tuple[int, int]], rng: np.random.Generator) -
 
 
 def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0) -> np.ndarray:
-    """Query rows where bugs hide: first and last, both sides of every tile boundary a kernel might use (in N,
-    and the rows whose last visible key sits on a key-tile boundary under causal), around the causal diagonal
-    and the first query that sees a key under bottom_right, fully masked rows, one row in every 16-row tile
-    (`one_per_tile`), and RANDOM_ROWS random rows."""
+    """Query rows where bugs hide: first and last, both sides of every tile boundary a kernel might use (in N),
+    fully masked rows, where each modification's edges fall (`query_rows`; causal: the rows whose last visible key
+    sits on a key-tile boundary, around the diagonal and the first query that sees a key under bottom_right), each
+    sequence's first rows, one row in every 16-row tile (`one_per_tile`), and RANDOM_ROWS random rows."""
     N, M = problem.N, problem.M
     rows = {0, 1, N - 2, N - 1} | _tile_edges(N) | one_per_tile(N, np.random.default_rng(seed + 7))
-    if problem.causal is not None:
-        offset = reference.causal_offset(problem.causal, N, M)
-        rows |= {j - offset + d for j in _tile_edges(M) for d in (-1, 0)}   # last visible key j on a tile edge
-        first_seeing = max(0, -offset)                                       # bottom_right with N > M: N - M
-        rows |= {first_seeing + d for d in (-1, 0, 1)} | {M - 1 - offset + d for d in (-1, 0, 1)}
     if inputs is not None and inputs.mask is not None and np.shape(inputs.mask)[-2] == N:
         mask = np.asarray(inputs.mask)
         empty = ~np.any(mask, axis=-1) if mask.dtype == np.bool_ else np.all(np.isneginf(mask), axis=-1)
         rows |= set(np.flatnonzero(empty.reshape(-1, N).any(axis=0))[:8].tolist())
-    for mod in problem.mods:                                                  # where each modification's edges fall
-        rows |= mod.query_rows(problem)
+    for mod in problem.reference_mods:                                        # where each one's edges fall (causal:
+        rows |= mod.query_rows(problem)                                       # its diagonal, `mods.causal`)
     rows |= kv_layouts.query_rows(problem)                                    # each sequence's first rows
     rows |= _per_sequence_tiles(sequence_spans(problem, "query"), np.random.default_rng(seed + 11))
     rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
@@ -150,14 +133,12 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
 
 
 def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
-    """Key rows for dK, dV: first and last, both sides of every key-tile boundary, the keys on the causal
-    diagonal of the first and last query, one key in every 16-key tile, and RANDOM_ROWS random keys."""
-    N, M = problem.N, problem.M
+    """Key rows for dK, dV: first and last, both sides of every key-tile boundary, where each modification's edges
+    fall (`key_rows`; causal: the keys on the diagonal of the first and last query), sequence and page edges, one
+    key in every 16-key tile, and RANDOM_ROWS random keys."""
+    M = problem.M
     keys = {0, 1, M - 2, M - 1} | _tile_edges(M) | one_per_tile(M, np.random.default_rng(seed + 7))
-    if problem.causal is not None:
-        offset = reference.causal_offset(problem.causal, N, M)
-        keys |= {offset + d for d in (-1, 0, 1)} | {N - 1 + offset + d for d in (-1, 0, 1)}
-    for mod in problem.mods:
+    for mod in problem.reference_mods:
         keys |= mod.key_rows(problem)
     keys |= kv_layouts.key_rows(problem)                                      # sequence, page and append edges
     keys |= _per_sequence_tiles(sequence_spans(problem, "key"), np.random.default_rng(seed + 11))
@@ -201,8 +182,23 @@ def repro_command(backend_name: str, problem: Problem, device: str = "cpu", *, b
 
 
 def reference_bias(inputs: Inputs, problem: Problem):
-    """The float64 additive bias (mask and causal folded) the reference uses, broadcastable to (B, H, N, M)."""
-    return reference.mask_to_bias(inputs.mask, problem.causal, problem.N, problem.M)
+    """The float64 additive bias the reference uses, broadcastable to (B, H, N, M): the mask, and -inf wherever a
+    masking modification (causal, a window, a document boundary, ...) hides the key. Forms (N, M): full checks."""
+    from attnbench.reference import mods as modifications
+    from attnbench.reference.block import bias_rows, block_of
+
+    p = problem
+    rows, cols = np.arange(p.N), np.arange(p.M)
+    bias = bias_rows(inputs.mask, rows, cols)
+    keep = modifications.visible(inputs.reference_mods(p), block_of(rows, cols, p.N, p.M, p.H, p.Hkv))
+    if keep is None:
+        return bias
+    keep = np.asarray(keep)
+    if keep.ndim == 5:                                 # grouped (B|1, Hkv|1, G|1, N, M) -> (B|1, H|1, N, M)
+        if keep.shape[1] * keep.shape[2] not in (1, p.H):
+            keep = np.broadcast_to(keep, (keep.shape[0], p.Hkv, p.H // p.Hkv, p.N, p.M))
+        keep = keep.reshape(keep.shape[0], keep.shape[1] * keep.shape[2], p.N, p.M)
+    return np.where(keep, bias, -np.inf)
 
 
 def _with_modifications(score_max: float, inputs: Inputs, problem: Problem) -> float:
@@ -251,9 +247,8 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     p = problem
     qr = _indices(rows.query, p.N)
     out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
-    stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, causal=p.causal,
-                      scale=_effective_scale(p), mods=inputs.mods, tiny=FLUSH_THRESHOLD[p.dtype],
-                      min_normal=min_normal(p.dtype))
+    stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, scale=_effective_scale(p),
+                      mods=inputs.reference_mods(p), tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype))
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)
@@ -370,8 +365,7 @@ def sink_grad_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     _, lse = reference.sdpa(inputs.q, inputs.k, inputs.v, return_lse=True, **inputs.reference_kwargs(p))
     logits = np.asarray(next(m for m in inputs.mods if m.key == "sinks").logits, dtype=np.float64)   # (H,)
     t, visible = magnitude(group_queries(inputs.q, p.Hkv), inputs.k, np.arange(p.N), np.arange(p.M),
-                           mask=inputs.mask, causal=p.causal, mods=inputs.mods, N=p.N, M=p.M,
-                           scale=_effective_scale(p))
+                           mask=inputs.mask, mods=inputs.reference_mods(p), N=p.N, M=p.M, scale=_effective_scale(p))
     roundings = np.sqrt(p.D) + 2 + modifications.extra_roundings(inputs.mods)
     size = ungroup(roundings * np.max(np.where(visible, t, 0.0), axis=-1, initial=0.0))      # (B, H, N)
     p_sink = np.exp(logits[None, :, None] - lse)
@@ -385,8 +379,8 @@ def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     a declared precision holds its backward there too, not only at the full-check sizes."""
     p = problem
     per_gradient, score_max = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
-                                                  mask=inputs.mask, causal=p.causal, scale=_effective_scale(p),
-                                                  dtype=p.dtype, mods=inputs.mods)
+                                                  mask=inputs.mask, scale=_effective_scale(p), dtype=p.dtype,
+                                                  mods=inputs.reference_mods(p))
     return tuple(GradientScale(terms, rms, count, operand, finite_max(e), stored, score_max)
                  for (terms, rms, count, operand, stored), e in zip(per_gradient, expected))
 

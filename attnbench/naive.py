@@ -31,7 +31,7 @@ def _tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
 
 def _grouped_bias(bias: np.ndarray | float, Hkv: int, G: int, dtype: str) -> torch.Tensor | None:
     """A float64 bias (b, h, R, M), h in {1, H}, as a (b, Hkv|1, G|1, R, M) tensor in `dtype` (exact: the
-    bias is dtype-representable by construction, 0 or -inf for bool masks and causal)."""
+    bias is dtype-representable by construction, 0 or -inf for bool masks; causal is a modification)."""
     if np.ndim(bias) == 0:
         return None
     b = np.asarray(bias)
@@ -93,9 +93,9 @@ def _operands(inputs, problem, rows: np.ndarray, *, requires_grad: bool = False)
     p = problem
     G = p.H // p.Hkv
     q = _tensor(inputs.q[:, :, rows], p.dtype).reshape(p.B, p.Hkv, G, len(rows), p.D)
-    bias = _grouped_bias(bias_rows(inputs.mask, p.causal, rows, np.arange(p.M), p.N, p.M), p.Hkv, G, p.dtype)
+    bias = _grouped_bias(bias_rows(inputs.mask, rows, np.arange(p.M)), p.Hkv, G, p.dtype)
     scale = p.D ** -0.5 if p.scale is None else p.scale
-    mods = dict(mods=inputs.mods, block=block_of(rows, np.arange(p.M), p.N, p.M, p.H, p.Hkv))
+    mods = dict(mods=inputs.reference_mods(p), block=block_of(rows, np.arange(p.M), p.N, p.M, p.H, p.Hkv))
     return q.requires_grad_(requires_grad), bias, scale, mods
 
 

@@ -127,6 +127,9 @@ class Problem:
                 object.__setattr__(self, name, default)
         object.__setattr__(self, "causal", normalize_causal(self.causal))
         object.__setattr__(self, "mods", modifications.check(self.mods))
+        if any(isinstance(m, modifications.Causal) for m in self.mods):
+            raise AttentionInputError("Problem: causal is a field of its own (causal=\"top_left\" or "
+                                      "\"bottom_right\"), not one of mods")
         sizes = {k: getattr(self, k) for k in ("B", "H", "Hkv", "N", "M", "D", "Dv")}
         bad = {k: v for k, v in sizes.items() if not isinstance(v, (int, np.integer)) or v < 1}
         if bad:
@@ -150,6 +153,13 @@ class Problem:
             reason = mod.check(self)
             if reason:
                 raise AttentionInputError(f"Problem: {mod.label()}: {reason}")
+
+    @property
+    def reference_mods(self) -> tuple:
+        """What the reference side computes: `Causal(self.causal)` first where causal is set, then `mods`
+        (`mods.with_causal`). Backends keep reading `causal` (every backend API has it as a flag of its own); the
+        reference, pair counts, tile skipping and row sampling read it only here, as one more modification."""
+        return modifications.with_causal(self.causal, self.mods)
 
     def mod(self, key: str):
         """The modification named `key` ("window", ...) in this problem, or None."""
@@ -248,9 +258,13 @@ class Inputs:
     # the reference reads: zeros and a mask outside each sequence); a backend that reads the layout reads `kv`.
     kv: object | None = None
 
+    def reference_mods(self, problem: Problem) -> tuple:
+        """The bound modifications with the problem's causal first (`Problem.reference_mods`, bound)."""
+        return modifications.with_causal(problem.causal, self.mods)
+
     def reference_kwargs(self, problem: Problem) -> dict:
-        """Keyword arguments for `attnbench.reference.sdpa` on these inputs."""
-        return dict(mask=self.mask, causal=problem.causal, scale=problem.scale, mods=self.mods)
+        """Keyword arguments for `attnbench.reference.sdpa` on these inputs (causal inside `mods`)."""
+        return dict(mask=self.mask, scale=problem.scale, mods=self.reference_mods(problem))
 
 
 def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:

@@ -41,15 +41,12 @@ def has_empty_rows(p: Problem) -> bool:
 
 
 def _empty_rows(p: Problem, N: int, M: int) -> bool:
-    """has_empty_rows for N queries against M keys under p's causal alignment and modifications."""
-    if p.causal == "bottom_right" and N > M:
-        return True
-    from attnbench.reference import causal_offset
+    """has_empty_rows for N queries against M keys under p's masking modifications, causal among them (bottom_right
+    with N > M: the first N - M rows see no key)."""
     from attnbench.reference.mods import visible_range
 
     for i in (0, N - 1):
-        first, last = visible_range(p.mods, i, i, N, M)
-        last = last if p.causal is None else min(last, i + causal_offset(p.causal, N, M))
+        first, last = visible_range(p.reference_mods, i, i, N, M)
         if first > last:
             return True
     return False

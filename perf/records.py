@@ -51,7 +51,7 @@ def flops(problem: Problem, pass_: str) -> int:
     """Matmul FLOPs of the pass, counting only the pairs a query may attend (causal, windows), each sequence of
     a ragged or paged batch at its own lengths."""
     p = problem
-    return sum(attention_flops(1, p.H, n, m, p.D, p.Dv, causal=p.causal, pass_=pass_, mods=p.mods)
+    return sum(attention_flops(1, p.H, n, m, p.D, p.Dv, pass_=pass_, mods=p.reference_mods)
                for n, m in sequences(p))
 
 

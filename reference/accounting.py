@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import AttentionInputError, normalize_causal
+from ._checks import AttentionInputError
 
 PASSES = ("fwd", "bwd", "fwd+bwd")
 
@@ -27,17 +27,16 @@ def attention_pattern_size(n: int, m: int | None = None, *, batch: int = 1, head
 
 
 def attended_pairs(n: int, m: int, causal=None, mods=()) -> int:
-    """Number of (query, key) pairs a query may attend: N*M, or the exact count under causal and the masking
-    modifications (a window of W keys behind over N queries: about N (W + 1), not N^2), in O(N)."""
-    from .mods import visible_range
+    """Number of (query, key) pairs a query may attend: N*M, or the exact count under the masking modifications,
+    causal among them (`mods.with_causal`; a window of W keys behind over N queries: about N (W + 1), not N^2),
+    in O(N)."""
+    from .mods import visible_range, with_causal
 
-    alignment = normalize_causal(causal)
-    if alignment is None and not mods:
+    mods = with_causal(causal, mods)
+    if not mods:
         return int(n) * int(m)
     rows = np.arange(n, dtype=np.int64)
     first, last = visible_range(mods, rows, rows, n, m)                      # per row, inclusive
-    if alignment is not None:
-        last = np.minimum(last, rows + (0 if alignment == "top_left" else m - n))
     return int(np.clip(np.asarray(last) - np.asarray(first) + 1, 0, m).sum())
 
 

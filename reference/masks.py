@@ -1,15 +1,10 @@
-"""Causal masks: a query may not look at keys that come after it.
+"""Causal masks as arrays, for callers that want the whole (N, M) grid: a query may not look at keys after it.
 
-`causal_mask(n, m, alignment)` is a bool (N, M) grid, True where query i may attend key j.
+The rule and its two alignments live in one place, the `Causal` modification (`mods/causal.py`, conventions cited
+there); these are its views as a bool grid, an additive bias and the offset backends share:
 
-    top_left      j <= i            the diagonal starts at the top-left corner;
-                                    torch's `is_causal=True`. With N > M the last
-                                    queries see every key; with N < M the last keys
-                                    are never seen.
-    bottom_right  j <= i + (M - N)  the diagonal ends at the bottom-right corner:
-                                    the N queries are the *last* N positions of a
-                                    length-M sequence (decoding with a KV cache).
-                                    With N > M the first N - M queries see no key.
+    top_left      j <= i            torch's `is_causal=True` (torch.tril)
+    bottom_right  j <= i + (M - N)  FlashAttention's causal: the N queries are the last N of M positions
 
 For N == M both are the ordinary lower-triangular mask.
 """
@@ -18,21 +13,23 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import AttentionInputError, normalize_causal
+from .mods.base import Block
+from .mods.causal import Causal, offset
 
 
 def causal_offset(alignment, n: int, m: int) -> int:
-    """Key j is visible from query i when j <= i + offset: 0 for top_left, M - N for bottom_right.
+    """Key j is visible from query i when j <= i + offset: 0 for top_left (and no causal), M - N for bottom_right.
 
     The one definition every backend and the reference share (`attnbench.implementations.masks` re-exports it).
     """
-    return m - n if normalize_causal(alignment) == "bottom_right" else 0
+    return offset(normalize_causal(alignment), n, m)
 
 
 def causal_mask(n: int, m: int, alignment: str = "top_left") -> np.ndarray:
     """Bool (N, M): True where query i may attend key j under `alignment`."""
     if n < 1 or m < 1:
         raise AttentionInputError(f"causal_mask: n and m must be >= 1, got n={n}, m={m}")
-    return np.arange(m)[None, :] <= np.arange(n)[:, None] + causal_offset(alignment, n, m)
+    return Causal.parse(alignment).keep(Block(np.arange(n), np.arange(m), n, m, 1, 1))
 
 
 def mask_to_bias(mask, causal, n: int, m: int) -> np.ndarray | float:

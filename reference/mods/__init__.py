@@ -4,29 +4,35 @@
     Softcap(cap)          cap · tanh(s / cap) on the scaled scores (softcap.py)
     Alibi(per)            -slope_h |i + M - N - j| (alibi.py)
     Sinks()               a per-head logit in every row's denominator (sinks.py)
+    Document(count), PrefixLM(length)   packed documents, a bidirectional prefix (document.py, prefix_lm.py)
+    Causal(align)         top_left (torch) or bottom_right (FlashAttention) causal (causal.py); a problem's own
+                          field (`Problem.causal`), joined to the others by `with_causal` for the reference side
 
 `MODS` maps a spec key to its class, found by looking through this package's modules: adding a modification is
-its module (a `Modification` subclass with a `key`), nothing here. The reference's block function
-(`attnbench.reference.block`) is the only place scores meet them.
+its module (a `Modification` subclass with a `key`), nothing here. Causal is left out of `MODS`: the spec keeps
+`causal=top_left|bottom_right` as the problem's field, as every backend API keeps causal a flag of its own. The
+reference's block function (`attnbench.reference.block`) is the only place scores meet them.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from attnbench.reference._checks import AttentionInputError
+from attnbench.reference._checks import AttentionInputError, normalize_causal
 from attnbench.reference._discover import subclasses_by_key
 
 from .alibi import Alibi
 from .base import Block, Modification, edges
+from .causal import Causal
 from .sinks import Sinks
 from .softcap import Softcap
 from .window import Window
 
 
-MODS: dict[str, type[Modification]] = subclasses_by_key(__name__, __path__, Modification)
+MODS: dict[str, type[Modification]] = {key: cls for key, cls in
+                                       subclasses_by_key(__name__, __path__, Modification).items() if cls is not Causal}
 
-__all__ = ["MODS", "Alibi", "Block", "Modification", "Sinks", "Softcap", "Window", "apply", "edges",
-           "magnitude", "parse", "sink_logits", "visible_range"]
+__all__ = ["MODS", "Alibi", "Block", "Causal", "Modification", "Sinks", "Softcap", "Window", "apply", "edges",
+           "magnitude", "parse", "sink_logits", "visible_range", "with_causal"]
 
 
 def parse(key: str, raw: str) -> Modification:
@@ -44,6 +50,13 @@ def check(mods) -> tuple[Modification, ...]:
     if len(set(keys)) != len(keys):
         raise AttentionInputError(f"mods: each modification at most once, got {', '.join(keys)}")
     return mods
+
+
+def with_causal(causal, mods) -> tuple[Modification, ...]:
+    """The modifications the reference computes: `Causal(alignment)` first where `causal` names one (None, False,
+    True = "top_left", "top_left", "bottom_right"), then `mods`. Masks intersect, so the place is immaterial."""
+    alignment = normalize_causal(causal)
+    return tuple(mods or ()) if alignment is None else (Causal(alignment), *(mods or ()))
 
 
 def apply(s, mods, block: Block, xp=np, *, with_grad: bool = False):

@@ -116,3 +116,18 @@ class Modification:
 def edges(*points: int, spread: int = 1) -> set[int]:
     """Each point and its neighbours within `spread`: both sides of an edge."""
     return {p + d for p in points for d in range(-spread, spread + 1)}
+
+
+# Tile sizes a kernel might use: both sides of every multiple of 16 through 256 are sampled (`attnbench.check`).
+TILE_STEP, TILE_MAX = 16, 256
+
+
+def tile_edges(length: int) -> set[int]:
+    """Both sides of every tile boundary: multiples of 16 through 256 and the start of each size's last tile."""
+    out = set()
+    for t in range(TILE_STEP, TILE_MAX + 1, TILE_STEP):
+        out |= {t - 1, t}
+    for t in (16, 32, 64, 128, 256):
+        last = (length - 1) // t * t                                          # first index of the last tile
+        out |= {last - 1, last, last + 1}
+    return out
