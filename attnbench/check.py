@@ -493,17 +493,22 @@ def _same_bits(a, b) -> bool:
 
 def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]:
     """Inputs written by the call: the float64 arrays handed to `prepare` (a float64 tensor may share their
-    memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs."""
+    memory) and, where the prepared callable exposes them, its converted inputs (`run.native_inputs`: q, k, v;
+    `run.native_kv`: {name: tensor} of a layout's storage it read natively, named as `Storage.ARRAYS`)."""
     problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
                 if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
     if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
         problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
-                     if not _same_bits(getattr(inputs.kv, n), x)]
-    for n, native in zip(("q", "k", "v"), getattr(run, "native_inputs", ())):
+                     if not _same_bits(getattr(inputs.kv, n), x) and f"input {n} was modified by the call"
+                     not in problems]
+    converted = list(zip(("q", "k", "v"), getattr(run, "native_inputs", ()), (pristine.q, pristine.k, pristine.v)))
+    if pristine.kv is not None:                 # a layout read natively: its converted storage (packed q, pages)
+        stored = pristine.kv.arrays()
+        converted += [(n, native, stored[n]) for n, native in getattr(run, "native_kv", {}).items() if n in stored]
+    for n, native, before in converted:
         if f"input {n} was modified by the call" not in problems:
             values = backend.to_numpy(native)
-            if not (values.shape == getattr(pristine, n).shape
-                    and np.array_equal(values, getattr(pristine, n), equal_nan=True)):
+            if not (values.shape == before.shape and np.array_equal(values, before, equal_nan=True)):
                 problems.append(f"input {n} was modified by the call (the backend's converted copy)")
     return problems
 

@@ -220,3 +220,30 @@ def test_row_samples_cover_every_tile_of_each_sequence_in_its_own_coordinates():
                     assert chosen & set(range(start + tile, start + min(tile + 16, length))), (p.kv, side, start,
                                                                                                tile)
     assert not sequence_spans(Problem(B=2, H=2, N=64, M=64, D=16), "key")
+
+
+def _blockwise_writing(name: str):
+    """torch_blockwise (it reads every KV layout natively) with its converted `name` (q, or the cache k) used as
+    a scratch buffer after the work: the right output, the caller's storage changed."""
+    from attnbench.implementations import get_backend
+
+    class Writes(type(get_backend("torch_blockwise"))):
+        def attention_kv(self, problem, q, k, v, *args, **kwargs):
+            out = super().attention_kv(problem, q, k, v, *args, **kwargs)
+            with torch.no_grad():
+                {"q": q, "k": k}[name].mul_(2.0)
+            return out
+
+    return Writes()
+
+
+@pytest.mark.parametrize("kv", ["ragged", "paged:16", "paged:16,append=2"])
+@pytest.mark.parametrize("name", ["q", "k"])
+def test_writing_into_an_input_breaks_the_contract_in_every_layout_and_dtype(kv, name):
+    # The class `_WritesQ` stands for, on the path that reads the layout's storage: in float32 and float16 the
+    # kernel writes the converted copy only, which the check must see as it does for a dense problem.
+    causal = ",causal=bottom_right" if kv.startswith("paged") else ""
+    for dtype in ("float64", "float32", "float16"):
+        p = Problem.parse(f"B=3,H=2,N=5,M=40,D=8,dtype={dtype},kv={kv}{causal}")
+        verdicts = check_forward(_blockwise_writing(name), p)
+        assert not verdicts[0].passed and f"input {name} was modified" in verdicts[0].reason, (kv, dtype)
