@@ -590,12 +590,31 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
     grad_out = make_grad_out(problem)                   # logical (B, H, N, Dv): the reference's
-    run = backend.prepare_backward(inputs, problem, grad_out_for(problem), device=device)   # shaped like O
+    given = grad_out_for(problem)                       # shaped like O
+    run = backend.prepare_backward(inputs, problem, given, device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
-    return _judge_backward(backend, problem, actual, ref, sample, device,
-                           broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
+    broken = inputs_contract(backend, run, inputs, pristine) + grad_out_contract(backend, run, problem, given)
+    return _judge_backward(backend, problem, actual, ref, sample, device, broken=broken, physical=_physical(run))
+
+
+def grad_out_contract(backend, run, problem: Problem, given: np.ndarray) -> list[str]:
+    """dO written by the backward call, an input of it as q, k and v are: the array `given` to `prepare_backward`
+    (a float64 tensor may share its memory) and, where the prepared callable exposes it (`run.native_grad_out`),
+    its converted copy (through pad-and-mask, the padded dense view of `given`)."""
+    pristine = grad_out_for(problem)                    # deterministic: what `given` held before the call
+    if not _same_bits(given, pristine):
+        return ["input dO was modified by the call"]
+    native = getattr(run, "native_grad_out", None)
+    if native is None:
+        return []
+    values = backend.to_numpy(native)
+    if values.shape != pristine.shape and kv_layouts.needs_storage(problem):
+        pristine = kv_layouts.to_logical(problem, "out", pristine)
+    if values.shape == pristine.shape and np.array_equal(values, pristine, equal_nan=True):
+        return []
+    return ["input dO was modified by the call (the backend's converted copy)"]
 
 
 def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,

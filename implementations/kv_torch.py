@@ -112,7 +112,7 @@ class KvReader:
         def run():
             out = self.attention_kv(problem, *tensors, causal=problem.causal, scale=problem.scale, mods=mods)
             return torch.autograd.grad(out, leaves, g)
-        run.native_kv = native_kv(tensors)
+        run.native_kv, run.native_grad_out = native_kv(tensors), g
         return run
 
 

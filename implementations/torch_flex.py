@@ -219,7 +219,7 @@ class TorchFlex(TorchBackend):
 
         def run():
             return torch.autograd.grad(call(False), call.leaves, g)
-        run.native_kv = call.native_kv
+        run.native_kv, run.native_grad_out = call.native_kv, g
         return run
 
     def kv_call(self, inputs, problem, device, *, requires_grad=False):

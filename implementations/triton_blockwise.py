@@ -1157,7 +1157,7 @@ class TritonBlockwise(TorchBackend):
             o, _ = TritonAttention.apply(q, k, v, problem.causal, problem.scale, self.forced_configs, mods, splits,
                                          kv)
             return torch.autograd.grad(o, (q, k, v), g)
-        run.native_kv = native_kv((q, k, v, kv.k_new, kv.v_new))
+        run.native_kv, run.native_grad_out = native_kv((q, k, v, kv.k_new, kv.v_new)), g
         return run
 
     def _kv_inputs(self, inputs, problem, device: str, *, requires_grad: bool = False):

@@ -247,3 +247,49 @@ def test_writing_into_an_input_breaks_the_contract_in_every_layout_and_dtype(kv,
         p = Problem.parse(f"B=3,H=2,N=5,M=40,D=8,dtype={dtype},kv={kv}{causal}")
         verdicts = check_forward(_blockwise_writing(name), p)
         assert not verdicts[0].passed and f"input {name} was modified" in verdicts[0].reason, (kv, dtype)
+
+
+class _BackwardWritesGradOut(_Eager):
+    """The right gradients; the upstream gradient dO then used as a scratch buffer (zeroed)."""
+
+    def prepare_backward(self, inputs, problem, grad_out, *, device="cpu"):
+        run = super().prepare_backward(inputs, problem, grad_out, device=device)
+        g = run.native_grad_out if hasattr(run, "native_grad_out") else None
+
+        def scribbling():
+            grads = run()
+            with torch.no_grad():
+                (g if g is not None else torch.from_numpy(grad_out)).zero_()
+            return grads
+
+        scribbling.__dict__.update(run.__dict__)
+        return scribbling
+
+
+def test_a_backward_writing_the_upstream_gradient_breaks_the_contract_in_every_dtype():
+    # dO is the backward's input as q, k, v are: writes_input_in_place's class in the backward.
+    for dtype in ("float64", "float32", "float16"):
+        verdicts = check_backward(_BackwardWritesGradOut(), Problem(N=16, M=12, D=8, dtype=dtype))
+        assert not verdicts[0].passed and "input dO was modified" in verdicts[0].reason, dtype
+        assert [v.name for v in verdicts if not v.passed] == ["contract"], dtype     # the gradients are right
+
+
+@pytest.mark.parametrize("backend", ["torch_blockwise", "torch_eager"])      # ragged natively; via pad-and-mask
+def test_a_ragged_backward_writing_the_upstream_gradient_breaks_the_contract(backend):
+    from attnbench.implementations import get_backend
+
+    class Writes(type(get_backend(backend))):
+        def prepare_backward(self, inputs, problem, grad_out, *, device="cpu"):
+            run = super().prepare_backward(inputs, problem, grad_out, device=device)
+
+            def scribbling():
+                grads = run()
+                run.native_grad_out.zero_()
+                return grads
+
+            scribbling.__dict__.update(run.__dict__)
+            return scribbling
+
+    verdicts = check_backward(Writes(), Problem.parse("B=3,H=2,N=9,M=20,D=8,dtype=float32,kv=ragged"))
+    assert not verdicts[0].passed and "input dO was modified" in verdicts[0].reason
+    assert [v.name for v in verdicts if not v.passed] == ["contract"]
