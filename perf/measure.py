@@ -201,8 +201,15 @@ def prepare(backend, case: Case, problem: Problem | None = None):
 
 
 def input_addresses(calls) -> set[int]:
-    """Memory of every input a prepared call reads: the converted tensors it exposes (`native_inputs`)."""
-    return set().union(*(integrity.storage_addresses(tuple(getattr(call, "native_inputs", ()))) for call in calls))
+    """Memory of every input a prepared call reads: the converted tensors it exposes (`native_inputs`: q, k, v;
+    `native_kv`: a layout's storage read natively; `native_grad_out`: the backward's dO), as the check's contract
+    reads them."""
+    def read(call) -> tuple:
+        grad_out = getattr(call, "native_grad_out", None)
+        return (*getattr(call, "native_inputs", ()), *getattr(call, "native_kv", {}).values(),
+                *(() if grad_out is None else (grad_out,)))
+
+    return set().union(*(integrity.storage_addresses(read(call)) for call in calls))
 
 
 def verifier(backend, case: Case, problems: list[Problem], calls: list):
