@@ -9,6 +9,8 @@ happen after the timer stops. Each measuring process therefore:
 - **verifies timed calls**: the outputs of the first, a middle and the last timed call are copied after
   their timing and compared with the row-sampled float64 reference of the set each was given
   (`attnbench.check.verify_forward` / `verify_backward`); a wrong one makes the point inaccurate;
+- **checks its inputs after the timing**: each set's converted inputs against the set made again
+  (`measure.inputs_written`, the call's contract of `attnbench.check`): a write makes the point inaccurate;
 - **watches output storage**: the caller holds the outputs of the last INPUT_SETS calls (as a model holds
   its activations), so a fresh allocation can never land in their memory; an output there is memory the
   backend handed out before (a cache or a reused buffer). An output in an input's memory is reported too.

@@ -228,6 +228,28 @@ def verifier(backend, case: Case, problems: list[Problem], calls: list):
     return wrong
 
 
+def inputs_written(backend, case: Case, problems: list[Problem], calls: list) -> str | None:
+    """What the calls wrote of their inputs over the whole timing, read once after it: the call's contract of
+    `attnbench.check` (`inputs_contract`, `grad_out_contract`) on the converted inputs each call exposes, against
+    its set's inputs made again (deterministic, so no copy is held while timing). The check's single call is
+    clean for a kernel that writes its inputs from its second call on (prescaling q in place once)."""
+    from attnbench.check import grad_out_contract, grad_out_for, inputs_contract
+
+    for which, (problem, call) in enumerate(zip(problems, calls)):
+        inputs = make_inputs(problem)
+        broken = inputs_contract(backend, call, inputs, make_inputs(problem))
+        if case.pass_ != "fwd":
+            broken += grad_out_contract(backend, call, problem, grad_out_for(problem))
+        if broken:
+            return f"timed calls wrote their inputs (input set {which}): {'; '.join(broken)}"
+    return None
+
+
+def with_inputs_written(findings: dict, written: str | None) -> dict:
+    """`integrity.TimedCalls.findings` with an input write as its failure (a wrong output stays the first)."""
+    return findings if written is None or findings["failure"] else {**findings, "failure": written}
+
+
 def _vm_size_bytes() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
@@ -319,7 +341,8 @@ def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = 
         set_cpu_cap(None)                    # the cap bounds the call; the reference the check computes is ours
     return {"first_call_s": first_s, "peak_bytes": int(peak), **timed, **summarize(timed["samples"]),
             "error_vs_ref": error, "accurate": passed,
-            "timed_check": watch.findings(verifier(backend, case, problems, calls)),
+            "timed_check": with_inputs_written(watch.findings(verifier(backend, case, problems, calls)),
+                                               inputs_written(backend, case, problems, calls)),
             **setup}
 
 
