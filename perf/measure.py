@@ -213,16 +213,18 @@ def input_addresses(calls) -> set[int]:
 
 
 def verifier(backend, case: Case, problems: list[Problem], calls: list):
-    """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the
-    row-sampled float64 reference of that set's inputs (the rows `attnbench.check.sampled_rows` picks); `calls`
-    the prepared callables, whose route (pad-and-mask) maps results to the layout's shapes as the check does."""
-    from attnbench.check import sampled_rows, verify_backward, verify_forward
+    """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the float64
+    reference of that set's inputs on the rows `attnbench check` judges (`check.default_rows`: every row with the
+    full check's bounds at small sizes, the row-sampled reference at length), so a timed call gets the verdict
+    `evaluate` gives; `calls` the prepared callables, whose route (pad-and-mask) maps results to the layout's
+    shapes as the check does."""
+    from attnbench.check import default_rows, verify_backward, verify_forward
 
     verify = verify_forward if case.pass_ == "fwd" else verify_backward
 
     def wrong(which: int, result) -> str | None:
         problem = problems[which]
-        verdicts = verify(backend, problem, result, case.device, rows=sampled_rows(problem), run=calls[which])
+        verdicts = verify(backend, problem, result, case.device, rows=default_rows(problem), run=calls[which])
         return next((v.describe() for v in verdicts if not v.passed), None)
 
     return wrong
