@@ -256,6 +256,12 @@ def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tup
 
     p (B, H, N, M) softmax weights, q (B, H, N, D), k (B, Hkv, M, D), out and grad_out (B, H, N, Dv).
     """
+    return tuple(finite_max(x) for x in stored_output_terms(p, q, k, out, grad_out, scale, dtype))
+
+
+def stored_output_terms(p, q, k, out, grad_out, scale: float, dtype: str) -> tuple:
+    """`stored_output_floor` per element: dQ (B, H, N, D), dK (B, Hkv, M, D), and 0.0 for dV (no delta in it);
+    (0.0, 0.0, 0.0) where the dtype accumulates in itself."""
     if ACCUMULATION_DTYPE[dtype] == dtype:
         return 0.0, 0.0, 0.0
     B, H, N, _ = q.shape
@@ -265,7 +271,7 @@ def stored_output_floor(p, q, k, out, grad_out, scale: float, dtype: str) -> tup
     dq = abs(scale) * (weighted @ np.abs(np.repeat(k, H // Hkv, axis=1)))                       # (B, H, N, D)
     dk = abs(scale) * (weighted.swapaxes(-1, -2) @ np.abs(q))                                   # (B, H, M, D)
     dk = dk.reshape(B, Hkv, H // Hkv, *dk.shape[2:]).sum(axis=2)
-    return finite_max(dq), finite_max(dk), 0.0
+    return dq, dk, 0.0
 
 
 def finite_max(x) -> float:

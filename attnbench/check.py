@@ -27,8 +27,9 @@ import numpy as np
 from attnbench import reference
 from attnbench.budget import (ACCUMULATION_DTYPE, FLUSH_THRESHOLD, UNIT_ROUNDOFF, SinkGradTerms, Verdict,
                               backward_floor, compare, finite_max, forward_floor, score_magnitude, sink_grad_bound,
-                              sink_grad_terms, stored_output_floor)
-from attnbench.precision import Precision, backward_model_bound, model_bounds
+                              sink_grad_terms, stored_output_terms)
+from attnbench.precision import (HALF_SUBNORMAL, Precision, backward_before_rounding, backward_model_bound,
+                                 model_bounds)
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
 from attnbench.reference import layouts as kv_layouts
@@ -263,7 +264,12 @@ def _cached_forward_reference(problem: Problem, rows: RowSample) -> ForwardRefer
 
 
 def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward) -> tuple[float, float, float]:
-    """Largest sum of |terms| behind one element of dQ, dK and dV: the magnitude rounding is relative to.
+    """Largest sum of |terms| behind one element of dQ, dK and dV (`magnitude_terms`, maximised)."""
+    return tuple(finite_max(m) for m in magnitude_terms(inputs, problem, grad_out, forward))
+
+
+def magnitude_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward) -> tuple[np.ndarray, ...]:
+    """Sum of |terms| behind each element of dQ, dK and dV: the magnitude rounding is relative to.
 
     With P (B, H, N, M), dP = dO V^T and delta = rowsum(dO * O) (B, H, N):
         dQ = scale [P (dP - delta)] K      terms  scale P (|dO| |V|^T + |delta|) |K|
@@ -287,7 +293,7 @@ def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     mq = scale * (terms @ np.abs(kr))
     mk = scale * per_kv_head(terms.swapaxes(-1, -2) @ np.abs(q))
     mv = per_kv_head(p.swapaxes(-1, -2) @ np.abs(grad_out))
-    return tuple(float(np.max(np.where(np.isfinite(m), m, 0.0))) for m in (mq, mk, mv))
+    return mq, mk, mv
 
 
 @dataclass(frozen=True)
@@ -302,6 +308,9 @@ class GradientScale:
     result_max: float         # max |gradient| of the reference
     stored_output: float      # `budget.stored_output_floor`'s share
     score_max: float          # `budget.score_magnitude`
+    # Full checks: (terms, rounded root-sum-of-squares, stored-output share) of each element, the gradient's shape:
+    # the lean test's slack per element (`BackwardReference.lean_slacks`); None at length.
+    elementwise: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +324,27 @@ class BackwardReference:
     scales: tuple[GradientScale, ...] | None = None                 # on the checked rows
     sink: SinkGradTerms | None = None     # d sink (H,) and its bound's terms: full checks with sinks only
     sink_naive: np.ndarray | None = None  # d sink (H,) of the plain formula in the dtype (condition 2): likewise
+
+    def lean_slacks(self, precision: Precision | None, problem: Problem) -> tuple:
+        """Per element of dQ, dK, dV (full checks), the declared model's error before the gradient's own rounding
+        (`precision.backward_before_rounding` on each element's terms): the lean test leaves out an element only
+        when its exact value lies that close to a rounding boundary. None each where nothing is declared or the
+        check is row-sampled (the scalar bound's share then, the worst element's)."""
+        if precision is None or precision.grad_accumulate is None or self.scales is None:
+            return (None, None, None)
+        p, u = problem, UNIT_ROUNDOFF[problem.dtype]
+        slacks = []
+        for g in self.scales:
+            if g.elementwise is None:
+                slacks.append(None)
+                continue
+            terms, rms, stored = g.elementwise
+            inner = backward_before_rounding(precision, p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M),
+                                             score_max=g.score_max, terms=terms, rounded_rms=rms,
+                                             rounded_count=g.rounded_count, operand_max=g.operand_max,
+                                             stored_output=stored)
+            slacks.append(inner * (1 + u) + HALF_SUBNORMAL[p.dtype])
+        return tuple(slacks)
 
     def model_bounds(self, precision: Precision | None, problem: Problem) -> tuple:
         """The declared-precision bound of dQ, dK, dV (None each where nothing is declared)."""
@@ -339,8 +369,9 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
         *expected, dsink = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, return_sink_grad=True,
                                                    **kwargs)
         forward = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **kwargs)   # (O, P), once
-        magnitudes = backward_magnitudes(inputs, p, grad_out, forward)
-        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward)
+        terms = magnitude_terms(inputs, p, grad_out, forward)
+        magnitudes = tuple(finite_max(m) for m in terms)
+        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward, terms=terms)
         if p.mod("sinks") is not None:
             sink = sink_grad_reference(inputs, p, grad_out, forward, dsink)
             sink_naive = naive_sink_grad(inputs, p, grad_out)
@@ -388,8 +419,16 @@ def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
 def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
                      forward) -> tuple[tuple[float, int, float], ...]:
     """Per gradient (dQ, dK, dV): (largest root-sum-of-squares of the rounded operand's terms behind one element,
-    terms per element, largest |other operand|), for a backward that rounds dS (dQ = scale dS K, dK = scale
-    dS^T Q) and P (dV = P^T dO) to the input dtype. Forms (B, H, N, M): full checks only. forward: (O, P)."""
+    terms per element, largest |other operand|) (`rounded_operand_terms`, maximised)."""
+    return tuple((finite_max(rms), count, operand)
+                 for rms, count, operand in rounded_operand_terms(inputs, problem, grad_out, forward))
+
+
+def rounded_operand_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward) -> tuple[tuple, ...]:
+    """Per gradient (dQ, dK, dV): (root-sum-of-squares of the rounded operand's terms behind each element (finite;
+    0 elsewhere), terms per element, largest |other operand|), for a backward that rounds dS (dQ = scale dS K,
+    dK = scale dS^T Q) and P (dV = P^T dO) to the input dtype. Forms (B, H, N, M): full checks only. forward:
+    (O, P)."""
     q, k, v = inputs.q, inputs.k, inputs.v
     out, p = forward
     group = problem.H // problem.Hkv
@@ -401,35 +440,44 @@ def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
     def per_kv_head(x):                                                        # (B, H, M, .) -> (B, Hkv, M, .)
         return x.reshape(problem.B, problem.Hkv, group, *x.shape[2:]).sum(axis=2)
 
-    def largest(x) -> float:
-        return float(np.sqrt(np.max(np.where(np.isfinite(x), x, 0.0), initial=0.0)))
+    def root(x) -> np.ndarray:
+        return np.sqrt(np.where(np.isfinite(x), x, 0.0))
 
     def top(x) -> float:
         return float(np.max(np.abs(np.where(np.isfinite(x), x, 0.0)), initial=0.0))
 
-    rq = scale * largest((ds * ds) @ (kr * kr))
-    rk = scale * largest(per_kv_head((ds * ds).swapaxes(-1, -2) @ (q * q)))
-    rv = largest(per_kv_head((p * p).swapaxes(-1, -2) @ (grad_out * grad_out)))
+    rq = scale * root((ds * ds) @ (kr * kr))
+    rk = scale * root(per_kv_head((ds * ds).swapaxes(-1, -2) @ (q * q)))
+    rv = root(per_kv_head((p * p).swapaxes(-1, -2) @ (grad_out * grad_out)))
     N, M = problem.N, problem.M
     return ((rq, M, scale * top(k)), (rk, N * group, scale * top(q)), (rv, N * group, top(grad_out)))
 
 
-def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward) -> tuple:
+def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward, *,
+                    terms=None) -> tuple:
     """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`) and what a declared
     precision's bound needs (`GradientScale` each); full checks only (it forms (N, M)); a row-sampled check keeps
-    floor (a) alone, never looser."""
+    floor (a) alone, never looser. terms: `magnitude_terms` if already formed (else formed here)."""
     p, scale = problem, _effective_scale(problem)
     scores = score_magnitude(inputs.q, inputs.k, reference_bias(inputs, p), scale)
     scores = _with_modifications(scores, inputs, p)
     out, weights = forward
-    stored = stored_output_floor(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
+    stored_terms = stored_output_terms(weights, inputs.q, inputs.k, out, grad_out, scale, p.dtype)
+    stored = tuple(finite_max(x) for x in stored_terms)
+    terms = magnitude_terms(inputs, p, grad_out, forward) if terms is None else terms
     result_max = [finite_max(e) for e in expected]
     floors = tuple(s + backward_floor(p.dtype, D=p.D, Dv=p.Dv, length=max(p.N, p.M), score_max=scores, terms_max=m,
                                       result_max=r)
                    for s, m, r in zip(stored, magnitudes, result_max))
-    scales = tuple(GradientScale(m, rms, count, operand, r, s, scores)
-                   for (rms, count, operand), m, r, s in zip(rounded_operands(inputs, p, grad_out, forward), magnitudes,
-                                                             result_max, stored))
+
+    def finite(x):
+        return np.where(np.isfinite(x), x, 0.0)
+
+    scales = tuple(GradientScale(m, finite_max(rms), count, operand, r, s, scores,
+                                 elementwise=(finite(t), rms, finite(st)))
+                   for (rms, count, operand), m, r, s, t, st in zip(rounded_operand_terms(inputs, p, grad_out, forward),
+                                                                    magnitudes, result_max, stored, terms,
+                                                                    stored_terms))
     return floors, scales
 
 
@@ -487,17 +535,22 @@ def _same_bits(a, b) -> bool:
 
 def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]:
     """Inputs written by the call: the float64 arrays handed to `prepare` (a float64 tensor may share their
-    memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs."""
+    memory) and, where the prepared callable exposes them, its converted inputs (`run.native_inputs`: q, k, v;
+    `run.native_kv`: {name: tensor} of a layout's storage it read natively, named as `Storage.ARRAYS`)."""
     problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
                 if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
     if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
         problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
-                     if not _same_bits(getattr(inputs.kv, n), x)]
-    for n, native in zip(("q", "k", "v"), getattr(run, "native_inputs", ())):
+                     if not _same_bits(getattr(inputs.kv, n), x) and f"input {n} was modified by the call"
+                     not in problems]
+    converted = list(zip(("q", "k", "v"), getattr(run, "native_inputs", ()), (pristine.q, pristine.k, pristine.v)))
+    if pristine.kv is not None:                 # a layout read natively: its converted storage (packed q, pages)
+        stored = pristine.kv.arrays()
+        converted += [(n, native, stored[n]) for n, native in getattr(run, "native_kv", {}).items() if n in stored]
+    for n, native, before in converted:
         if f"input {n} was modified by the call" not in problems:
             values = backend.to_numpy(native)
-            if not (values.shape == getattr(pristine, n).shape
-                    and np.array_equal(values, getattr(pristine, n), equal_nan=True)):
+            if not (values.shape == before.shape and np.array_equal(values, before, equal_nan=True)):
                 problems.append(f"input {n} was modified by the call (the backend's converted copy)")
     return problems
 
@@ -579,12 +632,31 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
     sample = _as_rows(rows, problem, inputs)
     pristine = _pristine(inputs)
     grad_out = make_grad_out(problem)                   # logical (B, H, N, Dv): the reference's
-    run = backend.prepare_backward(inputs, problem, grad_out_for(problem, grad_out), device=device)  # shaped like O
+    given = grad_out_for(problem, grad_out.copy())      # shaped like O; a copy: a call writing it spares the ref's
+    run = backend.prepare_backward(inputs, problem, given, device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
-    return _judge_backward(backend, problem, actual, ref, sample, device,
-                           broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
+    broken = inputs_contract(backend, run, inputs, pristine) + grad_out_contract(backend, run, problem, given)
+    return _judge_backward(backend, problem, actual, ref, sample, device, broken=broken, physical=_physical(run))
+
+
+def grad_out_contract(backend, run, problem: Problem, given: np.ndarray) -> list[str]:
+    """dO written by the backward call, an input of it as q, k and v are: the array `given` to `prepare_backward`
+    (a float64 tensor may share its memory) and, where the prepared callable exposes it (`run.native_grad_out`),
+    its converted copy (through pad-and-mask, the padded dense view of `given`)."""
+    pristine = grad_out_for(problem)                    # deterministic: what `given` held before the call
+    if not _same_bits(given, pristine):
+        return ["input dO was modified by the call"]
+    native = getattr(run, "native_grad_out", None)
+    if native is None:
+        return []
+    values = backend.to_numpy(native)
+    if values.shape != pristine.shape and kv_layouts.needs_storage(problem):
+        pristine = kv_layouts.to_logical(problem, "out", pristine)
+    if values.shape == pristine.shape and np.array_equal(values, pristine, equal_nan=True):
+        return []
+    return ["input dO was modified by the call (the backend's converted copy)"]
 
 
 def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,
@@ -617,11 +689,12 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
     picks = (_indices(sample.query, p.N), _indices(sample.key, p.M), _indices(sample.key, p.M))
     precision = backend.capabilities(device).precision_for(p.dtype)
     named = precision.describe(p.dtype) if precision is not None else None
-    for (name, shape), a, e, n, mag, floor, model, rows_ in zip(shapes.items(), arrays, ref.expected, ref.naive,
-                                                                 ref.magnitudes, ref.floors,
-                                                                 ref.model_bounds(precision, p), picks):
+    for (name, shape), a, e, n, mag, floor, model, slack, rows_ in zip(
+            shapes.items(), arrays, ref.expected, ref.naive, ref.magnitudes, ref.floors,
+            ref.model_bounds(precision, p), ref.lean_slacks(precision, p), picks):
         if a.shape == shape:
-            slack = None if model is None else _before_rounding(model, np.max(np.abs(e), initial=0.0), p.dtype)
+            if model is not None and slack is None:       # row-sampled: the worst element's, for every element
+                slack = _before_rounding(model, np.max(np.abs(e), initial=0.0), p.dtype)
             verdicts.append(compare(name, a[:, :, rows_], e, naive=n, dtype=p.dtype,
                                     reduction_length=p.D + p.Dv + max(p.N, p.M), magnitude=mag,
                                     analytic_floor=floor, model_bound=model, model=named if model is not None

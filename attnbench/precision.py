@@ -173,13 +173,27 @@ def backward_model_bound(precision: Precision, dtype: str, *, D: int, Dv: int, l
     GEMM terms behind one element; rounded_count, operand_max: the number of rounded terms per element and the
     largest |other operand| (for the subnormal part); stored_output: `budget.stored_output_floor`'s share.
     """
+    from attnbench.budget import UNIT_ROUNDOFF
+
+    inner = backward_before_rounding(precision, dtype, D=D, Dv=Dv, length=length, score_max=score_max,
+                                     terms=terms_max, rounded_rms=rounded_rms, rounded_count=rounded_count,
+                                     operand_max=operand_max, stored_output=stored_output)
+    return float(inner + UNIT_ROUNDOFF[dtype] * (result_max + inner) + HALF_SUBNORMAL[dtype])
+
+
+def backward_before_rounding(precision: Precision, dtype: str, *, D: int, Dv: int, length: int, score_max: float,
+                             terms, rounded_rms, rounded_count: int, operand_max: float, stored_output):
+    """The part of `backward_model_bound` that comes before the gradient's own rounding: a scalar from the
+    largest terms, or per element where `terms`, `rounded_rms` and `stored_output` are arrays of each element's
+    own (what the lean test leaves a correct kernel near a rounding boundary, `budget.lean`)."""
     from attnbench.budget import LAMBDA, UNIT_ROUNDOFF
 
     u_in = UNIT_ROUNDOFF[dtype]
     u_s = UNIT_ROUNDOFF[precision.resolved("scores", dtype)]
     u_g = UNIT_ROUNDOFF[precision.resolved("grad_accumulate", dtype)]
     reach = LAMBDA * (3 * u_s * (np.sqrt(D) + 2) * score_max + u_g * (np.sqrt(Dv) + 2 + 2 * (np.sqrt(length) + 2)))
-    inner = reach * terms_max + stored_output
+    inner = reach * np.asarray(terms, dtype=np.float64) + stored_output
     if precision.ds_rounded:
-        inner += LAMBDA * (u_in * rounded_rms + HALF_SUBNORMAL[dtype] * np.sqrt(rounded_count) * operand_max)
-    return float(inner + u_in * (result_max + inner) + HALF_SUBNORMAL[dtype])
+        inner = inner + LAMBDA * (u_in * np.asarray(rounded_rms, dtype=np.float64)
+                                  + HALF_SUBNORMAL[dtype] * np.sqrt(rounded_count) * operand_max)
+    return inner

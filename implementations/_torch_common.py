@@ -118,7 +118,7 @@ class TorchBackend(KvReader, Backend):
             out = self.attention(q, k, v, mask=mask, causal=causal, scale=scale, **mods)
             return torch.autograd.grad(out, leaves, g)
 
-        run.native_inputs = (q, k, v)
+        run.native_inputs, run.native_grad_out = (q, k, v), g
         return run
 
     def modifications(self, inputs: Inputs, device: str) -> dict:

@@ -95,6 +95,7 @@ class KvReader:
             with torch.no_grad():
                 return self.attention_kv(problem, *tensors, causal=problem.causal, scale=problem.scale,
                                          return_lse=return_lse, mods=mods)
+        run.native_kv = native_kv(tensors)      # the check compares them with the storage after the call
         return run
 
     def prepare_kv_backward(self, inputs: Inputs, problem: Problem, grad_out: np.ndarray, device: str):
@@ -111,7 +112,15 @@ class KvReader:
         def run():
             out = self.attention_kv(problem, *tensors, causal=problem.causal, scale=problem.scale, mods=mods)
             return torch.autograd.grad(out, leaves, g)
+        run.native_kv, run.native_grad_out = native_kv(tensors), g
         return run
+
+
+def native_kv(tensors) -> dict:
+    """{name: tensor} of `KvReader.kv_tensors`' converted storage (q, k, v, k_new, v_new), for the call's contract:
+    in float32 and half types they are copies the caller's storage never sees, so a kernel writing them (a
+    scratch buffer that was the input, appended keys written into the cache itself) shows only there."""
+    return {n: t for n, t in zip(("q", "k", "v", "k_new", "v_new"), tensors) if t is not None}
 
 
 def _batch_mods(mods, b: int):

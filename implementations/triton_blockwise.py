@@ -80,6 +80,7 @@ from attnbench.precision import FLASH, for_half
 from . import split_kv
 from .base import Capabilities
 from .masks import causal_offset
+from .kv_torch import native_kv
 from .torch_mods import TorchMods
 from .registry import register
 
@@ -1138,6 +1139,7 @@ class TritonBlockwise(TorchBackend):
         def run():
             o, lse = triton_forward(q, k, v, problem.causal, problem.scale, self.forced_configs, mods, splits, kv)
             return (o, lse) if return_lse else o
+        run.native_kv = native_kv((q, k, v, kv.k_new, kv.v_new))   # the check compares them with the storage
         return run
 
     def prepare_kv_backward(self, inputs, problem, grad_out, device: str):
@@ -1155,6 +1157,7 @@ class TritonBlockwise(TorchBackend):
             o, _ = TritonAttention.apply(q, k, v, problem.causal, problem.scale, self.forced_configs, mods, splits,
                                          kv)
             return torch.autograd.grad(o, (q, k, v), g)
+        run.native_kv, run.native_grad_out = native_kv((q, k, v, kv.k_new, kv.v_new)), g
         return run
 
     def _kv_inputs(self, inputs, problem, device: str, *, requires_grad: bool = False):

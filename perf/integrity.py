@@ -7,8 +7,10 @@ happen after the timer stops. Each measuring process therefore:
 - **rotates inputs**: the timed calls cycle through INPUT_SETS input sets of the same shapes (seeds
   seed, seed + 1, ...), each prepared once before any timing (`Rotation`: one index, one modulo per call);
 - **verifies timed calls**: the outputs of the first, a middle and the last timed call are copied after
-  their timing and compared with the row-sampled float64 reference of the set each was given
+  their timing and compared with the float64 reference of the set each was given, on the rows `check` judges
   (`attnbench.check.verify_forward` / `verify_backward`); a wrong one makes the point inaccurate;
+- **checks its inputs after the timing**: each set's converted inputs against the set made again
+  (`measure.inputs_written`, the call's contract of `attnbench.check`): a write makes the point inaccurate;
 - **watches output storage**: the caller holds the outputs of the last INPUT_SETS calls (as a model holds
   its activations), so a fresh allocation can never land in their memory; an output there is memory the
   backend handed out before (a cache or a reused buffer). An output in an input's memory is reported too.

@@ -201,24 +201,55 @@ def prepare(backend, case: Case, problem: Problem | None = None):
 
 
 def input_addresses(calls) -> set[int]:
-    """Memory of every input a prepared call reads: the converted tensors it exposes (`native_inputs`)."""
-    return set().union(*(integrity.storage_addresses(tuple(getattr(call, "native_inputs", ()))) for call in calls))
+    """Memory of every input a prepared call reads: the converted tensors it exposes (`native_inputs`: q, k, v;
+    `native_kv`: a layout's storage read natively; `native_grad_out`: the backward's dO), as the check's contract
+    reads them."""
+    def read(call) -> tuple:
+        grad_out = getattr(call, "native_grad_out", None)
+        return (*getattr(call, "native_inputs", ()), *getattr(call, "native_kv", {}).values(),
+                *(() if grad_out is None else (grad_out,)))
+
+    return set().union(*(integrity.storage_addresses(read(call)) for call in calls))
 
 
 def verifier(backend, case: Case, problems: list[Problem], calls: list):
-    """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the
-    row-sampled float64 reference of that set's inputs (the rows `attnbench.check.sampled_rows` picks); `calls`
-    the prepared callables, whose route (pad-and-mask) maps results to the layout's shapes as the check does."""
-    from attnbench.check import sampled_rows, verify_backward, verify_forward
+    """verify(input set, result) -> what is wrong with a timed call's result (None: right), against the float64
+    reference of that set's inputs on the rows `attnbench check` judges (`check.default_rows`: every row with the
+    full check's bounds at small sizes, the row-sampled reference at length), so a timed call gets the verdict
+    `evaluate` gives; `calls` the prepared callables, whose route (pad-and-mask) maps results to the layout's
+    shapes as the check does."""
+    from attnbench.check import default_rows, verify_backward, verify_forward
 
     verify = verify_forward if case.pass_ == "fwd" else verify_backward
 
     def wrong(which: int, result) -> str | None:
         problem = problems[which]
-        verdicts = verify(backend, problem, result, case.device, rows=sampled_rows(problem), run=calls[which])
+        verdicts = verify(backend, problem, result, case.device, rows=default_rows(problem), run=calls[which])
         return next((v.describe() for v in verdicts if not v.passed), None)
 
     return wrong
+
+
+def inputs_written(backend, case: Case, problems: list[Problem], calls: list) -> str | None:
+    """What the calls wrote of their inputs over the whole timing, read once after it: the call's contract of
+    `attnbench.check` (`inputs_contract`, `grad_out_contract`) on the converted inputs each call exposes, against
+    its set's inputs made again (deterministic, so no copy is held while timing). The check's single call is
+    clean for a kernel that writes its inputs from its second call on (prescaling q in place once)."""
+    from attnbench.check import grad_out_contract, grad_out_for, inputs_contract
+
+    for which, (problem, call) in enumerate(zip(problems, calls)):
+        inputs = make_inputs(problem)
+        broken = inputs_contract(backend, call, inputs, make_inputs(problem))
+        if case.pass_ != "fwd":
+            broken += grad_out_contract(backend, call, problem, grad_out_for(problem))
+        if broken:
+            return f"timed calls wrote their inputs (input set {which}): {'; '.join(broken)}"
+    return None
+
+
+def with_inputs_written(findings: dict, written: str | None) -> dict:
+    """`integrity.TimedCalls.findings` with an input write as its failure (a wrong output stays the first)."""
+    return findings if written is None or findings["failure"] else {**findings, "failure": written}
 
 
 def _vm_size_bytes() -> int:
@@ -312,7 +343,8 @@ def measure_case(case: Case, options: MeasureOptions, *, check_accuracy: bool = 
         set_cpu_cap(None)                    # the cap bounds the call; the reference the check computes is ours
     return {"first_call_s": first_s, "peak_bytes": int(peak), **timed, **summarize(timed["samples"]),
             "error_vs_ref": error, "accurate": passed,
-            "timed_check": watch.findings(verifier(backend, case, problems, calls)),
+            "timed_check": with_inputs_written(watch.findings(verifier(backend, case, problems, calls)),
+                                               inputs_written(backend, case, problems, calls)),
             **setup}
 
 

@@ -82,3 +82,25 @@ def test_a_skip_says_why_and_passes_nothing():
 
     result = evaluate(get_backend("numpy"), PROBLEM.replace(dtype="bfloat16"))
     assert result.passed is None and "dtype bfloat16 not supported" in result.message()
+
+
+@pytest.mark.parametrize("backend, spec", [
+    ("torch_blockwise", "B=1,H=2,N=100,M=2,D=16,dtype=float32,seed=14,scale=4"),
+    ("torch_blockwise", "B=1,H=2,N=1,M=64,D=4,dtype=float32,seed=41,inputs=peaked"),
+    ("torch_sdpa_flash", "B=1,H=2,N=5,M=1,D=64,dtype=float16,seed=57"),
+])
+def test_perf_verifies_a_timed_call_on_the_rows_and_bounds_check_uses(backend, spec):
+    """A timed fwd+bwd call of a correct kernel passes where `attnbench check` passes it: at small sizes both judge
+    every row with the full check's bounds (floor (b) of condition 2). On `sampled_rows` the timed call lost floor
+    (b) and failed these correct backends (dK 1.15x torch_blockwise's 2x-naive limit; dQ, dK of sdpa flash with
+    M = 1, where the naive error is 0) in perf only."""
+    from attnbench.check import grad_out_for
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import make_inputs
+    from perf.measure import verifier
+
+    b, problem = registry.get_backend(backend), Problem.parse(spec)
+    assert evaluate(b, problem, backward=True).passed
+    run = b.prepare_backward(make_inputs(problem), problem, grad_out_for(problem))
+    wrong = verifier(b, Case(backend, problem, "fwd+bwd"), [problem], [run])
+    assert wrong(0, run()) is None

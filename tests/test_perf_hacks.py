@@ -199,3 +199,23 @@ def test_the_fastest_table_says_when_its_ranking_rests_on_noisy_points():
     assert fastest_rows([loud])[1][-1] == "noisy: fastest"
     assert "1 of 2 points flagged noisy" in format_summary([quiet, loud])
     assert "flagged noisy" not in format_summary([quiet])
+
+
+@pytest.mark.parametrize("spec, backward", [("B=3,H=2,N=9,M=20,D=8,dtype=float32,kv=ragged", False),
+                                            ("B=3,H=2,N=3,M=40,D=8,dtype=float16,kv=paged:16,append=2", False),
+                                            ("B=3,H=2,N=9,M=20,D=8,dtype=float32,kv=ragged", True),
+                                            ("B=1,H=2,N=9,M=20,D=8,dtype=float32", True)])
+def test_every_input_a_timed_call_reads_is_watched_for_an_alias(spec, backward):
+    """An output in an input's memory is reported on the layout paths (the converted storage a kernel reads
+    natively) and in the backward (dO) too, not only for dense q, k, v."""
+    from attnbench.check import grad_out_for
+    from attnbench.implementations import get_backend
+    from attnbench.perf.measure import input_addresses
+    from attnbench.problem import Problem, make_inputs
+
+    p, backend = Problem.parse(spec), get_backend("torch_blockwise")
+    run = (backend.prepare_backward(make_inputs(p), p, grad_out_for(p)) if backward
+           else backend.prepare(make_inputs(p), p))
+    read = [*getattr(run, "native_inputs", ()), *getattr(run, "native_kv", {}).values()]
+    read += [run.native_grad_out] if backward else []
+    assert read and set().union(*(integrity.storage_addresses(x) for x in read)) <= input_addresses([run])

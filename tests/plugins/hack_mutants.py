@@ -116,6 +116,28 @@ class ReusedBuffer(_Hack):
 
 
 @register
+class PrescalesInPlace(_Hack):
+    """hack_prescales_in_place: from its second call on an input set, q holds scale * q (written into the caller's
+    tensor once) and the scale is skipped: every output right, one multiply fewer a call, the caller's q changed
+    after the check's single call."""
+
+    name = "hack_prescales_in_place"
+
+    def __init__(self):
+        self.calls, self.scaled = {}, set()
+
+    def attention(self, q, k, v, *, mask, causal, scale, return_lse=False):
+        key = q.data_ptr()
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if self.calls[key] < 2:
+            return self.honest(q, k, v, mask=mask, causal=causal, scale=scale)
+        if key not in self.scaled:
+            q.mul_(q.shape[-1] ** -0.5 if scale is None else scale)
+            self.scaled.add(key)
+        return self.honest(q, k, v, mask=mask, causal=causal, scale=1.0)
+
+
+@register
 class SideStream(_Hack):
     """hack_side_stream: launches the work on a CUDA stream of its own and returns at once; the timer's events on
     the current stream never wait for it (CUDA only)."""
