@@ -34,7 +34,8 @@ FlashAttention's two inference entry points are recognised by their parameters, 
                 written into the cache first: kv=dense and paged natively, appended keys where it takes k= and v=;
                 forward only (FlashAttention has no backward for it). It writes the cache in place, so with
                 appended keys the adapter hands it its own copy, made once when the call is prepared (outside
-                the timed calls: writing the same keys again each call changes nothing), never the caller's
+                the timed calls: writing the same keys again each call changes nothing), never the caller's; the
+                call's contract holds it to writing the appended slots of that copy and nothing else
 
 Both take FlashAttention's layouts whatever `@layout` says, GQA included (Hkv < H heads packed as they are).
 
@@ -58,7 +59,9 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from attnbench.reference import AttentionInputError
@@ -273,6 +276,14 @@ class FunctionBackend(TorchBackend):
             tensors = (q, k.clone(), v.clone(), *rest)
         return tensors
 
+    def prepare_kv(self, inputs, problem, device: str, return_lse: bool):
+        """`KvReader.prepare_kv`; for a kvcache function writing appended keys, the call's contract reads its cache
+        copy with the appended slots as they were: writing there is its documented job, anywhere else is not."""
+        run = super().prepare_kv(inputs, problem, device, return_lse)
+        if self.convention == "kvcache" and problem.append:
+            run.native_kv = _AppendSlotsRestored(run.native_kv, problem)
+        return run
+
     def attention_kv(self, problem, q, k, v, new_k, new_v, cache_seqlens, cu_q, *, causal, scale,
                      return_lse: bool = False, mods=None):
         """One call over the whole batch in the layout's physical tensors (`kv_torch.KvReader.attention_kv`'s
@@ -296,6 +307,33 @@ class FunctionBackend(TorchBackend):
             kwargs.update(k=new_k, v=new_v)
         out = self.fn(q.transpose(1, 2), k, v, cache_seqlens=cache_seqlens.to(torch.int32), **kwargs)
         return _first(out).transpose(1, 2)                                        # (B, H, N, Dv)
+
+
+class _AppendSlotsRestored(Mapping):
+    """{name: tensor} of a kvcache call's converted storage, read lazily (after the call): k and v, the cache copy
+    the function writes, with the append slots of every sequence reset to their values before the first call."""
+
+    def __init__(self, native: dict, problem):
+        layout, g = kv_layouts.parse(problem.kv), kv_layouts.geometry(problem)
+        self.native, self.layout = native, layout
+        self.slots = torch.as_tensor(np.concatenate([layout.slots(g, b, np.arange(g.cache[b], g.seq_k[b]))
+                                                     for b in range(problem.B)]), device=native["k"].device)
+        self.before = {n: layout.flat(native[n])[self.slots].clone() for n in ("k", "v")}
+        self.problem = problem
+
+    def _restored(self, name: str):
+        flat = self.layout.flat(self.native[name].clone())
+        flat[self.slots] = self.before[name]
+        return self.layout.unflat(flat, self.problem)
+
+    def __getitem__(self, name: str):
+        return self._restored(name) if name in self.before else self.native[name]
+
+    def __iter__(self):
+        return iter(self.native)
+
+    def __len__(self) -> int:
+        return len(self.native)
 
 
 def _first(out):

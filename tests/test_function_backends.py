@@ -117,3 +117,16 @@ def test_flashattention_varlen_and_kvcache_signatures_read_their_layouts_nativel
     result = evaluate(right, problem, backward=right.convention == "varlen")
     assert result.passed, result.message()
     assert evaluate(get_backend(f"tests.plugins.functions:{bad}"), problem).passed is False
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_a_kvcache_function_may_write_the_appended_slots_of_its_cache_and_nothing_else(dtype):
+    """flash_attn_with_kvcache writes the new keys into the cache it is given (its copy, never the caller's): that
+    passes the call's contract in every dtype; zeroing one other slot of the cache breaks it."""
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    problem = Problem.parse(f"B=3,H=4,Hkv=2,N=2,M=70,D=16,dtype={dtype},kv=paged:16,append=3,causal=bottom_right")
+    assert evaluate(get_backend("tests.plugins.functions:flash_kvcache_style"), problem).passed
+    result = evaluate(get_backend("tests.plugins.functions:flash_kvcache_scribbles"), problem)
+    assert result.passed is False and "input k was modified" in result.message()

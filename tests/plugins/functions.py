@@ -134,3 +134,12 @@ def flash_kvcache_pages_in_order(q, k_cache, v_cache, k=None, v=None, cache_seql
         block_table = torch.arange(block_table.shape[0] * pages, dtype=block_table.dtype).reshape(-1, pages)
         block_table = block_table % k_cache.shape[0]
     return flash_kvcache_style(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_scale, causal)
+
+
+def flash_kvcache_scribbles(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, block_table=None,
+                            softmax_scale=None, causal=False):
+    """flash_kvcache_style that also zeroes the cache's first slot after its work (right output, a cache it was
+    not asked to write: only the appended slots are its to write)."""
+    out = flash_kvcache_style(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_scale, causal)
+    k_cache.view(-1)[0] = 0.0
+    return out
