@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                      # conformance/ is the repo's test suite, not a package
 
-from attnbench.check import check_backward, check_forward  # noqa: E402
+from attnbench.evaluate import evaluate  # noqa: E402
 from attnbench.implementations import get_backend  # noqa: E402
 from conformance.flash_grid import FLASH_GRID, KV_HEADS  # noqa: E402
 
@@ -41,15 +41,16 @@ def main(argv=None) -> int:
     backend = get_backend(args.backend)
     kv_heads = {KV_HEADS[name] for name in args.layouts.split(",")}
     problems = [p for p in FLASH_GRID if p.Hkv in kv_heads and max(p.N, p.M) <= args.max_len]
-    check = check_backward if args.backward else check_forward
     rows, start = [], time.perf_counter()
     for i, problem in enumerate(problems, 1):
-        if backend.why_not(problem, "cpu", need_grad=args.backward):
+        # evaluate: the verdict `attnbench check` and conformance give (known deviations, route, contract)
+        result = evaluate(backend, problem, "cpu", backward=args.backward, forward=not args.backward)
+        if result.skipped is not None:
             continue
-        verdicts = check(backend, problem, "cpu")
+        verdicts = result.backward if args.backward else result.forward
         r = ratios(verdicts)
         failed = [v.name for v in verdicts if not v.passed]
-        rows.append({"problem": problem.id, "ratios": r, "failed": failed})
+        rows.append({"problem": problem.id, "ratios": r, "failed": failed, "notes": result.notes})
         worst = max((x for x in r.values() if x is not None), default=float("nan"))
         print(f"[{i}/{len(problems)}] {problem.id}: worst {worst:.2f}x naive"
               f"{'  FAILED ' + ','.join(failed) if failed else ''}", flush=True)
