@@ -32,6 +32,7 @@ from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
 from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
 from attnbench.reference import layouts as kv_layouts
+from attnbench.reference.rows import sdpa_rows_with_scores
 from attnbench.row_bound import RowStats, backward_row_scales, condition_one, min_normal, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
@@ -250,10 +251,11 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     """The reference side of `check_forward` on query rows `rows.query` (pristine inputs)."""
     p = problem
     qr = _indices(rows.query, p.N)
-    out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
+    # The row statistics read the scores the reference computed (where they fit: `KEEP_SCORES_ELEMENTS`).
+    out, lse, blocks = sdpa_rows_with_scores(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
     stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, causal=p.causal,
                       scale=_effective_scale(p), mods=inputs.mods, tiny=FLUSH_THRESHOLD[p.dtype],
-                      min_normal=min_normal(p.dtype))
+                      min_normal=min_normal(p.dtype), blocks=blocks)
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)

@@ -8,6 +8,7 @@ blocks of `block_m` with the online softmax (float64), so memory is one
 it): every reference path agrees on every input.
 
     sdpa_rows(q, k, v, rows, ...)                     -> O (B, H, R, Dv), lse (B, H, R)
+    sdpa_rows_with_scores(q, k, v, rows, ...)         -> O, lse, the score blocks [(kj, S (B, Hkv, G, R, C))]
     sdpa_backward_rows(q, k, v, dO, query_rows, key_rows, ...)
                                                       -> dQ (B, H, Rq, D), dK (B, Hkv, Rk, D), dV (B, Hkv, Rk, Dv)
     bias_rows(mask, causal, rows, cols, N, M)         -> the float64 bias (B|1, H|1, R, C) of those rows and keys
@@ -33,6 +34,9 @@ from .sdpa import prepare_qkv
 
 BLOCK_M = 4096
 BLOCK_N = 512
+# Score blocks `sdpa_rows_with_scores` keeps for the row statistics of the same rows, up to this many float64
+# elements in all (256 MiB: N 16 against M 131,073 with H 8 needs 11.5 M); above it they are computed again.
+KEEP_SCORES_ELEMENTS = 1 << 25
 
 
 def _check_rows(name: str, rows, length: int) -> np.ndarray:
@@ -42,21 +46,37 @@ def _check_rows(name: str, rows, length: int) -> np.ndarray:
     return rows
 
 
-def online(qg, k, v, qi, *, mask, causal, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
+def score_blocks(qg, k, qi, *, mask, causal, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
+    """Yield (keys kj (C,), scores S (B, Hkv, G, R, C)) of grouped query rows qi against each block of block_m
+    keys in turn: the one block function, in the order every pass over the keys visits them."""
+    for start in range(0, M, block_m):
+        kj = np.arange(start, min(start + block_m, M))
+        yield kj, block.scores(qg, k, qi, kj, mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
+
+
+def key_slice(kj: np.ndarray) -> slice:
+    """The keys kj of a `score_blocks` block (consecutive) as a slice: a view of K or V, not a copy."""
+    return slice(int(kj[0]), int(kj[-1]) + 1)
+
+
+def online(qg, k, v, qi, *, mask, causal, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M,
+           blocks=None):
     """(O (B, Hkv, G, R, Dv), lse (B, Hkv, G, R)) of grouped query rows qi against every key, blockwise:
-    the online softmax, written once (`blockwise_sdpa` runs it per query tile)."""
+    the online softmax, written once (`blockwise_sdpa` runs it per query tile). blocks: the `score_blocks` of
+    these rows, already computed (None: computed here)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     m_i, l_i = block.initial_state(mods, qi, qg.shape[:-1], N, M, Hkv * G, Hkv)
     acc = np.zeros((*qg.shape[:-1], v.shape[-1]))
-    for start in range(0, M, block_m):
-        kj = np.arange(start, min(start + block_m, M))
-        s = block.scores(qg, k, qi, kj, mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
+    if blocks is None:
+        blocks = score_blocks(qg, k, qi, mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale,
+                              block_m=block_m)
+    for kj, s in blocks:
         m_new = np.maximum(m_i, s.max(axis=-1))
         shift = np.where(m_new == -np.inf, 0.0, m_new)                       # nothing seen yet: nothing to rescale
         p = np.exp(s - shift[..., None])
         alpha = np.exp(m_i - shift)
         l_i = alpha * l_i + p.sum(axis=-1)
-        acc = alpha[..., None] * acc + block.group_matmul(p, v[:, :, kj])
+        acc = alpha[..., None] * acc + block.group_matmul(p, v[:, :, key_slice(kj)])
         m_i = m_new
     seen = l_i != 0                                                           # NaN rows are not empty: keep NaN
     out = np.where(seen[..., None], acc / np.where(seen, l_i, 1.0)[..., None], 0.0)
@@ -73,12 +93,25 @@ def _grouped_rows(q, Hkv: int, rows):
 def sdpa_rows(q, k, v, rows, *, mask=None, causal=None, scale=None, mods=(), block_m: int = BLOCK_M):
     """(O (B, H, R, Dv), lse (B, H, R)) of query rows `rows` (R,) for q (B, H, N, D), k (B, Hkv, M, D),
     v (B, Hkv, M, Dv): equal to `sdpa(...)[:, :, rows]`, without forming (N, M)."""
+    out, lse, _ = sdpa_rows_with_scores(q, k, v, rows, mask=mask, causal=causal, scale=scale, mods=mods,
+                                        block_m=block_m, keep_elements=0)
+    return out, lse
+
+
+def sdpa_rows_with_scores(q, k, v, rows, *, mask=None, causal=None, scale=None, mods=(), block_m: int = BLOCK_M,
+                          keep_elements: int = KEEP_SCORES_ELEMENTS):
+    """(O, lse, blocks) as `sdpa_rows`, blocks the `score_blocks` list [(kj, S (B, Hkv, G, R, C))] of the rows
+    when the scores hold at most keep_elements elements (else None): the row statistics of the same rows
+    (`attnbench.row_bound.row_stats`) read them instead of computing every score a second time."""
     q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
     mods = modifications.check(mods)
     rows = _check_rows("rows", rows, N)
-    out, lse = online(_grouped_rows(q, Hkv, rows), k, v, rows, mask=mask, causal=causal, mods=mods, N=N, M=M,
-                      scale=scale, block_m=block_m)
-    return out.reshape(B, H, len(rows), Dv), lse.reshape(B, H, len(rows))
+    qg = _grouped_rows(q, Hkv, rows)
+    kwargs = dict(mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
+    blocks = (list(score_blocks(qg, k, rows, block_m=block_m, **kwargs)) if B * H * len(rows) * M <= keep_elements
+              else None)
+    out, lse = online(qg, k, v, rows, block_m=block_m, blocks=blocks, **kwargs)
+    return out.reshape(B, H, len(rows), Dv), lse.reshape(B, H, len(rows)), blocks
 
 
 def _all_lse_and_delta(qg, k, v, gg, kwargs, N, block_n, block_m):
