@@ -65,20 +65,16 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
         t = t if widen == 1.0 else widen * t
         t_seen = np.maximum(t_seen, np.max(np.where(p > 0, t, 0.0), axis=-1))
         t_finite = np.maximum(t_finite, np.max(t, axis=-1))
-        # One buffer [v, |v|^2, |v|] (B, Hkv, C, 3 Dv) whose column ranges are the operands of every product below:
-        # products that share an operand are one BLAS call (rows or columns side by side: each element the same
-        # dot product).
-        w = np.empty((B, Hkv, len(kj), 3 * Dv))
-        vt, abs_v2, abs_v = w[..., :Dv], w[..., Dv:2 * Dv], w[..., 2 * Dv:]
-        vt[...] = v[:, :, key_slice(kj)]
-        np.abs(vt, out=abs_v)
-        np.multiply(abs_v, abs_v, out=abs_v2)
+        # v, |v| and |v|^2 (B, Hkv, C, Dv) are each the operand of two products (v a view of the input, no copy).
         # The visibility (0/1) is shared by the heads of a group unless a mask is per head, so its products are
         # taken once per distinct row (`_compact`), not G times.
+        vt = v[:, :, key_slice(kj)]
+        abs_v = np.abs(vt)
+        abs_v2 = abs_v * abs_v
         vis = _compact(finite).astype(np.float64)                             # (B|1, Hkv|1, G|1, R, C)
-        vis_both = vis @ w[:, :, None, :, Dv:]                                # [sum vis |v|^2, sum vis |v|]
-        vis_v2 += vis_both[..., :Dv]
-        vis_v += vis_both[..., Dv:]
+        vis_v2 += vis @ abs_v2[:, :, None]
+        vis_abs = vis @ abs_v[:, :, None]                                   # (B, Hkv, G|1, R, Dv)
+        vis_v += vis_abs
         visible += vis.sum(axis=-1)
         low_rows, flush_rows = _low_and_flushed(p, vis, abs_v, tiny, min_normal)
         mass_rows = block.group_matmul(np.concatenate([p, *flush_rows, *low_rows], axis=-2)
@@ -87,15 +83,14 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
         if flush_rows:
             flushed += mass_rows[..., R:2 * R, :]
         else:                       # min(P, tiny) = tiny where visible, 0 elsewhere: tiny sum_visible |v|
-            flushed += tiny * vis_both[..., Dv:]
+            flushed += tiny * vis_abs
         if low_rows:
             subnormal_v += mass_rows[..., -R:, :]
         p2_ = p * p
         p_sum += p.sum(axis=-1)
         p2 += p2_.sum(axis=-1)
-        p2_both = block.group_matmul(p2_, w[..., :2 * Dv])                     # [sum P^2 v, sum P^2 |v|^2]
-        p2_vs += p2_both[..., :Dv]
-        p2_v2 += p2_both[..., Dv:]
+        p2_vs += block.group_matmul(p2_, vt)
+        p2_v2 += block.group_matmul(p2_, abs_v2)
     return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed, subnormal_v)
 
 
