@@ -30,7 +30,7 @@ from attnbench.budget import (ACCUMULATION_DTYPE, FLUSH_THRESHOLD, UNIT_ROUNDOFF
                               sink_grad_terms, stored_output_floor)
 from attnbench.precision import Precision, backward_model_bound, model_bounds
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
-from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
+from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, make_inputs
 from attnbench.reference import layouts as kv_layouts
 from attnbench.reference.rows import sdpa_rows_with_scores
 from attnbench.row_bound import RowStats, backward_row_scales, condition_one, min_normal, row_stats
@@ -40,6 +40,9 @@ FULL_CHECK_PAIRS = 512 * 512
 # Tile sizes a kernel might use: both sides of every multiple of 16 through 256 are sampled.
 TILE_STEP, TILE_MAX = 16, 256
 RANDOM_ROWS = 16
+# Inputs past this many bytes are not copied before a call (a problem past 2^31 elements: 4-8 GiB a tensor);
+# a digest of their bytes shows whether the call wrote them (`inputs_contract`).
+PRISTINE_COPY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -483,9 +486,36 @@ def output_contract(name: str, value, canonical: np.ndarray, shape: tuple, dtype
 
 
 def _pristine(inputs: Inputs) -> Inputs:
-    return Inputs(*(None if x is None else np.array(x, copy=True) for x in (inputs.q, inputs.k, inputs.v,
-                                                                            inputs.mask)), inputs.mods,
+    """Copies of the inputs, for the reference and the inputs contract; an input past PRISTINE_COPY_BYTES is
+    itself (its `_digests` taken before the call stand in for the copy)."""
+    return Inputs(*(None if x is None else x if _too_big_to_copy(x) else np.array(x, copy=True)
+                    for x in (inputs.q, inputs.k, inputs.v, inputs.mask)), inputs.mods,
                   None if inputs.kv is None else inputs.kv.copy())
+
+
+def _too_big_to_copy(x) -> bool:
+    return np.asarray(x).nbytes > PRISTINE_COPY_BYTES
+
+
+def _digests(inputs: Inputs) -> dict[str, str]:
+    """{name: digest of the bytes} of q, k, v past PRISTINE_COPY_BYTES (not copied by `_pristine`)."""
+    import hashlib
+
+    return {n: hashlib.blake2b(memoryview(np.ascontiguousarray(x)).cast("B")).hexdigest()
+            for n, x in (("q", inputs.q), ("k", inputs.k), ("v", inputs.v)) if _too_big_to_copy(x)}
+
+
+def _native_equal(backend, native, expected: np.ndarray) -> bool:
+    """A backend's converted input (B, H|Hkv, L, D) holds `expected`'s values: at once, or past
+    PRISTINE_COPY_BYTES 2^20 positions of L at a time (its float64 view whole would be 8-16 GiB)."""
+    if not _too_big_to_copy(expected):
+        values = backend.to_numpy(native)
+        return values.shape == expected.shape and np.array_equal(values, expected, equal_nan=True)
+    if tuple(native.shape) != expected.shape:
+        return False
+    step = 1 << 20
+    return all(np.array_equal(backend.to_numpy(native[:, :, i:i + step]), expected[:, :, i:i + step],
+                              equal_nan=True) for i in range(0, expected.shape[2], step))
 
 
 def _same_bits(a, b) -> bool:
@@ -493,19 +523,21 @@ def _same_bits(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]:
+def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs, digests: dict[str, str] | None = None
+                    ) -> list[str]:
     """Inputs written by the call: the float64 arrays handed to `prepare` (a float64 tensor may share their
-    memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs."""
+    memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs.
+    digests: `_digests` taken before the call, for the inputs too big to copy."""
+    after = _digests(inputs) if digests else {}
     problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
-                if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
+                if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))
+                or n in (digests or {}) and after.get(n) != digests[n]]
     if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
         problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
                      if not _same_bits(getattr(inputs.kv, n), x)]
     for n, native in zip(("q", "k", "v"), getattr(run, "native_inputs", ())):
         if f"input {n} was modified by the call" not in problems:
-            values = backend.to_numpy(native)
-            if not (values.shape == getattr(pristine, n).shape
-                    and np.array_equal(values, getattr(pristine, n), equal_nan=True)):
+            if not _native_equal(backend, native, getattr(pristine, n)):
                 problems.append(f"input {n} was modified by the call (the backend's converted copy)")
     return problems
 
@@ -519,16 +551,16 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     rows: None (all rows at small sizes, a `choose_rows` sample at length), "all", a sequence of query rows,
     or a `RowSample`.
     """
-    cached = inputs is None
+    cached = inputs is None and not drawn_in_dtype(problem)      # else inputs are made once, not again
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
-    pristine = _pristine(inputs)
+    pristine, digests = _pristine(inputs), _digests(inputs)
     want_lse = backend.capabilities(device).lse
     run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
     result = run()
     ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
     return _judge_forward(backend, problem, result, ref, sample, device, want_lse=want_lse,
-                          broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
+                          broken=inputs_contract(backend, run, inputs, pristine, digests), physical=_physical(run))
 
 
 def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,
@@ -582,17 +614,17 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
                    rows=None) -> Verdicts:
     """Compare dQ (query rows), dK and dV (key rows) with the float64 reference backward, against the naive
     same-dtype one. rows: as in `check_forward` (a sequence names query rows; keys are then all checked)."""
-    cached = inputs is None
+    cached = inputs is None and not drawn_in_dtype(problem)
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
-    pristine = _pristine(inputs)
+    pristine, digests = _pristine(inputs), _digests(inputs)
     grad_out = make_grad_out(problem)                   # logical (B, H, N, Dv): the reference's
     run = backend.prepare_backward(inputs, problem, grad_out_for(problem), device=device)   # shaped like O
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
     return _judge_backward(backend, problem, actual, ref, sample, device,
-                           broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
+                           broken=inputs_contract(backend, run, inputs, pristine, digests), physical=_physical(run))
 
 
 def verify_backward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,

@@ -18,7 +18,7 @@ from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, UNIT_ROUNDOFF
 from attnbench.precision import HALF_SUBNORMAL, Precision, RowStats, model_bounds
 from attnbench.reference import block, mods as modifications
 from attnbench.reference.block import block_of
-from attnbench.reference.rows import BLOCK_M, key_slice, score_blocks
+from attnbench.reference.rows import BLOCK_M, float64_reads, key_slice, score_blocks
 
 
 # The smallest `tiny` for which tiny |v| is normal for every nonzero |v| >= 2^-149 (float32's smallest subnormal,
@@ -49,7 +49,8 @@ def row_stats(q, k, v, lse, rows, *, mask, causal, scale: float, mods=(), block_
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
     G = H // Hkv
     R = len(rows)
-    qg = q[:, :, rows].reshape(B, Hkv, G, R, D)
+    k, v = float64_reads("k", k), float64_reads("v", v)          # held in the dtype past 2^31: a block at a time
+    qg = float64_reads("q", q)[:, :, rows].reshape(B, Hkv, G, R, D)
     lse_g = lse.reshape(B, Hkv, G, R)
     shift = np.where(np.isneginf(lse_g), np.inf, lse_g)[..., None]            # rows with no key: P = 0
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)

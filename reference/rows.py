@@ -28,7 +28,7 @@ import numpy as np
 
 from . import block
 from . import mods as modifications
-from ._checks import AttentionInputError
+from ._checks import AttentionInputError, as_float64, check_mask, check_qkv, normalize_causal
 from .block import bias_rows, grouped as _grouped  # noqa: F401  (re-exported: the row bound and tests use them)
 from .sdpa import prepare_qkv
 
@@ -37,6 +37,42 @@ BLOCK_N = 512
 # Score blocks `sdpa_rows_with_scores` keeps for the row statistics of the same rows, up to this many float64
 # elements in all (256 MiB: N 16 against M 131,073 with H 8 needs 11.5 M); above it they are computed again.
 KEEP_SCORES_ELEMENTS = 1 << 25
+
+
+class Float64Reads:
+    """K or V (B, Hkv, M, D) held in float16 or float32 (a problem past 2^31 elements a tensor:
+    `attnbench.problem.make_inputs`) read as float64 one block at a time: indexing returns what it selects,
+    converted exactly, so no float64 copy of the whole tensor (16 GiB at 2^31) is ever made."""
+
+    def __init__(self, x: np.ndarray):
+        self.held, self.shape, self.ndim = x, x.shape, x.ndim
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.held[index], dtype=np.float64)
+
+
+def float64_reads(name: str, x):
+    """`x` as float64 (`as_float64`), or, held in float16/float32, as `Float64Reads` of it."""
+    if isinstance(x, Float64Reads):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype in (np.float16, np.float32) and arr.ndim == 4 and arr.size:
+        return Float64Reads(arr)
+    return as_float64(name, arr, rank=4)
+
+
+def prepare_rows(q, k, v, rows, mask, causal, scale):
+    """`prepare_qkv` for query rows `rows` (R,): (q's rows grouped (B, Hkv, G, R, D) float64, k, v
+    (`float64_reads`: float64 a block at a time where held in float16/float32), mask, causal, scale, rows, dims)."""
+    q, k, v = float64_reads("q", q), float64_reads("k", k), float64_reads("v", v)
+    B, H, Hkv, N, M, D, Dv = check_qkv(q, k, v)
+    rows = _check_rows("rows", rows, N)
+    mask = check_mask(mask, (B, H, N, M))
+    scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
+    if not np.isfinite(scale):
+        raise AttentionInputError(f"scale: expected a finite number or None, got {scale!r}")
+    qg = q[:, :, rows].reshape(B, Hkv, H // Hkv, len(rows), D)
+    return qg, k, v, mask, normalize_causal(causal), scale, rows, (B, H, Hkv, N, M, D, Dv)
 
 
 def _check_rows(name: str, rows, length: int) -> np.ndarray:
@@ -103,10 +139,8 @@ def sdpa_rows_with_scores(q, k, v, rows, *, mask=None, causal=None, scale=None, 
     """(O, lse, blocks) as `sdpa_rows`, blocks the `score_blocks` list [(kj, S (B, Hkv, G, R, C))] of the rows
     when the scores hold at most keep_elements elements (else None): the row statistics of the same rows
     (`attnbench.row_bound.row_stats`) read them instead of computing every score a second time."""
-    q, k, v, mask, causal, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale)
+    qg, k, v, mask, causal, scale, rows, (B, H, Hkv, N, M, D, Dv) = prepare_rows(q, k, v, rows, mask, causal, scale)
     mods = modifications.check(mods)
-    rows = _check_rows("rows", rows, N)
-    qg = _grouped_rows(q, Hkv, rows)
     kwargs = dict(mask=mask, causal=causal, mods=mods, N=N, M=M, scale=scale)
     blocks = (list(score_blocks(qg, k, rows, block_m=block_m, **kwargs)) if B * H * len(rows) * M <= keep_elements
               else None)
