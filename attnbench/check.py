@@ -507,13 +507,15 @@ def _digests(inputs: Inputs) -> dict[str, str]:
 
 def _native_equal(backend, native, expected: np.ndarray) -> bool:
     """A backend's converted input (B, H|Hkv, L, D) holds `expected`'s values: at once, or past
-    PRISTINE_COPY_BYTES 2^20 positions of L at a time (its float64 view whole would be 8-16 GiB)."""
+    PRISTINE_COPY_BYTES 2^23 elements (64 MiB in float64) at a time along L (its float64 view whole would be
+    8-16 GiB)."""
     if not _too_big_to_copy(expected):
         values = backend.to_numpy(native)
         return values.shape == expected.shape and np.array_equal(values, expected, equal_nan=True)
     if tuple(native.shape) != expected.shape:
         return False
-    step = 1 << 20
+    B, H, L, D = expected.shape
+    step = max(1, (1 << 23) // (B * H * D))
     return all(np.array_equal(backend.to_numpy(native[:, :, i:i + step]), expected[:, :, i:i + step],
                               equal_nan=True) for i in range(0, expected.shape[2], step))
 
