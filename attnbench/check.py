@@ -530,10 +530,15 @@ def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs, digests: dic
     """Inputs written by the call: the float64 arrays handed to `prepare` (a float64 tensor may share their
     memory) and, where the prepared callable exposes them (`run.native_inputs`), its converted inputs.
     digests: `_digests` taken before the call, for the inputs too big to copy."""
+    digests = digests or {}
     after = _digests(inputs) if digests else {}
-    problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
-                if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))
-                or n in (digests or {}) and after.get(n) != digests[n]]
+
+    def written(n: str) -> bool:                # a digest where the input was too big to copy (no bytes copies)
+        if n in digests:
+            return after.get(n) != digests[n]
+        return getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))
+
+    problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask") if written(n)]
     if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
         problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
                      if not _same_bits(getattr(inputs.kv, n), x)]
