@@ -73,9 +73,9 @@ LONG_BACKWARD = [
 # Element offsets past 2^31 (--long): K and V of 2^31 + 128 elements each (M = 2^24 + 1 keys of D 128), N = 16
 # queries, so the score work is small (2^28 pairs) and only the offsets are large. A kernel indexing K or V with a
 # 32-bit element offset wraps past key 2^24 (2^31 / D). Inputs are drawn in float16 (`attnbench.problem.make_inputs`:
-# 4 GiB a tensor instead of 16 in float64). Memory: about 16 GiB (K and V 8 GiB; the naive yardstick's K^T 4 GiB;
-# a backend's own K^T or converted copy up to 4 GiB); run where the machine has that much available, else a skip
-# that says so. Backends: those named in OFFSETS_BACKENDS (O(N)-memory or an (N, M) pattern of 1 GiB) unless
+# 4 GiB a tensor instead of 16 in float64). Memory: about 13 GiB at peak (K and V 8 GiB; the naive yardstick's K^T
+# 4 GiB; torch_eager's own K^T copy 4 GiB during its call): 4x the 3.4 GiB peak measured at M = 2^22 + 1 with the
+# dtype-direct path forced. 16 GiB available is required (headroom); with less, a skip that says so. Backends: those named in OFFSETS_BACKENDS (O(N)-memory or an (N, M) pattern of 1 GiB) unless
 # named with --backend.
 OFFSETS_PAST_2_31 = [
     Problem(B=1, H=1, N=16, M=(1 << 24) + 1, D=128, causal="bottom_right", dtype="float16", seed=89),
