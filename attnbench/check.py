@@ -31,14 +31,18 @@ from attnbench.budget import (ACCUMULATION_DTYPE, FLUSH_THRESHOLD, UNIT_ROUNDOFF
 from attnbench.precision import (HALF_SUBNORMAL, Precision, backward_before_rounding, backward_model_bound,
                                  model_bounds)
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
-from attnbench.problem import Inputs, Problem, make_grad_out, make_inputs
+from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, make_inputs
 from attnbench.reference import layouts as kv_layouts
 from attnbench.reference.mods.base import TILE_MAX, TILE_STEP, tile_edges as _tile_edges  # noqa: F401
+from attnbench.reference.rows import sdpa_rows_with_scores
 from attnbench.row_bound import RowStats, backward_row_scales, condition_one, min_normal, row_stats
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
 RANDOM_ROWS = 16
+# Inputs past this many bytes are not copied before a call (a problem past 2^31 elements: 4-8 GiB a tensor);
+# a digest of their bytes shows whether the call wrote them (`inputs_contract`).
+PRISTINE_COPY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,7 @@ def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0
     fully masked rows, where each modification's edges fall (`query_rows`; causal: the rows whose last visible key
     sits on a key-tile boundary, around the diagonal and the first query that sees a key under bottom_right), each
     sequence's first rows, one row in every 16-row tile (`one_per_tile`), and RANDOM_ROWS random rows."""
-    N, M = problem.N, problem.M
+    N = problem.N
     rows = {0, 1, N - 2, N - 1} | _tile_edges(N) | one_per_tile(N, np.random.default_rng(seed + 7))
     if inputs is not None and inputs.mask is not None and np.shape(inputs.mask)[-2] == N:
         mask = np.asarray(inputs.mask)
@@ -247,9 +251,11 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     """The reference side of `check_forward` on query rows `rows.query` (pristine inputs)."""
     p = problem
     qr = _indices(rows.query, p.N)
-    out, lse = reference.sdpa_rows(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
+    # The row statistics read the scores the reference computed (where they fit: `KEEP_SCORES_ELEMENTS`).
+    out, lse, blocks = sdpa_rows_with_scores(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
     stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, scale=_effective_scale(p),
-                      mods=inputs.reference_mods(p), tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype))
+                      mods=inputs.reference_mods(p), tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype),
+                      blocks=blocks)
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)
@@ -523,9 +529,38 @@ def output_contract(name: str, value, canonical: np.ndarray, shape: tuple, dtype
 
 
 def _pristine(inputs: Inputs) -> Inputs:
-    return Inputs(*(None if x is None else np.array(x, copy=True) for x in (inputs.q, inputs.k, inputs.v,
-                                                                            inputs.mask)), inputs.mods,
+    """Copies of the inputs, for the reference and the inputs contract; an input past PRISTINE_COPY_BYTES is
+    itself (its `_digests` taken before the call stand in for the copy)."""
+    return Inputs(*(None if x is None else x if _too_big_to_copy(x) else np.array(x, copy=True)
+                    for x in (inputs.q, inputs.k, inputs.v, inputs.mask)), inputs.mods,
                   None if inputs.kv is None else inputs.kv.copy())
+
+
+def _too_big_to_copy(x) -> bool:
+    return np.asarray(x).nbytes > PRISTINE_COPY_BYTES
+
+
+def _digests(inputs: Inputs) -> dict[str, str]:
+    """{name: digest of the bytes} of q, k, v past PRISTINE_COPY_BYTES (not copied by `_pristine`)."""
+    import hashlib
+
+    return {n: hashlib.blake2b(memoryview(np.ascontiguousarray(x)).cast("B")).hexdigest()
+            for n, x in (("q", inputs.q), ("k", inputs.k), ("v", inputs.v)) if _too_big_to_copy(x)}
+
+
+def _native_equal(backend, native, expected: np.ndarray) -> bool:
+    """A backend's converted input (B, H|Hkv, L, D) holds `expected`'s values: at once, or past
+    PRISTINE_COPY_BYTES 2^23 elements (64 MiB in float64) at a time along L (its float64 view whole would be
+    8-16 GiB)."""
+    if not _too_big_to_copy(expected):
+        values = backend.to_numpy(native)
+        return values.shape == expected.shape and np.array_equal(values, expected, equal_nan=True)
+    if tuple(native.shape) != expected.shape:
+        return False
+    B, H, L, D = expected.shape
+    step = max(1, (1 << 23) // (B * H * D))
+    return all(np.array_equal(backend.to_numpy(native[:, :, i:i + step]), expected[:, :, i:i + step],
+                              equal_nan=True) for i in range(0, expected.shape[2], step))
 
 
 def _same_bits(a, b) -> bool:
@@ -533,12 +568,21 @@ def _same_bits(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]:
+def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs, digests: dict[str, str] | None = None
+                    ) -> list[str]:
     """Inputs written by the call: the float64 arrays handed to `prepare` (a float64 tensor may share their
     memory) and, where the prepared callable exposes them, its converted inputs (`run.native_inputs`: q, k, v;
-    `run.native_kv`: {name: tensor} of a layout's storage it read natively, named as `Storage.ARRAYS`)."""
-    problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask")
-                if getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))]
+    `run.native_kv`: {name: tensor} of a layout's storage it read natively, named as `Storage.ARRAYS`).
+    digests: `_digests` taken before the call, for the inputs too big to copy."""
+    digests = digests or {}
+    after = _digests(inputs) if digests else {}
+
+    def written(n: str) -> bool:                # a digest where the input was too big to copy (no bytes copies)
+        if n in digests:
+            return after.get(n) != digests[n]
+        return getattr(pristine, n) is not None and not _same_bits(getattr(inputs, n), getattr(pristine, n))
+
+    problems = [f"input {n} was modified by the call" for n in ("q", "k", "v", "mask") if written(n)]
     if pristine.kv is not None:                 # the layout's storage (an appended key belongs in a copy)
         problems += [f"input {n} was modified by the call" for n, x in pristine.kv.arrays().items()
                      if not _same_bits(getattr(inputs.kv, n), x) and f"input {n} was modified by the call"
@@ -549,8 +593,7 @@ def inputs_contract(backend, run, inputs: Inputs, pristine: Inputs) -> list[str]
         converted += [(n, native, stored[n]) for n, native in getattr(run, "native_kv", {}).items() if n in stored]
     for n, native, before in converted:
         if f"input {n} was modified by the call" not in problems:
-            values = backend.to_numpy(native)
-            if not (values.shape == before.shape and np.array_equal(values, before, equal_nan=True)):
+            if not _native_equal(backend, native, before):
                 problems.append(f"input {n} was modified by the call (the backend's converted copy)")
     return problems
 
@@ -564,16 +607,16 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     rows: None (all rows at small sizes, a `choose_rows` sample at length), "all", a sequence of query rows,
     or a `RowSample`.
     """
-    cached = inputs is None
+    cached = inputs is None and not drawn_in_dtype(problem)      # else inputs are made once, not again
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
-    pristine = _pristine(inputs)
+    pristine, digests = _pristine(inputs), _digests(inputs)
     want_lse = backend.capabilities(device).lse
     run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
     result = run()
     ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
     return _judge_forward(backend, problem, result, ref, sample, device, want_lse=want_lse,
-                          broken=inputs_contract(backend, run, inputs, pristine), physical=_physical(run))
+                          broken=inputs_contract(backend, run, inputs, pristine, digests), physical=_physical(run))
 
 
 def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, rows: RowSample,
@@ -627,17 +670,17 @@ def check_backward(backend, problem: Problem, device: str = "cpu", *, inputs: In
                    rows=None) -> Verdicts:
     """Compare dQ (query rows), dK and dV (key rows) with the float64 reference backward, against the naive
     same-dtype one. rows: as in `check_forward` (a sequence names query rows; keys are then all checked)."""
-    cached = inputs is None
+    cached = inputs is None and not drawn_in_dtype(problem)
     inputs = make_inputs(problem) if inputs is None else inputs
     sample = _as_rows(rows, problem, inputs)
-    pristine = _pristine(inputs)
+    pristine, digests = _pristine(inputs), _digests(inputs)
     grad_out = make_grad_out(problem)                   # logical (B, H, N, Dv): the reference's
     given = grad_out_for(problem, grad_out.copy())      # shaped like O; a copy: a call writing it spares the ref's
     run = backend.prepare_backward(inputs, problem, given, device=device)
     actual = run()
     ref = (_cached_backward_reference(problem, sample) if cached
            else backward_reference(pristine, problem, grad_out, sample))
-    broken = inputs_contract(backend, run, inputs, pristine) + grad_out_contract(backend, run, problem, given)
+    broken = inputs_contract(backend, run, inputs, pristine, digests) + grad_out_contract(backend, run, problem, given)
     return _judge_backward(backend, problem, actual, ref, sample, device, broken=broken, physical=_physical(run))
 
 

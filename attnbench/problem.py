@@ -42,6 +42,28 @@ def round_to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     return torch.from_numpy(np.asarray(x, dtype=np.float64)).to(getattr(torch, dtype)).to(torch.float64).numpy()
 
 
+# Past this many elements in one of q, k, v (2^31: 16 GiB a tensor in float64), `make_inputs` draws straight into
+# the dtype's holder (HOLDER_DTYPES, `draw_in_dtype`): the same values in 2 bytes an element (float16) or 4
+# (bfloat16, float32), so element offsets past 2^31 fit a machine's memory. Below it, inputs are float64 as ever.
+DIRECT_ELEMENTS = 1 << 31
+# Elements drawn (in float64) and rounded at a time by `draw_in_dtype`: 128 MiB of float64 scratch.
+DRAW_CHUNK = 1 << 24
+# The narrowest NumPy dtype that holds every value of a problem dtype exactly (NumPy has no bfloat16).
+HOLDER_DTYPES = {"float16": np.float16, "bfloat16": np.float32, "float32": np.float32, "float64": np.float64}
+
+
+def draw_in_dtype(rng: np.random.Generator, shape: tuple, dtype: str, *, chunk: int = DRAW_CHUNK) -> np.ndarray:
+    """Standard normal values of `shape` rounded to `dtype`, held in HOLDER_DTYPES[dtype], drawn `chunk` at a time:
+    equal to `round_to_dtype(rng.standard_normal(shape), dtype)` and leaving rng in the same state (a Generator's
+    normal stream does not depend on how it is split), without the float64 array."""
+    out = np.empty(shape, dtype=HOLDER_DTYPES[dtype])
+    flat = out.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        n = min(chunk, flat.size - start)
+        flat[start:start + n] = round_to_dtype(rng.standard_normal(n), dtype)
+    return out
+
+
 # Input distributions: name -> f(rng, shape, role) with role in {"q", "k", "v"}.
 # Standard normal, never uniform [0, 1): uniform positive inputs make every
 # output row close to mean(V), which lets a kernel that ignores the scores pass.
@@ -246,7 +268,8 @@ def apply_layout(x, layout: str, *, contiguous: Callable, zeros: Callable):
 class Inputs:
     """float64 arrays holding dtype-representable values: q (B, H, N, D), k (B, Hkv, M, D),
     v (B, Hkv, M, Dv), mask None, bool (True = attend) or a float bias, rank 4 and broadcastable to
-    (B, H, N, M) (see MASK_FORMS for the shapes)."""
+    (B, H, N, M) (see MASK_FORMS for the shapes). A problem with a tensor past DIRECT_ELEMENTS holds q, k, v
+    in HOLDER_DTYPES[dtype] instead (the same values; `make_inputs`): convert what you read, a block at a time."""
 
     q: np.ndarray
     k: np.ndarray
@@ -290,8 +313,22 @@ def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:
     return keep
 
 
+def largest_tensor(problem: Problem) -> int:
+    """Elements of the largest of q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv)."""
+    p = problem
+    return max(p.B * p.H * p.N * p.D, p.B * p.Hkv * p.M * p.D, p.B * p.Hkv * p.M * p.Dv)
+
+
+def drawn_in_dtype(problem: Problem) -> bool:
+    """Whether `make_inputs` holds this problem's q, k, v in its dtype (a tensor past DIRECT_ELEMENTS)."""
+    return largest_tensor(problem) > DIRECT_ELEMENTS
+
+
 def make_inputs(problem: Problem) -> Inputs:
-    """Deterministic inputs for `problem` (same seed, same arrays), rounded to its dtype."""
+    """Deterministic inputs for `problem` (same seed, same arrays), rounded to its dtype; past DIRECT_ELEMENTS
+    in one tensor, the same values held in the dtype (`_make_direct_inputs`)."""
+    if drawn_in_dtype(problem):
+        return _make_direct_inputs(problem)
     rng = np.random.default_rng(problem.seed)
     draw = INPUT_DISTRIBUTIONS[problem.inputs]
     p = problem
@@ -308,6 +345,21 @@ def make_inputs(problem: Problem) -> Inputs:
     storage, (q, k, v, mask) = kv_layouts.make_storage(p, q, k, v, np.random.default_rng([p.seed, 6007]))
     storage.k, storage.v = round_to_dtype(storage.k, p.dtype), round_to_dtype(storage.v, p.dtype)
     return Inputs(q, k, v, mask, mods, storage)
+
+
+def _make_direct_inputs(p: Problem) -> Inputs:
+    """`make_inputs` past DIRECT_ELEMENTS: q, k, v drawn chunk by chunk into HOLDER_DTYPES[dtype], in the order
+    and from the generator the float64 path uses, so the values are the ones it would give. Standard normal
+    inputs, no mask, dense KV only (the others form float64 tensors or (N, M) masks)."""
+    if p.inputs != "normal" or p.mask is not None or kv_layouts.needs_storage(p):
+        raise AttentionInputError(f"Problem: a tensor of {largest_tensor(p)} elements (past {DIRECT_ELEMENTS}) is "
+                                  f"drawn in its dtype: inputs=normal, no mask, dense KV only; got inputs="
+                                  f"{p.inputs}, mask={p.mask}, kv={p.kv}")
+    rng = np.random.default_rng(p.seed)
+    q = draw_in_dtype(rng, (p.B, p.H, p.N, p.D), p.dtype)
+    k = draw_in_dtype(rng, (p.B, p.Hkv, p.M, p.D), p.dtype)
+    v = draw_in_dtype(rng, (p.B, p.Hkv, p.M, p.Dv), p.dtype)
+    return Inputs(q, k, v, None, modifications.bind(p.mods, p, np.random.default_rng([p.seed, 4099])))
 
 
 def make_grad_out(problem: Problem) -> np.ndarray:

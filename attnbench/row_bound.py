@@ -18,7 +18,12 @@ from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, UNIT_ROUNDOFF
 from attnbench.precision import HALF_SUBNORMAL, Precision, RowStats, model_bounds
 from attnbench.reference import block, mods as modifications
 from attnbench.reference.block import block_of
-from attnbench.reference.rows import BLOCK_M
+from attnbench.reference.rows import BLOCK_M, float64_reads, key_slice, score_blocks
+
+
+# The smallest `tiny` for which tiny |v| is normal for every nonzero |v| >= 2^-149 (float32's smallest subnormal,
+# hence every float16, bfloat16 and float32 input): float64's 2^-1022 is not, float32's 2^-126 is.
+NORMAL_SCALING = 2.0 ** -800
 
 
 def min_normal(dtype: str) -> float:
@@ -27,13 +32,14 @@ def min_normal(dtype: str) -> float:
 
 
 def row_stats(q, k, v, lse, rows, *, mask, scale: float, mods=(), block_m: int = BLOCK_M,
-              tiny: float = 0.0, min_normal: float = 0.0) -> RowStats:
+              tiny: float = 0.0, min_normal: float = 0.0, blocks=None) -> RowStats:
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
     (P = exp(S - lse)); mask broadcastable to (B, H, N, M) or None; mods: bound modifications, causal among them
     (`Inputs.reference_mods`); tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`).
-    Scores and their magnitude T come from the reference's block function.
+    Scores and their magnitude T come from the reference's block function; blocks: the scores of these rows
+    already computed (`reference.rows.sdpa_rows_with_scores`; None: computed here).
 
     A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
     raises the score error from LAMBDA u (sqrt(D) + 2) T to at most LAMBDA u (sqrt(D) + 2 + extra) T: T is
@@ -43,7 +49,8 @@ def row_stats(q, k, v, lse, rows, *, mask, scale: float, mods=(), block_m: int =
     Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
     G = H // Hkv
     R = len(rows)
-    qg = q[:, :, rows].reshape(B, Hkv, G, R, D)
+    k, v = float64_reads("k", k), float64_reads("v", v)          # held in the dtype past 2^31: a block at a time
+    qg = float64_reads("q", q)[:, :, rows].reshape(B, Hkv, G, R, D)
     lse_g = lse.reshape(B, Hkv, G, R)
     shift = np.where(np.isneginf(lse_g), np.inf, lse_g)[..., None]            # rows with no key: P = 0
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)
@@ -51,35 +58,57 @@ def row_stats(q, k, v, lse, rows, *, mask, scale: float, mods=(), block_m: int =
     mass, p2_v2, p2_vs, vis_v2, vis_v, flushed, subnormal_v = (np.zeros(per_elem) for _ in range(7))
     kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
-    for start in range(0, M, block_m):
-        kj = np.arange(start, min(start + block_m, M))
-        vt = v[:, :, kj]                                                      # (B, Hkv, C, Dv)
-        p = np.exp(block.scores(qg, k, rows, kj, **kwargs) - shift)
-        t, finite = block.magnitude(qg, k, rows, kj, **kwargs)
-        t = widen * t
+    if blocks is None:
+        blocks = score_blocks(qg, k, rows, block_m=block_m, **kwargs)
+    for kj, s in blocks:
+        p = np.exp(s - shift)
+        t, finite = block.magnitude(qg, k, rows, kj, **kwargs)               # t is 0 where finite is False
+        t = t if widen == 1.0 else widen * t
         t_seen = np.maximum(t_seen, np.max(np.where(p > 0, t, 0.0), axis=-1))
-        t_finite = np.maximum(t_finite, np.max(np.where(finite, t, 0.0), axis=-1))
-        abs_v, p2_ = np.abs(vt), p * p
+        t_finite = np.maximum(t_finite, np.max(t, axis=-1))
+        # v, |v| and |v|^2 (B, Hkv, C, Dv) are each the operand of two products (v a view of the input, no copy).
+        # The visibility (0/1) is shared by the heads of a group unless a mask is per head, so its products are
+        # taken once per distinct row (`_compact`), not G times.
+        vt = v[:, :, key_slice(kj)]
+        abs_v = np.abs(vt)
         abs_v2 = abs_v * abs_v
-        # Products that share an operand are one BLAS call (rows or columns side by side: each element the same
-        # dot product); the visibility (0/1) is shared by the heads of a group unless a mask is per head, so its
-        # products are taken once per distinct row (`_compact`), not G times.
-        low = ((p > 0) & (p < min_normal)).astype(np.float64)
-        mass_flushed = block.group_matmul(np.concatenate([p, np.minimum(p, tiny), low], axis=-2), abs_v)
-        mass += mass_flushed[..., :R, :]
-        flushed += mass_flushed[..., R:2 * R, :]
-        subnormal_v += mass_flushed[..., 2 * R:, :]
+        vis = _compact(finite).astype(np.float64)                             # (B|1, Hkv|1, G|1, R, C)
+        vis_v2 += vis @ abs_v2[:, :, None]
+        vis_abs = vis @ abs_v[:, :, None]                                   # (B, Hkv, G|1, R, Dv)
+        vis_v += vis_abs
+        visible += vis.sum(axis=-1)
+        low_rows, flush_rows = _low_and_flushed(p, vis, abs_v, tiny, min_normal)
+        mass_rows = block.group_matmul(np.concatenate([p, *flush_rows, *low_rows], axis=-2)
+                                       if flush_rows or low_rows else p, abs_v)
+        mass += mass_rows[..., :R, :]
+        if flush_rows:
+            flushed += mass_rows[..., R:2 * R, :]
+        else:                       # min(P, tiny) = tiny where visible, 0 elsewhere: tiny sum_visible |v|
+            flushed += tiny * vis_abs
+        if low_rows:
+            subnormal_v += mass_rows[..., -R:, :]
+        p2_ = p * p
         p_sum += p.sum(axis=-1)
         p2 += p2_.sum(axis=-1)
-        p2_both = block.group_matmul(p2_, np.concatenate([abs_v2, vt], axis=-1))
-        p2_v2 += p2_both[..., :Dv]
-        p2_vs += p2_both[..., Dv:]
-        vis = _compact(finite).astype(np.float64)                             # (B|1, Hkv|1, G|1, R, C)
-        vis_both = vis @ np.concatenate([abs_v2, abs_v], axis=-1)[:, :, None]
-        vis_v2 += vis_both[..., :Dv]
-        vis_v += vis_both[..., Dv:]
-        visible += vis.sum(axis=-1)
+        p2_vs += block.group_matmul(p2_, vt)
+        p2_v2 += block.group_matmul(p2_, abs_v2)
     return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed, subnormal_v)
+
+
+def _low_and_flushed(p, vis, abs_v, tiny: float, min_normal: float):
+    """([the 0/1 rows of 0 < P < min_normal] or [], [the rows min(P, tiny)] or []) of P (B, Hkv, G, R, C), to
+    multiply by |v| beside P. Both are left out where they follow from the visibility vis (B|1, Hkv|1, G|1, R, C)
+    alone, the common case, saving one or two of the three products: min(P, tiny) is tiny exactly where a key is
+    visible and 0 elsewhere (no weight in (0, tiny), none lost to underflow, no NaN), and then no weight is in
+    (0, min_normal) either when min_normal <= tiny (bfloat16, float32). |v| must be finite (0 inf is NaN), and
+    tiny a power of two (float32's tiny, not float64's) whose products with every nonzero |v| of a float32
+    value stay normal, so tiny sum |v| has the bits of sum tiny |v|."""
+    flushed = np.minimum(p, tiny)
+    if tiny < NORMAL_SCALING or not (np.all(flushed == tiny * vis) and np.all(np.isfinite(abs_v))):
+        return [((p > 0) & (p < min_normal)).astype(np.float64)], [flushed]
+    if min_normal <= tiny:
+        return [], []
+    return [((p > 0) & (p < min_normal)).astype(np.float64)], []
 
 
 def _compact(x: np.ndarray) -> np.ndarray:

@@ -75,10 +75,14 @@ def backend_device_params(config):
     return params
 
 
-def _too_big(config, problem) -> str | None:
-    """A --long case too big for a backend that materialises (N, M), unless the backend was named explicitly."""
-    from .long_cases import LONG_PATTERN_BYTES, pattern_bytes
+def _too_big(config, problem, backend: str = "") -> str | None:
+    """A --long case too big for a backend that materialises (N, M), unless the backend was named explicitly, or
+    one that needs more memory than the machine has (`long_cases.memory_short`)."""
+    from .long_cases import LONG_PATTERN_BYTES, memory_short, pattern_bytes
 
+    short = memory_short(problem, backend, bool(config.getoption("--backend")))
+    if short:
+        return short
     if config.getoption("--backend") or config.getoption("--mutant") or pattern_bytes(problem) <= LONG_PATTERN_BYTES:
         return None
     return (f"(N, M) pattern of {pattern_bytes(problem) / 2**30:.0f} GiB: name an O(N)-memory backend with "
@@ -102,8 +106,8 @@ def pytest_generate_tests(metafunc):
     for backend in selected_backends(metafunc.config):
         for device in selected_devices(metafunc.config):
             for problem in problems:
-                reason = backend.why_not(problem, device, need_grad=need_grad) or _too_big(metafunc.config,
-                                                                                           problem)
+                reason = (backend.why_not(problem, device, need_grad=need_grad)
+                          or _too_big(metafunc.config, problem, backend.name))
                 marks = [pytest.mark.skip(reason=f"{backend.name}: {reason}")] if reason else []
                 params.append(pytest.param(backend, device, problem, marks=marks,
                                            id=f"{backend.name}-{device}-{problem.id}"))

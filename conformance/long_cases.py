@@ -70,9 +70,51 @@ LONG_BACKWARD = [
     Problem(B=1, H=4, Hkv=1, N=16, M=65537, D=64, causal="bottom_right", dtype="bfloat16", seed=85),
     Problem(B=1, H=2, Hkv=1, N=16385, M=16385, D=64, causal="bottom_right", dtype="float32", seed=71),
 ]
+# Element offsets past 2^31 (--long): K and V of 2^31 + 128 elements each (M = 2^24 + 1 keys of D 128), N = 16
+# queries, so the score work is small (2^28 pairs) and only the offsets are large. A kernel indexing K or V with a
+# 32-bit element offset wraps past key 2^24 (2^31 / D). Inputs are drawn in float16 (`attnbench.problem.make_inputs`:
+# 4 GiB a tensor instead of 16 in float64). Memory: about 13 GiB at peak (K and V 8 GiB; the naive yardstick's K^T
+# 4 GiB; torch_eager's own K^T copy 4 GiB during its call): 4x the 3.4 GiB peak measured at M = 2^22 + 1 with the
+# dtype-direct path forced. 16 GiB available is required (headroom); with less, a skip that says so. Backends: those named in OFFSETS_BACKENDS (O(N)-memory or an (N, M) pattern of 1 GiB) unless
+# named with --backend.
+OFFSETS_PAST_2_31 = [
+    Problem(B=1, H=1, N=16, M=(1 << 24) + 1, D=128, causal="bottom_right", dtype="float16", seed=89),
+]
+MEMORY_NEEDED = {problem: 16 << 30 for problem in OFFSETS_PAST_2_31}
+OFFSETS_BACKENDS = ("torch_blockwise", "torch_eager")
+LONG_FORWARD += OFFSETS_PAST_2_31
 LONG_PATTERN_BYTES = 2 << 30
 
 
 def pattern_bytes(p: Problem) -> int:
     """Bytes of one float32 (B, H, N, M) matrix: what a backend that materialises the pattern holds at least."""
     return 4 * p.B * p.H * p.N * p.M
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new process (/proc/meminfo's MemAvailable; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_short(problem: Problem, backend: str, named: bool) -> str | None:
+    """Why a case of MEMORY_NEEDED does not run here (one line), or None: too little memory available, or a
+    backend outside OFFSETS_BACKENDS not named with --backend."""
+    need = MEMORY_NEEDED.get(problem)
+    if need is None:
+        return None
+    if backend not in OFFSETS_BACKENDS and not named:
+        return f"offsets past 2^31 run for {', '.join(OFFSETS_BACKENDS)}: name another with --backend"
+    available = available_memory()
+    if available < need:
+        return (f"offsets past 2^31 need about {need / 2**30:.0f} GiB of memory (K, V of 2^31 elements in "
+                f"float16 and their copies), {available / 2**30:.1f} GiB available")
+    return None

@@ -8,6 +8,7 @@ blocks of `block_m` with the online softmax (float64), so memory is one
 it): every reference path agrees on every input.
 
     sdpa_rows(q, k, v, rows, ...)                     -> O (B, H, R, Dv), lse (B, H, R)
+    sdpa_rows_with_scores(q, k, v, rows, ...)         -> O, lse, the score blocks [(kj, S (B, Hkv, G, R, C))]
     sdpa_backward_rows(q, k, v, dO, query_rows, key_rows, ...)
                                                       -> dQ (B, H, Rq, D), dK (B, Hkv, Rk, D), dV (B, Hkv, Rk, Dv)
     bias_rows(mask, rows, cols)                       -> the mask's float64 bias (B|1, H|1, R, C) there
@@ -26,12 +27,54 @@ from __future__ import annotations
 import numpy as np
 
 from . import block
-from ._checks import AttentionInputError
+from . import mods as modifications
+from ._checks import AttentionInputError, as_float64, check_mask, check_qkv
 from .block import bias_rows, grouped as _grouped  # noqa: F401  (re-exported: the row bound and tests use them)
 from .sdpa import prepare_qkv
 
 BLOCK_M = 4096
 BLOCK_N = 512
+# Score blocks `sdpa_rows_with_scores` keeps for the row statistics of the same rows, up to this many float64
+# elements in all (256 MiB: N 16 against M 131,073 with H 8 needs 11.5 M); above it they are computed again.
+KEEP_SCORES_ELEMENTS = 1 << 25
+
+
+class Float64Reads:
+    """K or V (B, Hkv, M, D) held in float16 or float32 (a problem past 2^31 elements a tensor:
+    `attnbench.problem.make_inputs`) read as float64 one block at a time: indexing returns what it selects,
+    converted exactly, so no float64 copy of the whole tensor (16 GiB at 2^31) is ever made."""
+
+    def __init__(self, x: np.ndarray):
+        self.held, self.shape, self.ndim = x, x.shape, x.ndim
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.asarray(self.held[index], dtype=np.float64)
+
+
+def float64_reads(name: str, x):
+    """`x` as float64 (`as_float64`), or, held in float16/float32, as `Float64Reads` of it."""
+    if isinstance(x, Float64Reads):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype in (np.float16, np.float32) and arr.ndim == 4 and arr.size:
+        return Float64Reads(arr)
+    return as_float64(name, arr, rank=4)
+
+
+def prepare_rows(q, k, v, rows, mask, causal, scale, mods=()):
+    """`prepare_qkv` for query rows `rows` (R,): (q's rows grouped (B, Hkv, G, R, D) float64, k, v
+    (`float64_reads`: float64 a block at a time where held in float16/float32), mask, mods (causal among them, as
+    `prepare_qkv` puts it), scale, rows, dims)."""
+    q, k, v = float64_reads("q", q), float64_reads("k", k), float64_reads("v", v)
+    B, H, Hkv, N, M, D, Dv = check_qkv(q, k, v)
+    rows = _check_rows("rows", rows, N)
+    mask = check_mask(mask, (B, H, N, M))
+    scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
+    if not np.isfinite(scale):
+        raise AttentionInputError(f"scale: expected a finite number or None, got {scale!r}")
+    mods = modifications.check(modifications.with_causal(causal, mods))
+    qg = q[:, :, rows].reshape(B, Hkv, H // Hkv, len(rows), D)
+    return qg, k, v, mask, mods, scale, rows, (B, H, Hkv, N, M, D, Dv)
 
 
 def _check_rows(name: str, rows, length: int) -> np.ndarray:
@@ -41,21 +84,35 @@ def _check_rows(name: str, rows, length: int) -> np.ndarray:
     return rows
 
 
-def online(qg, k, v, qi, *, mask, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
+def score_blocks(qg, k, qi, *, mask, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
+    """Yield (keys kj (C,), scores S (B, Hkv, G, R, C)) of grouped query rows qi against each block of block_m
+    keys in turn: the one block function, in the order every pass over the keys visits them."""
+    for start in range(0, M, block_m):
+        kj = np.arange(start, min(start + block_m, M))
+        yield kj, block.scores(qg, k, qi, kj, mask=mask, mods=mods, N=N, M=M, scale=scale)
+
+
+def key_slice(kj: np.ndarray) -> slice:
+    """The keys kj of a `score_blocks` block (consecutive) as a slice: a view of K or V, not a copy."""
+    return slice(int(kj[0]), int(kj[-1]) + 1)
+
+
+def online(qg, k, v, qi, *, mask, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M, blocks=None):
     """(O (B, Hkv, G, R, Dv), lse (B, Hkv, G, R)) of grouped query rows qi against every key, blockwise:
-    the online softmax, written once (`blockwise_sdpa` runs it per query tile)."""
+    the online softmax, written once (`blockwise_sdpa` runs it per query tile). blocks: the `score_blocks` of
+    these rows, already computed (None: computed here)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     m_i, l_i = block.initial_state(mods, qi, qg.shape[:-1], N, M, Hkv * G, Hkv)
     acc = np.zeros((*qg.shape[:-1], v.shape[-1]))
-    for start in range(0, M, block_m):
-        kj = np.arange(start, min(start + block_m, M))
-        s = block.scores(qg, k, qi, kj, mask=mask, mods=mods, N=N, M=M, scale=scale)
+    if blocks is None:
+        blocks = score_blocks(qg, k, qi, mask=mask, mods=mods, N=N, M=M, scale=scale, block_m=block_m)
+    for kj, s in blocks:
         m_new = np.maximum(m_i, s.max(axis=-1))
         shift = np.where(m_new == -np.inf, 0.0, m_new)                       # nothing seen yet: nothing to rescale
         p = np.exp(s - shift[..., None])
         alpha = np.exp(m_i - shift)
         l_i = alpha * l_i + p.sum(axis=-1)
-        acc = alpha[..., None] * acc + block.group_matmul(p, v[:, :, kj])
+        acc = alpha[..., None] * acc + block.group_matmul(p, v[:, :, key_slice(kj)])
         m_i = m_new
     seen = l_i != 0                                                           # NaN rows are not empty: keep NaN
     out = np.where(seen[..., None], acc / np.where(seen, l_i, 1.0)[..., None], 0.0)
@@ -72,11 +129,23 @@ def _grouped_rows(q, Hkv: int, rows):
 def sdpa_rows(q, k, v, rows, *, mask=None, causal=None, scale=None, mods=(), block_m: int = BLOCK_M):
     """(O (B, H, R, Dv), lse (B, H, R)) of query rows `rows` (R,) for q (B, H, N, D), k (B, Hkv, M, D),
     v (B, Hkv, M, Dv): equal to `sdpa(...)[:, :, rows]`, without forming (N, M)."""
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
-    rows = _check_rows("rows", rows, N)
-    out, lse = online(_grouped_rows(q, Hkv, rows), k, v, rows, mask=mask, mods=mods, N=N, M=M, scale=scale,
-                      block_m=block_m)
-    return out.reshape(B, H, len(rows), Dv), lse.reshape(B, H, len(rows))
+    out, lse, _ = sdpa_rows_with_scores(q, k, v, rows, mask=mask, causal=causal, scale=scale, mods=mods,
+                                        block_m=block_m, keep_elements=0)
+    return out, lse
+
+
+def sdpa_rows_with_scores(q, k, v, rows, *, mask=None, causal=None, scale=None, mods=(), block_m: int = BLOCK_M,
+                          keep_elements: int = KEEP_SCORES_ELEMENTS):
+    """(O, lse, blocks) as `sdpa_rows`, blocks the `score_blocks` list [(kj, S (B, Hkv, G, R, C))] of the rows
+    when the scores hold at most keep_elements elements (else None): the row statistics of the same rows
+    (`attnbench.row_bound.row_stats`) read them instead of computing every score a second time."""
+    qg, k, v, mask, mods, scale, rows, (B, H, Hkv, N, M, D, Dv) = prepare_rows(q, k, v, rows, mask, causal, scale,
+                                                                             mods)
+    kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
+    blocks = (list(score_blocks(qg, k, rows, block_m=block_m, **kwargs)) if B * H * len(rows) * M <= keep_elements
+              else None)
+    out, lse = online(qg, k, v, rows, block_m=block_m, blocks=blocks, **kwargs)
+    return out.reshape(B, H, len(rows), Dv), lse.reshape(B, H, len(rows)), blocks
 
 
 def _all_lse_and_delta(qg, k, v, gg, kwargs, N, block_n, block_m):

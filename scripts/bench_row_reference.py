@@ -43,10 +43,10 @@ def bench(spec: str, rows: int | None) -> None:
         chosen = chosen[np.linspace(0, len(chosen) - 1, rows).astype(int)]
     sample = RowSample(tuple(int(r) for r in chosen), None)
     timings = {}
-    for name in ("sdpa_rows", "row_stats", "naive_forward"):         # the pieces, each wrapped once for timing
+    for name in ("sdpa_rows_with_scores", "row_stats", "naive_forward"):         # the pieces, each wrapped once for timing
         timings[name] = 0.0
     originals = {name: getattr(check, name) for name in ("naive_forward", "row_stats")}
-    originals["sdpa_rows"] = check.reference.sdpa_rows
+    originals["sdpa_rows_with_scores"] = check.sdpa_rows_with_scores
 
     def wrap(name, fn):
         def timed(*args, **kwargs):
@@ -57,14 +57,14 @@ def bench(spec: str, rows: int | None) -> None:
 
     check.naive_forward, check.row_stats = wrap("naive_forward", originals["naive_forward"]), wrap(
         "row_stats", originals["row_stats"])
-    check.reference.sdpa_rows = wrap("sdpa_rows", originals["sdpa_rows"])
+    check.sdpa_rows_with_scores = wrap("sdpa_rows_with_scores", originals["sdpa_rows_with_scores"])
     try:
         wall = time.perf_counter()
         ref, total = _timed(forward_reference, inputs, problem, sample)
         wall = time.perf_counter() - wall
     finally:
         check.naive_forward, check.row_stats = originals["naive_forward"], originals["row_stats"]
-        check.reference.sdpa_rows = originals["sdpa_rows"]
+        check.sdpa_rows_with_scores = originals["sdpa_rows_with_scores"]
     pieces = ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
     print(f"{spec} ({len(chosen)} rows): reference {total:.2f} s CPU ({wall:.2f} s wall) [{pieces}]; "
           f"make_inputs {t_inputs:.2f} s")

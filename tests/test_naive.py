@@ -13,6 +13,7 @@ PROBLEMS = [
     "B=2,H=3,Hkv=3,N=20,M=70,D=16,mask=bias",
     "B=1,H=8,Hkv=1,N=3,M=3000,D=128",       # one row (a GEMV), G 8, D 128: where float32 took another order
     "B=2,H=4,Hkv=2,N=2,M=517,D=64,sinks=1",
+    "B=2,H=6,Hkv=3,N=9,M=1200,D=111",       # odd D, G 2, B x Hkv 6 GEMMs: Q K^T of G R rows at once
 ]
 
 
