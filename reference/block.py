@@ -61,6 +61,14 @@ def group_matmul(a, b):
         return (a.reshape(B, Hkv, G * R, X) @ b).reshape(B, Hkv, G, R, b.shape[-1])
 
 
+def key_block(k, cols: np.ndarray):
+    """k[:, :, cols]: a view where cols are consecutive (every pass over the keys visits them in blocks: no copy of
+    a (B, Hkv, C, D) block), else a gather."""
+    if len(cols) and cols[-1] - cols[0] + 1 == len(cols) and np.all(np.diff(cols) == 1):
+        return k[:, :, int(cols[0]):int(cols[-1]) + 1]
+    return k[:, :, cols]
+
+
 def block_of(rows, cols, N: int, M: int, H: int, Hkv: int) -> modifications.Block:
     return modifications.Block(np.asarray(rows), np.asarray(cols), N, M, H, Hkv)
 
@@ -71,10 +79,11 @@ def scores(qg, k, rows, cols, *, mask, mods, N: int, M: int, scale: float, with_
     mods: bound modifications, causal among them (`mods.with_causal`)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     rows, cols = np.asarray(rows), np.asarray(cols)
-    raw = scale * group_matmul(qg, k[:, :, cols].swapaxes(-1, -2))
+    raw = scale * group_matmul(qg, key_block(k, cols).swapaxes(-1, -2))
     block = block_of(rows, cols, N, M, Hkv * G, Hkv)
     s, factor = modifications.apply(raw, mods, block, with_grad=True)
-    s = s + grouped(bias_rows(mask, rows, cols), Hkv, G)
+    if mask is not None:                                      # no mask: no bias, no pass over the block
+        s = s + grouped(bias_rows(mask, rows, cols), Hkv, G)
     return (s, factor) if with_grad else s
 
 
@@ -83,11 +92,14 @@ def magnitude(qg, k, rows, cols, *, mask, mods, N: int, M: int, scale: float):
     the magnitude every score's rounding error is relative to (`attnbench.budget`)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     block = block_of(rows, cols, N, M, Hkv * G, Hkv)
-    t = abs(scale) * group_matmul(np.abs(qg), np.abs(k[:, :, cols]).swapaxes(-1, -2))
+    t = abs(scale) * group_matmul(np.abs(qg), np.abs(key_block(k, cols)).swapaxes(-1, -2))
     t = modifications.magnitude(t, mods, block)
+    keep = modifications.visible(mods, block)
+    if mask is None:                                          # no bias: T as it is where a key is visible
+        return (t, np.broadcast_to(True, t.shape)) if keep is None else (np.where(keep, t, 0.0),
+                                                                          np.broadcast_to(keep, t.shape))
     bias = grouped(bias_rows(mask, rows, cols), Hkv, G)
     t = t + np.where(np.isfinite(bias), np.abs(bias), 0.0)
-    keep = modifications.visible(mods, block)
     visible = np.isfinite(bias) if keep is None else np.isfinite(bias) & keep
     return np.where(visible, t, 0.0), np.broadcast_to(visible, t.shape)
 
