@@ -10,7 +10,6 @@ it): every reference path agrees on every input.
     sdpa_rows(q, k, v, rows, ...)                     -> O (B, H, R, Dv), lse (B, H, R)
     sdpa_backward_rows(q, k, v, dO, query_rows, key_rows, ...)
                                                       -> dQ (B, H, Rq, D), dK (B, Hkv, Rk, D), dV (B, Hkv, Rk, Dv)
-    bias_rows(mask, rows, cols)                       -> the mask's float64 bias (B|1, H|1, R, C) there
 
 The backward of a key row sums over every query, and each query's P needs its
 own lse and delta = rowsum(dO * O): those are computed for all N queries,
@@ -18,8 +17,8 @@ blockwise (query blocks x key blocks), O(N · M · (D + Dv)) time and O(N + tile
 memory; then dK, dV of the chosen keys cost one more O(N · Rk · (D + Dv)) pass.
 
 Masks are anything broadcastable to (B, H, N, M) (bool, True = attend, or a
-float bias); causal alignments as in `mods.causal` (a modification here); GQA, Dv != D, a custom scale and
-modifications (`mods`) as in `sdpa`.
+float bias; `mods.mask`, a modification here); causal alignments as in `mods.causal` (likewise); GQA, Dv != D,
+a custom scale and modifications (`mods`) as in `sdpa`.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ import numpy as np
 
 from . import block
 from ._checks import AttentionInputError
-from .block import bias_rows, grouped as _grouped  # noqa: F401  (re-exported: the row bound and tests use them)
 from .sdpa import prepare_qkv
 
 BLOCK_M = 4096
@@ -41,7 +39,7 @@ def _check_rows(name: str, rows, length: int) -> np.ndarray:
     return rows
 
 
-def online(qg, k, v, qi, *, mask, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
+def online(qg, k, v, qi, *, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
     """(O (B, Hkv, G, R, Dv), lse (B, Hkv, G, R)) of grouped query rows qi against every key, blockwise:
     the online softmax, written once (`blockwise_sdpa` runs it per query tile)."""
     Hkv, G = qg.shape[1], qg.shape[2]
@@ -49,7 +47,7 @@ def online(qg, k, v, qi, *, mask, mods, N: int, M: int, scale: float, block_m: i
     acc = np.zeros((*qg.shape[:-1], v.shape[-1]))
     for start in range(0, M, block_m):
         kj = np.arange(start, min(start + block_m, M))
-        s = block.scores(qg, k, qi, kj, mask=mask, mods=mods, N=N, M=M, scale=scale)
+        s = block.scores(qg, k, qi, kj, mods=mods, N=N, M=M, scale=scale)
         m_new = np.maximum(m_i, s.max(axis=-1))
         shift = np.where(m_new == -np.inf, 0.0, m_new)                       # nothing seen yet: nothing to rescale
         p = np.exp(s - shift[..., None])
@@ -72,10 +70,9 @@ def _grouped_rows(q, Hkv: int, rows):
 def sdpa_rows(q, k, v, rows, *, mask=None, causal=None, scale=None, mods=(), block_m: int = BLOCK_M):
     """(O (B, H, R, Dv), lse (B, H, R)) of query rows `rows` (R,) for q (B, H, N, D), k (B, Hkv, M, D),
     v (B, Hkv, M, Dv): equal to `sdpa(...)[:, :, rows]`, without forming (N, M)."""
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
+    q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
     rows = _check_rows("rows", rows, N)
-    out, lse = online(_grouped_rows(q, Hkv, rows), k, v, rows, mask=mask, mods=mods, N=N, M=M, scale=scale,
-                      block_m=block_m)
+    out, lse = online(_grouped_rows(q, Hkv, rows), k, v, rows, mods=mods, N=N, M=M, scale=scale, block_m=block_m)
     return out.reshape(B, H, len(rows), Dv), lse.reshape(B, H, len(rows))
 
 
@@ -107,14 +104,14 @@ def sdpa_backward_rows(q, k, v, grad_out, query_rows, key_rows, *, mask=None, ca
                        block_n: int = BLOCK_N, block_m: int = BLOCK_M):
     """(dQ (B, H, Rq, D) at `query_rows`, dK (B, Hkv, Rk, D) and dV (B, Hkv, Rk, Dv) at `key_rows`) of
     sum(O * grad_out), grad_out (B, H, N, Dv): the rows of `sdpa_backward`, without forming (N, M)."""
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
+    q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
     g = np.asarray(grad_out, dtype=np.float64)
     if g.shape != (B, H, N, Dv):
         raise AttentionInputError(f"grad_out: expected shape {(B, H, N, Dv)}, got {g.shape}")
     qr, kr = _check_rows("query_rows", query_rows, N), _check_rows("key_rows", key_rows, M)
     G = H // Hkv
     qg, gg = q.reshape(B, Hkv, G, N, D), g.reshape(B, Hkv, G, N, Dv)
-    kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
+    kwargs = dict(mods=mods, N=N, M=M, scale=scale)
     lse, delta = _all_lse_and_delta(qg, k, v, gg, kwargs, N, block_n, block_m)
 
     dq = np.zeros((B, Hkv, G, len(qr), D))                                    # dQ_i = scale sum_j dS_ij K_j
