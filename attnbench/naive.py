@@ -32,9 +32,9 @@ def _tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
 def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mods=(), block=None,
            sinks: torch.Tensor | None = None, *, kt: torch.Tensor | None = None):
     """O (B, Hkv, G, R, Dv) of grouped query rows q (B, Hkv, G, R, D) against k (B, Hkv, 1, M, D),
-    v (B, Hkv, 1, M, Dv) with the bound modifications `mods` of `block` (those rows, every key), all in one
-    dtype. sinks: the sink logits (H,) as a tensor in the
-    dtype (a leaf for their gradient) in place of the bound ones.
+    v (B, Hkv, 1, M, Dv) with the bound modifications `mods` of `block` (those rows, every key; the input mask
+    among them), all in one dtype. sinks: the sink logits (H,) as a tensor in the dtype (a leaf for their
+    gradient) in place of the bound ones.
 
     kt: K^T (B, Hkv, 1, D, M) contiguous (`_key_transpose`: float16, bfloat16), made once for every chunk (the
     forward, without autograd); then Q K^T and P V are taken one head of the group at a time, as the broadcast
@@ -111,7 +111,6 @@ def naive_backward(inputs, problem, grad_out: np.ndarray, query_rows: np.ndarray
     gradients (each rounded to the dtype once): a few more roundings than one pass, so the yardstick is, if
     anything, looser at length, never stricter."""
     p = problem
-    G = p.H // p.Hkv
     qr = np.arange(p.N) if query_rows is None else np.asarray(query_rows)
     kr = np.arange(p.M) if key_rows is None else np.asarray(key_rows)
     k = _tensor(inputs.k, p.dtype).unsqueeze(2).requires_grad_()

@@ -31,8 +31,8 @@ def row_stats(q, k, v, lse, rows, *, scale: float, mods=(), block_m: int = BLOCK
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
-    (P = exp(S - lse)); mods: bound modifications, causal and the input mask among them
-    (`Inputs.reference_mods`); tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`).
+    (P = exp(S - lse)); mods: bound modifications, causal and the input mask among them (`Inputs.reference_mods`);
+    tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`).
     Scores and their magnitude T come from the reference's block function.
 
     A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
@@ -142,7 +142,8 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv), grad_out (B, H, N, Dv) float64. A key row sums over every
     query, so every query's lse and O come first (one O(N M (D + Dv)) pass, as `reference.sdpa_backward_rows`).
     score_max: `budget.score_magnitude` with the largest bias the masking modifications add (an input bias, at
-    visible keys: `mods.mask_bias`) and the largest the score modifications add (ALiBi) of the visited blocks, widened by the modifications' extra roundings (as `check._with_modifications`).
+    visible keys: `mods.mask_bias`) and the largest the score modifications add (ALiBi) of the visited blocks,
+    widened by the modifications' extra roundings (as `check._with_modifications`).
     """
     from attnbench.reference.rows import online
     from attnbench.reference.sdpa import prepare_qkv
