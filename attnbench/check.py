@@ -118,32 +118,35 @@ def _per_sequence_tiles(spans: set[tuple[int, int]], rng: np.random.Generator) -
     return rows
 
 
+def _mods(problem: Problem, inputs: Inputs | None) -> tuple:
+    """The modifications whose edges the row sampling asks for: bound, with the input mask, where inputs are
+    given (`Inputs.reference_mods`), else the problem's (`Problem.reference_mods`)."""
+    return problem.reference_mods if inputs is None else inputs.reference_mods(problem)
+
+
 def choose_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 0) -> np.ndarray:
     """Query rows where bugs hide: first and last, both sides of every tile boundary a kernel might use (in N),
-    fully masked rows, where each modification's edges fall (`query_rows`; causal: the rows whose last visible key
-    sits on a key-tile boundary, around the diagonal and the first query that sees a key under bottom_right), each
-    sequence's first rows, one row in every 16-row tile (`one_per_tile`), and RANDOM_ROWS random rows."""
+    where each modification's edges fall (`query_rows`; causal: the rows whose last visible key sits on a key-tile
+    boundary, around the diagonal and the first query that sees a key under bottom_right; the input mask: its
+    fully masked rows), each sequence's first rows, one row in every 16-row tile (`one_per_tile`), and
+    RANDOM_ROWS random rows."""
     N = problem.N
     rows = {0, 1, N - 2, N - 1} | _tile_edges(N) | one_per_tile(N, np.random.default_rng(seed + 7))
-    if inputs is not None and inputs.mask is not None and np.shape(inputs.mask)[-2] == N:
-        mask = np.asarray(inputs.mask)
-        empty = ~np.any(mask, axis=-1) if mask.dtype == np.bool_ else np.all(np.isneginf(mask), axis=-1)
-        rows |= set(np.flatnonzero(empty.reshape(-1, N).any(axis=0))[:8].tolist())
-    for mod in problem.reference_mods:                                        # where each one's edges fall (causal:
-        rows |= mod.query_rows(problem)                                       # its diagonal, `mods.causal`)
+    for mod in _mods(problem, inputs):                                        # where each one's edges fall (causal:
+        rows |= mod.query_rows(problem)                                       # its diagonal; a mask: empty rows)
     rows |= kv_layouts.query_rows(problem)                                    # each sequence's first rows
     rows |= _per_sequence_tiles(sequence_spans(problem, "query"), np.random.default_rng(seed + 11))
     rows |= set(np.random.default_rng(seed).integers(0, N, RANDOM_ROWS).tolist())
     return np.array(sorted(r for r in rows if 0 <= r < N))
 
 
-def choose_key_rows(problem: Problem, *, seed: int = 1) -> np.ndarray:
+def choose_key_rows(problem: Problem, inputs: Inputs | None = None, *, seed: int = 1) -> np.ndarray:
     """Key rows for dK, dV: first and last, both sides of every key-tile boundary, where each modification's edges
-    fall (`key_rows`; causal: the keys on the diagonal of the first and last query), sequence and page edges, one
-    key in every 16-key tile, and RANDOM_ROWS random keys."""
+    fall (`key_rows`; causal: the keys on the diagonal of the first and last query; key padding: its edges),
+    sequence and page edges, one key in every 16-key tile, and RANDOM_ROWS random keys."""
     M = problem.M
     keys = {0, 1, M - 2, M - 1} | _tile_edges(M) | one_per_tile(M, np.random.default_rng(seed + 7))
-    for mod in problem.reference_mods:
+    for mod in _mods(problem, inputs):
         keys |= mod.key_rows(problem)
     keys |= kv_layouts.key_rows(problem)                                      # sequence, page and append edges
     keys |= _per_sequence_tiles(sequence_spans(problem, "key"), np.random.default_rng(seed + 11))
@@ -161,7 +164,7 @@ def default_rows(problem: Problem, inputs: Inputs | None = None) -> RowSample:
 def sampled_rows(problem: Problem, inputs: Inputs | None = None) -> RowSample:
     """The `choose_rows` query rows and `choose_key_rows` key rows of `problem`, whatever its size."""
     return RowSample(tuple(choose_rows(problem, inputs, seed=problem.seed).tolist()),
-                     tuple(choose_key_rows(problem, seed=problem.seed + 1).tolist()))
+                     tuple(choose_key_rows(problem, inputs, seed=problem.seed + 1).tolist()))
 
 
 def _as_rows(rows, problem: Problem, inputs: Inputs | None) -> RowSample:
@@ -187,23 +190,20 @@ def repro_command(backend_name: str, problem: Problem, device: str = "cpu", *, b
 
 
 def reference_bias(inputs: Inputs, problem: Problem):
-    """The float64 additive bias the reference uses, broadcastable to (B, H, N, M): the mask, and -inf wherever a
-    masking modification (causal, a window, a document boundary, ...) hides the key. Forms (N, M): full checks."""
+    """The float64 additive bias the reference uses, broadcastable to (B, H, N, M): the input mask's bias, and -inf
+    wherever a masking modification (causal, a window, a bool mask, a document boundary, ...) hides the key
+    (`mods.mask_bias`). Forms (N, M): full checks."""
     from attnbench.reference import mods as modifications
-    from attnbench.reference.block import bias_rows, block_of
+    from attnbench.reference.block import block_of
 
     p = problem
-    rows, cols = np.arange(p.N), np.arange(p.M)
-    bias = bias_rows(inputs.mask, rows, cols)
-    keep = modifications.visible(inputs.reference_mods(p), block_of(rows, cols, p.N, p.M, p.H, p.Hkv))
-    if keep is None:
+    bias = modifications.mask_bias(inputs.reference_mods(p), block_of(np.arange(p.N), np.arange(p.M), p.N, p.M,
+                                                                        p.H, p.Hkv))
+    if np.ndim(bias) < 5:                              # 0.0, or (N, M) from masks that are the same on every head
         return bias
-    keep = np.asarray(keep)
-    if keep.ndim == 5:                                 # grouped (B|1, Hkv|1, G|1, N, M) -> (B|1, H|1, N, M)
-        if keep.shape[1] * keep.shape[2] not in (1, p.H):
-            keep = np.broadcast_to(keep, (keep.shape[0], p.Hkv, p.H // p.Hkv, p.N, p.M))
-        keep = keep.reshape(keep.shape[0], keep.shape[1] * keep.shape[2], p.N, p.M)
-    return np.where(keep, bias, -np.inf)
+    if bias.shape[1] * bias.shape[2] not in (1, p.H):  # grouped (B|1, Hkv|1, G|1, N|1, M) -> (B|1, H|1, N|1, M)
+        bias = np.broadcast_to(bias, (bias.shape[0], p.Hkv, p.H // p.Hkv, *bias.shape[3:]))
+    return bias.reshape(bias.shape[0], bias.shape[1] * bias.shape[2], *bias.shape[3:])
 
 
 def _with_modifications(score_max: float, inputs: Inputs, problem: Problem) -> float:
@@ -253,9 +253,8 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
     qr = _indices(rows.query, p.N)
     # The row statistics read the scores the reference computed (where they fit: `KEEP_SCORES_ELEMENTS`).
     out, lse, blocks = sdpa_rows_with_scores(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
-    stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, mask=inputs.mask, scale=_effective_scale(p),
-                      mods=inputs.reference_mods(p), tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype),
-                      blocks=blocks)
+    stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, scale=_effective_scale(p), mods=inputs.reference_mods(p),
+                      tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype), blocks=blocks)
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)
@@ -402,7 +401,7 @@ def sink_grad_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     _, lse = reference.sdpa(inputs.q, inputs.k, inputs.v, return_lse=True, **inputs.reference_kwargs(p))
     logits = np.asarray(next(m for m in inputs.mods if m.key == "sinks").logits, dtype=np.float64)   # (H,)
     t, visible = magnitude(group_queries(inputs.q, p.Hkv), inputs.k, np.arange(p.N), np.arange(p.M),
-                           mask=inputs.mask, mods=inputs.reference_mods(p), N=p.N, M=p.M, scale=_effective_scale(p))
+                           mods=inputs.reference_mods(p), N=p.N, M=p.M, scale=_effective_scale(p))
     roundings = np.sqrt(p.D) + 2 + modifications.extra_roundings(inputs.mods)
     size = ungroup(roundings * np.max(np.where(visible, t, 0.0), axis=-1, initial=0.0))      # (B, H, N)
     p_sink = np.exp(logits[None, :, None] - lse)
@@ -416,7 +415,7 @@ def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     a declared precision holds its backward there too, not only at the full-check sizes."""
     p = problem
     per_gradient, score_max = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
-                                                  mask=inputs.mask, scale=_effective_scale(p), dtype=p.dtype,
+                                                  scale=_effective_scale(p), dtype=p.dtype,
                                                   mods=inputs.reference_mods(p))
     return tuple(GradientScale(terms, rms, count, operand, finite_max(e), stored, score_max)
                  for (terms, rms, count, operand, stored), e in zip(per_gradient, expected))

@@ -1,9 +1,10 @@
 """The naive yardstick of budget condition 2: the plain formula computed in the problem's own dtype.
 
-    S = mods((scale Q) K^T) + bias    P = exp(S - rowmax) / rowsum    O = P V    (dQ, dK, dV by torch autograd)
+    S = mods((scale Q) K^T)    P = exp(S - rowmax) / rowsum    O = P V    (dQ, dK, dV by torch autograd)
 
-(modifications as the reference applies them, `attnbench.reference.mods.apply`, on tensors in the dtype; a sink
-is one more column of the softmax, in the dtype)
+(modifications as the reference applies them, `attnbench.reference.mods.apply`, on tensors in the dtype: causal
+and the input mask among them, a float bias added in the dtype (dtype-representable by construction); a sink is
+one more column of the softmax, in the dtype)
 
 every tensor held in the dtype (torch on CPU), on chosen rows only. Every quantity of a query row depends on
 that row alone, so the rows of O and dQ are the rows of the full computation. dK and dV of a key row sum over
@@ -17,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attnbench.reference import bias_rows
 from attnbench.reference import mods as modifications
 from attnbench.reference.block import block_of
 
@@ -31,23 +31,12 @@ def _tensor(x: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(getattr(torch, dtype))
 
 
-def _grouped_bias(bias: np.ndarray | float, Hkv: int, G: int, dtype: str) -> torch.Tensor | None:
-    """A float64 bias (b, h, R, M), h in {1, H}, as a (b, Hkv|1, G|1, R, M) tensor in `dtype` (exact: the
-    bias is dtype-representable by construction, 0 or -inf for bool masks; causal is a modification)."""
-    if np.ndim(bias) == 0:
-        return None
-    b = np.asarray(bias)
-    b = b.reshape((1,) * (4 - b.ndim) + b.shape)
-    b = b.reshape(b.shape[0], Hkv, G, *b.shape[2:]) if b.shape[1] != 1 else b[:, :, None]
-    return _tensor(b, dtype)
-
-
-def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
-           mods=(), block=None, sinks: torch.Tensor | None = None, *, kt: torch.Tensor | None = None):
+def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, mods=(), block=None,
+           sinks: torch.Tensor | None = None, *, kt: torch.Tensor | None = None):
     """O (B, Hkv, G, R, Dv) of grouped query rows q (B, Hkv, G, R, D) against k (B, Hkv, 1, M, D),
-    v (B, Hkv, 1, M, Dv) with an additive bias (b, Hkv|1, G|1, R, M) or None and the bound modifications
-    `mods` of `block` (those rows, every key), all in one dtype. sinks: the sink logits (H,) as a tensor in the
-    dtype (a leaf for their gradient) in place of the bound ones.
+    v (B, Hkv, 1, M, Dv) with the bound modifications `mods` of `block` (those rows, every key; the input mask
+    among them), all in one dtype. sinks: the sink logits (H,) as a tensor in the dtype (a leaf for their
+    gradient) in place of the bound ones.
 
     kt: K^T (B, Hkv, 1, D, M) contiguous (`_key_transpose`: float16, bfloat16), made once for every chunk (the
     forward, without autograd); then Q K^T is one GEMM of the G R rows of a group against it and P V is taken
@@ -59,8 +48,6 @@ def _plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     s = (q * scale) @ k.transpose(-1, -2) if kt is None else _grouped_rows(q * scale, kt)
     if mods:
         s = modifications.apply(s, mods, block, torch)
-    if bias is not None:
-        s = s + bias
     sink = modifications.sink_logits(mods, block) if mods else None
     if sink is not None:                                   # one more column, of value 0: only the denominator
         sink = torch.as_tensor(sink, dtype=s.dtype) if sinks is None else sinks.reshape(1, *s.shape[1:3], 1)
@@ -110,15 +97,14 @@ def _per_head(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _operands(inputs, problem, rows: np.ndarray, *, requires_grad: bool = False):
-    """(q rows grouped (B, Hkv, G, R, D), bias, scale, the modifications' keyword arguments of `_plain`) in the
+    """(q rows grouped (B, Hkv, G, R, D), scale, the modifications' keyword arguments of `_plain`) in the
     problem's dtype."""
     p = problem
     G = p.H // p.Hkv
     q = _tensor(inputs.q[:, :, rows], p.dtype).reshape(p.B, p.Hkv, G, len(rows), p.D)
-    bias = _grouped_bias(bias_rows(inputs.mask, rows, np.arange(p.M)), p.Hkv, G, p.dtype)
     scale = p.D ** -0.5 if p.scale is None else p.scale
     mods = dict(mods=inputs.reference_mods(p), block=block_of(rows, np.arange(p.M), p.N, p.M, p.H, p.Hkv))
-    return q.requires_grad_(requires_grad), bias, scale, mods
+    return q.requires_grad_(requires_grad), scale, mods
 
 
 def _chunks(problem, rows: np.ndarray):
@@ -136,8 +122,8 @@ def naive_forward(inputs, problem, rows: np.ndarray | None = None) -> np.ndarray
     outs = []
     with torch.no_grad():
         for chunk in _chunks(p, rows):
-            q, bias, scale, mods = _operands(inputs, p, chunk)
-            outs.append(_plain(q, k, v, bias, scale, **mods, kt=kt))
+            q, scale, mods = _operands(inputs, p, chunk)
+            outs.append(_plain(q, k, v, scale, **mods, kt=kt))
     return torch.cat(outs, dim=3).reshape(p.B, p.H, len(rows), p.Dv).double().numpy()
 
 
@@ -148,7 +134,6 @@ def naive_backward(inputs, problem, grad_out: np.ndarray, query_rows: np.ndarray
     gradients (each rounded to the dtype once): a few more roundings than one pass, so the yardstick is, if
     anything, looser at length, never stricter."""
     p = problem
-    G = p.H // p.Hkv
     qr = np.arange(p.N) if query_rows is None else np.asarray(query_rows)
     kr = np.arange(p.M) if key_rows is None else np.asarray(key_rows)
     k = _tensor(inputs.k, p.dtype).unsqueeze(2).requires_grad_()
@@ -157,8 +142,8 @@ def naive_backward(inputs, problem, grad_out: np.ndarray, query_rows: np.ndarray
     dk = np.zeros((p.B, p.Hkv, len(kr), p.D))
     dv = np.zeros((p.B, p.Hkv, len(kr), p.Dv))
     for chunk in _chunks(p, np.arange(p.N)):
-        q, bias, scale, mods = _operands(inputs, p, chunk, requires_grad=True)
-        out = _plain(q, k, v, bias, scale, **mods)
+        q, scale, mods = _operands(inputs, p, chunk, requires_grad=True)
+        out = _plain(q, k, v, scale, **mods)
         do = _tensor(grad_out[:, :, chunk], p.dtype).reshape(out.shape)
         gq, gk, gv = torch.autograd.grad(out, (q, k, v), do)
         dq[:, :, chunk] = gq.reshape(p.B, p.H, len(chunk), p.D).double().numpy()
@@ -176,8 +161,8 @@ def naive_sink_grad(inputs, problem, grad_out: np.ndarray) -> np.ndarray:
     sinks = _tensor(np.asarray(logits, dtype=np.float64), p.dtype).requires_grad_()
     dsink = np.zeros(p.H)
     for chunk in _chunks(p, np.arange(p.N)):
-        q, bias, scale, mods = _operands(inputs, p, chunk)
-        out = _plain(q, k, v, bias, scale, **mods, sinks=sinks)
+        q, scale, mods = _operands(inputs, p, chunk)
+        out = _plain(q, k, v, scale, **mods, sinks=sinks)
         do = _tensor(grad_out[:, :, chunk], p.dtype).reshape(out.shape)
         dsink += torch.autograd.grad(out, sinks, do)[0].double().numpy()
     return dsink

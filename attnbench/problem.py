@@ -117,7 +117,8 @@ INPUT_DISTRIBUTIONS.update(large_logits=_large_logits, near_ties=_near_ties, pea
 class Problem:
     """Shapes and options of one attention call: q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv).
 
-    Hkv, M and Dv default to H, N and D. `mask` is None or a key of MASK_FORMS;
+    Hkv, M and Dv default to H, N and D. `mask` is None or a key of MASK_FORMS (the kind; `make_inputs` draws
+    its values into `Inputs.mask`, which the reference reads as `mods.InputMask`: `Inputs.reference_mods`);
     `causal` None, "top_left" or "bottom_right"; `scale` None means 1/sqrt(D).
     `mods`: an ordered tuple of modifications (`attnbench.reference.mods`: Window, Softcap, Alibi, Sinks),
     declared without their inputs; `make_inputs` binds them. In the spec each is one item: `window=256:0`.
@@ -152,6 +153,9 @@ class Problem:
         if any(isinstance(m, modifications.Causal) for m in self.mods):
             raise AttentionInputError("Problem: causal is a field of its own (causal=\"top_left\" or "
                                       "\"bottom_right\"), not one of mods")
+        if any(isinstance(m, modifications.InputMask) for m in self.mods):
+            raise AttentionInputError(f"Problem: the mask is a field of its own (mask= one of {tuple(MASK_FORMS)}; "
+                                      "its values are drawn into Inputs.mask), not one of mods")
         sizes = {k: getattr(self, k) for k in ("B", "H", "Hkv", "N", "M", "D", "Dv")}
         bad = {k: v for k, v in sizes.items() if not isinstance(v, (int, np.integer)) or v < 1}
         if bad:
@@ -282,12 +286,14 @@ class Inputs:
     kv: object | None = None
 
     def reference_mods(self, problem: Problem) -> tuple:
-        """The bound modifications with the problem's causal first (`Problem.reference_mods`, bound)."""
-        return modifications.with_causal(problem.causal, self.mods)
+        """The bound modifications the reference computes: the problem's causal first (`Problem.reference_mods`,
+        bound), then the mask as `InputMask(self.mask)` last (`mods.with_mask`: a float bias adds after every score
+        modification). Backends keep taking `mask` as an argument of their own."""
+        return modifications.with_mask(modifications.with_causal(problem.causal, self.mods), self.mask)
 
     def reference_kwargs(self, problem: Problem) -> dict:
-        """Keyword arguments for `attnbench.reference.sdpa` on these inputs (causal inside `mods`)."""
-        return dict(mask=self.mask, scale=problem.scale, mods=self.reference_mods(problem))
+        """Keyword arguments for `attnbench.reference.sdpa` on these inputs (causal and the mask inside `mods`)."""
+        return dict(scale=problem.scale, mods=self.reference_mods(problem))
 
 
 def _make_mask(p: Problem, rng: np.random.Generator) -> np.ndarray | None:

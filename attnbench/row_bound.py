@@ -31,15 +31,15 @@ def min_normal(dtype: str) -> float:
     return HALF_SUBNORMAL[dtype] / UNIT_ROUNDOFF[dtype]
 
 
-def row_stats(q, k, v, lse, rows, *, mask, scale: float, mods=(), block_m: int = BLOCK_M,
+def row_stats(q, k, v, lse, rows, *, scale: float, mods=(), block_m: int = BLOCK_M,
               tiny: float = 0.0, min_normal: float = 0.0, blocks=None) -> RowStats:
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
-    (P = exp(S - lse)); mask broadcastable to (B, H, N, M) or None; mods: bound modifications, causal among them
-    (`Inputs.reference_mods`); tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`).
-    Scores and their magnitude T come from the reference's block function; blocks: the scores of these rows
-    already computed (`reference.rows.sdpa_rows_with_scores`; None: computed here).
+    (P = exp(S - lse)); mods: bound modifications, causal and the input mask among them (`Inputs.reference_mods`);
+    tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`). Scores and their
+    magnitude T come from the reference's block function; blocks: the scores of these rows already computed
+    (`reference.rows.sdpa_rows_with_scores`; None: computed here).
 
     A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
     raises the score error from LAMBDA u (sqrt(D) + 2) T to at most LAMBDA u (sqrt(D) + 2 + extra) T: T is
@@ -56,7 +56,7 @@ def row_stats(q, k, v, lse, rows, *, mask, scale: float, mods=(), block_m: int =
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)
     t_seen, t_finite, p_sum, p2, visible = (np.zeros(per_row) for _ in range(5))
     mass, p2_v2, p2_vs, vis_v2, vis_v, flushed, subnormal_v = (np.zeros(per_elem) for _ in range(7))
-    kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
+    kwargs = dict(mods=mods, N=N, M=M, scale=scale)
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
     if blocks is None:
         blocks = score_blocks(qg, k, rows, block_m=block_m, **kwargs)
@@ -138,7 +138,7 @@ def condition_one(stats: RowStats, out, lse, *, dtype: str, D: int, M: int):
     return bound, lse_err
 
 
-def row_bounds(q, k, v, out, lse, rows, *, mask, scale: float, dtype: str, block_m: int = BLOCK_M,
+def row_bounds(q, k, v, out, lse, rows, *, scale: float, dtype: str, block_m: int = BLOCK_M,
                precision: Precision | None = None, lse_dtype: str = "float32", mods=()):
     """(bound on |O - O_ref| (B, H, R, Dv), bound on |lse - lse_ref| (B, H, R)) at query `rows` (R,): condition
     1, or with `precision` the declared-precision bounds (`attnbench.precision.model_bounds`).
@@ -148,7 +148,7 @@ def row_bounds(q, k, v, out, lse, rows, *, mask, scale: float, dtype: str, block
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     G, R = H // Hkv, len(rows)
-    stats = row_stats(q, k, v, lse, rows, mask=mask, scale=scale, mods=mods, block_m=block_m,
+    stats = row_stats(q, k, v, lse, rows, scale=scale, mods=mods, block_m=block_m,
                       tiny=FLUSH_THRESHOLD[dtype], min_normal=min_normal(dtype))
     out_g, lse_g = out.reshape(B, Hkv, G, R, -1), lse.reshape(B, Hkv, G, R)
     if precision is None:
@@ -159,7 +159,7 @@ def row_bounds(q, k, v, out, lse, rows, *, mask, scale: float, dtype: str, block
     return bound.reshape(B, H, R, -1), lse_err.reshape(B, H, R)
 
 
-def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, mask, scale: float, dtype: str,
+def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float, dtype: str,
                         mods=(), block_n: int = 512, block_m: int = BLOCK_M):
     """What a declared precision's backward bound needs (`precision.backward_model_bound`) on the checked rows:
     per gradient (dQ at `query_rows`, dK and dV at `key_rows`) a tuple (terms_max, rounded_rms, rounded_count,
@@ -170,17 +170,19 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, mask, scale:
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv), grad_out (B, H, N, Dv) float64. A key row sums over every
     query, so every query's lse and O come first (one O(N M (D + Dv)) pass, as `reference.sdpa_backward_rows`).
-    score_max: `budget.score_magnitude` with the largest bias and modification magnitude of the visited blocks,
+    score_max: `budget.score_magnitude` with the largest bias the masking modifications add (an input bias, at
+    visible keys: `mods.mask_bias`) and the largest the score modifications add (ALiBi) of the visited blocks,
     widened by the modifications' extra roundings (as `check._with_modifications`).
     """
     from attnbench.reference.rows import online
     from attnbench.reference.sdpa import prepare_qkv
 
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, None, scale, mods)
+    q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, None, None, scale, mods)
     G = H // Hkv
     qg, gg = q.reshape(B, Hkv, G, N, D), np.asarray(grad_out, dtype=np.float64).reshape(B, Hkv, G, N, Dv)
     qr, kr = np.asarray(query_rows, dtype=np.int64), np.asarray(key_rows, dtype=np.int64)
-    kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
+    kwargs = dict(mods=mods, N=N, M=M, scale=scale)
+    scoring = [m for m in mods if not m.masks]                               # their magnitude: everywhere
     u = UNIT_ROUNDOFF[dtype] if UNIT_ROUNDOFF[dtype] > UNIT_ROUNDOFF["float32"] else 0.0   # stored O: half only
     lse, delta, eps = np.empty(qg.shape[:-1]), np.empty(qg.shape[:-1]), np.empty(qg.shape[:-1])
     for start in range(0, N, block_n):
@@ -200,10 +202,8 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, mask, scale:
         terms = p * (np.abs(gg[..., qi, :]) @ np.abs(vt) + np.abs(delta[..., qi])[..., None])
         ds = p * (gg[..., qi, :] @ vt - delta[..., qi][..., None])
         blk = block_of(qi, kj, N, M, H, Hkv)
-        keep = modifications.visible(mods, blk)                           # a hidden pair's bias is never added
-        bias = block.grouped(block.bias_rows(mask, qi, kj), Hkv, G)
-        bias = bias if keep is None else np.where(keep, bias, -np.inf)
-        extra = modifications.magnitude(np.zeros((1, 1, 1, len(qi), len(kj))), mods, blk)
+        bias = modifications.mask_bias(mods, blk)                         # a hidden pair's bias is never added
+        extra = modifications.magnitude(np.zeros((1, 1, 1, len(qi), len(kj))), scoring, blk)
         largest_bias = max(largest_bias, float(np.max(np.where(np.isfinite(bias), np.abs(bias), 0.0), initial=0.0)))
         largest_added = max(largest_added, float(np.max(extra, initial=0.0)))
         return p, terms, np.where(np.isfinite(ds), ds, 0.0), p * eps[..., qi][..., None]

@@ -9,7 +9,7 @@ from .blockwise import blockwise_sdpa
 from .masks import causal_mask, causal_offset, mask_to_bias
 from .multi_head import head_contexts, head_deltas, multi_head_attention, residual_update
 from .scores import SCORE_KINDS, scores
-from .rows import bias_rows, sdpa_backward_rows, sdpa_rows
+from .rows import sdpa_backward_rows, sdpa_rows
 from .sdpa import sdpa, sdpa_backward
 from .simple import simple_self_attention
 from .softmax import logsumexp, softmax
@@ -17,7 +17,7 @@ from .softmax import logsumexp, softmax
 __all__ = [
     "AttentionInputError", "CAUSAL_ALIGNMENTS", "PASSES", "SCORE_KINDS",
     "attended_pairs", "attention_flops", "attention_param_count", "attention_pattern_size",
-    "bias_rows", "blockwise_sdpa", "causal_mask", "causal_offset", "head_contexts", "head_deltas", "logsumexp",
+    "blockwise_sdpa", "causal_mask", "causal_offset", "head_contexts", "head_deltas", "logsumexp",
     "mask_to_bias", "multi_head_attention", "normalize_causal", "residual_update", "scores", "sdpa", "sdpa_backward",
     "sdpa_backward_rows", "sdpa_rows",
     "simple_self_attention", "softmax",

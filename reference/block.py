@@ -1,16 +1,16 @@
-"""The one block function: scores of query rows against key columns, with the mask and the modifications.
+"""The one block function: scores of query rows against key columns, with the modifications.
 
 Every float64 path (`sdpa`, `sdpa_backward`, `sdpa_rows`, `sdpa_backward_rows`, `blockwise_sdpa`) and the
 error budget's row statistics compute scores here, and every softmax state starts from `initial_state`, so
 they agree on every input, NaN and -inf included:
 
-    S = mods(scale Q K^T) + bias(mask)    -inf where a masking modification (causal, window, ...) or a bool mask
+    S = mods(scale Q K^T)                 -inf where a masking modification (causal, window, a bool mask, ...)
                                           hides the key
 
-Score modifications (softcap, ALiBi) apply in the problem's order to the scaled scores, then every masking
-modification (causal is one: `mods.causal`, joined by `mods.with_causal`); the mask (a float bias, or 0 / -inf
-for a bool mask) adds last (see `mods.base`). Sinks join the softmax's denominator through `initial_state`,
-not the scores.
+Score modifications (softcap, ALiBi) apply in the problem's order to the scaled scores, an input float bias
+last (`mods.mask.InputMask`, appended by `mods.with_mask`), then every masking modification hides its keys
+(causal is one: `mods.causal`, joined by `mods.with_causal`; a bool mask another; see `mods.base`). Sinks join
+the softmax's denominator through `initial_state`, not the scores.
 
 Shape letters: B batch, H query heads, Hkv key/value heads, G = H / Hkv, N, M, D, Dv, R rows, C columns.
 """
@@ -19,35 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from . import mods as modifications
-
-
-def _index(x: np.ndarray, axis: int, idx: np.ndarray) -> np.ndarray:
-    """Rows/cols `idx` of `x` along `axis`, or `x` unchanged where that axis is broadcast (size 1)."""
-    return x if x.shape[axis] == 1 else np.take(x, idx, axis=axis)
-
-
-def bias_rows(mask, rows, cols):
-    """Additive float64 bias (B|1, H|1, R, C) of the mask at query rows `rows` (R,) and keys `cols` (C,), or 0.0.
-
-    mask: None, bool (True = attend) or a float bias, broadcastable to (B, H, N, M).
-    """
-    if mask is None:
-        return 0.0
-    m = np.asarray(mask)
-    m = m.reshape((1,) * (4 - m.ndim) + m.shape)                             # (B|1, H|1, N|1, M|1)
-    m = _index(_index(m, 2, np.asarray(rows)), 3, np.asarray(cols))
-    return np.where(m, 0.0, -np.inf) if m.dtype == np.bool_ else m.astype(np.float64)
-
-
-def grouped(bias, Hkv: int, G: int):
-    """A bias (b, h, R, C) with h in {1, H} as (b, Hkv|1, G|1, R, C), matching grouped queries."""
-    if np.ndim(bias) == 0:
-        return bias
-    bias = np.asarray(bias)
-    if bias.ndim < 4:
-        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
-    b, h = bias.shape[:2]
-    return bias.reshape(b, Hkv, G, *bias.shape[2:]) if h != 1 else bias[:, :, None]
 
 
 def group_matmul(a, b):
@@ -73,35 +44,30 @@ def block_of(rows, cols, N: int, M: int, H: int, Hkv: int) -> modifications.Bloc
     return modifications.Block(np.asarray(rows), np.asarray(cols), N, M, H, Hkv)
 
 
-def scores(qg, k, rows, cols, *, mask, mods, N: int, M: int, scale: float, with_grad: bool = False):
+def scores(qg, k, rows, cols, *, mods, N: int, M: int, scale: float, with_grad: bool = False):
     """Final scores (B, Hkv, G, R, C) of grouped query rows qg (B, Hkv, G, R, D) against keys `cols` of
     k (B, Hkv, M, D); with_grad also returns d S / d (scale Q K^T) (None: 1, no nonlinear modification).
-    mods: bound modifications, causal among them (`mods.with_causal`)."""
+    mods: bound modifications, causal and the input mask among them (`mods.with_causal`, `mods.with_mask`)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     rows, cols = np.asarray(rows), np.asarray(cols)
     raw = scale * group_matmul(qg, key_block(k, cols).swapaxes(-1, -2))
     block = block_of(rows, cols, N, M, Hkv * G, Hkv)
     s, factor = modifications.apply(raw, mods, block, with_grad=True)
-    if mask is not None:                                      # no mask: no bias, no pass over the block
-        s = s + grouped(bias_rows(mask, rows, cols), Hkv, G)
     return (s, factor) if with_grad else s
 
 
-def magnitude(qg, k, rows, cols, *, mask, mods, N: int, M: int, scale: float):
-    """T (B, Hkv, G, R, C) = |scale| sum_d |q_d k_d| + |bias| after the modifications (0 where a key is hidden):
-    the magnitude every score's rounding error is relative to (`attnbench.budget`)."""
+def magnitude(qg, k, rows, cols, *, mods, N: int, M: int, scale: float):
+    """(T (B, Hkv, G, R, C), visible): T = |scale| sum_d |q_d k_d| + |bias| after the modifications (ALiBi's,
+    an input bias's finite entries), 0 where a key is hidden: the magnitude every score's rounding error is
+    relative to (`attnbench.budget`)."""
     Hkv, G = qg.shape[1], qg.shape[2]
     block = block_of(rows, cols, N, M, Hkv * G, Hkv)
     t = abs(scale) * group_matmul(np.abs(qg), np.abs(key_block(k, cols)).swapaxes(-1, -2))
     t = modifications.magnitude(t, mods, block)
     keep = modifications.visible(mods, block)
-    if mask is None:                                          # no bias: T as it is where a key is visible
-        return (t, np.broadcast_to(True, t.shape)) if keep is None else (np.where(keep, t, 0.0),
-                                                                          np.broadcast_to(keep, t.shape))
-    bias = grouped(bias_rows(mask, rows, cols), Hkv, G)
-    t = t + np.where(np.isfinite(bias), np.abs(bias), 0.0)
-    visible = np.isfinite(bias) if keep is None else np.isfinite(bias) & keep
-    return np.where(visible, t, 0.0), np.broadcast_to(visible, t.shape)
+    if keep is None:                                          # every key visible: T as it is, no pass over it
+        return t, np.broadcast_to(np.True_, t.shape)
+    return np.where(keep, t, 0.0), np.broadcast_to(keep, t.shape)
 
 
 def initial_state(mods, rows, shape, N: int, M: int, H: int, Hkv: int):

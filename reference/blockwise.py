@@ -33,12 +33,11 @@ def blockwise_sdpa(q, k, v, *, mask=None, causal=None, scale=None, mods=(), bloc
     """
     if block_n < 1 or block_m < 1:
         raise AttentionInputError(f"block_n, block_m: must be >= 1, got {block_n}, {block_m}")
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
+    q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
     outs, lses = [], []
     for start in range(0, N, block_n):
         rows = np.arange(start, min(start + block_n, N))
-        o, lse = online(_grouped_rows(q, Hkv, rows), k, v, rows, mask=mask, mods=mods, N=N, M=M, scale=scale,
-                        block_m=block_m)
+        o, lse = online(_grouped_rows(q, Hkv, rows), k, v, rows, mods=mods, N=N, M=M, scale=scale, block_m=block_m)
         outs.append(o.reshape(B, H, len(rows), Dv))
         lses.append(lse.reshape(B, H, len(rows)))
     out = np.concatenate(outs, axis=2)

@@ -11,7 +11,6 @@ it): every reference path agrees on every input.
     sdpa_rows_with_scores(q, k, v, rows, ...)         -> O, lse, the score blocks [(kj, S (B, Hkv, G, R, C))]
     sdpa_backward_rows(q, k, v, dO, query_rows, key_rows, ...)
                                                       -> dQ (B, H, Rq, D), dK (B, Hkv, Rk, D), dV (B, Hkv, Rk, Dv)
-    bias_rows(mask, rows, cols)                       -> the mask's float64 bias (B|1, H|1, R, C) there
 
 The backward of a key row sums over every query, and each query's P needs its
 own lse and delta = rowsum(dO * O): those are computed for all N queries,
@@ -19,8 +18,8 @@ blockwise (query blocks x key blocks), O(N · M · (D + Dv)) time and O(N + tile
 memory; then dK, dV of the chosen keys cost one more O(N · Rk · (D + Dv)) pass.
 
 Masks are anything broadcastable to (B, H, N, M) (bool, True = attend, or a
-float bias); causal alignments as in `mods.causal` (a modification here); GQA, Dv != D, a custom scale and
-modifications (`mods`) as in `sdpa`.
+float bias; `mods.mask`, a modification here); causal alignments as in `mods.causal` (likewise); GQA, Dv != D,
+a custom scale and modifications (`mods`) as in `sdpa`.
 """
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ import numpy as np
 from . import block
 from . import mods as modifications
 from ._checks import AttentionInputError, as_float64, check_mask, check_qkv
-from .block import bias_rows, grouped as _grouped  # noqa: F401  (re-exported: the row bound and tests use them)
 from .sdpa import prepare_qkv
 
 BLOCK_M = 4096
@@ -63,8 +61,8 @@ def float64_reads(name: str, x):
 
 def prepare_rows(q, k, v, rows, mask, causal, scale, mods=()):
     """`prepare_qkv` for query rows `rows` (R,): (q's rows grouped (B, Hkv, G, R, D) float64, k, v
-    (`float64_reads`: float64 a block at a time where held in float16/float32), mask, mods (causal among them, as
-    `prepare_qkv` puts it), scale, rows, dims)."""
+    (`float64_reads`: float64 a block at a time where held in float16/float32), mods (causal and the mask among
+    them, as `prepare_qkv` puts them), scale, rows, dims)."""
     q, k, v = float64_reads("q", q), float64_reads("k", k), float64_reads("v", v)
     B, H, Hkv, N, M, D, Dv = check_qkv(q, k, v)
     rows = _check_rows("rows", rows, N)
@@ -72,9 +70,9 @@ def prepare_rows(q, k, v, rows, mask, causal, scale, mods=()):
     scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
     if not np.isfinite(scale):
         raise AttentionInputError(f"scale: expected a finite number or None, got {scale!r}")
-    mods = modifications.check(modifications.with_causal(causal, mods))
+    mods = modifications.check(modifications.with_mask(modifications.with_causal(causal, mods), mask))
     qg = q[:, :, rows].reshape(B, Hkv, H // Hkv, len(rows), D)
-    return qg, k, v, mask, mods, scale, rows, (B, H, Hkv, N, M, D, Dv)
+    return qg, k, v, mods, scale, rows, (B, H, Hkv, N, M, D, Dv)
 
 
 def _check_rows(name: str, rows, length: int) -> np.ndarray:
@@ -84,12 +82,12 @@ def _check_rows(name: str, rows, length: int) -> np.ndarray:
     return rows
 
 
-def score_blocks(qg, k, qi, *, mask, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
+def score_blocks(qg, k, qi, *, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M):
     """Yield (keys kj (C,), scores S (B, Hkv, G, R, C)) of grouped query rows qi against each block of block_m
     keys in turn: the one block function, in the order every pass over the keys visits them."""
     for start in range(0, M, block_m):
         kj = np.arange(start, min(start + block_m, M))
-        yield kj, block.scores(qg, k, qi, kj, mask=mask, mods=mods, N=N, M=M, scale=scale)
+        yield kj, block.scores(qg, k, qi, kj, mods=mods, N=N, M=M, scale=scale)
 
 
 def key_slice(kj: np.ndarray) -> slice:
@@ -97,7 +95,7 @@ def key_slice(kj: np.ndarray) -> slice:
     return slice(int(kj[0]), int(kj[-1]) + 1)
 
 
-def online(qg, k, v, qi, *, mask, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M, blocks=None):
+def online(qg, k, v, qi, *, mods, N: int, M: int, scale: float, block_m: int = BLOCK_M, blocks=None):
     """(O (B, Hkv, G, R, Dv), lse (B, Hkv, G, R)) of grouped query rows qi against every key, blockwise:
     the online softmax, written once (`blockwise_sdpa` runs it per query tile). blocks: the `score_blocks` of
     these rows, already computed (None: computed here)."""
@@ -105,7 +103,7 @@ def online(qg, k, v, qi, *, mask, mods, N: int, M: int, scale: float, block_m: i
     m_i, l_i = block.initial_state(mods, qi, qg.shape[:-1], N, M, Hkv * G, Hkv)
     acc = np.zeros((*qg.shape[:-1], v.shape[-1]))
     if blocks is None:
-        blocks = score_blocks(qg, k, qi, mask=mask, mods=mods, N=N, M=M, scale=scale, block_m=block_m)
+        blocks = score_blocks(qg, k, qi, mods=mods, N=N, M=M, scale=scale, block_m=block_m)
     for kj, s in blocks:
         m_new = np.maximum(m_i, s.max(axis=-1))
         shift = np.where(m_new == -np.inf, 0.0, m_new)                       # nothing seen yet: nothing to rescale
@@ -139,9 +137,8 @@ def sdpa_rows_with_scores(q, k, v, rows, *, mask=None, causal=None, scale=None, 
     """(O, lse, blocks) as `sdpa_rows`, blocks the `score_blocks` list [(kj, S (B, Hkv, G, R, C))] of the rows
     when the scores hold at most keep_elements elements (else None): the row statistics of the same rows
     (`attnbench.row_bound.row_stats`) read them instead of computing every score a second time."""
-    qg, k, v, mask, mods, scale, rows, (B, H, Hkv, N, M, D, Dv) = prepare_rows(q, k, v, rows, mask, causal, scale,
-                                                                             mods)
-    kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
+    qg, k, v, mods, scale, rows, (B, H, Hkv, N, M, D, Dv) = prepare_rows(q, k, v, rows, mask, causal, scale, mods)
+    kwargs = dict(mods=mods, N=N, M=M, scale=scale)
     blocks = (list(score_blocks(qg, k, rows, block_m=block_m, **kwargs)) if B * H * len(rows) * M <= keep_elements
               else None)
     out, lse = online(qg, k, v, rows, block_m=block_m, blocks=blocks, **kwargs)
@@ -176,14 +173,14 @@ def sdpa_backward_rows(q, k, v, grad_out, query_rows, key_rows, *, mask=None, ca
                        block_n: int = BLOCK_N, block_m: int = BLOCK_M):
     """(dQ (B, H, Rq, D) at `query_rows`, dK (B, Hkv, Rk, D) and dV (B, Hkv, Rk, Dv) at `key_rows`) of
     sum(O * grad_out), grad_out (B, H, N, Dv): the rows of `sdpa_backward`, without forming (N, M)."""
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
+    q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
     g = np.asarray(grad_out, dtype=np.float64)
     if g.shape != (B, H, N, Dv):
         raise AttentionInputError(f"grad_out: expected shape {(B, H, N, Dv)}, got {g.shape}")
     qr, kr = _check_rows("query_rows", query_rows, N), _check_rows("key_rows", key_rows, M)
     G = H // Hkv
     qg, gg = q.reshape(B, Hkv, G, N, D), g.reshape(B, Hkv, G, N, Dv)
-    kwargs = dict(mask=mask, mods=mods, N=N, M=M, scale=scale)
+    kwargs = dict(mods=mods, N=N, M=M, scale=scale)
     lse, delta = _all_lse_and_delta(qg, k, v, gg, kwargs, N, block_n, block_m)
 
     dq = np.zeros((B, Hkv, G, len(qr), D))                                    # dQ_i = scale sum_j dS_ij K_j

@@ -3,13 +3,14 @@
 Shape letters: B batch, H query heads, Hkv key/value heads (H a multiple of
 Hkv; Hkv == 1 is multi-query), N queries, M keys, D query/key dim, Dv value dim.
 
-    S = mods(scale * Q K^T) + bias  (B, H, N, M)   bias: mask (0 / -inf) or float bias; causal is a mod
+    S = mods(scale * Q K^T)         (B, H, N, M)   causal and the mask (a bool keep or a float bias) are mods
     P = softmax(S) over keys        (B, H, N, M)   the attention pattern (a sink joins the denominator)
     O = P V                         (B, H, N, Dv)
     lse = log sum_m exp(S)          (B, H, N)
 
 `mods`: the modifications (`attnbench.reference.mods`: window, softcap, ALiBi, sinks, ...), bound to their
-inputs; `causal` joins them as `Causal(alignment)` (`prepare_qkv`); scores come from the one block function
+inputs; `causal` joins them as `Causal(alignment)` first and `mask` as `InputMask(mask)` last (`prepare_qkv`);
+scores come from the one block function
 (`block.scores`) every reference path shares.
 
 Query head h reads key/value head h // (H / Hkv) (grouped-query attention).
@@ -44,25 +45,26 @@ def bias_grouped(bias, B: int, H: int, hkv: int, N: int, M: int):
 
 
 def prepare_qkv(q, k, v, mask, causal, scale, mods=()):
-    """Validate and return (q, k, v, mask, mods, scale, dims) in float64, nothing of size (N, M) formed; `causal`
-    comes back inside mods, as `Causal(alignment)` first (`mods.with_causal`): the reference reads it there only."""
+    """Validate and return (q, k, v, mods, scale, dims) in float64, nothing of size (N, M) formed; `causal` and
+    `mask` come back inside mods, as `Causal(alignment)` first and `InputMask(mask)` last (`mods.with_causal`,
+    `mods.with_mask`): the reference reads them there only."""
     q, k, v = as_float64("q", q, rank=4), as_float64("k", k, rank=4), as_float64("v", v, rank=4)
     B, H, Hkv, N, M, D, Dv = check_qkv(q, k, v)
     mask = check_mask(mask, (B, H, N, M))
-    mods = modifications.check(modifications.with_causal(causal, mods))
+    mods = modifications.check(modifications.with_mask(modifications.with_causal(causal, mods), mask))
     scale = 1.0 / np.sqrt(D) if scale is None else float(scale)
     if not np.isfinite(scale):
         raise AttentionInputError(f"scale: expected a finite number or None, got {scale!r}")
-    return q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv)
+    return q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv)
 
 
-def full_scores(q, k, mask, scale, mods, *, with_grad: bool = False):
+def full_scores(q, k, scale, mods, *, with_grad: bool = False):
     """Scores (B, Hkv, G, N, M) of every query against every key (`block.scores`), and with_grad the factor
     d S / d (scale Q K^T) (None: 1)."""
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    return block.scores(group_queries(q, Hkv), k, np.arange(N), np.arange(M), mask=mask, mods=mods, N=N, M=M,
-                        scale=scale, with_grad=with_grad)
+    return block.scores(group_queries(q, Hkv), k, np.arange(N), np.arange(M), mods=mods, N=N, M=M, scale=scale,
+                        with_grad=with_grad)
 
 
 def softmax_with_sink(s, sink):
@@ -89,8 +91,8 @@ def sdpa(q, k, v, *, mask=None, causal=None, scale=None, mods=(), return_weights
     mods: modifications bound to their inputs (`attnbench.reference.mods`), applied in order.
     Returns O, or a tuple (O, P (B, H, N, M)?, lse (B, H, N)?) for what was asked.
     """
-    q, k, v, mask, mods, scale, dims = prepare_qkv(q, k, v, mask, causal, scale, mods)
-    p, lse = softmax_with_sink(full_scores(q, k, mask, scale, mods), _sink(mods, dims))
+    q, k, v, mods, scale, dims = prepare_qkv(q, k, v, mask, causal, scale, mods)
+    p, lse = softmax_with_sink(full_scores(q, k, scale, mods), _sink(mods, dims))
     out = ungroup(np.einsum("bkgnm,bkme->bkgne", p, v))                    # (B, H, N, Dv)
     extras = []
     if return_weights:
@@ -114,12 +116,12 @@ def sdpa_backward(q, k, v, grad_out, *, mask=None, causal=None, scale=None, mods
 
         d sink_h = -sum_{b, n} P_sink,bhn rowsum(dO * O)_bhn        (a row that sees no key: O = 0, adds 0)
     """
-    q, k, v, mask, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
+    q, k, v, mods, scale, (B, H, Hkv, N, M, D, Dv) = prepare_qkv(q, k, v, mask, causal, scale, mods)
     g = as_float64("grad_out", grad_out, rank=4)
     if g.shape != (B, H, N, Dv):
         raise AttentionInputError(f"grad_out: expected shape {(B, H, N, Dv)}, got {g.shape}")
     qg, gg = group_queries(q, Hkv), group_queries(g, Hkv)                   # (B, Hkv, G, N, .)
-    s, factor = full_scores(q, k, mask, scale, mods, with_grad=True)
+    s, factor = full_scores(q, k, scale, mods, with_grad=True)
     sink = _sink(mods, (B, H, Hkv, N, M, D, Dv))
     p, lse = softmax_with_sink(s, sink)
     out = np.einsum("bkgnm,bkme->bkgne", p, v)

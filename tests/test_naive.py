@@ -27,8 +27,8 @@ def _broadcast(inputs, problem, rows):
 
 
 def _plain_chunk(inputs, p, chunk, k, v):
-    q, bias, scale, mods = naive._operands(inputs, p, chunk)
-    return naive._plain(q, k, v, bias, scale, **mods)
+    q, scale, mods = naive._operands(inputs, p, chunk)
+    return naive._plain(q, k, v, scale, **mods)
 
 
 @pytest.mark.parametrize("spec, dtype", [(spec, dtype) for spec in PROBLEMS for dtype in ("float16", "bfloat16")]

@@ -54,14 +54,6 @@ def test_rows_equal_the_full_reference_for_every_mask_form(case, causal):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_bias_rows_is_the_rows_of_the_full_bias():
-    N, M = 11, 7
-    mask = RNG.random((2, 1, N, M)) < 0.5
-    full = reference.mask_to_bias(mask, None, N, M)
-    rows, cols = np.array([0, 5, 10]), np.array([1, 6])
-    np.testing.assert_array_equal(reference.bias_rows(mask, rows, cols), full[:, :, rows][..., cols])
-
-
 def test_rows_out_of_range_are_refused():
     q, k, v = _inputs(1, 1, 1, 4, 4, 2, 2)
     with pytest.raises(reference.AttentionInputError, match="rows"):

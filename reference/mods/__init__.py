@@ -7,10 +7,13 @@
     Document(count), PrefixLM(length)   packed documents, a bidirectional prefix (document.py, prefix_lm.py)
     Causal(align)         top_left (torch) or bottom_right (FlashAttention) causal (causal.py); a problem's own
                           field (`Problem.causal`), joined to the others by `with_causal` for the reference side
+    InputMask(values)     the input's bool mask or float bias (mask.py); a problem's own field (`Problem.mask`,
+                          values in `Inputs.mask`), appended by `with_mask` for the reference side
 
 `MODS` maps a spec key to its class, found by looking through this package's modules: adding a modification is
-its module (a `Modification` subclass with a `key`), nothing here. Causal is left out of `MODS`: the spec keeps
-`causal=top_left|bottom_right` as the problem's field, as every backend API keeps causal a flag of its own. The
+its module (a `Modification` subclass with a `key`), nothing here. Causal and InputMask are left out of `MODS`:
+the spec keeps `causal=top_left|bottom_right` and `mask=KIND` as the problem's fields, as every backend API keeps
+causal a flag and the mask an argument of its own. The
 reference's block function (`attnbench.reference.block`) is the only place scores meet them.
 """
 from __future__ import annotations
@@ -23,16 +26,18 @@ from attnbench.reference._discover import subclasses_by_key
 from .alibi import Alibi
 from .base import Block, Modification, edges
 from .causal import Causal
+from .mask import InputMask
 from .sinks import Sinks
 from .softcap import Softcap
 from .window import Window
 
 
 MODS: dict[str, type[Modification]] = {key: cls for key, cls in
-                                       subclasses_by_key(__name__, __path__, Modification).items() if cls is not Causal}
+                                       subclasses_by_key(__name__, __path__, Modification).items()
+                                       if cls not in (Causal, InputMask)}
 
-__all__ = ["MODS", "Alibi", "Block", "Causal", "Modification", "Sinks", "Softcap", "Window", "apply", "edges",
-           "magnitude", "parse", "sink_logits", "visible_range", "with_causal"]
+__all__ = ["MODS", "Alibi", "Block", "Causal", "InputMask", "Modification", "Sinks", "Softcap", "Window", "apply",
+           "edges", "magnitude", "mask_bias", "parse", "sink_logits", "visible_range", "with_causal", "with_mask"]
 
 
 def parse(key: str, raw: str) -> Modification:
@@ -59,16 +64,23 @@ def with_causal(causal, mods) -> tuple[Modification, ...]:
     return tuple(mods or ()) if alignment is None else (Causal(alignment), *(mods or ()))
 
 
+def with_mask(mods, mask) -> tuple[Modification, ...]:
+    """The modifications the reference computes with an input mask: `mods`, then `InputMask(mask)` where `mask`
+    is not None (bool, True = attend, or a float bias broadcastable to (B, H, N, M)). Last, so a bias adds after
+    every score modification (softcap, ALiBi), as the hand-threaded bias it replaced did."""
+    return tuple(mods or ()) if mask is None else (*(mods or ()), InputMask(mask))
+
+
 def apply(s, mods, block: Block, xp=np, *, with_grad: bool = False):
-    """Scores after `mods` (score modifications in order, then every mask), and with_grad: also d(result)/d s
-    (None where it is 1 everywhere). s: the scaled scores (..., R, C) of `block`, NumPy or torch (xp)."""
+    """Scores after `mods` (scores in order, then every mask), and with_grad: also d(result)/d s (None where it
+    is 1 everywhere). s: the scaled scores (..., R, C) of `block`, NumPy or torch (xp). A masking
+    modification's score is the identity unless it also adds (an input bias: `InputMask`)."""
     factor = None
     for m in mods:
-        if not m.masks:
-            if with_grad:
-                g = m.score_grad(s, block, xp)
-                factor = g if factor is None else (factor * g if g is not None else factor)
-            s = m.score(s, block, xp)
+        if with_grad:
+            g = m.score_grad(s, block, xp)
+            factor = g if factor is None else (factor * g if g is not None else factor)
+        s = m.score(s, block, xp)
     keep = visible(mods, block)
     if keep is not None:
         keep = keep if xp is np else xp.as_tensor(keep, device=s.device)
@@ -84,6 +96,21 @@ def visible(mods, block: Block):
         if k is not None:
             keep = k if keep is None else keep & k
     return keep
+
+
+def mask_bias(mods, block: Block):
+    """The float64 additive bias the masking modifications put on the scores of `block`, (B|1, Hkv|1, G|1, R|1, C)
+    or (R, C) as their masks broadcast: what their scores add (an input float bias), -inf wherever one hides the
+    key; 0.0 where none masks. Score modifications (softcap, ALiBi) are not in it (their share of a score's size:
+    `magnitude`)."""
+    masking = [m for m in mods if m.masks]
+    if not masking:
+        return 0.0
+    s = np.float64(0.0)                                 # broadcast: the result keeps the masks' own shapes
+    for m in masking:
+        s = m.score(s, block)
+    keep = visible(masking, block)
+    return s if keep is None else np.where(keep, s, -np.inf)
 
 
 def sink_logits(mods, block: Block):

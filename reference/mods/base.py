@@ -14,6 +14,8 @@ questions about a `Block` of (query rows, key columns):
 
 Masking modifications (`keep`) apply after every score modification, whatever the order: a softcap after a
 -inf mask would turn -inf into -cap and unmask the key (FlexAttention's mask_mod runs after score_mod too).
+Every modification's `score` runs in order (a masking one's is the identity, except the input mask's float bias,
+`mask.InputMask`, which adds last and hides its -inf entries through `keep`).
 
 A modification with inputs of its own (sink logits, ALiBi slopes) is declared without them in a `Problem`
 (hashable: `Sinks()`) and `bind`s them when inputs are made (`Sinks(logits=array)`); the reference takes the
