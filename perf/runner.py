@@ -210,7 +210,9 @@ def _measure_remaining(plan, spec, run_dir, options, timeout_s, executor, log, b
                 pending[executor.submit(job)] = job.case
             if not pending:
                 break
-            completed, _ = wait(pending, return_when=FIRST_COMPLETED)
+            completed = set()
+            while not completed:               # in slices: a Ctrl-C handed to another thread is raised here (`_poll`)
+                completed, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for future in completed:
                 case, outcome = pending.pop(future), future.result()
                 if outcome.fields.get("message", "").startswith("KeyboardInterrupt"):

@@ -42,6 +42,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 
 from . import integrity, noise
 from .machine import fingerprint, with_cached_bandwidth
@@ -278,6 +279,19 @@ def run_pair(case_a: Case, case_b: Case, options: MeasureOptions, timeout_s: flo
     return "ok", runs
 
 
+def _poll(conn, timeout_s: float, slice_s: float = 0.5) -> bool:
+    """`conn.poll(timeout_s)` in slices: a Ctrl-C that the kernel handed to another thread of this process (torch's,
+    tqdm's) interrupts no blocking call of the main thread, so one long poll would sit out the whole point's
+    timeout before Python raised KeyboardInterrupt; between slices it is raised within slice_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if conn.poll(max(0.0, min(slice_s, left))):
+            return True
+        if left <= slice_s:
+            return False
+
+
 def _spawn(target, args: tuple, after_conn: tuple, options: MeasureOptions, timeout_s: float) -> tuple[str, dict]:
     """Run target(*args, conn, *after_conn) in a fresh forkserver child; (status, fields) it sent, or why not."""
     ctx = _context()
@@ -286,7 +300,7 @@ def _spawn(target, args: tuple, after_conn: tuple, options: MeasureOptions, time
     proc.start()
     send.close()
     try:
-        if not recv.poll(timeout_s):
+        if not _poll(recv, timeout_s):
             proc.kill()
             proc.join()
             return "timeout", {"message": f"no result within {timeout_s:g} s"}

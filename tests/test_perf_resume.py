@@ -151,3 +151,20 @@ def test_unreadable_lines_are_reported_not_dropped(run_dir):
     assert len(records.read(path, warn=warnings.append)) == 2
     assert len(warnings) == 2
     assert ":2: unreadable record (a torn write" in warnings[0] and "schema 99 is newer" in warnings[1]
+
+
+def test_a_ctrl_c_the_kernel_hands_to_another_thread_still_stops_the_wait_for_a_worker():
+    """Linux may deliver a process's SIGINT to any of its threads (the perf parent has two); Python then raises
+    KeyboardInterrupt only when the main thread returns to bytecode, so a single long `poll` on the worker's pipe
+    sat out the whole point timeout (CI: a 60 s wait, stuck). `_poll` waits in slices: interrupted within ~1 s."""
+    import multiprocessing
+    import threading
+
+    from attnbench.perf.worker import _poll
+
+    recv, _send = multiprocessing.Pipe(duplex=False)
+    threading.Timer(0.3, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _poll(recv, 30.0)
+    assert time.monotonic() - start < 5.0
