@@ -513,8 +513,9 @@ def add_audit_arguments(p) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                    help="import this backend file first (repeatable), as `attnbench check --plugin` does")
     p.add_argument("--ci", action="store_true", help="the backend's representative subset for CI (triton_blockwise: "
-                   "float16 at D 64, 80, 256 and float32 at D 256, causal, and float16 at D 64 with every "
-                   "modification on; every kernel, config and target)")
+                   "causal float16 at D 64 and 256 (its paged+append forward too) and float32 at D 256, and the "
+                   "KV variants at float16 D 64 with every modification on; every launchable config, every "
+                   "target)")
     p.add_argument("--targets", help="default: " + ",".join(TARGETS))
     for option, label in LABEL_FILTERS:
         p.add_argument(f"--{option}", help=f"only launches whose {label!r} label is one of these (comma-separated); "
