@@ -56,6 +56,14 @@ SLOW_PLUGIN = textwrap.dedent('''
 ''')
 
 
+def _terminal_signals() -> None:
+    """The child starts with SIGINT as a terminal's shell leaves it (default, unblocked), whatever the test process
+    inherited: an ignored or blocked SIGINT is inherited across exec, and Python then installs no
+    KeyboardInterrupt at all (CI's pytest-xdist workers were seen so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -73,7 +81,8 @@ def test_ctrl_c_ends_workers_renders_and_prints_the_resume_command(tmp_path):
             "--backends", "torch_eager,test_sleeps", "--seq-lens", "512", "--heads", "1", "--head-dim", "16",
             "--time-budget", "0.01", "--repeats", "2", "--pass", "fwd"]
     env = {**os.environ, "SLEEP_FLAG": str(flag), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_terminal_signals)
     deadline = time.time() + 120
     while not (tmp_path / "sleep.pid").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -163,8 +172,15 @@ def test_a_ctrl_c_the_kernel_hands_to_another_thread_still_stops_the_wait_for_a_
     from attnbench.perf.worker import _poll
 
     recv, _send = multiprocessing.Pipe(duplex=False)
-    threading.Timer(0.3, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
-    start = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        _poll(recv, 30.0)
-    assert time.monotonic() - start < 5.0
+    # SIGINT as an interactive process has it, whatever this test process inherited (see `_terminal_signals`)
+    handler, mask = signal.signal(signal.SIGINT, signal.default_int_handler), signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        threading.Timer(0.3, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            _poll(recv, 30.0)
+        assert time.monotonic() - start < 5.0
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
