@@ -19,8 +19,9 @@ error in budget units; `failure_message` ends with the one line that reproduces 
 """
 from __future__ import annotations
 
+import collections
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -35,7 +36,8 @@ from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, ma
 from attnbench.reference import layouts as kv_layouts
 from attnbench.reference.mods.base import TILE_MAX, TILE_STEP, tile_edges as _tile_edges  # noqa: F401
 from attnbench.reference.rows import sdpa_rows_with_scores
-from attnbench.row_bound import RowStats, backward_row_scales, condition_one, min_normal, row_stats
+from attnbench.row_bound import (RowStats, backward_row_scales, condition_one, min_normal, rounded_p_sums,
+                                 row_stats)
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -246,15 +248,29 @@ class ForwardReference:
                                 precision=precision, dtype=p.dtype, D=p.D, M=p.M, lse_dtype=lse_dtype)
         return out.reshape(self.out.shape), lse.reshape(self.lse.shape)
 
+    def with_rounded_p(self, inputs: Inputs, problem: Problem, rows: RowSample) -> "ForwardReference":
+        """This reference with the row sums a declared P rounded to the input dtype needs (`rounded_p_sums`, one
+        more pass over the keys), for a reference made without them."""
+        if self.stats.rounded_p:
+            return self
+        p, qr = problem, _indices(rows.query, problem.N)
+        sums = rounded_p_sums(inputs.q, inputs.k, inputs.v, self.lse, qr, scale=_effective_scale(p),
+                              mods=inputs.reference_mods(p))
+        return replace(self, stats=self.stats.with_rounded_p(**sums))
 
-def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> ForwardReference:
-    """The reference side of `check_forward` on query rows `rows.query` (pristine inputs)."""
+
+def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample, *, rounded_p: bool = False
+                      ) -> ForwardReference:
+    """The reference side of `check_forward` on query rows `rows.query` (pristine inputs). rounded_p: with the
+    row sums only a backend declaring P rounded to its input dtype needs (two more products of every row with
+    V; `ForwardReference.with_rounded_p` adds them later)."""
     p = problem
     qr = _indices(rows.query, p.N)
     # The row statistics read the scores the reference computed (where they fit: `KEEP_SCORES_ELEMENTS`).
     out, lse, blocks = sdpa_rows_with_scores(inputs.q, inputs.k, inputs.v, qr, **inputs.reference_kwargs(p))
     stats = row_stats(inputs.q, inputs.k, inputs.v, lse, qr, scale=_effective_scale(p), mods=inputs.reference_mods(p),
-                      tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype), blocks=blocks)
+                      tiny=FLUSH_THRESHOLD[p.dtype], min_normal=min_normal(p.dtype), blocks=blocks,
+                      rounded_p=rounded_p)
     shape = stats.p_sum.shape                                                    # (B, Hkv, G, R)
     out_bound, lse_bound_ = condition_one(stats, out.reshape(*shape, -1), lse.reshape(shape), dtype=p.dtype,
                                           D=p.D, M=p.M)
@@ -262,10 +278,33 @@ def forward_reference(inputs: Inputs, problem: Problem, rows: RowSample) -> Forw
                             naive_forward(inputs, p, qr), stats)
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_forward_reference(problem: Problem, rows: RowSample) -> ForwardReference:
-    """Every backend checked on one problem shares its reference side (make_inputs is deterministic)."""
-    return forward_reference(make_inputs(problem), problem, rows)
+# Every backend checked on one problem shares its reference side (make_inputs is deterministic): the last 16.
+_FORWARD_REFERENCES: collections.OrderedDict = collections.OrderedDict()
+FORWARD_REFERENCES_KEPT = 16
+
+
+def _cached_forward_reference(problem: Problem, rows: RowSample, *, rounded_p: bool = False,
+                              inputs: Inputs | None = None) -> ForwardReference:
+    """`forward_reference` of `make_inputs(problem)`, made once per (problem, rows) and shared; a reference
+    made without the rounded-P sums gets them added the first time a backend needs them. inputs: pristine
+    copies of make_inputs(problem) where the caller has them (saves making them again), else None."""
+    key = (problem, rows)
+    ref = _FORWARD_REFERENCES.pop(key, None)
+    if ref is None:
+        ref = forward_reference(make_inputs(problem) if inputs is None else inputs, problem, rows,
+                                rounded_p=rounded_p)
+    elif rounded_p:
+        ref = ref.with_rounded_p(make_inputs(problem) if inputs is None else inputs, problem, rows)
+    _FORWARD_REFERENCES[key] = ref
+    while len(_FORWARD_REFERENCES) > FORWARD_REFERENCES_KEPT:
+        _FORWARD_REFERENCES.popitem(last=False)
+    return ref
+
+
+def _rounded_p(backend, problem: Problem, device: str) -> bool:
+    """Whether the backend declares P rounded to the input dtype for this problem's dtype."""
+    precision = backend.capabilities(device).precision_for(problem.dtype)
+    return precision is not None and precision.p_rounded
 
 
 def backward_magnitudes(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward) -> tuple[float, float, float]:
@@ -613,7 +652,11 @@ def check_forward(backend, problem: Problem, device: str = "cpu", *, inputs: Inp
     want_lse = backend.capabilities(device).lse
     run = backend.prepare(inputs, problem, device=device, return_lse=want_lse)
     result = run()
-    ref = _cached_forward_reference(problem, sample) if cached else forward_reference(pristine, problem, sample)
+    rounded_p = _rounded_p(backend, problem, device)
+    # A pristine copy serves the shared reference unless an input was too big to copy (`_digests`: the call
+    # may have written it; the cache must not keep a reference of written inputs).
+    ref = (_cached_forward_reference(problem, sample, rounded_p=rounded_p, inputs=None if digests else pristine)
+           if cached else forward_reference(pristine, problem, sample, rounded_p=rounded_p))
     return _judge_forward(backend, problem, result, ref, sample, device, want_lse=want_lse,
                           broken=inputs_contract(backend, run, inputs, pristine, digests), physical=_physical(run))
 
@@ -623,7 +666,7 @@ def verify_forward(backend, problem: Problem, result, device: str = "cpu", *, ro
     """`check_forward`'s verdicts on `result`, an output O (B, H, N, Dv) the backend already returned for
     `make_inputs(problem)` (a timed call's, in perf): the same compare and output contract, no call made. `run`:
     the prepared callable that returned it, whose results a route (pad-and-mask) maps to the layout's shapes."""
-    ref = _cached_forward_reference(problem, rows)
+    ref = _cached_forward_reference(problem, rows, rounded_p=_rounded_p(backend, problem, device))
     return _judge_forward(backend, problem, result, ref, rows, device, want_lse=False, broken=[],
                           physical=_physical(run))
 

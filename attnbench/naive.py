@@ -21,8 +21,14 @@ import torch
 from attnbench.reference import mods as modifications
 from attnbench.reference.block import block_of
 
-# Query rows per chunk: keeps one (B, H, chunk, M) score tile near 2^22 elements.
+# Query rows per chunk: keeps one (B, H, chunk, M) score tile near 2^22 elements under autograd (which holds
+# every intermediate of the chunk until its gradient is taken).
 CHUNK_ELEMENTS = 1 << 22
+# The forward keeps no graph, so a chunk four times larger (S, exp, P: 2^24 elements of 2 bytes each, 32 MiB
+# apiece in float16/bfloat16): a CPU GEMM of a few rows is several times slower per row than one of 11 or more
+# (bfloat16 P V, M 131,073, D 128, one head: 0.019 s per row at 4 rows, 0.0044 at 11), and the issue-19 decode
+# problem (H 8, M 131,073) fits 16 rows in one chunk instead of 4.
+FORWARD_CHUNK_ELEMENTS = 1 << 24
 # Keys per step of the blocked transpose of K (`_key_transpose`).
 TRANSPOSE_KEYS = 1024
 
@@ -107,8 +113,8 @@ def _operands(inputs, problem, rows: np.ndarray, *, requires_grad: bool = False)
     return q.requires_grad_(requires_grad), scale, mods
 
 
-def _chunks(problem, rows: np.ndarray):
-    size = max(1, CHUNK_ELEMENTS // (problem.B * problem.H * problem.M))
+def _chunks(problem, rows: np.ndarray, elements: int = CHUNK_ELEMENTS):
+    size = max(1, elements // (problem.B * problem.H * problem.M))
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
@@ -121,7 +127,7 @@ def naive_forward(inputs, problem, rows: np.ndarray | None = None) -> np.ndarray
     v = _tensor(inputs.v, p.dtype).unsqueeze(2)
     outs = []
     with torch.no_grad():
-        for chunk in _chunks(p, rows):
+        for chunk in _chunks(p, rows, FORWARD_CHUNK_ELEMENTS):
             q, scale, mods = _operands(inputs, p, chunk)
             outs.append(_plain(q, k, v, scale, **mods, kt=kt))
     return torch.cat(outs, dim=3).reshape(p.B, p.H, len(rows), p.Dv).double().numpy()

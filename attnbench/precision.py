@@ -48,7 +48,7 @@ Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys, D
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -107,25 +107,36 @@ class RowStats:
     """Per query row sums the forward bounds are built from (grouped (B, Hkv, G, R[, Dv])).
 
     t_seen: largest |scale q k| + |bias| over keys with P > 0;  t_finite: over unmasked keys.
-    mass: sum_m P |v|;  p_sum: sum_m P;  p2_v2, p2_vs, p2: sum_m P^2 v^2, P^2 v (signed), P^2;
-    vis_v2, vis_v, visible: sum over unmasked keys of v^2, |v|, 1.
+    mass: sum_m P |v|;  p_sum: sum_m P.
     flushed: sum_m min(P, tiny) |v|: what weights that underflow to 0 can lose (`budget.FLUSH_THRESHOLD`).
     subnormal_v: sum of |v| over the keys whose weight 0 < P < the dtype's smallest normal (row_stats'
         `min_normal`): a P held in the dtype there is off by up to half the subnormal spacing, not u P.
+    Only a declared P rounded to the input dtype needs the rest (None until computed: `rounded_p`):
+    p2_v2, p2_vs, p2: sum_m P^2 v^2, P^2 v (signed), P^2;  vis_v2, vis_v, visible: sum over unmasked keys of
+    v^2, |v|, 1.
     """
 
     t_seen: np.ndarray
     t_finite: np.ndarray
     mass: np.ndarray
     p_sum: np.ndarray
-    p2_v2: np.ndarray
-    p2_vs: np.ndarray
-    p2: np.ndarray
-    vis_v2: np.ndarray
-    vis_v: np.ndarray
-    visible: np.ndarray
     flushed: np.ndarray | float = 0.0
     subnormal_v: np.ndarray | float = 0.0
+    p2_v2: np.ndarray | None = None
+    p2_vs: np.ndarray | None = None
+    p2: np.ndarray | None = None
+    vis_v2: np.ndarray | None = None
+    vis_v: np.ndarray | None = None
+    visible: np.ndarray | None = None
+
+    @property
+    def rounded_p(self) -> bool:
+        """Whether the sums a declared P rounded to the input dtype needs are here."""
+        return self.p2_v2 is not None
+
+    def with_rounded_p(self, **sums) -> "RowStats":
+        """These stats with the rounded-P sums (`row_bound.rounded_p_sums`) added."""
+        return replace(self, **sums)
 
 
 def _sum_sq_shifted(sq: np.ndarray, lin: np.ndarray, count: np.ndarray, o: np.ndarray) -> np.ndarray:
@@ -151,6 +162,9 @@ def model_bounds(stats: RowStats, out: np.ndarray, lse: np.ndarray, *, precision
     inner = score[..., None] * (stats.mass + stats.p_sum[..., None] * o) + LAMBDA * u_a * (np.sqrt(M) + 2) * stats.mass
     inner = inner + stats.flushed                                  # weights below the flush threshold become 0
     if precision.p_rounded:
+        if not stats.rounded_p:
+            raise ValueError("model_bounds: P rounded to the input dtype is declared but the row statistics were "
+                             "made without its sums (row_stats(rounded_p=True) or RowStats.with_rounded_p)")
         shifted = _sum_sq_shifted(stats.p2_v2, stats.p2_vs, stats.p2, -np.where(np.isfinite(out), out, 0.0))
         inner = inner + LAMBDA * u_in * np.sqrt(np.maximum(stats.p2_v2, shifted))
         inner = inner + LAMBDA * HALF_SUBNORMAL[dtype] * np.sqrt(

@@ -32,14 +32,16 @@ def min_normal(dtype: str) -> float:
 
 
 def row_stats(q, k, v, lse, rows, *, scale: float, mods=(), block_m: int = BLOCK_M,
-              tiny: float = 0.0, min_normal: float = 0.0, blocks=None) -> RowStats:
+              tiny: float = 0.0, min_normal: float = 0.0, blocks=None, rounded_p: bool = True) -> RowStats:
     """The per-row sums both bounds are built from (`precision.RowStats`, grouped (B, Hkv, G, R[, Dv])).
 
     q (B, H, N, D), k (B, Hkv, M, D), v (B, Hkv, M, Dv) float64; lse (B, H, R): the reference at `rows`
     (P = exp(S - lse)); mods: bound modifications, causal and the input mask among them (`Inputs.reference_mods`);
     tiny: the weight below which a kernel's exp flushes to 0 (`budget.FLUSH_THRESHOLD`). Scores and their
     magnitude T come from the reference's block function; blocks: the scores of these rows already computed
-    (`reference.rows.sdpa_rows_with_scores`; None: computed here).
+    (`reference.rows.sdpa_rows_with_scores`; None: computed here). rounded_p: also the sums only a declared
+    P rounded to the input dtype needs (`RowStats.rounded_p`: two more products of every row with V, a third of
+    the time at N 16, M 131,073); without them condition 1 is complete and `with_rounded_p` adds them later.
 
     A modification that adds roundings to each score (softcap: `extra_roundings`, each within u |s| <= u T)
     raises the score error from LAMBDA u (sqrt(D) + 2) T to at most LAMBDA u (sqrt(D) + 2 + extra) T: T is
@@ -51,11 +53,11 @@ def row_stats(q, k, v, lse, rows, *, scale: float, mods=(), block_m: int = BLOCK
     R = len(rows)
     k, v = float64_reads("k", k), float64_reads("v", v)          # held in the dtype past 2^31: a block at a time
     qg = float64_reads("q", q)[:, :, rows].reshape(B, Hkv, G, R, D)
-    lse_g = lse.reshape(B, Hkv, G, R)
-    shift = np.where(np.isneginf(lse_g), np.inf, lse_g)[..., None]            # rows with no key: P = 0
+    shift = _lse_shift(lse, (B, Hkv, G, R))
     per_row, per_elem = (B, Hkv, G, R), (B, Hkv, G, R, Dv)
-    t_seen, t_finite, p_sum, p2, visible = (np.zeros(per_row) for _ in range(5))
-    mass, p2_v2, p2_vs, vis_v2, vis_v, flushed, subnormal_v = (np.zeros(per_elem) for _ in range(7))
+    t_seen, t_finite, p_sum = (np.zeros(per_row) for _ in range(3))
+    mass, flushed, subnormal_v = (np.zeros(per_elem) for _ in range(3))
+    rounded = _RoundedP(per_row, per_elem) if rounded_p else None
     kwargs = dict(mods=mods, N=N, M=M, scale=scale)
     widen = (np.sqrt(D) + 2 + modifications.extra_roundings(mods)) / (np.sqrt(D) + 2)
     if blocks is None:
@@ -64,48 +66,95 @@ def row_stats(q, k, v, lse, rows, *, scale: float, mods=(), block_m: int = BLOCK
         p = np.exp(s - shift)
         t, finite = block.magnitude(qg, k, rows, kj, **kwargs)               # t is 0 where finite is False
         t = t if widen == 1.0 else widen * t
-        t_seen = np.maximum(t_seen, np.max(np.where(p > 0, t, 0.0), axis=-1))
-        t_finite = np.maximum(t_finite, np.max(t, axis=-1))
+        t_max, p_min = np.max(t, axis=-1), p.min(axis=-1)
+        t_finite = np.maximum(t_finite, t_max)
+        # The largest T where P > 0: every key's where no weight of the block is 0 (no pass over P and T for it;
+        # a NaN row takes the pass, whose NaN comparisons it had before).
+        t_seen = np.maximum(t_seen, t_max if np.all(p_min > 0) else np.max(np.where(p > 0, t, 0.0), axis=-1))
         # v, |v| and |v|^2 (B, Hkv, C, Dv) are each the operand of two products (v a view of the input, no copy).
         # The visibility (0/1) is shared by the heads of a group unless a mask is per head, so its products are
         # taken once per distinct row (`_compact`), not G times.
         vt = v[:, :, key_slice(kj)]
         abs_v = np.abs(vt)
-        abs_v2 = abs_v * abs_v
         vis = _compact(finite).astype(np.float64)                             # (B|1, Hkv|1, G|1, R, C)
-        vis_v2 += vis @ abs_v2[:, :, None]
-        vis_abs = vis @ abs_v[:, :, None]                                   # (B, Hkv, G|1, R, Dv)
-        vis_v += vis_abs
-        visible += vis.sum(axis=-1)
-        low_rows, flush_rows = _low_and_flushed(p, vis, abs_v, tiny, min_normal)
+        low_rows, flush_rows = _low_and_flushed(p, vis, abs_v, tiny, min_normal, p_min)
         mass_rows = block.group_matmul(np.concatenate([p, *flush_rows, *low_rows], axis=-2)
                                        if flush_rows or low_rows else p, abs_v)
         mass += mass_rows[..., :R, :]
         if flush_rows:
             flushed += mass_rows[..., R:2 * R, :]
         else:                       # min(P, tiny) = tiny where visible, 0 elsewhere: tiny sum_visible |v|
-            flushed += tiny * vis_abs
+            flushed += tiny * (vis @ abs_v[:, :, None])
         if low_rows:
             subnormal_v += mass_rows[..., -R:, :]
-        p2_ = p * p
         p_sum += p.sum(axis=-1)
-        p2 += p2_.sum(axis=-1)
-        p2_vs += block.group_matmul(p2_, vt)
-        p2_v2 += block.group_matmul(p2_, abs_v2)
-    return RowStats(t_seen, t_finite, mass, p_sum, p2_v2, p2_vs, p2, vis_v2, vis_v, visible, flushed, subnormal_v)
+        if rounded is not None:
+            rounded.add(p, vis, vt, abs_v)
+    stats = RowStats(t_seen, t_finite, mass, p_sum, flushed=flushed, subnormal_v=subnormal_v)
+    return stats if rounded is None else stats.with_rounded_p(**rounded.sums())
 
 
-def _low_and_flushed(p, vis, abs_v, tiny: float, min_normal: float):
+def rounded_p_sums(q, k, v, lse, rows, *, scale: float, mods=(), block_m: int = BLOCK_M) -> dict:
+    """`RowStats.rounded_p`'s sums alone (a pass of their own over the keys): for a reference made without them
+    (`row_stats(rounded_p=False)`) that a backend declaring P rounded to its input dtype then needs. Arguments
+    as `row_stats`'."""
+    B, H, N, D = q.shape
+    Hkv, Dv = k.shape[1], v.shape[-1]
+    G, R = H // Hkv, len(rows)
+    k, v = float64_reads("k", k), float64_reads("v", v)
+    qg = float64_reads("q", q)[:, :, rows].reshape(B, Hkv, G, R, D)
+    shift = _lse_shift(lse, (B, Hkv, G, R))
+    rounded = _RoundedP((B, Hkv, G, R), (B, Hkv, G, R, Dv))
+    for kj, s in score_blocks(qg, k, rows, block_m=block_m, mods=mods, N=N, M=k.shape[2], scale=scale):
+        vt = v[:, :, key_slice(kj)]
+        visible = block.visibility(s.shape, rows, kj, mods=mods, N=N, M=k.shape[2])    # as `block.magnitude`'s
+        rounded.add(np.exp(s - shift), _compact(visible).astype(np.float64), vt, np.abs(vt))
+    return rounded.sums()
+
+
+def _lse_shift(lse, shape) -> np.ndarray:
+    """lse (B, H, R) grouped to `shape` (B, Hkv, G, R) with a trailing axis: P = exp(S - shift), and +inf for
+    rows with no key (P = 0 there, not NaN)."""
+    lse_g = lse.reshape(shape)
+    return np.where(np.isneginf(lse_g), np.inf, lse_g)[..., None]
+
+
+class _RoundedP:
+    """Running sums over key blocks of P^2 v^2, P^2 v, P^2 and of v^2, |v|, 1 over visible keys (`RowStats`)."""
+
+    def __init__(self, per_row: tuple, per_elem: tuple):
+        self.p2, self.visible = np.zeros(per_row), np.zeros(per_row)
+        self.p2_v2, self.p2_vs, self.vis_v2, self.vis_v = (np.zeros(per_elem) for _ in range(4))
+
+    def add(self, p, vis, vt, abs_v) -> None:
+        """p (B, Hkv, G, R, C), vis (B|1, Hkv|1, G|1, R, C) 0/1, vt and abs_v (B, Hkv, C, Dv) of one key block."""
+        abs_v2 = abs_v * abs_v
+        p2 = p * p
+        self.p2 += p2.sum(axis=-1)
+        self.p2_vs += block.group_matmul(p2, vt)
+        self.p2_v2 += block.group_matmul(p2, abs_v2)
+        self.vis_v2 += vis @ abs_v2[:, :, None]
+        self.vis_v += vis @ abs_v[:, :, None]
+        self.visible += vis.sum(axis=-1)
+
+    def sums(self) -> dict:
+        return dict(p2_v2=self.p2_v2, p2_vs=self.p2_vs, p2=self.p2, vis_v2=self.vis_v2, vis_v=self.vis_v,
+                    visible=self.visible)
+
+
+def _low_and_flushed(p, vis, abs_v, tiny: float, min_normal: float, p_min=None):
     """([the 0/1 rows of 0 < P < min_normal] or [], [the rows min(P, tiny)] or []) of P (B, Hkv, G, R, C), to
     multiply by |v| beside P. Both are left out where they follow from the visibility vis (B|1, Hkv|1, G|1, R, C)
     alone, the common case, saving one or two of the three products: min(P, tiny) is tiny exactly where a key is
     visible and 0 elsewhere (no weight in (0, tiny), none lost to underflow, no NaN), and then no weight is in
     (0, min_normal) either when min_normal <= tiny (bfloat16, float32). |v| must be finite (0 inf is NaN), and
     tiny a power of two (float32's tiny, not float64's) whose products with every nonzero |v| of a float32
-    value stay normal, so tiny sum |v| has the bits of sum tiny |v|."""
-    flushed = np.minimum(p, tiny)
-    if tiny < NORMAL_SCALING or not (np.all(flushed == tiny * vis) and np.all(np.isfinite(abs_v))):
-        return [((p > 0) & (p < min_normal)).astype(np.float64)], [flushed]
+    value stay normal, so tiny sum |v| has the bits of sum tiny |v|. p_min: P's row minima (R) where known:
+    with every key visible, min(P, tiny) = tiny everywhere is min P >= tiny, no pass over P."""
+    every_key = p_min is not None and np.all(vis == 1.0)
+    if (tiny < NORMAL_SCALING or not np.all(np.isfinite(abs_v))
+            or not (np.all(p_min >= tiny) if every_key else np.all(np.minimum(p, tiny) == tiny * vis))):
+        return [((p > 0) & (p < min_normal)).astype(np.float64)], [np.minimum(p, tiny)]
     if min_normal <= tiny:
         return [], []
     return [((p > 0) & (p < min_normal)).astype(np.float64)], []

@@ -70,6 +70,13 @@ def magnitude(qg, k, rows, cols, *, mods, N: int, M: int, scale: float):
     return np.where(keep, t, 0.0), np.broadcast_to(keep, t.shape)
 
 
+def visibility(shape: tuple, rows, cols, *, mods, N: int, M: int):
+    """The `visible` of `magnitude` alone (no product): True where no masking modification hides the key,
+    a broadcast view of shape (B, Hkv, G, R, C)."""
+    keep = modifications.visible(mods, block_of(rows, cols, N, M, shape[1] * shape[2], shape[1]))
+    return np.broadcast_to(np.True_ if keep is None else keep, shape)
+
+
 def initial_state(mods, rows, shape, N: int, M: int, H: int, Hkv: int):
     """(m, l) the online softmax of rows (shape (B, Hkv, G, R)) starts from: (-inf, 0), or with a sink logit
     (sink, 1): the sink is one more term exp(sink - m) of the denominator, with value 0."""

@@ -67,6 +67,7 @@ def test_visible_ranges_and_pair_counts_are_the_masks(align, n, m, window):
     mods = with_causal(align, () if window is None else (window,))
     block = Block(np.arange(n), np.arange(m), n, m, 1, 1)
     keep = reference.mods.visible(mods, block)
+    keep = np.ones((n, m), bool) if keep is None else keep          # None: the masks keep every pair
     assert reference.attended_pairs(n, m, align, () if window is None else (window,)) == int(keep.sum())
     alone = _convention(align, n, m)
     for lo in range(n):

@@ -22,7 +22,7 @@ def _broadcast(inputs, problem, rows):
     p = problem
     k, v = naive._tensor(inputs.k, p.dtype).unsqueeze(2), naive._tensor(inputs.v, p.dtype).unsqueeze(2)
     with torch.no_grad():
-        outs = [_plain_chunk(inputs, p, chunk, k, v) for chunk in naive._chunks(p, rows)]
+        outs = [_plain_chunk(inputs, p, chunk, k, v) for chunk in naive._chunks(p, rows, naive.FORWARD_CHUNK_ELEMENTS)]
     return torch.cat(outs, dim=3).reshape(p.B, p.H, len(rows), p.Dv).double().numpy()
 
 

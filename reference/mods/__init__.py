@@ -89,13 +89,14 @@ def apply(s, mods, block: Block, xp=np, *, with_grad: bool = False):
 
 
 def visible(mods, block: Block):
-    """Bool (R, C) of the pairs every masking modification keeps, or None (all)."""
+    """Bool (R, C) of the pairs every masking modification keeps, or None (all): also where the masks keep every
+    pair of this block (most blocks of a causal or windowed row), so the callers skip their passes over it."""
     keep = None
     for m in mods:
         k = m.keep(block) if m.masks else None
         if k is not None:
             keep = k if keep is None else keep & k
-    return keep
+    return None if keep is None or np.all(keep) else keep
 
 
 def mask_bias(mods, block: Block):
