@@ -63,3 +63,45 @@ def test_an_input_too_big_to_copy_is_checked_for_writes_by_its_digest(monkeypatc
     assert check.inputs_contract(None, object(), inputs, pristine, digests) == []
     inputs.k[0, 1, 3, 2] += 1.0
     assert check.inputs_contract(None, object(), inputs, pristine, digests) == ["input k was modified by the call"]
+
+
+def test_inputs_too_big_to_copy_share_one_reference_unless_the_call_wrote_them(monkeypatch):
+    """Past PRISTINE_COPY_BYTES the inputs are their own pristine copy: the reference every backend shares is made
+    once from them when the call left them alone (past 2^31 elements it took minutes per backend), and a call that
+    wrote one gets a reference of its own, which is never kept for the next backend."""
+    from attnbench.implementations import get_backend
+
+    monkeypatch.setattr(check, "PRISTINE_COPY_BYTES", 0)
+    monkeypatch.setattr(problem_module, "DIRECT_ELEMENTS", 100)             # drawn in the dtype, as past 2^31
+    monkeypatch.setattr(check, "_FORWARD_REFERENCES", type(check._FORWARD_REFERENCES)())
+    made = []
+    real = check.forward_reference
+    monkeypatch.setattr(check, "forward_reference", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    p = Problem.parse("B=1,H=2,N=16,M=40,D=16,dtype=float16")
+    assert problem_module.drawn_in_dtype(p)
+    assert all(v.passed for v in check.check_forward(get_backend("torch_eager"), p))
+    assert all(v.passed for v in check.check_forward(get_backend("numpy"), p))
+    assert len(made) == 1                                                   # shared
+
+    class WritesK:
+        """torch_eager, then a key of the caller's K scaled in place."""
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def prepare(self, inputs, problem, **kw):
+            run = self.inner.prepare(inputs, problem, **kw)
+
+            def call():
+                out = run()
+                inputs.k[0, 0, 3] *= 2.0
+                return out
+            return call
+
+    verdicts = check.check_forward(WritesK(get_backend("torch_eager")), p)
+    assert any("input k was modified" in v.reason for v in verdicts if not v.passed)
+    assert len(made) == 2                                                   # its own reference, not the shared one
+    assert all(v.passed for v in check.check_forward(get_backend("torch_eager"), p))
+    assert len(made) == 2                                                   # the shared one is still the pristine one
