@@ -52,13 +52,24 @@ key masked (finfo.min is finite: such a row averages V). The layout is transform
 Inputs are torch tensors in the problem's dtype; gradients flow through torch autograd (declared). Anything
 the signature does not show is a skip with its reason, never a call the function was not written for.
 
+What the signature cannot say (D in {64, 128} only, half types only, no GQA, N a multiple of 64, no backward)
+the function declares itself, with no attnbench import, as `Capabilities` fields over the signature's:
+
+    attn.attnbench_capabilities = dict(dtypes=("float16", "bfloat16"), head_dim_choices=(64, 128), gqa=False)
+
+(a `Capabilities` is taken whole; on a torch.nn.Module, a class attribute). Every suite then skips, with the
+reason, each problem outside it.
+
 Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys, D, Dv head dims.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -84,14 +95,40 @@ def parse_name(name: str) -> tuple[str, str, str]:
     return module, function, layout
 
 
+def _import(module: str):
+    """`module`, found as `python -m` and pytest find it: from the working directory too (the `attnbench` script
+    alone would not look there, so a kernel beside the user failed to load in check and perf only)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module.partition(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), here)))  # workers
+        return importlib.import_module(module)
+
+
 def _load(module: str, function: str, name: str):
     try:
-        fn = getattr(importlib.import_module(module), function)
+        fn = getattr(_import(module), function)
     except (ImportError, AttributeError) as exc:
         raise AttentionInputError(f"backend {name!r}: cannot load {module}:{function} ({exc})") from None
+    if inspect.isclass(fn):
+        fn = _instance(fn, f"{module}:{function}", name)
     if not callable(fn):
         raise AttentionInputError(f"backend {name!r}: {module}:{function} is not callable")
     return fn
+
+
+def _instance(cls, target: str, name: str):
+    """A class named as the backend (a torch.nn.Module, say), made with no arguments and put in eval mode."""
+    try:
+        obj = cls()
+    except TypeError as exc:
+        raise AttentionInputError(f"backend {name!r}: {target} is a class whose constructor needs arguments "
+                                  f"({exc}); name an instance or a function instead") from None
+    return obj.eval() if isinstance(obj, torch.nn.Module) else obj
 
 
 def _keyword(params, *names: str) -> str | None:
@@ -102,6 +139,20 @@ def _keyword(params, *names: str) -> str | None:
 MOD_KEYWORDS = {"window": ("window_size",), "softcap": ("softcap",), "alibi": ("alibi_slopes",),
                 "sinks": ("learnable_sink", "sinks")}
 PAGE_KEYWORDS = ("block_table", "page_table")            # flash_attn_with_kvcache's, FlashAttention 4's
+
+
+def declared_capabilities(fn, caps: Capabilities, name: str) -> Capabilities:
+    """`caps` with the fields `fn.attnbench_capabilities` declares (a dict of `Capabilities` fields, or a whole
+    `Capabilities`); a one-line error naming a field that does not exist."""
+    declared = getattr(fn, "attnbench_capabilities", None)
+    if declared is None or isinstance(declared, Capabilities):
+        return declared or caps
+    fields = {f.name for f in dataclasses.fields(Capabilities)}
+    unknown = sorted(set(declared) - fields)
+    if unknown:
+        raise AttentionInputError(f"backend {name!r}: attnbench_capabilities has no field {', '.join(unknown)} "
+                                  f"(fields: {', '.join(sorted(fields))})")
+    return caps.replace(**declared)
 
 
 def capabilities_of(params, layout: str) -> Capabilities:
@@ -212,6 +263,7 @@ class FunctionBackend(TorchBackend):
         self.caps = capabilities_of(self.params, self.layout)
         if self.module_convention:
             self.caps = Capabilities(grad=True, empty_rows=False)
+        self.caps = declared_capabilities(self.fn, self.caps, name)
         self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")
         self.unbounded = unbounded_side(inspect.signature(self.fn))
         self.convention = None if self.module_convention else convention_of(self.params)
@@ -238,9 +290,7 @@ class FunctionBackend(TorchBackend):
             out, _ = self.fn(module, q, k, v, additive_mask(q, mask, causal, q.shape[2], k.shape[2]),
                              scaling=q.shape[-1] ** -0.5 if scale is None else scale, dropout=0.0)
             return out.transpose(1, 2)                                                # (B, N, H, Dv) -> (B, H, N, Dv)
-        kwargs = mod_kwargs(mods, self.params, self.unbounded)
-        if causal is not None:
-            kwargs["is_causal" if "is_causal" in self.params else "causal"] = True
+        kwargs = {**mod_kwargs(mods, self.params, self.unbounded), **self._causal_kwarg(causal)}
         if mask is not None:
             kwargs["attn_mask"] = mask
         if scale is not None:
@@ -257,6 +307,12 @@ class FunctionBackend(TorchBackend):
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))                       # (B, L, H, D)
         out = _first(self.fn(q, k, v, **kwargs))
         return out.transpose(1, 2) if self.layout == "bnhd" else out              # (B, H, N, Dv)
+
+    def _causal_kwarg(self, causal) -> dict:
+        """The causal flag, always passed where the signature takes one: a function whose `causal` defaults to True
+        (a causal-only kernel) must not run causally on a problem that is not."""
+        keyword = _keyword(self.params, "is_causal", "causal")
+        return {} if keyword is None else {keyword: causal is not None}
 
     def _dense_as_varlen(self, q, k, v, kwargs):
         """q (B, H, N, D), k, v (B, Hkv, M, .) as B packed sequences of equal length -> O (B, H, N, Dv)."""
@@ -290,9 +346,7 @@ class FunctionBackend(TorchBackend):
         contract): packed ragged for varlen, the (paged) cache for kvcache."""
         if return_lse:
             raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
-        kwargs = mod_kwargs(mods, self.params, self.unbounded)
-        if causal is not None:
-            kwargs["causal"] = True
+        kwargs = {**mod_kwargs(mods, self.params, self.unbounded), **self._causal_kwarg(causal)}
         if scale is not None:
             kwargs[self.scale_keyword] = scale
         g = _int32_geometry(problem, str(q.device))
