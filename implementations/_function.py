@@ -12,7 +12,8 @@ function's signature for the call convention users meet, and declares only what 
     scale       `scale=` or `softmax_scale=`; neither: the problem's default scale only
     mask        `attn_mask=` (torch: bool True = attend, or an additive float bias); none: no masks
     GQA         `enable_gqa=` (torch) or a bnhd function (FlashAttention takes Hkv < H); else Hkv = H only
-    result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...))
+    result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...)); its second,
+                lse (B, H, N) float32 ((H, total_q) for varlen), is checked where the function declares `lse`
 
 and FlashAttention's keywords for the modifications its kernels compute (`flash_attn_interface.py`, 2, 3 and 4):
 
@@ -152,7 +153,15 @@ def declared_capabilities(fn, caps: Capabilities, name: str) -> Capabilities:
     if unknown:
         raise AttentionInputError(f"backend {name!r}: attnbench_capabilities has no field {', '.join(unknown)} "
                                   f"(fields: {', '.join(sorted(fields))})")
+    widened = [key for key in SIGNATURE_FIELDS if key in declared and not set(declared[key]) <= set(getattr(caps, key))]
+    if widened:
+        raise AttentionInputError(f"backend {name!r}: attnbench_capabilities declares {', '.join(widened)} beyond what "
+                                  f"its signature takes ({'; '.join(f'{k}: {getattr(caps, k)}' for k in widened)})")
     return caps.replace(**declared)
+
+
+# What the adapter passes only through a keyword of the signature: a declaration may narrow these, never widen them.
+SIGNATURE_FIELDS = ("causal", "masks", "mods", "kv_layouts")
 
 
 def capabilities_of(params, layout: str) -> Capabilities:
@@ -264,6 +273,8 @@ class FunctionBackend(TorchBackend):
         if self.module_convention:
             self.caps = Capabilities(grad=True, empty_rows=False)
         self.caps = declared_capabilities(self.fn, self.caps, name)
+        if self.caps.lse and (self.module_convention or convention_of(self.params) == "kvcache"):
+            raise AttentionInputError(f"backend {name!r}: lse is read from a dense or varlen call's (out, lse) only")
         self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")
         self.unbounded = unbounded_side(inspect.signature(self.fn))
         self.convention = None if self.module_convention else convention_of(self.params)
@@ -283,8 +294,6 @@ class FunctionBackend(TorchBackend):
         return reason
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=None):
-        if return_lse:
-            raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
         if self.module_convention:
             module = _AttentionModule(q.shape[1] // k.shape[1])
             out, _ = self.fn(module, q, k, v, additive_mask(q, mask, causal, q.shape[2], k.shape[2]),
@@ -298,15 +307,16 @@ class FunctionBackend(TorchBackend):
         if "enable_gqa" in self.params and k.shape[1] != q.shape[1]:
             kwargs["enable_gqa"] = True
         if self.convention == "varlen":
-            return self._dense_as_varlen(q, k, v, kwargs)
+            return self._dense_as_varlen(q, k, v, kwargs, return_lse)
         if self.convention == "kvcache":
             full = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
             return _first(self.fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache_seqlens=full,
                                   **kwargs)).transpose(1, 2)
         if self.layout == "bnhd":
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))                       # (B, L, H, D)
-        out = _first(self.fn(q, k, v, **kwargs))
-        return out.transpose(1, 2) if self.layout == "bnhd" else out              # (B, H, N, Dv)
+        out, lse = _split(self.fn(q, k, v, **kwargs), return_lse, self.name)      # lse (B, H, N) in either layout
+        out = out.transpose(1, 2) if self.layout == "bnhd" else out               # (B, H, N, Dv)
+        return (out, lse) if return_lse else out
 
     def _causal_kwarg(self, causal) -> dict:
         """The causal flag, always passed where the signature takes one: a function whose `causal` defaults to True
@@ -314,14 +324,16 @@ class FunctionBackend(TorchBackend):
         keyword = _keyword(self.params, "is_causal", "causal")
         return {} if keyword is None else {keyword: causal is not None}
 
-    def _dense_as_varlen(self, q, k, v, kwargs):
-        """q (B, H, N, D), k, v (B, Hkv, M, .) as B packed sequences of equal length -> O (B, H, N, Dv)."""
+    def _dense_as_varlen(self, q, k, v, kwargs, return_lse: bool = False):
+        """q (B, H, N, D), k, v (B, Hkv, M, .) as B packed sequences of equal length -> O (B, H, N, Dv) [, lse
+        (B, H, N) from FlashAttention's (H, B * N)]."""
         B, N, M = q.shape[0], q.shape[2], k.shape[2]
         packed = [x.transpose(1, 2).reshape(B * x.shape[2], x.shape[1], x.shape[3]) for x in (q, k, v)]
         cu = [torch.arange(B + 1, dtype=torch.int32, device=q.device) * n for n in (N, M)]
-        out = _first(self.fn(*packed, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1], max_seqlen_q=N, max_seqlen_k=M,
-                             **kwargs))
-        return out.reshape(B, N, *out.shape[1:]).transpose(1, 2)
+        out, lse = _split(self.fn(*packed, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1], max_seqlen_q=N, max_seqlen_k=M,
+                                  **kwargs), return_lse, self.name)
+        out = out.reshape(B, N, *out.shape[1:]).transpose(1, 2)
+        return (out, lse.reshape(lse.shape[0], B, N).transpose(0, 1)) if return_lse else out
 
     def kv_tensors(self, inputs, problem, device: str, *, requires_grad: bool = False):
         """`KvReader.kv_tensors`, the cache copied once where a kvcache function will write appended keys into it
@@ -344,15 +356,15 @@ class FunctionBackend(TorchBackend):
                      return_lse: bool = False, mods=None):
         """One call over the whole batch in the layout's physical tensors (`kv_torch.KvReader.attention_kv`'s
         contract): packed ragged for varlen, the (paged) cache for kvcache."""
-        if return_lse:
-            raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
         kwargs = {**mod_kwargs(mods, self.params, self.unbounded), **self._causal_kwarg(causal)}
         if scale is not None:
             kwargs[self.scale_keyword] = scale
         g = _int32_geometry(problem, str(q.device))
         if self.convention == "varlen":
-            return _first(self.fn(q, k, v, cu_seqlens_q=cu_q.to(torch.int32), cu_seqlens_k=g["cu_seqlens_k"],
-                                  max_seqlen_q=g["max_seqlen_q"], max_seqlen_k=g["max_seqlen_k"], **kwargs))
+            out, lse = _split(self.fn(q, k, v, cu_seqlens_q=cu_q.to(torch.int32), cu_seqlens_k=g["cu_seqlens_k"],
+                                  max_seqlen_q=g["max_seqlen_q"], max_seqlen_k=g["max_seqlen_k"], **kwargs),
+                              return_lse, self.name)
+            return (out, lse) if return_lse else out                           # lse (H, total_q)
         if g["block_table"] is not None:
             kwargs[_keyword(self.params, *PAGE_KEYWORDS)] = g["block_table"]
         else:
@@ -393,6 +405,15 @@ class _AppendSlotsRestored(Mapping):
 def _first(out):
     """The output of a function that may return a tuple (FlashAttention's (O, lse, ...))."""
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _split(out, return_lse: bool, name: str):
+    """(O, lse or None) of a function's result: with return_lse (it declared `lse`), FlashAttention's (O, lse, ...)."""
+    if not return_lse:
+        return _first(out), None
+    if not isinstance(out, (tuple, list)) or len(out) < 2:
+        raise AttentionInputError(f"backend {name!r}: declares lse but returned {type(out).__name__}, not (out, lse, ...)")
+    return out[0], out[1]
 
 
 def function_backend(name: str) -> FunctionBackend:

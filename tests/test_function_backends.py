@@ -146,6 +146,19 @@ def test_a_function_declares_what_its_signature_cannot_say_and_every_problem_out
         assert words in narrow.why_not(Problem.parse(f"B=1,H=2,N=8,dtype=float16,{spec}")), spec
     with pytest.raises(AttentionInputError, match="attnbench_capabilities has no field head_dim "):
         get_backend("tests.plugins.functions:misdeclared@bnhd")
+    with pytest.raises(AttentionInputError, match="declares masks beyond what its signature takes"):
+        get_backend("tests.plugins.functions:widened@bnhd")
+
+
+def test_a_function_declaring_lse_has_its_second_result_checked_as_the_lse():
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    problem = Problem.parse("B=2,H=4,Hkv=2,N=37,M=45,D=16,dtype=float16,causal=bottom_right")
+    good = evaluate(get_backend("tests.plugins.functions:flash_style_lse@bnhd"), problem)
+    assert good.passed and any(v.name == "lse" for v in good.forward), good.message()
+    bad = evaluate(get_backend("tests.plugins.functions:flash_style_lse_in_log2@bnhd"), problem)
+    assert bad.passed is False and "lse" in bad.message()
 
 
 def test_the_causal_flag_is_always_passed_so_a_causal_default_is_not_used_on_a_problem_that_is_not():

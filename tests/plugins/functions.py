@@ -183,3 +183,34 @@ class ModuleWithArguments(ModuleAttention):
     def __init__(self, heads):
         super().__init__()
         self.heads = heads
+
+
+def flash_style_lse(q, k, v, softmax_scale=None, causal=False):
+    """flash_style returning FlashAttention's (out, lse (B, H, N) float32), lse declared."""
+    qt, kt = (x.transpose(1, 2).double() for x in (q, k))                            # (B, H, L, D)
+    kt = kt.repeat_interleave(qt.shape[1] // kt.shape[1], dim=1)
+    s = (qt @ kt.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale)
+    n, m = s.shape[-2:]
+    if causal:
+        s = s.masked_fill(torch.arange(n)[:, None] + m - n < torch.arange(m)[None, :], float("-inf"))
+    return flash_style(q, k, v, softmax_scale, causal), torch.logsumexp(s, -1).float()
+
+
+flash_style_lse.attnbench_capabilities = dict(lse=True)
+
+
+def flash_style_lse_in_log2(q, k, v, softmax_scale=None, causal=False):
+    """flash_style_lse with its lse in base 2 (a bug only the lse check sees)."""
+    out, lse = flash_style_lse(q, k, v, softmax_scale, causal)
+    return out, lse / 0.6931471805599453
+
+
+flash_style_lse_in_log2.attnbench_capabilities = dict(lse=True)
+
+
+def widened(q, k, v, causal=False):
+    """Declares bool masks its signature has no attn_mask= for."""
+    return flash_style(q, k, v, None, causal)
+
+
+widened.attnbench_capabilities = dict(masks=("bool",))
