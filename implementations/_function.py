@@ -12,7 +12,8 @@ function's signature for the call convention users meet, and declares only what 
     scale       `scale=` or `softmax_scale=`; neither: the problem's default scale only
     mask        `attn_mask=` (torch: bool True = attend, or an additive float bias); none: no masks
     GQA         `enable_gqa=` (torch) or a bnhd function (FlashAttention takes Hkv < H); else Hkv = H only
-    result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...))
+    result      a tensor, or a tuple whose first element is the output (FlashAttention's (O, lse, ...)); its second,
+                lse (B, H, N) float32 ((H, total_q) for varlen), is checked where the function declares `lse`
 
 and FlashAttention's keywords for the modifications its kernels compute (`flash_attn_interface.py`, 2, 3 and 4):
 
@@ -52,13 +53,24 @@ key masked (finfo.min is finite: such a row averages V). The layout is transform
 Inputs are torch tensors in the problem's dtype; gradients flow through torch autograd (declared). Anything
 the signature does not show is a skip with its reason, never a call the function was not written for.
 
+What the signature cannot say (D in {64, 128} only, half types only, no GQA, N a multiple of 64, no backward)
+the function declares itself, with no attnbench import, as `Capabilities` fields over the signature's:
+
+    attn.attnbench_capabilities = dict(dtypes=("float16", "bfloat16"), head_dim_choices=(64, 128), gqa=False)
+
+(a `Capabilities` is taken whole; on a torch.nn.Module, a class attribute). Every suite then skips, with the
+reason, each problem outside it.
+
 Shape letters: B batch, H query heads, Hkv key/value heads, N queries, M keys, D, Dv head dims.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -84,14 +96,40 @@ def parse_name(name: str) -> tuple[str, str, str]:
     return module, function, layout
 
 
+def _import(module: str):
+    """`module`, found as `python -m` and pytest find it: from the working directory too (the `attnbench` script
+    alone would not look there, so a kernel beside the user failed to load in check and perf only)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != module.partition(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.append(here)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), here)))  # workers
+        return importlib.import_module(module)
+
+
 def _load(module: str, function: str, name: str):
     try:
-        fn = getattr(importlib.import_module(module), function)
+        fn = getattr(_import(module), function)
     except (ImportError, AttributeError) as exc:
         raise AttentionInputError(f"backend {name!r}: cannot load {module}:{function} ({exc})") from None
+    if inspect.isclass(fn):
+        fn = _instance(fn, f"{module}:{function}", name)
     if not callable(fn):
         raise AttentionInputError(f"backend {name!r}: {module}:{function} is not callable")
     return fn
+
+
+def _instance(cls, target: str, name: str):
+    """A class named as the backend (a torch.nn.Module, say), made with no arguments and put in eval mode."""
+    try:
+        obj = cls()
+    except TypeError as exc:
+        raise AttentionInputError(f"backend {name!r}: {target} is a class whose constructor needs arguments "
+                                  f"({exc}); name an instance or a function instead") from None
+    return obj.eval() if isinstance(obj, torch.nn.Module) else obj
 
 
 def _keyword(params, *names: str) -> str | None:
@@ -102,6 +140,28 @@ def _keyword(params, *names: str) -> str | None:
 MOD_KEYWORDS = {"window": ("window_size",), "softcap": ("softcap",), "alibi": ("alibi_slopes",),
                 "sinks": ("learnable_sink", "sinks")}
 PAGE_KEYWORDS = ("block_table", "page_table")            # flash_attn_with_kvcache's, FlashAttention 4's
+
+
+def declared_capabilities(fn, caps: Capabilities, name: str) -> Capabilities:
+    """`caps` with the fields `fn.attnbench_capabilities` declares (a dict of `Capabilities` fields, or a whole
+    `Capabilities`); a one-line error naming a field that does not exist."""
+    declared = getattr(fn, "attnbench_capabilities", None)
+    if declared is None or isinstance(declared, Capabilities):
+        return declared or caps
+    fields = {f.name for f in dataclasses.fields(Capabilities)}
+    unknown = sorted(set(declared) - fields)
+    if unknown:
+        raise AttentionInputError(f"backend {name!r}: attnbench_capabilities has no field {', '.join(unknown)} "
+                                  f"(fields: {', '.join(sorted(fields))})")
+    widened = [key for key in SIGNATURE_FIELDS if key in declared and not set(declared[key]) <= set(getattr(caps, key))]
+    if widened:
+        raise AttentionInputError(f"backend {name!r}: attnbench_capabilities declares {', '.join(widened)} beyond what "
+                                  f"its signature takes ({'; '.join(f'{k}: {getattr(caps, k)}' for k in widened)})")
+    return caps.replace(**declared)
+
+
+# What the adapter passes only through a keyword of the signature: a declaration may narrow these, never widen them.
+SIGNATURE_FIELDS = ("causal", "masks", "mods", "kv_layouts")
 
 
 def capabilities_of(params, layout: str) -> Capabilities:
@@ -212,6 +272,9 @@ class FunctionBackend(TorchBackend):
         self.caps = capabilities_of(self.params, self.layout)
         if self.module_convention:
             self.caps = Capabilities(grad=True, empty_rows=False)
+        self.caps = declared_capabilities(self.fn, self.caps, name)
+        if self.caps.lse and (self.module_convention or convention_of(self.params) == "kvcache"):
+            raise AttentionInputError(f"backend {name!r}: lse is read from a dense or varlen call's (out, lse) only")
         self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")
         self.unbounded = unbounded_side(inspect.signature(self.fn))
         self.convention = None if self.module_convention else convention_of(self.params)
@@ -231,16 +294,12 @@ class FunctionBackend(TorchBackend):
         return reason
 
     def attention(self, q, k, v, *, mask, causal, scale, return_lse=False, mods=None):
-        if return_lse:
-            raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
         if self.module_convention:
             module = _AttentionModule(q.shape[1] // k.shape[1])
             out, _ = self.fn(module, q, k, v, additive_mask(q, mask, causal, q.shape[2], k.shape[2]),
                              scaling=q.shape[-1] ** -0.5 if scale is None else scale, dropout=0.0)
             return out.transpose(1, 2)                                                # (B, N, H, Dv) -> (B, H, N, Dv)
-        kwargs = mod_kwargs(mods, self.params, self.unbounded)
-        if causal is not None:
-            kwargs["is_causal" if "is_causal" in self.params else "causal"] = True
+        kwargs = {**mod_kwargs(mods, self.params, self.unbounded), **self._causal_kwarg(causal)}
         if mask is not None:
             kwargs["attn_mask"] = mask
         if scale is not None:
@@ -248,24 +307,33 @@ class FunctionBackend(TorchBackend):
         if "enable_gqa" in self.params and k.shape[1] != q.shape[1]:
             kwargs["enable_gqa"] = True
         if self.convention == "varlen":
-            return self._dense_as_varlen(q, k, v, kwargs)
+            return self._dense_as_varlen(q, k, v, kwargs, return_lse)
         if self.convention == "kvcache":
             full = torch.full((q.shape[0],), k.shape[2], dtype=torch.int32, device=q.device)
             return _first(self.fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache_seqlens=full,
                                   **kwargs)).transpose(1, 2)
         if self.layout == "bnhd":
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))                       # (B, L, H, D)
-        out = _first(self.fn(q, k, v, **kwargs))
-        return out.transpose(1, 2) if self.layout == "bnhd" else out              # (B, H, N, Dv)
+        out, lse = _split(self.fn(q, k, v, **kwargs), return_lse, self.name)      # lse (B, H, N) in either layout
+        out = out.transpose(1, 2) if self.layout == "bnhd" else out               # (B, H, N, Dv)
+        return (out, lse) if return_lse else out
 
-    def _dense_as_varlen(self, q, k, v, kwargs):
-        """q (B, H, N, D), k, v (B, Hkv, M, .) as B packed sequences of equal length -> O (B, H, N, Dv)."""
+    def _causal_kwarg(self, causal) -> dict:
+        """The causal flag, always passed where the signature takes one: a function whose `causal` defaults to True
+        (a causal-only kernel) must not run causally on a problem that is not."""
+        keyword = _keyword(self.params, "is_causal", "causal")
+        return {} if keyword is None else {keyword: causal is not None}
+
+    def _dense_as_varlen(self, q, k, v, kwargs, return_lse: bool = False):
+        """q (B, H, N, D), k, v (B, Hkv, M, .) as B packed sequences of equal length -> O (B, H, N, Dv) [, lse
+        (B, H, N) from FlashAttention's (H, B * N)]."""
         B, N, M = q.shape[0], q.shape[2], k.shape[2]
         packed = [x.transpose(1, 2).reshape(B * x.shape[2], x.shape[1], x.shape[3]) for x in (q, k, v)]
         cu = [torch.arange(B + 1, dtype=torch.int32, device=q.device) * n for n in (N, M)]
-        out = _first(self.fn(*packed, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1], max_seqlen_q=N, max_seqlen_k=M,
-                             **kwargs))
-        return out.reshape(B, N, *out.shape[1:]).transpose(1, 2)
+        out, lse = _split(self.fn(*packed, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1], max_seqlen_q=N, max_seqlen_k=M,
+                                  **kwargs), return_lse, self.name)
+        out = out.reshape(B, N, *out.shape[1:]).transpose(1, 2)
+        return (out, lse.reshape(lse.shape[0], B, N).transpose(0, 1)) if return_lse else out
 
     def kv_tensors(self, inputs, problem, device: str, *, requires_grad: bool = False):
         """`KvReader.kv_tensors`, the cache copied once where a kvcache function will write appended keys into it
@@ -288,17 +356,15 @@ class FunctionBackend(TorchBackend):
                      return_lse: bool = False, mods=None):
         """One call over the whole batch in the layout's physical tensors (`kv_torch.KvReader.attention_kv`'s
         contract): packed ragged for varlen, the (paged) cache for kvcache."""
-        if return_lse:
-            raise NotImplementedError(f"{self.name}: a function backend returns no log-sum-exp")
-        kwargs = mod_kwargs(mods, self.params, self.unbounded)
-        if causal is not None:
-            kwargs["causal"] = True
+        kwargs = {**mod_kwargs(mods, self.params, self.unbounded), **self._causal_kwarg(causal)}
         if scale is not None:
             kwargs[self.scale_keyword] = scale
         g = _int32_geometry(problem, str(q.device))
         if self.convention == "varlen":
-            return _first(self.fn(q, k, v, cu_seqlens_q=cu_q.to(torch.int32), cu_seqlens_k=g["cu_seqlens_k"],
-                                  max_seqlen_q=g["max_seqlen_q"], max_seqlen_k=g["max_seqlen_k"], **kwargs))
+            out, lse = _split(self.fn(q, k, v, cu_seqlens_q=cu_q.to(torch.int32), cu_seqlens_k=g["cu_seqlens_k"],
+                                  max_seqlen_q=g["max_seqlen_q"], max_seqlen_k=g["max_seqlen_k"], **kwargs),
+                              return_lse, self.name)
+            return (out, lse) if return_lse else out                           # lse (H, total_q)
         if g["block_table"] is not None:
             kwargs[_keyword(self.params, *PAGE_KEYWORDS)] = g["block_table"]
         else:
@@ -339,6 +405,15 @@ class _AppendSlotsRestored(Mapping):
 def _first(out):
     """The output of a function that may return a tuple (FlashAttention's (O, lse, ...))."""
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _split(out, return_lse: bool, name: str):
+    """(O, lse or None) of a function's result: with return_lse (it declared `lse`), FlashAttention's (O, lse, ...)."""
+    if not return_lse:
+        return _first(out), None
+    if not isinstance(out, (tuple, list)) or len(out) < 2:
+        raise AttentionInputError(f"backend {name!r}: declares lse but returned {type(out).__name__}, not (out, lse, ...)")
+    return out[0], out[1]
 
 
 def function_backend(name: str) -> FunctionBackend:

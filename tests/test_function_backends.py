@@ -130,3 +130,59 @@ def test_a_kvcache_function_may_write_the_appended_slots_of_its_cache_and_nothin
     assert evaluate(get_backend("tests.plugins.functions:flash_kvcache_style"), problem).passed
     result = evaluate(get_backend("tests.plugins.functions:flash_kvcache_scribbles"), problem)
     assert result.passed is False and "input k was modified" in result.message()
+
+
+def test_a_function_declares_what_its_signature_cannot_say_and_every_problem_outside_is_a_skip():
+    """attnbench_capabilities (a dict of Capabilities fields) narrows what the signature declares; a problem
+    outside it is a skip with the reason, never a call the kernel raises on; a field that does not exist is a
+    one-line error naming it."""
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    narrow = get_backend("tests.plugins.functions:narrow_flash@bnhd")
+    assert evaluate(narrow, Problem.parse("B=1,H=2,N=33,M=40,D=64,dtype=float16,causal=bottom_right")).passed
+    for spec, words in [("D=80", "not one of 64, 128"), ("D=64,dtype=float32", "dtype float32 not supported"),
+                        ("D=64,Hkv=1", "grouped-query"), ("D=64,Dv=128", "Dv != D")]:
+        assert words in narrow.why_not(Problem.parse(f"B=1,H=2,N=8,dtype=float16,{spec}")), spec
+    with pytest.raises(AttentionInputError, match="attnbench_capabilities has no field head_dim "):
+        get_backend("tests.plugins.functions:misdeclared@bnhd")
+    with pytest.raises(AttentionInputError, match="declares masks beyond what its signature takes"):
+        get_backend("tests.plugins.functions:widened@bnhd")
+
+
+def test_a_function_declaring_lse_has_its_second_result_checked_as_the_lse():
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    problem = Problem.parse("B=2,H=4,Hkv=2,N=37,M=45,D=16,dtype=float16,causal=bottom_right")
+    good = evaluate(get_backend("tests.plugins.functions:flash_style_lse@bnhd"), problem)
+    assert good.passed and any(v.name == "lse" for v in good.forward), good.message()
+    bad = evaluate(get_backend("tests.plugins.functions:flash_style_lse_in_log2@bnhd"), problem)
+    assert bad.passed is False and "lse" in bad.message()
+
+
+def test_the_causal_flag_is_always_passed_so_a_causal_default_is_not_used_on_a_problem_that_is_not():
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    fn = get_backend("tests.plugins.functions:causal_by_default@bnhd")
+    for causal in ("", ",causal=bottom_right"):
+        assert evaluate(fn, Problem.parse(f"B=1,H=2,N=20,M=30,D=16,dtype=float32{causal}")).passed, causal
+
+
+def test_a_module_class_is_made_once_and_a_kernel_beside_the_user_loads_from_the_working_directory(tmp_path,
+                                                                                                  monkeypatch):
+    """`attnbench check mine:attn` from the folder holding mine.py: the console script does not put the working
+    directory on sys.path as `python -m` and pytest do, so the adapter looks there itself."""
+    from attnbench.evaluate import evaluate
+    from attnbench.problem import Problem
+
+    problem = Problem.parse("B=1,H=2,N=20,M=30,D=16,dtype=float32")
+    assert evaluate(get_backend("tests.plugins.functions:ModuleAttention"), problem).passed
+    with pytest.raises(AttentionInputError, match="constructor needs arguments .*name an instance or a function"):
+        get_backend("tests.plugins.functions:ModuleWithArguments")
+    (tmp_path / "beside_the_user_7f3a.py").write_text("from tests.plugins.functions import sdpa_bnhd as attn\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))] + [str(ROOT)])
+    monkeypatch.setenv("PYTHONPATH", "")
+    assert evaluate(get_backend("beside_the_user_7f3a:attn@bnhd"), problem).passed

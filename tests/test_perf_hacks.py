@@ -164,6 +164,20 @@ def test_an_output_in_held_or_input_memory_is_reported():
     assert "input's memory" in found["aliases_input"]
 
 
+class _ReadLater(torch.Tensor):
+    """A tensor subclass, as a kernel returning work still in flight would use: its own code runs on every read."""
+
+
+def test_an_output_that_runs_its_own_code_when_read_fails_the_timing():
+    """Work on a thread of the kernel's own, or deferred until the harness reads the output, is right when the
+    output is read and checked, yet was not inside the timing: a tensor subclass is what lets it wait then."""
+    later = _watched([lambda i=i: torch.full((4,), float(i)).as_subclass(_ReadLater) for i in range(3)])
+    found = later.findings(right_for)
+    assert "timed call 1 returned a torch.Tensor subclass (_ReadLater)" in found["failure"], found
+    plain = _watched([lambda i=i: (torch.full((4,), float(i)), torch.zeros(2)) for i in range(3)])
+    assert plain.findings(lambda which, result: right_for(which, result[0]))["failure"] is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream hack needs CUDA")
 def test_work_on_a_side_stream_is_implausible_on_cuda(tmp_path):
     with hacks_registered():

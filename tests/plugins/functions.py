@@ -143,3 +143,74 @@ def flash_kvcache_scribbles(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
     out = flash_kvcache_style(q, k_cache, v_cache, k, v, cache_seqlens, block_table, softmax_scale, causal)
     k_cache.view(-1)[0] = 0.0
     return out
+
+
+def narrow_flash(q, k, v, causal=False, softmax_scale=None):
+    """flash_style that raises outside what it declares below (float16/bfloat16, D = Dv in {64, 128}, Hkv = H), as
+    a real kernel does; the declaration is a plain dict, so the kernel's module needs no attnbench import."""
+    if q.dtype not in (torch.float16, torch.bfloat16) or q.shape[-1] not in (64, 128) or k.shape[2] != q.shape[2]:
+        raise ValueError(f"narrow_flash: unsupported {q.dtype}, D {q.shape[-1]}, {k.shape[2]} KV heads")
+    return flash_style(q, k, v, softmax_scale, causal)
+
+
+narrow_flash.attnbench_capabilities = dict(dtypes=("float16", "bfloat16"), head_dim_choices=(64, 128), gqa=False,
+                                           dv_differs=False)
+
+
+def misdeclared(q, k, v, causal=False):
+    """A declaration naming a field attnbench does not have."""
+    return flash_style(q, k, v, None, causal)
+
+
+misdeclared.attnbench_capabilities = dict(head_dim=(64, 128))
+
+
+def causal_by_default(q, k, v, causal=True, softmax_scale=None):
+    """flash_style whose `causal` defaults to True (a causal-first kernel): it must be told False when not causal."""
+    return flash_style(q, k, v, softmax_scale, causal)
+
+
+class ModuleAttention(torch.nn.Module):
+    """A torch.nn.Module named by its class: forward(q, k, v, is_causal=False) on (B, H, N, D)."""
+
+    def forward(self, q, k, v, is_causal=False):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+
+class ModuleWithArguments(ModuleAttention):
+    """A module whose constructor needs an argument: named by its class, it cannot be made."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = heads
+
+
+def flash_style_lse(q, k, v, softmax_scale=None, causal=False):
+    """flash_style returning FlashAttention's (out, lse (B, H, N) float32), lse declared."""
+    qt, kt = (x.transpose(1, 2).double() for x in (q, k))                            # (B, H, L, D)
+    kt = kt.repeat_interleave(qt.shape[1] // kt.shape[1], dim=1)
+    s = (qt @ kt.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale)
+    n, m = s.shape[-2:]
+    if causal:
+        s = s.masked_fill(torch.arange(n)[:, None] + m - n < torch.arange(m)[None, :], float("-inf"))
+    return flash_style(q, k, v, softmax_scale, causal), torch.logsumexp(s, -1).float()
+
+
+flash_style_lse.attnbench_capabilities = dict(lse=True)
+
+
+def flash_style_lse_in_log2(q, k, v, softmax_scale=None, causal=False):
+    """flash_style_lse with its lse in base 2 (a bug only the lse check sees)."""
+    out, lse = flash_style_lse(q, k, v, softmax_scale, causal)
+    return out, lse / 0.6931471805599453
+
+
+flash_style_lse_in_log2.attnbench_capabilities = dict(lse=True)
+
+
+def widened(q, k, v, causal=False):
+    """Declares bool masks its signature has no attn_mask= for."""
+    return flash_style(q, k, v, None, causal)
+
+
+widened.attnbench_capabilities = dict(masks=("bool",))
