@@ -29,6 +29,8 @@ CHUNK_ELEMENTS = 1 << 22
 # (bfloat16 P V, M 131,073, D 128, one head: 0.019 s per row at 4 rows, 0.0044 at 11), and the issue-19 decode
 # problem (H 8, M 131,073) fits 16 rows in one chunk instead of 4.
 FORWARD_CHUNK_ELEMENTS = 1 << 24
+# Bytes of K^T per GEMM of `_grouped_rows` (below torch's 2 GiB cliff for float16 CPU matmuls).
+GEMM_COLUMN_BYTES = 1 << 30
 # Keys per step of the blocked transpose of K (`_key_transpose`).
 TRANSPOSE_KEYS = 1024
 
@@ -90,9 +92,19 @@ def _key_transpose(k: np.ndarray, dtype: str) -> torch.Tensor | None:
 
 def _grouped_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (B, Hkv, G, R, X) @ b (B, Hkv, 1, X, Y) -> (B, Hkv, G, R, Y) as one GEMM of G R rows per (batch, KV
-    head): for a short reduction (X = D), whose row results do not depend on the rows beside them."""
+    head): for a short reduction (X = D), whose row results do not depend on the rows beside them.
+
+    Columns GEMM_COLUMN_BYTES of b at a time: torch's CPU float16 matmul falls off a cliff once an operand
+    reaches 2 GiB (one row against K^T of 2^23 keys, D 128: 79 s, against 2^22 keys 0.24 s; oneDNN's reference
+    kernel), which the offsets past 2^31 case (`conformance/long_cases.py`) hits. Each element is the same
+    length-X reduction whichever columns sit beside it, so the bits are those of one call."""
     B, Hkv, G, R, X = a.shape
-    return (a.reshape(B, Hkv, 1, G * R, X) @ b).reshape(B, Hkv, G, R, b.shape[-1])
+    rows = a.reshape(B, Hkv, 1, G * R, X)
+    step = max(1, GEMM_COLUMN_BYTES // (b.element_size() * X * B * Hkv))
+    if b.shape[-1] <= step:
+        return (rows @ b).reshape(B, Hkv, G, R, b.shape[-1])
+    return torch.cat([rows @ b[..., i:i + step] for i in range(0, b.shape[-1], step)],
+                     dim=-1).reshape(B, Hkv, G, R, b.shape[-1])
 
 
 def _per_head(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

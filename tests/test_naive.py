@@ -39,3 +39,15 @@ def test_the_per_head_forward_gives_the_bits_of_the_broadcast_formula(spec, dtyp
     rows = np.arange(0, problem.N, 3)
     assert np.array_equal(naive.naive_forward(inputs, problem, rows), _broadcast(inputs, problem, rows),
                           equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_q_k_transposed_in_column_chunks_gives_the_bits_of_one_call(monkeypatch, dtype):
+    """K^T past GEMM_COLUMN_BYTES is multiplied a chunk of keys at a time (torch's float16 CPU matmul takes
+    minutes past 2 GiB): the same bits as one call."""
+    problem = Problem.parse(f"{PROBLEMS[1]},dtype={dtype}")
+    inputs = make_inputs(problem)
+    rows = np.arange(0, problem.N, 3)
+    whole = naive.naive_forward(inputs, problem, rows)
+    monkeypatch.setattr(naive, "GEMM_COLUMN_BYTES", 2 * 64 * 100)         # 100 keys of D 64 a GEMM
+    assert np.array_equal(naive.naive_forward(inputs, problem, rows), whole, equal_nan=True)
