@@ -211,3 +211,29 @@ def backward_before_rounding(precision: Precision, dtype: str, *, D: int, Dv: in
         inner = inner + LAMBDA * (u_in * np.asarray(rounded_rms, dtype=np.float64)
                                   + HALF_SUBNORMAL[dtype] * np.sqrt(rounded_count) * operand_max)
     return inner
+
+
+def backward_lean_before_rounding(precision: Precision, dtype: str, terms, *, rounded_rms, rounded_count: int,
+                                  operand_max: float) -> tuple:
+    """(below, above): a second bound on each dQ, dK element's error before its own rounding, the kernel's value
+    within [exact - below, exact + above], from `check.lean_gradient_terms`'s per-element coefficients `terms`
+    (u_s scores + u_g accumulate either way, and delta from the stored O: its exact move where the forward is
+    float32, else u_in stored either way), where `backward_before_rounding` takes the largest score and sums of
+    |terms|; the lean test takes the smaller of the two on each side. Where P is rounded to the input dtype for
+    P V (`p_rounded`), the O that delta may be formed from errs by u_in, not u_s, which that derivation does not
+    carry: inf there (the other bound stands; such a kernel's dQ and dK are several half-ulps off before their
+    rounding anyway, through dS rounded to the dtype)."""
+    from attnbench.budget import LAMBDA, UNIT_ROUNDOFF
+
+    if precision.p_rounded:
+        return np.inf, np.inf
+    u_in, u32 = UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF["float32"]
+    u_s = UNIT_ROUNDOFF[precision.resolved("scores", dtype)]
+    u_g = UNIT_ROUNDOFF[precision.resolved("grad_accumulate", dtype)]
+    either = u_s * terms.scores + u_g * terms.accumulate
+    if precision.ds_rounded:
+        either = either + LAMBDA * (u_in * np.asarray(rounded_rms, dtype=np.float64)
+                                    + HALF_SUBNORMAL[dtype] * np.sqrt(rounded_count) * operand_max)
+    if max(u_s, UNIT_ROUNDOFF[precision.resolved("accumulate", dtype)]) > u32:     # the move is known at float32
+        return either + u_in * terms.stored, either + u_in * terms.stored
+    return either + np.maximum(-terms.shift_low, 0.0), either + np.maximum(terms.shift_high, 0.0)

@@ -209,7 +209,7 @@ def row_bounds(q, k, v, out, lse, rows, *, scale: float, dtype: str, block_m: in
 
 
 def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float, dtype: str,
-                        mods=(), block_n: int = 512, block_m: int = BLOCK_M):
+                        mods=(), block_n: int = 512, block_m: int = BLOCK_M, elementwise: bool = False):
     """What a declared precision's backward bound needs (`precision.backward_model_bound`) on the checked rows:
     per gradient (dQ at `query_rows`, dK and dV at `key_rows`) a tuple (terms_max, rounded_rms, rounded_count,
     operand_max, stored_output), and score_max; the sums of `check.backward_magnitudes`, `check.rounded_operands`
@@ -222,6 +222,11 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
     score_max: `budget.score_magnitude` with the largest bias the masking modifications add (an input bias, at
     visible keys: `mods.mask_bias`) and the largest the score modifications add (ALiBi) of the visited blocks,
     widened by the modifications' extra roundings (as `check._with_modifications`).
+
+    elementwise: also each checked element's own (terms, rounded root-sum-of-squares, stored-output share) per
+    gradient, the sums above before their maximum (dQ (B, H, R, D), dK (B, Hkv, R, D), dV (B, Hkv, R, Dv); dV's
+    stored share 0.0), a third item: the lean test's slack per element (`check.GradientScale.elementwise`), so a
+    one-sided rounding is held on sampled rows as on full checks, not to the worst element's slack.
     """
     from attnbench.reference.rows import online
     from attnbench.reference.sdpa import prepare_qkv
@@ -287,4 +292,9 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
     dq = (s * top(mq), s * np.sqrt(top(rq)), M, s * top(np.abs(k)), s * top(sq))
     dk = (s * top(mk), s * np.sqrt(top(rk)), N * G, s * top(np.abs(q)), s * top(sk))
     dv = (top(mv), np.sqrt(top(rv)), N * G, top(np.abs(gg)), 0.0)
-    return (dq, dk, dv), score_max
+    if not elementwise:
+        return (dq, dk, dv), score_max
+    ungrouped = (B, H, len(qr), D)                       # dQ's checked rows as the gradient (B, H, R, D)
+    each = ((s * mq.reshape(ungrouped), s * np.sqrt(rq.reshape(ungrouped)), s * sq.reshape(ungrouped)),
+            (s * mk, s * np.sqrt(rk), s * sk), (mv, np.sqrt(rv), 0.0))
+    return (dq, dk, dv), score_max, each
