@@ -36,8 +36,9 @@ from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, ma
 from attnbench.reference import layouts as kv_layouts
 from attnbench.reference.mods.base import TILE_MAX, TILE_STEP, tile_edges as _tile_edges  # noqa: F401
 from attnbench.reference.rows import sdpa_rows_with_scores
-from attnbench.row_bound import (RowStats, backward_row_scales, condition_one, min_normal, rounded_p_sums,
-                                 row_stats)
+from attnbench.precision import LeanTerms
+from attnbench.row_bound import (DqLeanSums, RowStats, backward_row_scales, condition_one, lse_roundings, min_normal,
+                                 rounded_p_sums, row_stats, score_roundings)
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -462,16 +463,17 @@ def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     a declared precision holds its backward there too, not only at the full-check sizes; with each checked
     element's own terms, the lean test's slack per element there too."""
     p = problem
-    per_gradient, score_max, each = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
-                                                        scale=_effective_scale(p), dtype=p.dtype,
-                                                        mods=inputs.reference_mods(p), elementwise=True)
+    per_gradient, score_max, each, lean_q = backward_row_scales(
+        inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows, scale=_effective_scale(p), dtype=p.dtype,
+        mods=inputs.reference_mods(p), elementwise=True)
 
     def finite(x):
         return np.where(np.isfinite(x), x, 0.0)
 
     return tuple(GradientScale(terms, rms, count, operand, finite_max(e), stored, score_max,
-                               elementwise=(finite(t), finite(r), finite(st)))
-                 for (terms, rms, count, operand, stored), e, (t, r, st) in zip(per_gradient, expected, each))
+                               elementwise=(finite(t), finite(r), finite(st)), lean=lean)
+                 for (terms, rms, count, operand, stored), e, (t, r, st), lean in zip(per_gradient, expected, each,
+                                                                                    (lean_q, None, None)))
 
 
 def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
@@ -511,22 +513,8 @@ def rounded_operand_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray
     return ((rq, M, scale * top(k)), (rk, N * group, scale * top(q)), (rv, N * group, top(grad_out)))
 
 
-@dataclass(frozen=True)
-class LeanTerms:
-    """Per element of dQ or dK, the coefficients of its error before the final rounding (`lean_gradient_terms`):
-    u_s scores + u_g accumulate + u_in stored, with u_s, u_g the declared scores' and accumulation's unit roundoffs
-    and u_in the input dtype's (`precision.backward_lean_before_rounding`)."""
-
-    scores: np.ndarray
-    accumulate: np.ndarray
-    stored: np.ndarray       # delta from the stored O, its share either way (Hoeffding over O's roundings)
-    # ... or the move it makes, known where O's rounding is (a float32 forward): between these two
-    shift_low: np.ndarray
-    shift_high: np.ndarray
-
-
-def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward,
-                        dq: np.ndarray) -> tuple["LeanTerms | None", "LeanTerms | None"]:
+def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
+                        forward) -> tuple[LeanTerms | None, LeanTerms | None]:
     """(dQ, dK) `LeanTerms`: each element's own pre-rounding error under a declared precision, for the lean test.
 
     Why: the declared model's bound (`precision.backward_before_rounding`) takes every score's error as the
@@ -579,11 +567,9 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     the declared model's own per-element share stands; and outside the lean test's dtypes (float16, bfloat16). Forms (B, H, N, M): full checks only. forward: (O, P);
     dq: the reference dQ (B, H, N, D). Non-finite rows leave NaN (the other bound then stands).
     """
-    from attnbench.budget import LAMBDA
+    from attnbench.budget import LAMBDA, LEAN_DTYPES
     from attnbench.reference import mods as modifications
     from attnbench.reference.block import magnitude
-
-    from attnbench.budget import LEAN_DTYPES
 
     if modifications.extra_roundings(inputs.mods) or problem.dtype not in LEAN_DTYPES:   # no lean test elsewhere
         return None, None
@@ -597,14 +583,10 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     t = np.broadcast_to(t, (B, Hkv, G, N, M)).reshape(B, H, N, M)
     kr, vr = (np.repeat(x, G, axis=1) for x in (k, v))                         # (B, H, M, .)
     w = weights
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_w = np.where(w > 0, np.abs(np.log(np.where(w > 0, w, 1.0))), 0.0)
-    sigma_w2 = (((np.sqrt(D) + 2) * t + 3 * log_w + 5) * w) ** 2              # (sigma P)^2
+    sigma_w2 = score_roundings(t, w, D) ** 2                                   # (sigma P)^2
     delta = np.sum(grad_out * out, axis=-1, keepdims=True)                     # (B, H, N, 1)
     d = grad_out @ vr.swapaxes(-1, -2) - delta
-    ad, abs_k, abs_q = np.abs(d), np.abs(kr), np.abs(q)
-    a = np.abs(dq) / scale                                                     # |(P d K)_e| (B, H, N, D)
-    b = np.abs(w @ kr)                                                         # |(P K)_e|
+    ad, abs_q = np.abs(d), np.abs(q)
 
     def rowsum(x):
         return np.sum(x, axis=-1, keepdims=True)
@@ -615,64 +597,33 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
     def over_queries(x, operand):                                             # sum_n x_nm operand_ne, over groups
         return per_kv_head(x.swapaxes(-1, -2) @ operand)
 
-    x1, x2 = sigma_w2 * d * d, sigma_w2 * ad
-    z0, z1, z2 = rowsum(sigma_w2), rowsum(x2), rowsum(x1)
-    var_q = (x1 @ kr ** 2 + a * a * z0 + b * b * z2 + 2 * a * (x2 @ abs_k) + 2 * b * (x1 @ abs_k) + 2 * a * b * z1)
-    var_k = over_queries(x1 * (1 + 4 * w) + w * w * (d * d * z0 + 2 * ad * z1 + z2), q * q)
-    scores_q, scores_k = scale * np.sqrt(var_q), scale * np.sqrt(var_k)
     sink = next((np.abs(np.asarray(m.logits, dtype=np.float64)) for m in inputs.mods if m.key == "sinks"), None)
     _, lse = reference.sdpa(q, k, v, return_lse=True, **inputs.reference_kwargs(p))
-    r = np.sqrt(M) + 4 + np.log(M) + 2 * np.abs(np.where(np.isfinite(lse), lse, 0.0))[..., None]   # (B, H, N, 1)
-    if sink is not None:
-        r = r + sink[None, :, None, None]
-    scores_q = LAMBDA * (scores_q + scale * r * (a + np.abs(delta) * b))
-    scores_k = LAMBDA * (scores_k + scale * np.sqrt(over_queries((r * w * (ad + np.abs(delta))) ** 2, q * q)))
-    rho_w2 = ((np.sqrt(Dv) + 2) * (np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2)) * w) ** 2
+    gv = np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2)                       # sum_e |dO| |V| (B, H, N, M)
+    sums = DqLeanSums()
+    sums.add(w, t, d, gv, kr, vr, D=D, Dv=Dv)
+    lean_q = sums.terms(out=out, lse=lse, grad_out=grad_out, scale=scale, dtype=p.dtype, M=M, Dv=Dv,
+                        sink=None if sink is None else sink[None, :, None])
+    # dK (every query row: full checks only), the same way, per query row n summed over the rows
+    x1, x2 = sigma_w2 * d * d, sigma_w2 * ad
+    z0, z1, z2 = rowsum(sigma_w2), rowsum(x2), rowsum(x1)
+    var_k = over_queries(x1 * (1 + 4 * w) + w * w * (d * d * z0 + 2 * ad * z1 + z2), q * q)
+    r = lse_roundings(lse, M, sink=None if sink is None else sink[None, :, None])[..., None]   # (B, H, N, 1)
+    scores_k = LAMBDA * scale * (np.sqrt(var_k) + np.sqrt(over_queries((r * w * (ad + np.abs(delta))) ** 2, q * q)))
+    rho_w2 = ((np.sqrt(Dv) + 2) * gv * w) ** 2
     kappa = ((np.sqrt(Dv) + 2) * rowsum(np.abs(grad_out) * np.abs(out))
-             + (np.sqrt(M) + 2) * rowsum(np.abs(grad_out) * (w @ np.abs(vr))))
-    ds = np.abs(w * d)
-    acc_q = LAMBDA * scale * (np.sqrt(rho_w2 @ kr ** 2 + 2 * b * (rho_w2 @ abs_k) + b * b * rowsum(rho_w2))
-                              + kappa * b) + (LAMBDA * (np.sqrt(M) + 2) + 3) * scale * (ds @ abs_k)
+             + (np.sqrt(M) + 2) * rowsum(np.abs(grad_out) * sums.sums["mass"]))
     acc_k = (LAMBDA * scale * (np.sqrt(over_queries(w * w * rowsum(rho_w2) + rho_w2, q * q))
                                + np.sqrt(over_queries((kappa * w) ** 2, q * q)))
-             + (LAMBDA * (np.sqrt(N * G) + 2) + 3) * scale * over_queries(ds, abs_q))
+             + (LAMBDA * (np.sqrt(N * G) + 2) + 3) * scale * over_queries(np.abs(w * d), abs_q))
     o2 = rowsum((grad_out * np.maximum(np.abs(out), min_normal(p.dtype))) ** 2)   # sum_e dO^2 O^2 (B, H, N, 1)
-    stored_q = LAMBDA * scale * b * np.sqrt(o2)
     stored_k = LAMBDA * scale * np.sqrt(over_queries(w * w * o2, q * q))
-    e_hat, lo, hi = _stored_output_error(out, w, sigma_w2, vr, grad_out, p)      # (B, H, N, 1) each
-    pk = w @ kr                                                                # (P K)_e, signed
-    ends_q = (-scale * (e_hat + lo) * pk, -scale * (e_hat + hi) * pk)
+    e_hat, lo, hi = sums.stored_output_move(out, grad_out, dtype=p.dtype, M=M)    # (B, H, N, 1) each
     up, down = np.maximum(q, 0.0), np.minimum(q, 0.0)                         # -scale sum_n e_n P_nm Q_ne, e_n in
     base = over_queries(e_hat * w, q)                                          # e^_n + [lo_n, hi_n]
     low_k = -scale * (base + over_queries(hi * w, up) + over_queries(lo * w, down))
     high_k = -scale * (base + over_queries(lo * w, up) + over_queries(hi * w, down))
-    return (LeanTerms(scores_q, acc_q, stored_q, np.minimum(*ends_q), np.maximum(*ends_q)),
-            LeanTerms(scores_k, acc_k, stored_k, low_k, high_k))
-
-
-def _stored_output_error(out, w, sigma_w2, vr, grad_out, p: Problem):
-    """(e^, lo, hi) (B, H, N, 1): delta_n formed from O as stored minus from O exact, sum_e dO_ne (round(O_ne)
-    - O_ne), where a float32 forward's O rounds as the reference's does, and where it may not (within f of a
-    boundary) the least and most rounding across it adds (each element's move dO (across - round(O)), by sign). f, the float32 forward's error before O's rounding, per
-    element as `lean_gradient_terms` takes the backward's: the scores move O_e by sum_m eps_m P_m (V_me - O_e)
-    (sigma_w2: (sigma P)^2 there), LAMBDA u sqrt(sum sigma^2 P^2 (V - O)^2); the P V sum and the normaliser
-    (its sum, the division), LAMBDA u ((sqrt(M) + 2) (P |V| + |O|) + |O|); weights a float32 exp flushes."""
-    from attnbench.budget import LAMBDA, rounding_interval
-
-    u = UNIT_ROUNDOFF["float32"]
-    mass = w @ np.abs(vr)                                                      # (B, H, N, Dv)
-    spread = (sigma_w2 @ (vr * vr) - 2 * out * (sigma_w2 @ vr)
-              + out * out * np.sum(sigma_w2, axis=-1, keepdims=True))          # sum sigma^2 P^2 (V - O)^2
-    f = (LAMBDA * u * (np.sqrt(np.maximum(spread, 0.0)) + (np.sqrt(p.M) + 2) * (mass + np.abs(out)) + np.abs(out))
-         + FLUSH_THRESHOLD[p.dtype] * np.sum(np.abs(vr), axis=-2)[..., None, :])
-    stored = round_to_dtype(np.where(np.isfinite(out), out, 0.0), p.dtype)
-    lower, upper = rounding_interval(stored, p.dtype)
-    moves = [np.where(out - lower <= f, grad_out * 2 * (lower - stored), 0.0),     # to the value below, or
-             np.where(upper - out <= f, grad_out * 2 * (upper - stored), 0.0)]     # above (half a gap each way)
-    e_hat = np.sum(grad_out * (stored - out), axis=-1, keepdims=True)
-    lo = sum(np.sum(np.minimum(m, 0.0), axis=-1, keepdims=True) for m in moves)
-    hi = sum(np.sum(np.maximum(m, 0.0), axis=-1, keepdims=True) for m in moves)
-    return e_hat, lo, hi
+    return lean_q, LeanTerms(scores_k, acc_k, stored_k, low_k, high_k)
 
 
 def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward, *,
@@ -695,7 +646,7 @@ def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expe
     def finite(x):
         return np.where(np.isfinite(x), x, 0.0)
 
-    lean = lean_gradient_terms(inputs, p, grad_out, forward, expected[0]) + (None,)
+    lean = lean_gradient_terms(inputs, p, grad_out, forward) + (None,)
     scales = tuple(GradientScale(m, finite_max(rms), count, operand, r, s, scores,
                                  elementwise=(finite(t), rms, finite(st)), lean=lt)
                    for (rms, count, operand), m, r, s, t, st, lt in zip(

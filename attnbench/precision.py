@@ -213,6 +213,20 @@ def backward_before_rounding(precision: Precision, dtype: str, *, D: int, Dv: in
     return inner
 
 
+@dataclass(frozen=True)
+class LeanTerms:
+    """Per element of dQ or dK, the coefficients of its error before the final rounding (`check.lean_gradient_terms`):
+    u_s scores + u_g accumulate + u_in stored, with u_s, u_g the declared scores' and accumulation's unit roundoffs
+    and u_in the input dtype's (`precision.backward_lean_before_rounding`)."""
+
+    scores: np.ndarray
+    accumulate: np.ndarray
+    stored: np.ndarray       # delta from the stored O, its share either way (Hoeffding over O's roundings)
+    # ... or the move it makes, known where O's rounding is (a float32 forward): between these two
+    shift_low: np.ndarray
+    shift_high: np.ndarray
+
+
 def backward_lean_before_rounding(precision: Precision, dtype: str, terms, *, rounded_rms, rounded_count: int,
                                   operand_max: float) -> tuple:
     """(below, above): a second bound on each dQ, dK element's error before its own rounding, the kernel's value

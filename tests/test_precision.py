@@ -229,3 +229,17 @@ def test_a_one_sided_dv_fails_the_lean_test_on_sampled_rows_and_to_nearest_passe
         assert not dv.passed and "errors lean one way" in dv.reason and leaning > dv.lean.limit_raw, dv.describe()
         assert against == 0, dv.describe()
         assert all(v.passed for v in verdicts if v.name != "dv"), [v.describe() for v in verdicts]
+
+
+def test_a_dq_rounded_upward_fails_the_lean_test_on_sampled_rows():
+    """dQ's own bound on sampled query rows (`row_bound.DqLeanSums` in `backward_row_scales`): no row was left to
+    the test (the worst element's slack, 0/0 up/down); now 166 rows lean up, none down (limit 136). dK keeps the declared
+    model's per-element share there (its own bound needs every query row's sums over every key)."""
+    from attnbench.check import check_backward
+
+    problem = Problem(B=1, H=2, Hkv=1, N=520, M=520, D=16, dtype="bfloat16", seed=5)     # N M > 512 x 512
+    verdicts = check_backward(_float32_backward(("up", "nearest", "nearest")), problem)
+    dq = {v.name: v for v in verdicts}["dq"]
+    assert not verdicts.rows.full and not dq.passed and "errors lean one way" in dq.reason, dq.describe()
+    assert dq.lean.up > dq.lean.limit_raw and dq.lean.down == 0, dq.describe()
+    assert all(v.passed for v in verdicts if v.name != "dq"), [v.describe() for v in verdicts]
