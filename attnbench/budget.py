@@ -150,7 +150,8 @@ A backend's output in a given dtype is held to two conditions:
    85% away). Needs a few dozen rows to see anything. Rounded references and rows, not raw errors and
    elements: a row of one-hot P snaps to a representable value of V, so its raw errors lean toward |O| larger;
    errors within one row share the row's normaliser. An element whose exact value sits within the declared
-   model's pre-rounding error of a rounding boundary is left out (`lean`, slack). Not for a backend that
+   model's pre-rounding error of a rounding boundary is left out (`lean`, slack; in the backward each element's
+   own, dQ and dK from `check.lean_gradient_terms`, where delta formed from the stored O moves them one way). Not for a backend that
    declares nothing: a kernel computing in the half dtype (the plain formula) rounds shared quantities there,
    and where P is uniform (inputs of 2^-10) every row rounds the same 1/M the same way, so its rows lean
    together, legitimately, and are not independent. Not in float32/float64: there the kernel's own
@@ -559,7 +560,8 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
     model_bound, model: condition 3, the bound of the backend's declared precision (scalar or broadcastable)
         and its name; None: not declared.
     lean_slack: apply condition 4 (`lean`) over the rows of `expected` (all axes but the last), this being the
-        error the kernel may have before its final rounding (scalar or broadcastable; see `lean`); None: not.
+        error the kernel may have before its final rounding (scalar or broadcastable, or a pair (below, above) of
+        them; see `lean`); None: not.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)

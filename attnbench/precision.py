@@ -36,7 +36,15 @@ rounds P for dV = P^T dO and dS for dQ = scale dS K, dK = scale dS^T Q to the in
 rounding per GEMM operand: LAMBDA u_in R_g with R_g the largest root-sum-of-squares of the rounded terms
 behind one element (`check.backward_magnitudes`), plus the subnormal term, plus delta formed from the
 stored (rounded) output (`budget.stored_output_floor`) and one rounding of the gradient. One scalar per
-gradient, at least each element's own bound; full checks only (the magnitudes form (N, M)).
+gradient, at least each element's own bound (on sampled rows: `row_bound.backward_row_scales`).
+
+The lean test (`budget.lean`) leaves out an element whose exact value lies within the kernel's possible error
+before its final rounding of a rounding boundary: each element's own share of the bound above
+(`backward_before_rounding` on its terms), and for dQ and dK the smaller of that and a second bound, each
+element's own first-order error with the independent roundings behind it added by Hoeffding and delta formed
+from the stored output as the one-sided move it makes (`check.lean_gradient_terms`,
+`backward_lean_before_rounding`): the first is several float16 ulps of dQ and dK (no element was tested), the
+second about a tenth to a third of one for dQ, a few percent of dK's elements inside.
 
 A backend that declares nothing for a dtype keeps `budget`'s two conditions alone. The declaration is
 measured, not assumed (`scripts/precision_units.py`, `reports/precision/`), every conformance check holds

@@ -160,8 +160,7 @@ def test_a_backward_rounding_its_gradients_upward_fails_the_lean_test_and_to_nea
     """one_sided_output_rounding's class in the backward: each gradient within an ulp (condition 3 passes it),
     every error one way. The lean test's slack was the scalar model bound, the worst element's, for every element:
     it left 4 of dV's 640 key rows in float16 (4/0 up/down, limit 4), so only the forward's class was caught.
-    Per element, dV's rows lean 310/0. dQ and dK stay out of reach here: their declared model lets a correct
-    kernel err by several half-ulps before the rounding (delta from the stored, rounded O; the score terms)."""
+    Per element, dV's rows lean 310/0. dQ and dK: `test_dq_or_dk_rounded_one_way_fails_the_lean_test`."""
     from attnbench.check import check_backward
 
     problem = Problem(B=2, H=4, N=64, M=80, D=32, dtype=dtype, seed=3)
