@@ -150,7 +150,8 @@ A backend's output in a given dtype is held to two conditions:
    85% away). Needs a few dozen rows to see anything. Rounded references and rows, not raw errors and
    elements: a row of one-hot P snaps to a representable value of V, so its raw errors lean toward |O| larger;
    errors within one row share the row's normaliser. An element whose exact value sits within the declared
-   model's pre-rounding error of a rounding boundary is left out (`lean`, slack). Not for a backend that
+   model's pre-rounding error of a rounding boundary is left out (`lean`, slack; in the backward each element's
+   own, dQ and dK from `check.lean_gradient_terms`, where delta formed from the stored O moves them one way). Not for a backend that
    declares nothing: a kernel computing in the half dtype (the plain formula) rounds shared quantities there,
    and where P is uniform (inputs of 2^-10) every row rounds the same 1/M the same way, so its rows lean
    together, legitimately, and are not independent. Not in float32/float64: there the kernel's own
@@ -449,13 +450,27 @@ def spacing(x: np.ndarray, dtype: str) -> np.ndarray:
     return 2 * u * np.exp2(np.floor(np.log2(np.maximum(np.abs(x), tiny))))
 
 
+def rounding_interval(nearest: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper): the rounding boundaries around each `dtype` value `nearest`, halfway to its neighbours. The
+    gap below a power of two is half the gap above it (1 - 2^-11 lies a quarter of 1's spacing below 1 in float16)."""
+    u = UNIT_ROUNDOFF[dtype]
+    tiny = {"float16": 2.0**-14, "bfloat16": 2.0**-126}[dtype]
+    size = np.abs(nearest)
+    above = spacing(size, dtype)
+    below = np.where((size > tiny) & (size == np.exp2(np.floor(np.log2(np.maximum(size, tiny))))), above / 2, above)
+    up, down = np.where(nearest < 0, below, above), np.where(nearest < 0, above, below)    # gaps toward +inf, -inf
+    return nearest - down / 2, nearest + up / 2
+
+
 def lean(actual: np.ndarray, expected: np.ndarray, dtype: str, slack=0.0) -> Lean | None:
     """Condition 4 (see the module docstring) on arrays (..., E) whose leading axes index rows; None where it
     does not apply (not a half dtype, or no finite element).
 
     slack: how far the kernel's result may sit from `expected` before its final rounding (scalar or
-    broadcastable): an element whose exact value lies within it of a rounding boundary may round either way
-    in a correct kernel, so it says nothing about the rounding and is left out. Without this, a correct
+    broadcastable), or a pair (below, above): it may lie anywhere in [expected - below, expected + above] (a known
+    one-sided shift: delta formed from the stored O, `check.lean_gradient_terms`). An element whose interval holds
+    a rounding boundary may round either way in a correct kernel, so it says nothing about the rounding and is
+    left out (a NaN slack leaves it out). Without this, a correct
     FlashAttention-style kernel fails: where every score is tiny, every p rounds up to 1.0 for P V, |O| grows
     by 1e-6 relative, and the few outputs sitting on a rounding midpoint, alike in every row (P is uniform),
     all round away from zero (torch's CPU flash kernel, float16, inputs of 2^-10).
@@ -467,12 +482,17 @@ def lean(actual: np.ndarray, expected: np.ndarray, dtype: str, slack=0.0) -> Lea
     ok = np.isfinite(actual) & np.isfinite(expected)
     if not np.any(ok):
         return None
-    nearest = round_to_dtype(np.where(ok, expected, 0.0), dtype)
+    below, above = slack if isinstance(slack, tuple) else (slack, slack)
+    x = np.where(ok, expected, 0.0)
+    nearest = round_to_dtype(x, dtype)
     step = spacing(nearest, dtype)
-    to_boundary = (0.5 - np.abs(np.where(ok, expected, 0.0) - nearest) / step) * step
+    lower, upper = rounding_interval(nearest, dtype)
+
+    def sized(a):
+        return np.broadcast_to(np.nan_to_num(np.asarray(a, dtype=np.float64), nan=np.inf), expected.shape)
+
     with np.errstate(invalid="ignore"):
-        ok &= to_boundary > np.broadcast_to(np.nan_to_num(np.asarray(slack, dtype=np.float64), nan=np.inf),
-                                            expected.shape)
+        ok &= (x - lower > sized(below)) & (upper - x > sized(above))
     ulps = np.where(ok, (actual - nearest) / step, 0.0)
     sign = np.sign(nearest)
     raw, signed = ulps.sum(axis=-1).ravel(), (sign * ulps).sum(axis=-1).ravel()
@@ -540,7 +560,8 @@ def compare(name: str, actual, expected, *, bound=None, naive=None, dtype: str, 
     model_bound, model: condition 3, the bound of the backend's declared precision (scalar or broadcastable)
         and its name; None: not declared.
     lean_slack: apply condition 4 (`lean`) over the rows of `expected` (all axes but the last), this being the
-        error the kernel may have before its final rounding (scalar or broadcastable; see `lean`); None: not.
+        error the kernel may have before its final rounding (scalar or broadcastable, or a pair (below, above) of
+        them; see `lean`); None: not.
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)

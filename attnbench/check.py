@@ -29,15 +29,16 @@ from attnbench import reference
 from attnbench.budget import (ACCUMULATION_DTYPE, FLUSH_THRESHOLD, UNIT_ROUNDOFF, SinkGradTerms, Verdict,
                               backward_floor, compare, finite_max, forward_floor, score_magnitude, sink_grad_bound,
                               sink_grad_terms, stored_output_terms)
-from attnbench.precision import (HALF_SUBNORMAL, Precision, backward_before_rounding, backward_model_bound,
-                                 model_bounds)
+from attnbench.precision import (HALF_SUBNORMAL, Precision, backward_before_rounding,
+                                 backward_lean_before_rounding, backward_model_bound, model_bounds)
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
-from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, make_inputs
+from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, make_inputs, round_to_dtype
 from attnbench.reference import layouts as kv_layouts
 from attnbench.reference.mods.base import TILE_MAX, TILE_STEP, tile_edges as _tile_edges  # noqa: F401
 from attnbench.reference.rows import sdpa_rows_with_scores
-from attnbench.row_bound import (RowStats, backward_row_scales, condition_one, min_normal, rounded_p_sums,
-                                 row_stats)
+from attnbench.precision import LeanTerms
+from attnbench.row_bound import (DqLeanSums, RowStats, backward_row_scales, condition_one, lse_roundings, min_normal,
+                                 rounded_p_sums, row_stats, score_roundings)
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -352,9 +353,11 @@ class GradientScale:
     result_max: float         # max |gradient| of the reference
     stored_output: float      # `budget.stored_output_floor`'s share
     score_max: float          # `budget.score_magnitude`
-    # Full checks: (terms, rounded root-sum-of-squares, stored-output share) of each element, the gradient's shape:
-    # the lean test's slack per element (`BackwardReference.lean_slacks`); None at length.
+    # (terms, rounded root-sum-of-squares, stored-output share) of each element, the gradient's shape (checked rows):
+    # the lean test's slack per element (`BackwardReference.lean_slacks`); None: the scalars' (worst element's).
     elementwise: tuple | None = None
+    # dQ, dK on full checks: the tighter per-element coefficients of `lean_gradient_terms`; None elsewhere.
+    lean: "LeanTerms | None" = None
 
 
 @dataclass(frozen=True)
@@ -387,7 +390,13 @@ class BackwardReference:
                                              score_max=g.score_max, terms=terms, rounded_rms=rms,
                                              rounded_count=g.rounded_count, operand_max=g.operand_max,
                                              stored_output=stored)
-            slacks.append(inner * (1 + u) + HALF_SUBNORMAL[p.dtype])
+            if g.lean is None:
+                slacks.append(inner * (1 + u) + HALF_SUBNORMAL[p.dtype])
+                continue
+            # Two bounds of one error, each side: the smaller holds (NaN, a non-finite row: the other's).
+            below, above = backward_lean_before_rounding(precision, p.dtype, g.lean, rounded_rms=rms,
+                                                         rounded_count=g.rounded_count, operand_max=g.operand_max)
+            slacks.append(tuple(np.fmin(inner, side) * (1 + u) + HALF_SUBNORMAL[p.dtype] for side in (below, above)))
         return tuple(slacks)
 
     def model_bounds(self, precision: Precision | None, problem: Problem) -> tuple:
@@ -451,13 +460,20 @@ def sink_grad_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, 
 def row_gradient_scales(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, query_rows,
                         key_rows) -> tuple[GradientScale, ...]:
     """`GradientScale` of dQ, dK, dV on the checked rows of a row-sampled check (`row_bound.backward_row_scales`):
-    a declared precision holds its backward there too, not only at the full-check sizes."""
+    a declared precision holds its backward there too, not only at the full-check sizes; with each checked
+    element's own terms, the lean test's slack per element there too."""
     p = problem
-    per_gradient, score_max = backward_row_scales(inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows,
-                                                  scale=_effective_scale(p), dtype=p.dtype,
-                                                  mods=inputs.reference_mods(p))
-    return tuple(GradientScale(terms, rms, count, operand, finite_max(e), stored, score_max)
-                 for (terms, rms, count, operand, stored), e in zip(per_gradient, expected))
+    per_gradient, score_max, each, lean_q = backward_row_scales(
+        inputs.q, inputs.k, inputs.v, grad_out, query_rows, key_rows, scale=_effective_scale(p), dtype=p.dtype,
+        mods=inputs.reference_mods(p), elementwise=True)
+
+    def finite(x):
+        return np.where(np.isfinite(x), x, 0.0)
+
+    return tuple(GradientScale(terms, rms, count, operand, finite_max(e), stored, score_max,
+                               elementwise=(finite(t), finite(r), finite(st)), lean=lean)
+                 for (terms, rms, count, operand, stored), e, (t, r, st), lean in zip(per_gradient, expected, each,
+                                                                                    (lean_q, None, None)))
 
 
 def rounded_operands(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
@@ -497,6 +513,119 @@ def rounded_operand_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray
     return ((rq, M, scale * top(k)), (rk, N * group, scale * top(q)), (rv, N * group, top(grad_out)))
 
 
+def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
+                        forward) -> tuple[LeanTerms | None, LeanTerms | None]:
+    """(dQ, dK) `LeanTerms`: each element's own pre-rounding error under a declared precision, for the lean test.
+
+    Why: the declared model's bound (`precision.backward_before_rounding`) takes every score's error as the
+    largest, T_max (sqrt(D) + 2) for all, adds the errors behind an element as absolute values (the sum of |terms|,
+    P (|dO| |V|^T + |delta|) |K|, ~50 times |dQ|), and delta from the stored O as u sum |dO| |O| moving every dS
+    of a row the same way: 15 float16 ulps of dQ, 22 of dK at the median (B 1, H 4, Hkv 2, N = M = 128, D 64);
+    no element of either was left to the lean test. The errors behind one element are many independent
+    roundings (the probabilistic model of Higham & Mary, as `precision` takes P's rounding): their sum stays within
+    LAMBDA u sqrt(sum of squared coefficients) (Hoeffding), with the coefficients of each one, first order, here.
+
+    With P (B, H, N, M), dP = dO V^T, delta_n = rowsum(dO O) = sum_m P dP, d = dP - delta, dS = P d,
+    dQ_n = scale sum_m dS_nm K_m, dK_m = scale sum_n dS_nm Q_n (summed over the group):
+
+    scores: S_nm off by eps_nm = u_s sum_j delta_j x_j over its roundings, sum_j x_j^2 <= sigma_nm^2,
+        sigma = (sqrt(D) + 2) T_nm (the dot's D roundings and the scale and bias, each within T) + 3 |S - lse|
+        (the subtraction, the log2 e scaling of an exp2) + 5 (exp itself within two float32 ulps, a division by l).
+        P_m moves by
+        P_m (eps_m - eps_bar) with eps_bar = sum P eps (the normaliser), delta by sum_m P_m (eps_m - eps_bar) dP_m,
+        so dQ_ne / scale by sum_m eps_m P_m (d_m K_me - a_e - b_e d_m), a_e = (P d K)_e = dQ_ne / scale,
+        b_e = (P K)_e. A kernel that recomputes S in its backward and takes lse (eps_bar) and O (delta) from its
+        forward has other, independent eps for the last two groups; the coefficient (|d_m K_me| + |a_e| +
+        |b_e| |d_m|) bounds either: variance V_Q = sum_m sigma^2 P^2 (|d K| + |a| + |b| |d|)^2. dK_me: per query n
+        (independent rows), the coefficient of eps_nm' is Q_ne P_nm ([m' = m] d_m - P_m' (d_m + d_m')) at most in
+        size, so V_K = sum_n Q_ne^2 (sigma^2 P^2 d^2 (1 + 4 P) + P^2 (d^2 Z0 + 2 |d| Z1 + Z2)), Z_k =
+        sum_m' sigma^2 P^2 |d|^k of row n. Both times LAMBDA scale sqrt(V).
+    lse and the normaliser's own roundings (the row sum over M, its rescalings, log l <= log M, the add m +
+        log l, a sink logit): one relative error of all of a row's P, coefficient r_n = sqrt(M) + 4 + log M +
+        2 |lse_n| + |sink|: dQ by r_n (|a| + |delta| |b|),
+        dK by its root-sum-of-squares over the rows, LAMBDA times.
+    accumulation (u_g): dP_nm's sum over Dv, rho = (sqrt(Dv) + 2) sum_e |dO| |V|, enters dS directly and through
+        delta = sum P dP: dQ LAMBDA scale sqrt(sum_m rho^2 P^2 (|K_me| + |b_e|)^2), dK LAMBDA scale
+        sqrt(sum_n Q^2 P^2 (rho^2 + sum_m' rho^2 P^2)); delta from O instead: its sum over Dv and O's over M,
+        kappa_n = (sqrt(Dv) + 2) sum |dO| |O| + (sqrt(M) + 2) sum_e |dO_e| (P |V|)_e, one per row; the GEMM over
+        M (dQ) or the N G queries (dK), a recursive sum of L terms, (LAMBDA (sqrt(L) + 2) + 3) scale sum |dS| |K|
+        (or |Q|) (Higham & Mary's sum of |terms|, the order unknown; 3: dS's product and difference, the scale).
+    stored (u_in): delta formed from O as stored, rounded to the dtype (FlashAttention): e_n = sum_e dO_ne
+        (round(O_ne) - O_ne), independent roundings of size u_in |O| (u_in the smallest normal below it), moves dQ_ne
+        by -scale e_n (P K)_e: LAMBDA scale |b_e| sqrt(sum_e dO^2 O^2); dK_me by -scale sum_n e_n P_nm Q_ne,
+        independent over n: LAMBDA scale sqrt(sum_n P^2 Q^2 sum_e dO^2 O^2). That is a bound on a move the
+        reference can compute: where the forward is float32 (its error before O's rounding within
+        f = LAMBDA u_32 ((sqrt(D) + 2) T_seen (P |V| + |O|) + (sqrt(M) + 2) P |V|), as `precision.model_bounds`),
+        round(O) is the reference's O rounded to nearest except at elements within f of a rounding boundary,
+        which may round to the value across it instead: e_n lies in e^_n + [lo_n, hi_n], the sums of those moves
+        dO_ne (across - round(O_ne)) of either sign, and `shift_low`, `shift_high` are the least and the most
+        the gradient moves then. The kernel's result before its rounding then lies
+        between the exact value (delta from a float32 O or from P dP) and the exact value moved so, within the
+        rest: a one-sided interval (`budget.lean`) where the bound was a symmetric one of about a float16 ulp.
+
+    None each where a modification multiplies dS by its derivative (softcap, `extra_roundings`): not derived here,
+    the declared model's own per-element share stands; and outside the lean test's dtypes (float16, bfloat16). Forms (B, H, N, M): full checks only. forward: (O, P);
+    dq: the reference dQ (B, H, N, D). Non-finite rows leave NaN (the other bound then stands).
+    """
+    from attnbench.budget import LAMBDA, LEAN_DTYPES
+    from attnbench.reference import mods as modifications
+    from attnbench.reference.block import magnitude
+
+    if modifications.extra_roundings(inputs.mods) or problem.dtype not in LEAN_DTYPES:   # no lean test elsewhere
+        return None, None
+    p = problem
+    B, H, Hkv, N, M, D, Dv = p.B, p.H, p.Hkv, p.N, p.M, p.D, p.Dv
+    G, scale = H // Hkv, abs(_effective_scale(p))
+    q, k, v = inputs.q, inputs.k, inputs.v
+    out, weights = forward
+    t, _ = magnitude(q.reshape(B, Hkv, G, N, D), k, np.arange(N), np.arange(M), mods=inputs.reference_mods(p),
+                     N=N, M=M, scale=_effective_scale(p))
+    t = np.broadcast_to(t, (B, Hkv, G, N, M)).reshape(B, H, N, M)
+    kr, vr = (np.repeat(x, G, axis=1) for x in (k, v))                         # (B, H, M, .)
+    w = weights
+    sigma_w2 = score_roundings(t, w, D) ** 2                                   # (sigma P)^2
+    delta = np.sum(grad_out * out, axis=-1, keepdims=True)                     # (B, H, N, 1)
+    d = grad_out @ vr.swapaxes(-1, -2) - delta
+    ad, abs_q = np.abs(d), np.abs(q)
+
+    def rowsum(x):
+        return np.sum(x, axis=-1, keepdims=True)
+
+    def per_kv_head(x):                                                       # (B, H, M, .) -> (B, Hkv, M, .)
+        return x.reshape(B, Hkv, G, *x.shape[2:]).sum(axis=2)
+
+    def over_queries(x, operand):                                             # sum_n x_nm operand_ne, over groups
+        return per_kv_head(x.swapaxes(-1, -2) @ operand)
+
+    sink = next((np.abs(np.asarray(m.logits, dtype=np.float64)) for m in inputs.mods if m.key == "sinks"), None)
+    _, lse = reference.sdpa(q, k, v, return_lse=True, **inputs.reference_kwargs(p))
+    gv = np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2)                       # sum_e |dO| |V| (B, H, N, M)
+    sums = DqLeanSums()
+    sums.add(w, t, d, gv, kr, vr, D=D, Dv=Dv)
+    lean_q = sums.terms(out=out, lse=lse, grad_out=grad_out, scale=scale, dtype=p.dtype, M=M, Dv=Dv,
+                        sink=None if sink is None else sink[None, :, None])
+    # dK (every query row: full checks only), the same way, per query row n summed over the rows
+    x1, x2 = sigma_w2 * d * d, sigma_w2 * ad
+    z0, z1, z2 = rowsum(sigma_w2), rowsum(x2), rowsum(x1)
+    var_k = over_queries(x1 * (1 + 4 * w) + w * w * (d * d * z0 + 2 * ad * z1 + z2), q * q)
+    r = lse_roundings(lse, M, sink=None if sink is None else sink[None, :, None])[..., None]   # (B, H, N, 1)
+    scores_k = LAMBDA * scale * (np.sqrt(var_k) + np.sqrt(over_queries((r * w * (ad + np.abs(delta))) ** 2, q * q)))
+    rho_w2 = ((np.sqrt(Dv) + 2) * gv * w) ** 2
+    kappa = ((np.sqrt(Dv) + 2) * rowsum(np.abs(grad_out) * np.abs(out))
+             + (np.sqrt(M) + 2) * rowsum(np.abs(grad_out) * sums.sums["mass"]))
+    acc_k = (LAMBDA * scale * (np.sqrt(over_queries(w * w * rowsum(rho_w2) + rho_w2, q * q))
+                               + np.sqrt(over_queries((kappa * w) ** 2, q * q)))
+             + (LAMBDA * (np.sqrt(N * G) + 2) + 3) * scale * over_queries(np.abs(w * d), abs_q))
+    o2 = rowsum((grad_out * np.maximum(np.abs(out), min_normal(p.dtype))) ** 2)   # sum_e dO^2 O^2 (B, H, N, 1)
+    stored_k = LAMBDA * scale * np.sqrt(over_queries(w * w * o2, q * q))
+    e_hat, lo, hi = sums.stored_output_move(out, grad_out, dtype=p.dtype, M=M)    # (B, H, N, 1) each
+    up, down = np.maximum(q, 0.0), np.minimum(q, 0.0)                         # -scale sum_n e_n P_nm Q_ne, e_n in
+    base = over_queries(e_hat * w, q)                                          # e^_n + [lo_n, hi_n]
+    low_k = -scale * (base + over_queries(hi * w, up) + over_queries(lo * w, down))
+    high_k = -scale * (base + over_queries(lo * w, up) + over_queries(hi * w, down))
+    return lean_q, LeanTerms(scores_k, acc_k, stored_k, low_k, high_k)
+
+
 def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward, *,
                     terms=None) -> tuple:
     """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`) and what a declared
@@ -517,11 +646,13 @@ def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expe
     def finite(x):
         return np.where(np.isfinite(x), x, 0.0)
 
+    with np.errstate(invalid="ignore"):            # rows of non-finite inputs: NaN there, left out of the test
+        lean = lean_gradient_terms(inputs, p, grad_out, forward) + (None,)
     scales = tuple(GradientScale(m, finite_max(rms), count, operand, r, s, scores,
-                                 elementwise=(finite(t), rms, finite(st)))
-                   for (rms, count, operand), m, r, s, t, st in zip(rounded_operand_terms(inputs, p, grad_out, forward),
-                                                                    magnitudes, result_max, stored, terms,
-                                                                    stored_terms))
+                                 elementwise=(finite(t), rms, finite(st)), lean=lt)
+                   for (rms, count, operand), m, r, s, t, st, lt in zip(
+                       rounded_operand_terms(inputs, p, grad_out, forward), magnitudes, result_max, stored, terms,
+                       stored_terms, lean))
     return floors, scales
 
 

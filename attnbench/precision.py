@@ -36,7 +36,15 @@ rounds P for dV = P^T dO and dS for dQ = scale dS K, dK = scale dS^T Q to the in
 rounding per GEMM operand: LAMBDA u_in R_g with R_g the largest root-sum-of-squares of the rounded terms
 behind one element (`check.backward_magnitudes`), plus the subnormal term, plus delta formed from the
 stored (rounded) output (`budget.stored_output_floor`) and one rounding of the gradient. One scalar per
-gradient, at least each element's own bound; full checks only (the magnitudes form (N, M)).
+gradient, at least each element's own bound (on sampled rows: `row_bound.backward_row_scales`).
+
+The lean test (`budget.lean`) leaves out an element whose exact value lies within the kernel's possible error
+before its final rounding of a rounding boundary: each element's own share of the bound above
+(`backward_before_rounding` on its terms), and for dQ and dK the smaller of that and a second bound, each
+element's own first-order error with the independent roundings behind it added by Hoeffding and delta formed
+from the stored output as the one-sided move it makes (`check.lean_gradient_terms`,
+`backward_lean_before_rounding`): the first is several float16 ulps of dQ and dK (no element was tested), the
+second about a tenth to a third of one for dQ, a few percent of dK's elements inside.
 
 A backend that declares nothing for a dtype keeps `budget`'s two conditions alone. The declaration is
 measured, not assumed (`scripts/precision_units.py`, `reports/precision/`), every conformance check holds
@@ -211,3 +219,43 @@ def backward_before_rounding(precision: Precision, dtype: str, *, D: int, Dv: in
         inner = inner + LAMBDA * (u_in * np.asarray(rounded_rms, dtype=np.float64)
                                   + HALF_SUBNORMAL[dtype] * np.sqrt(rounded_count) * operand_max)
     return inner
+
+
+@dataclass(frozen=True)
+class LeanTerms:
+    """Per element of dQ or dK, the coefficients of its error before the final rounding (`check.lean_gradient_terms`):
+    u_s scores + u_g accumulate + u_in stored, with u_s, u_g the declared scores' and accumulation's unit roundoffs
+    and u_in the input dtype's (`precision.backward_lean_before_rounding`)."""
+
+    scores: np.ndarray
+    accumulate: np.ndarray
+    stored: np.ndarray       # delta from the stored O, its share either way (Hoeffding over O's roundings)
+    # ... or the move it makes, known where O's rounding is (a float32 forward): between these two
+    shift_low: np.ndarray
+    shift_high: np.ndarray
+
+
+def backward_lean_before_rounding(precision: Precision, dtype: str, terms, *, rounded_rms, rounded_count: int,
+                                  operand_max: float) -> tuple:
+    """(below, above): a second bound on each dQ, dK element's error before its own rounding, the kernel's value
+    within [exact - below, exact + above], from `check.lean_gradient_terms`'s per-element coefficients `terms`
+    (u_s scores + u_g accumulate either way, and delta from the stored O: its exact move where the forward is
+    float32, else u_in stored either way), where `backward_before_rounding` takes the largest score and sums of
+    |terms|; the lean test takes the smaller of the two on each side. Where P is rounded to the input dtype for
+    P V (`p_rounded`), the O that delta may be formed from errs by u_in, not u_s, which that derivation does not
+    carry: inf there (the other bound stands; such a kernel's dQ and dK are several half-ulps off before their
+    rounding anyway, through dS rounded to the dtype)."""
+    from attnbench.budget import LAMBDA, UNIT_ROUNDOFF
+
+    if precision.p_rounded:
+        return np.inf, np.inf
+    u_in, u32 = UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF["float32"]
+    u_s = UNIT_ROUNDOFF[precision.resolved("scores", dtype)]
+    u_g = UNIT_ROUNDOFF[precision.resolved("grad_accumulate", dtype)]
+    either = u_s * terms.scores + u_g * terms.accumulate
+    if precision.ds_rounded:
+        either = either + LAMBDA * (u_in * np.asarray(rounded_rms, dtype=np.float64)
+                                    + HALF_SUBNORMAL[dtype] * np.sqrt(rounded_count) * operand_max)
+    if max(u_s, UNIT_ROUNDOFF[precision.resolved("accumulate", dtype)]) > u32:     # the move is known at float32
+        return either + u_in * terms.stored, either + u_in * terms.stored
+    return either + np.maximum(-terms.shift_low, 0.0), either + np.maximum(terms.shift_high, 0.0)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, UNIT_ROUNDOFF
-from attnbench.precision import HALF_SUBNORMAL, Precision, RowStats, model_bounds
+from attnbench.budget import FLUSH_THRESHOLD, LAMBDA, LEAN_DTYPES, UNIT_ROUNDOFF
+from attnbench.precision import HALF_SUBNORMAL, LeanTerms, Precision, RowStats, model_bounds
 from attnbench.reference import block, mods as modifications
 from attnbench.reference.block import block_of
+from attnbench.problem import round_to_dtype
 from attnbench.reference.rows import BLOCK_M, float64_reads, key_slice, score_blocks
 
 
@@ -209,7 +210,7 @@ def row_bounds(q, k, v, out, lse, rows, *, scale: float, dtype: str, block_m: in
 
 
 def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float, dtype: str,
-                        mods=(), block_n: int = 512, block_m: int = BLOCK_M):
+                        mods=(), block_n: int = 512, block_m: int = BLOCK_M, elementwise: bool = False):
     """What a declared precision's backward bound needs (`precision.backward_model_bound`) on the checked rows:
     per gradient (dQ at `query_rows`, dK and dV at `key_rows`) a tuple (terms_max, rounded_rms, rounded_count,
     operand_max, stored_output), and score_max; the sums of `check.backward_magnitudes`, `check.rounded_operands`
@@ -222,6 +223,13 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
     score_max: `budget.score_magnitude` with the largest bias the masking modifications add (an input bias, at
     visible keys: `mods.mask_bias`) and the largest the score modifications add (ALiBi) of the visited blocks,
     widened by the modifications' extra roundings (as `check._with_modifications`).
+
+    elementwise: also each checked element's own (terms, rounded root-sum-of-squares, stored-output share) per
+    gradient, the sums above before their maximum (dQ (B, H, R, D), dK (B, Hkv, R, D), dV (B, Hkv, R, Dv); dV's
+    stored share 0.0), a third item: the lean test's slack per element (`check.GradientScale.elementwise`), so a
+    one-sided rounding is held on sampled rows as on full checks, not to the worst element's slack; and a fourth,
+    dQ's `precision.LeanTerms` at the query rows (`DqLeanSums`, None outside float16/bfloat16 or with a softcap).
+    dK's own (`check.lean_gradient_terms`) need every query row's sums over every key: full checks only.
     """
     from attnbench.reference.rows import online
     from attnbench.reference.sdpa import prepare_qkv
@@ -234,9 +242,12 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
     scoring = [m for m in mods if not m.masks]                               # their magnitude: everywhere
     u = UNIT_ROUNDOFF[dtype] if UNIT_ROUNDOFF[dtype] > UNIT_ROUNDOFF["float32"] else 0.0   # stored O: half only
     lse, delta, eps = np.empty(qg.shape[:-1]), np.empty(qg.shape[:-1]), np.empty(qg.shape[:-1])
+    outs = np.empty(gg.shape) if elementwise else None
     for start in range(0, N, block_n):
         qi = np.arange(start, min(start + block_n, N))
         out, lse[..., qi] = online(qg[..., qi, :], k, v, qi, block_m=block_m, **kwargs)
+        if outs is not None:
+            outs[..., qi, :] = out
         delta[..., qi] = np.sum(gg[..., qi, :] * out, axis=-1)
         eps[..., qi] = u * np.sum(np.abs(gg[..., qi, :]) * np.abs(out), axis=-1)
     largest_bias = largest_added = 0.0          # the largest finite |bias| and modification magnitude visited
@@ -258,11 +269,20 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
         return p, terms, np.where(np.isfinite(ds), ds, 0.0), p * eps[..., qi][..., None]
 
     mq, rq, sq = (np.zeros((B, Hkv, G, len(qr), D)) for _ in range(3))     # dQ_n = scale sum_m dS_nm K_m
+    # dQ's per-element bound for the lean test: half dtypes, no score modification with a derivative
+    lean = (DqLeanSums() if elementwise and dtype in LEAN_DTYPES and not modifications.extra_roundings(mods)
+            else None)
     for start in range(0, M, block_m):
         kj = np.arange(start, min(start + block_m, M))
         p, terms, ds, stored = visit(qr, kj)
         kt = k[:, :, None, kj]
         mq, rq, sq = mq + terms @ np.abs(kt), rq + (ds * ds) @ (kt * kt), sq + stored @ np.abs(kt)
+        if lean is not None:
+            t, _ = block.magnitude(qg[..., qr, :], k, qr, kj, **kwargs)
+            vt, rows_g = v[:, :, None, kj], gg[..., qr, :]
+            with np.errstate(invalid="ignore"):     # rows of non-finite inputs: NaN there, left out of the test
+                d = rows_g @ vt.swapaxes(-1, -2) - delta[..., qr][..., None]
+                lean.add(p, t, d, np.abs(rows_g) @ np.abs(vt).swapaxes(-1, -2), kt, vt, D=D, Dv=Dv)
     mk, rk, sk = (np.zeros((B, Hkv, len(kr), D)) for _ in range(3))        # dK_m = scale sum_n dS_nm Q_n
     mv, rv = np.zeros((B, Hkv, len(kr), Dv)), np.zeros((B, Hkv, len(kr), Dv))   # dV_m = sum_n P_nm dO_n
     for start in range(0, N, block_n):
@@ -287,4 +307,108 @@ def backward_row_scales(q, k, v, grad_out, query_rows, key_rows, *, scale: float
     dq = (s * top(mq), s * np.sqrt(top(rq)), M, s * top(np.abs(k)), s * top(sq))
     dk = (s * top(mk), s * np.sqrt(top(rk)), N * G, s * top(np.abs(q)), s * top(sk))
     dv = (top(mv), np.sqrt(top(rv)), N * G, top(np.abs(gg)), 0.0)
-    return (dq, dk, dv), score_max
+    if not elementwise:
+        return (dq, dk, dv), score_max
+    ungrouped = (B, H, len(qr), D)                       # dQ's checked rows as the gradient (B, H, R, D)
+    each = ((s * mq.reshape(ungrouped), s * np.sqrt(rq.reshape(ungrouped)), s * sq.reshape(ungrouped)),
+            (s * mk, s * np.sqrt(rk), s * sk), (mv, np.sqrt(rv), 0.0))
+    if lean is None:
+        return (dq, dk, dv), score_max, each, None
+    sink = modifications.sink_logits(mods, block_of(qr, np.arange(0), N, M, H, Hkv))      # (B|1, Hkv, G, 1)
+    with np.errstate(invalid="ignore"):
+        terms = lean.terms(out=outs[..., qr, :], lse=lse[..., qr], grad_out=gg[..., qr, :], scale=scale,
+                           dtype=dtype, M=M, Dv=Dv, sink=None if sink is None else np.abs(sink))
+    return (dq, dk, dv), score_max, each, LeanTerms(*(x.reshape(ungrouped) for x in (
+        terms.scores, terms.accumulate, np.broadcast_to(terms.stored, mq.shape), terms.shift_low, terms.shift_high)))
+
+
+# --- the lean test's per-element bound on dQ (`check.lean_gradient_terms` derives it) -----------------------------
+
+def score_roundings(t, w, D: int):
+    """sigma_nm P_nm: the root-sum-of-squares of the roundings behind one score, times its weight (`check.
+    lean_gradient_terms`): (sqrt(D) + 2) T (the dot, scale and bias) + 3 |S - lse| (the subtraction, an exp2's
+    log2 e scaling) + 5 (exp within two float32 ulps, a division by l); |S - lse| = |log P| where P > 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_w = np.where(w > 0, np.abs(np.log(np.where(w > 0, w, 1.0))), 0.0)
+    return ((np.sqrt(D) + 2) * t + 3 * log_w + 5) * w
+
+
+def lse_roundings(lse, M: int, sink=None):
+    """r_n: the root-sum-of-squares of the roundings of a row's normaliser, one relative error of all its P (the
+    sum over M and its rescalings, log l <= log M, the add m + log l, a sink logit |sink|)."""
+    r = np.sqrt(M) + 4 + np.log(M) + 2 * np.abs(np.where(np.isfinite(lse), lse, 0.0))
+    return r if sink is None else r + sink
+
+
+class DqLeanSums:
+    """Running sums over key blocks, per query row, that `check.lean_gradient_terms` builds dQ's bound from; the
+    same for a full check (one block, every row) and for a row-sampled one (`backward_row_scales`)."""
+
+    def __init__(self):
+        self.sums: dict = {}
+
+    def add(self, w, t, d, gv, k, v, *, D: int, Dv: int) -> None:
+        """w = P, t = T, d = dP - delta, gv = sum_e |dO| |V| (.., R, C) of the rows against a block of keys; k
+        (.., C, D), v (.., C, Dv) that block (broadcast against the rows' leading axes)."""
+        sigma_w2 = score_roundings(t, w, D) ** 2
+        x1, x2 = sigma_w2 * d * d, sigma_w2 * np.abs(d)
+        rho_w2 = ((np.sqrt(Dv) + 2) * gv * w) ** 2
+        abs_k, k2 = np.abs(k), k * k
+        parts = dict(x1_k2=x1 @ k2, x2_k=x2 @ abs_k, x1_k=x1 @ abs_k, rho_k2=rho_w2 @ k2, rho_k=rho_w2 @ abs_k,
+                     ds_k=np.abs(w * d) @ abs_k, pdk=(w * d) @ k, pk=w @ k, mass=w @ np.abs(v), s_v2=sigma_w2 @ (v * v),
+                     s_v=sigma_w2 @ v, v_abs=np.sum(np.abs(v), axis=-2, keepdims=True), **{name: np.sum(x, axis=-1, keepdims=True) for name, x in
+                                          (("z0", sigma_w2), ("z1", x2), ("z2", x1), ("rho", rho_w2))})
+        for name, x in parts.items():
+            self.sums[name] = x if name not in self.sums else self.sums[name] + x
+
+    def stored_output_move(self, out, grad_out, *, dtype: str, M: int):
+        """`stored_output_move` at the rows (out, grad_out (.., R, Dv)) from these sums."""
+        s = self.sums
+        spread = np.maximum(s["s_v2"] - 2 * out * s["s_v"] + out * out * s["z0"], 0.0)   # sum sigma^2 P^2 (V - O)^2
+        return stored_output_move(out, grad_out, s["mass"], spread, FLUSH_THRESHOLD[dtype] * s["v_abs"],
+                                  dtype=dtype, M=M)
+
+    def terms(self, *, out, lse, grad_out, scale: float, dtype: str, M: int, Dv: int, sink=None):
+        """dQ's `precision.LeanTerms` at the rows: out, grad_out (.., R, Dv), lse (.., R) the reference's there, sink
+        broadcastable to lse or None."""
+        from attnbench.budget import LAMBDA
+        from attnbench.precision import LeanTerms
+
+        s, scale = self.sums, abs(scale)
+        a, b = np.abs(s["pdk"]), np.abs(s["pk"])                          # |(P d K)_e| = |dQ| / scale, |(P K)_e|
+        var = (s["x1_k2"] + a * a * s["z0"] + b * b * s["z2"] + 2 * a * s["x2_k"] + 2 * b * s["x1_k"]
+               + 2 * a * b * s["z1"])
+        delta = np.sum(grad_out * out, axis=-1, keepdims=True)
+        r = lse_roundings(lse, M, sink)[..., None]
+        scores = LAMBDA * scale * (np.sqrt(var) + r * (a + np.abs(delta) * b))
+        kappa = ((np.sqrt(Dv) + 2) * np.sum(np.abs(grad_out) * np.abs(out), axis=-1, keepdims=True)
+                 + (np.sqrt(M) + 2) * np.sum(np.abs(grad_out) * s["mass"], axis=-1, keepdims=True))
+        accumulate = (LAMBDA * scale * (np.sqrt(s["rho_k2"] + 2 * b * s["rho_k"] + b * b * s["rho"]) + kappa * b)
+                      + (LAMBDA * (np.sqrt(M) + 2) + 3) * scale * s["ds_k"])
+        o2 = np.sum((grad_out * np.maximum(np.abs(out), min_normal(dtype))) ** 2, axis=-1, keepdims=True)
+        stored = LAMBDA * scale * b * np.sqrt(o2)
+        e_hat, lo, hi = self.stored_output_move(out, grad_out, dtype=dtype, M=M)
+        ends = (-scale * (e_hat + lo) * s["pk"], -scale * (e_hat + hi) * s["pk"])
+        return LeanTerms(scores, accumulate, stored, np.minimum(*ends), np.maximum(*ends))
+
+
+def stored_output_move(out, grad_out, mass, spread, flushed, *, dtype: str, M: int):
+    """(e^, lo, hi) (.., R, 1): delta_n formed from O as stored minus from O exact, sum_e dO_ne (round(O_ne) - O_ne),
+    where a float32 forward's O rounds as the reference's does, and where it may not (within f of a boundary) the
+    least and most rounding across it adds (each element's move dO (across - round(O)), by sign). f, the float32
+    forward's error before O's rounding, per element as `check.lean_gradient_terms` takes the backward's: the
+    scores move O_e by sum_m eps_m P_m (V_me - O_e) (spread: sum sigma^2 P^2 (V - O)^2), LAMBDA u sqrt(spread);
+    the P V sum and the normaliser (its sum, the division), LAMBDA u ((sqrt(M) + 2) (P |V| + |O|) + |O|); weights a
+    float32 exp flushes, `flushed` = tiny sum_m |V_me| (mass: P |V|, out, grad_out (.., R, Dv))."""
+    from attnbench.budget import LAMBDA, rounding_interval
+
+    u = UNIT_ROUNDOFF["float32"]
+    f = LAMBDA * u * (np.sqrt(spread) + (np.sqrt(M) + 2) * (mass + np.abs(out)) + np.abs(out)) + flushed
+    stored = round_to_dtype(np.where(np.isfinite(out), out, 0.0), dtype)
+    lower, upper = rounding_interval(stored, dtype)
+    moves = [np.where(out - lower <= f, grad_out * 2 * (lower - stored), 0.0),     # to the value below, or
+             np.where(upper - out <= f, grad_out * 2 * (upper - stored), 0.0)]     # above (half a gap each way)
+    e_hat = np.sum(grad_out * (stored - out), axis=-1, keepdims=True)
+    lo = sum(np.sum(np.minimum(m, 0.0), axis=-1, keepdims=True) for m in moves)
+    hi = sum(np.sum(np.maximum(m, 0.0), axis=-1, keepdims=True) for m in moves)
+    return e_hat, lo, hi

@@ -144,9 +144,17 @@ def test_the_backward_row_scales_equal_the_full_checks_on_every_row():
         full = backward_reference(x, p, g, RowSample())
         rows = row_gradient_scales(x, p, g, full.expected, np.arange(p.N), np.arange(p.M))
         for want, got in zip(full.scales, rows):
-            scalars = [f for f in want.__dataclass_fields__ if f != "elementwise"]     # per element: full checks only
+            scalars = [f for f in want.__dataclass_fields__ if f not in ("elementwise", "lean")]
             np.testing.assert_allclose([getattr(got, f) for f in scalars], [getattr(want, f) for f in scalars],
                                        rtol=1e-9, atol=1e-300)
+            for w, g_ in zip(want.elementwise, got.elementwise):          # each element's own: the lean test's slack
+                np.testing.assert_allclose(g_, w, rtol=1e-9, atol=1e-300)
+        # dQ's lean bound (`check.lean_gradient_terms`, blockwise on rows: `row_bound.DqLeanSums`), float16 only here
+        want, got = full.scales[0].lean, rows[0].lean
+        assert (want is None) == (got is None) == (p.dtype != "float16")
+        if want is not None:      # the move of delta from the stored O sums round(O) - O: the online O's last
+            for f in want.__dataclass_fields__:                   # float64 bits show there, 1e-9 of it
+                np.testing.assert_allclose(getattr(got, f), getattr(want, f), rtol=1e-7, atol=1e-300, err_msg=f)
 
 
 def test_a_row_sampled_backward_holds_a_declared_precision_to_its_bound():
