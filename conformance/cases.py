@@ -78,6 +78,16 @@ MOD_PROBLEMS += [Problem(B=2, H=1, N=1, M=117, D=157, dtype="float16", scale=2.0
 DECODE = [dict(B=1, H=4, Hkv=1, N=4, M=1100, D=64, causal="bottom_right", mods=(Sinks(),))]
 DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("float32", "float16")
                    for i, shape in enumerate(DECODE)]
+# The split-KV partials' precision, derived. A kernel that stores each chunk's normalised O_s in the half dtype
+# before the combine (FlashAttention keeps o_accum in float32) adds one rounding of about u |O_s| per chunk. With
+# standard-normal V, sum_m P |v| is about 20 |O| at M ~ 1,000, and the float32 terms of a declared float32-internal
+# bound (6 u_32 (sqrt(M) + 2) sum P |v| + the score term) are as large as u |O|: the extra rounding hid there on 2
+# seeds of 3 in float16 (`split_partial_half`). With V positive in one binade just above 1 (`one_binade_v`),
+# sum P |v| = |O| and the bound is u |O| plus a few percent, 0.53 to 0.6 ulp: a correct kernel rounds once (at most
+# half an ulp, 0.85-0.93 of the bound), one that rounded a partial is a whole ulp off wherever the two roundings
+# meet, 1.2-1.6x the bound, on 20 seeds of 20 in float16 and in bfloat16. The twin splits it in 5 chunks.
+DECODE_PROBLEMS[1:1] = [Problem(**DECODE[0], inputs="one_binade_v", dtype=dtype, seed=420)
+                        for dtype in ("float16", "bfloat16")]
 
 # KV layouts (`attnbench.reference.layouts`): ragged batches (cu_seqlens, FlashAttention varlen), paged caches
 # (block tables over a permuted pool, page sizes 1, 16, 256) and keys appended into a cache (flash_attn_with_kvcache).

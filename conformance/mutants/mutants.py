@@ -444,3 +444,16 @@ class SinkGradSignFlipped(BlockwiseTwin):
 
     def corrupt_sink_grad(self, dsink):
         return -dsink
+
+
+class SplitPartialHalf(BlockwiseTwin):
+    """split_partial_half: split-KV that stores each chunk's normalised partial O_s in the half input dtype
+    (FlashAttention's o_accum is float32) before the combine rescales and sums them: one more rounding of
+    about |O_s| u per chunk, each within an ulp."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        self.io_dtype = q.dtype
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def combine(self, parts, sink):
+        return super().combine([(o.to(self.io_dtype).to(o.dtype), lse) for o, lse in parts], sink)
