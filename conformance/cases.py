@@ -88,6 +88,14 @@ DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("fl
 # meet, 1.2-1.6x the bound, on 20 seeds of 20 in float16 and in bfloat16. The twin splits it in 5 chunks.
 DECODE_PROBLEMS[1:1] = [Problem(**DECODE[0], inputs="one_binade_v", dtype=dtype, seed=420)
                         for dtype in ("float16", "bfloat16")]
+# Past 2^17 keys, a sliding-window decode step (gpt-oss's and Mistral's windowed layers over a long cache): the
+# query sees only the last 64 keys, so key 131,072, the one past 2^17, holds about 1/64 of its softmax. A kernel
+# whose key index or offset wraps there (a step at 2^17, as SDPA's efficient kernel had one at 2^16: pytorch issue
+# 162588) reads another key in its place and is some 300x over its budget; without the window that one key is
+# 1/131,073 of the row and hides (long_cases' M = 131,073 case cannot see it). A wrap at 2^16 moves every key the
+# window sees. About a second a backend (the twin: 4,096 tiles).
+DECODE_PROBLEMS += [Problem(B=1, H=2, Hkv=1, N=1, M=131073, D=16, causal="bottom_right", mods=(Window(63, 0),),
+                            dtype="float16", seed=430)]
 
 # KV layouts (`attnbench.reference.layouts`): ragged batches (cu_seqlens, FlashAttention varlen), paged caches
 # (block tables over a permuted pool, page sizes 1, 16, 256) and keys appended into a cache (flash_attn_with_kvcache).
@@ -96,7 +104,9 @@ DECODE_PROBLEMS[1:1] = [Problem(**DECODE[0], inputs="one_binade_v", dtype=dtype,
 KV_LAYOUTS = [
     dict(B=4, H=4, Hkv=2, N=97, M=97, D=32, causal="bottom_right", kv="ragged"),     # packed self-attention
     dict(B=4, H=8, Hkv=2, N=3, M=300, D=64, causal="bottom_right", kv="paged:16"),   # decode, pages permuted
-    dict(B=3, H=4, Hkv=2, N=4, M=90, D=32, causal="bottom_right", kv="paged:16", append=4),   # decode step
+    # a decode step; M 98: the full sequence's 4 new keys go to slots 94..97, across the page edge at 96 (drawn
+    # lengths left it to the seed: none crossed one at M 90)
+    dict(B=3, H=4, Hkv=2, N=4, M=98, D=32, causal="bottom_right", kv="paged:16", append=4),
     dict(B=5, H=4, Hkv=2, N=40, M=113, D=64, kv="ragged", mods=(Window(24, 0), Alibi("batch"))),  # per-sequence
     dict(B=3, H=2, N=5, M=40, D=32, kv="paged:1", mods=(Softcap(20.0), Sinks())),    # a page per key
     dict(B=3, H=4, Hkv=1, N=2, M=700, D=64, causal="bottom_right", kv="paged:256"),  # FlashAttention's page size

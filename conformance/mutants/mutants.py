@@ -457,3 +457,32 @@ class SplitPartialHalf(BlockwiseTwin):
 
     def combine(self, parts, sink):
         return super().combine([(o.to(self.io_dtype).to(o.dtype), lse) for o, lse in parts], sink)
+
+
+class AppendWrapsInPage(BlockwiseTwin):
+    """append_wraps_in_page: writes new key i into the page of the first new key at offset (cache_seqlens[b] + i)
+    % page_size, so an append that crosses a page edge wraps over the start of that page and leaves the next
+    page's slots unwritten."""
+
+    def sequence_kv(self, problem, flat_k, flat_v, new_k, new_v, cache_seqlens, b):
+        self.appending = problem.append > 0          # the next `key_slots` call places the new keys
+        return super().sequence_kv(problem, flat_k, flat_v, new_k, new_v, cache_seqlens, b)
+
+    def key_slots(self, layout, geometry, b, t):
+        if not (layout.key == "paged" and getattr(self, "appending", False)):
+            return super().key_slots(layout, geometry, b, t)
+        self.appending = False
+        page = int(geometry.block_table[b, int(t[0]) // layout.page_size])
+        return page * layout.page_size + t % layout.page_size
+
+
+class KeyIndexWrapsAt2To17(BlockwiseTwin):
+    """key_index_wraps_at_2_17: a key index held in 17 bits: key j >= 131,072 is read as key j - 131,072 (a step
+    at 2^17, as SDPA's efficient kernel had one at 2^16, pytorch issue 162588)."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        M = k.shape[2]
+        if M > 1 << 17:
+            wrapped = torch.arange(M, device=k.device) % (1 << 17)
+            k, v = k[:, :, wrapped], v[:, :, wrapped]
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
