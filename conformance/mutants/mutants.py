@@ -486,3 +486,14 @@ class KeyIndexWrapsAt2To17(BlockwiseTwin):
             wrapped = torch.arange(M, device=k.device) % (1 << 17)
             k, v = k[:, :, wrapped], v[:, :, wrapped]
         return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+
+
+
+class GqaGradSumInInputDtype(BlockwiseTwin):
+    """gqa_grad_sum_in_input_dtype: K and V gathered to the query heads in the input dtype (before the cast), so
+    the backward rounds each query head's dK, dV to it and sums a KV group's G of them in it: the split-KV
+    partials' class (`split_partial_half`) in the backward's reduction over a group."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        heads = self.kv_heads(q.shape[1], k.shape[1], q.device)
+        return super().blockwise(q, k[:, heads], v[:, heads], mask=mask, causal=causal, scale=scale)
