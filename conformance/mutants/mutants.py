@@ -497,3 +497,19 @@ class GqaGradSumInInputDtype(BlockwiseTwin):
     def blockwise(self, q, k, v, *, mask, causal, scale):
         heads = self.kv_heads(q.shape[1], k.shape[1], q.device)
         return super().blockwise(q, k[:, heads], v[:, heads], mask=mask, causal=causal, scale=scale)
+
+
+GRID_INDEX_WRAP = 1 << 16
+
+
+class GridIndexWrapsAt2To16(BlockwiseTwin):
+    """grid_index_wraps_at_2_16: a launch grid over B * H programs indexed in 16 bits: program p >= 65,536 (batch
+    p // H, head p % H) computes the heads of program p - 65,536 and writes them as its own."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        out, lse = super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+        B, H = out.shape[:2]
+        if B * H <= GRID_INDEX_WRAP:
+            return out, lse
+        wrapped = torch.arange(B * H, device=out.device) % GRID_INDEX_WRAP
+        return out.flatten(0, 1)[wrapped].unflatten(0, (B, H)), lse.flatten(0, 1)[wrapped].unflatten(0, (B, H))
