@@ -66,23 +66,25 @@ class RowSample:
 
 
 class Verdicts(list):
-    """A list of `Verdict`s that remembers the rows it covers (for the repro line) and the declared known
-    deviations it was judged inside (`attnbench.deviations`: one line each, empty when none applied)."""
+    """A list of `Verdict`s that remembers the rows it covers (for the repro line), the declared known
+    deviations it was judged inside (`attnbench.deviations`: one line each, empty when none applied) and what
+    the backend returned that no verdict judged (`unjudged`: one line each, with the reason)."""
 
-    def __init__(self, items, rows: RowSample, notes: list[str] | None = None):
+    def __init__(self, items, rows: RowSample, notes: list[str] | None = None, unjudged: list[str] | None = None):
         super().__init__(items)
         self.rows = rows
         self.notes = notes or []
+        self.unjudged = unjudged or []
 
 
 def _judged(backend, problem: Problem, device: str, verdicts: list[Verdict], sample: RowSample, *,
-            backward: bool) -> Verdicts:
+            backward: bool, unjudged: list[str] | None = None) -> Verdicts:
     """The verdicts with declared known deviations re-labelled (`deviations.judge`), so `attnbench check`,
     every conformance test and perf give one problem the same verdict."""
     from attnbench.deviations import judge
 
     judged, notes = judge(backend.name, device, problem, verdicts, backward=backward)
-    return Verdicts(judged, sample, notes)
+    return Verdicts(judged, sample, notes, unjudged)
 
 
 def one_per_tile(length: int, rng: np.random.Generator) -> set[int]:
@@ -930,7 +932,11 @@ def _judge_backward(backend, problem: Problem, actual, ref: BackwardReference, s
                                 bound=sink_grad_bound(ref.sink, p.dtype, work), naive=ref.sink_naive,
                                 reduction_length=p.D + p.Dv + p.M + p.B * p.N,
                                 analytic_floor=sink_grad_bound(ref.sink, p.dtype, ACCUMULATION_DTYPE[p.dtype])))
-    return _judged(backend, problem, device, verdicts, sample, backward=True)
+    # d sink sums over every query row of every batch: a row-sampled check has no reference for it (forming one is
+    # the full O(N M) forward the sample avoids), and says so rather than pass in silence.
+    unjudged = (["dsink: not judged on a row-sampled check (it sums over every query row; "
+                 "evaluate(..., rows=\"all\") judges it)"] if sink_array is not None and ref.sink is None else [])
+    return _judged(backend, problem, device, verdicts, sample, backward=True, unjudged=unjudged)
 
 
 def grad_out_for(problem: Problem, grad_out: np.ndarray | None = None):
@@ -977,6 +983,7 @@ def failure_message(backend_name: str, problem: Problem, verdicts: list[Verdict]
     """Every verdict on one line each, then the repro command (naming the rows when they were sampled)."""
     lines = [v.describe() for v in verdicts]
     lines += [f"known deviation: {note}" for note in getattr(verdicts, "notes", ())]
+    lines += [f"not judged: {line}" for line in getattr(verdicts, "unjudged", ())]
     rows = getattr(verdicts, "rows", None)
     if rows is not None and not rows.full:
         lines.append(f"rows checked: {len(rows.query or ())} query rows"

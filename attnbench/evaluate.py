@@ -52,6 +52,11 @@ class Evaluation:
     def notes(self) -> list[str]:
         return [note for _, verdicts in self.passes for note in verdicts.notes]
 
+    @property
+    def unjudged(self) -> list[str]:
+        """What the backend returned that no verdict judged, with the reason (a row-sampled check's d sink)."""
+        return [line for _, verdicts in self.passes for line in verdicts.unjudged]
+
     route: str | None = None      # how a KV layout problem was read: None (natively, or dense), "pad-and-mask"
 
     def message(self) -> str:

@@ -109,8 +109,24 @@ def _nonfinite(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
     return x
 
 
+def _one_binade_v(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """q, k standard normal; v positive in [1, 2): 1 + a per-column offset in [0, 1/8) + |N(0, 1)| / 16.
+
+    Every output is then a weighted mean of same-sign values, so sum_m P |v| = |O| and a declared float32-internal
+    bound shrinks to about u |O|: half an ulp of an O just above 1, plus a few percent. A kernel that rounds an
+    intermediate of O's size to the half dtype before the final rounding (a split-KV partial) is a whole ulp off
+    wherever the two roundings meet, in about one element in ten; with standard-normal V, sum P |v| is 20x |O| at
+    M ~ 1,000 and the float32 terms of the bound hide that ulp (conformance/cases.py, DECODE). The column offsets
+    spread the outputs over many ulps, so where O falls between two half-precision values varies by element.
+    """
+    if role in "qk":
+        return rng.standard_normal(shape)
+    offset = rng.uniform(0.0, 0.125, size=(*shape[:-2], 1, shape[-1]))
+    return 1.0 + offset + np.abs(rng.standard_normal(shape)) / 16
+
+
 INPUT_DISTRIBUTIONS.update(large_logits=_large_logits, near_ties=_near_ties, peaked=_peaked, tiny=_tiny,
-                           nonfinite=_nonfinite)
+                           nonfinite=_nonfinite, one_binade_v=_one_binade_v)
 
 
 @dataclass(frozen=True)

@@ -22,5 +22,7 @@ def assert_passes(backend, problem, device: str, *, backward: bool = False) -> E
         pytest.skip(f"{backend.name}: {result.skipped}")
     for note in result.notes:
         warnings.warn(KnownDeviationWarning(note))
+    for line in result.unjudged:
+        warnings.warn(UserWarning(f"{backend.name} on {problem.id}: not judged: {line}"))
     assert result.passed, result.message()
     return result

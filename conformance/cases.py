@@ -78,6 +78,24 @@ MOD_PROBLEMS += [Problem(B=2, H=1, N=1, M=117, D=157, dtype="float16", scale=2.0
 DECODE = [dict(B=1, H=4, Hkv=1, N=4, M=1100, D=64, causal="bottom_right", mods=(Sinks(),))]
 DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("float32", "float16")
                    for i, shape in enumerate(DECODE)]
+# The split-KV partials' precision, derived. A kernel that stores each chunk's normalised O_s in the half dtype
+# before the combine (FlashAttention keeps o_accum in float32) adds one rounding of about u |O_s| per chunk. With
+# standard-normal V, sum_m P |v| is about 20 |O| at M ~ 1,000, and the float32 terms of a declared float32-internal
+# bound (6 u_32 (sqrt(M) + 2) sum P |v| + the score term) are as large as u |O|: the extra rounding hid there on 2
+# seeds of 3 in float16 (`split_partial_half`). With V positive in one binade just above 1 (`one_binade_v`),
+# sum P |v| = |O| and the bound is u |O| plus a few percent, 0.53 to 0.6 ulp: a correct kernel rounds once (at most
+# half an ulp, 0.85-0.93 of the bound), one that rounded a partial is a whole ulp off wherever the two roundings
+# meet, 1.2-1.6x the bound, on 20 seeds of 20 in float16 and in bfloat16. The twin splits it in 5 chunks.
+DECODE_PROBLEMS[1:1] = [Problem(**DECODE[0], inputs="one_binade_v", dtype=dtype, seed=420)
+                        for dtype in ("float16", "bfloat16")]
+# Past 2^17 keys, a sliding-window decode step (gpt-oss's and Mistral's windowed layers over a long cache): the
+# query sees only the last 64 keys, so key 131,072, the one past 2^17, holds about 1/64 of its softmax. A kernel
+# whose key index or offset wraps there (a step at 2^17, as SDPA's efficient kernel had one at 2^16: pytorch issue
+# 162588) reads another key in its place and is some 300x over its budget; without the window that one key is
+# 1/131,073 of the row and hides (long_cases' M = 131,073 case cannot see it). A wrap at 2^16 moves every key the
+# window sees. About a second a backend (the twin: 4,096 tiles).
+DECODE_PROBLEMS += [Problem(B=1, H=2, Hkv=1, N=1, M=131073, D=16, causal="bottom_right", mods=(Window(63, 0),),
+                            dtype="float16", seed=430)]
 
 # KV layouts (`attnbench.reference.layouts`): ragged batches (cu_seqlens, FlashAttention varlen), paged caches
 # (block tables over a permuted pool, page sizes 1, 16, 256) and keys appended into a cache (flash_attn_with_kvcache).
@@ -86,7 +104,9 @@ DECODE_PROBLEMS = [Problem(**shape, dtype=dtype, seed=400 + i) for dtype in ("fl
 KV_LAYOUTS = [
     dict(B=4, H=4, Hkv=2, N=97, M=97, D=32, causal="bottom_right", kv="ragged"),     # packed self-attention
     dict(B=4, H=8, Hkv=2, N=3, M=300, D=64, causal="bottom_right", kv="paged:16"),   # decode, pages permuted
-    dict(B=3, H=4, Hkv=2, N=4, M=90, D=32, causal="bottom_right", kv="paged:16", append=4),   # decode step
+    # a decode step; M 98: the full sequence's 4 new keys go to slots 94..97, across the page edge at 96 (drawn
+    # lengths left it to the seed: none crossed one at M 90)
+    dict(B=3, H=4, Hkv=2, N=4, M=98, D=32, causal="bottom_right", kv="paged:16", append=4),
     dict(B=5, H=4, Hkv=2, N=40, M=113, D=64, kv="ragged", mods=(Window(24, 0), Alibi("batch"))),  # per-sequence
     dict(B=3, H=2, N=5, M=40, D=32, kv="paged:1", mods=(Softcap(20.0), Sinks())),    # a page per key
     dict(B=3, H=4, Hkv=1, N=2, M=700, D=64, causal="bottom_right", kv="paged:256"),  # FlashAttention's page size
@@ -118,8 +138,14 @@ HALF_ACCUMULATOR = [
     Problem(B=1, H=2, N=8193, M=64, D=64, dtype="bfloat16", seed=401),
     Problem(B=1, H=2, N=16, M=32769, D=64, dtype="bfloat16", seed=402),      # dQ: 1,024 key tiles of 32
 ]
+# A KV group's dK, dV summed in the half input dtype (each query head's share rounded, then G - 1 roundings of the
+# sum; `gqa_grad_sum_in_input_dtype`): about sqrt(G) more roundings than a float32 sum's one. At G 2-3 (the GQA
+# cases below) it hid under the declared bound on 7 of 8 float16 seeds and 1 of 8 bfloat16 ones; MQA with G 16 in
+# bfloat16 (u 8x float16's, so the bound's float32 terms weigh less against it) fails it on 20 seeds of 20, 2-3x
+# the bound, while correct kernels stay at 0.66 of it at most. Full check, a fraction of a second.
+GQA_GRAD_SUM = [Problem(B=1, H=16, Hkv=1, N=29, M=51, D=40, dtype="bfloat16", seed=700)]
 # Backward is dearer and its failure modes are fewer: every feature once, in the two dtypes that matter most.
-BACKWARD_PROBLEMS = HALF_ACCUMULATOR + [p for p in KV_PROBLEMS if p.kv == "ragged" and not p.append]  # ragged: grad
+BACKWARD_PROBLEMS = GQA_GRAD_SUM + HALF_ACCUMULATOR + [p for p in KV_PROBLEMS if p.kv == "ragged" and not p.append]  # ragged: grad
 BACKWARD_PROBLEMS += [p for p in MOD_PROBLEMS if p.dtype in ("float32", "float16")]
 BACKWARD_PROBLEMS += [Problem(**shape, dtype=dtype, seed=i)
                      for dtype in ("float32", "float16")

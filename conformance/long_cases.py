@@ -37,11 +37,13 @@ FORWARD = [
     Problem(B=2, H=2, N=4097, M=4097, D=64, dtype="float32", mods=(Document(5),), seed=47),
     *[  # Where indices wrap, cheaply: decode shapes (few queries, a long cache) just past 2^16 and 2^17 keys
         # (pytorch issue 162588: SDPA's efficient kernel was silently wrong past 65,536), many queries against
-        # few keys, and a launch grid of B * H = 65,536 programs (a 16-bit grid index wraps there).
+        # few keys, and a launch grid of B * H = 65,792 programs: a 16-bit grid index wraps past 65,535, so programs
+        # 65,536.. must exist (at B * H = 65,536 exactly, the last is 65,535 and nothing wraps:
+        # `grid_index_wraps_at_2_16` passed it).
         Problem(B=1, H=2, N=16, M=65537, D=64, causal="bottom_right", dtype="float16", seed=81),
         Problem(B=1, H=2, Hkv=1, N=4, M=131073, D=64, dtype="bfloat16", seed=82),
         Problem(B=1, H=1, N=65537, M=16, D=32, dtype="float32", seed=83),
-        Problem(B=256, H=256, N=3, M=5, D=16, dtype="float32", seed=84),
+        Problem(B=257, H=256, N=3, M=5, D=16, dtype="float32", seed=84),
     ],
 ]
 BACKWARD = [

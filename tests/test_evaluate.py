@@ -104,3 +104,18 @@ def test_perf_verifies_a_timed_call_on_the_rows_and_bounds_check_uses(backend, s
     run = b.prepare_backward(make_inputs(problem), problem, grad_out_for(problem))
     wrong = verifier(b, Case(backend, problem, "fwd+bwd"), [problem], [run])
     assert wrong(0, run()) is None
+
+
+
+def test_a_row_sampled_backward_says_it_did_not_judge_the_sink_gradient():
+    """d sink sums over every query row: a row-sampled check has no reference for it, and its verdicts and message
+    say so, where a sign slip in it then passes; a full check judges it (and fails the slip)."""
+    from attnbench.evaluate import evaluate
+    from attnbench.reference.mods import Sinks
+
+    problem = Problem(B=1, H=2, N=16, M=24, D=16, dtype="float32", seed=3, mods=(Sinks(),))
+    slip = make_backend("sink_grad_sign_flipped")
+    sampled = evaluate(slip, problem, backward=True, forward=False, rows=(0, 15))
+    assert sampled.passed and len(sampled.unjudged) == 1 and "not judged: dsink" in sampled.message()
+    full = evaluate(slip, problem, backward=True, forward=False)
+    assert not full.passed and not full.unjudged

@@ -444,3 +444,72 @@ class SinkGradSignFlipped(BlockwiseTwin):
 
     def corrupt_sink_grad(self, dsink):
         return -dsink
+
+
+class SplitPartialHalf(BlockwiseTwin):
+    """split_partial_half: split-KV that stores each chunk's normalised partial O_s in the half input dtype
+    (FlashAttention's o_accum is float32) before the combine rescales and sums them: one more rounding of
+    about |O_s| u per chunk, each within an ulp."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        self.io_dtype = q.dtype
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+
+    def combine(self, parts, sink):
+        return super().combine([(o.to(self.io_dtype).to(o.dtype), lse) for o, lse in parts], sink)
+
+
+class AppendWrapsInPage(BlockwiseTwin):
+    """append_wraps_in_page: writes new key i into the page of the first new key at offset (cache_seqlens[b] + i)
+    % page_size, so an append that crosses a page edge wraps over the start of that page and leaves the next
+    page's slots unwritten."""
+
+    def sequence_kv(self, problem, flat_k, flat_v, new_k, new_v, cache_seqlens, b):
+        self.appending = problem.append > 0          # the next `key_slots` call places the new keys
+        return super().sequence_kv(problem, flat_k, flat_v, new_k, new_v, cache_seqlens, b)
+
+    def key_slots(self, layout, geometry, b, t):
+        if not (layout.key == "paged" and getattr(self, "appending", False)):
+            return super().key_slots(layout, geometry, b, t)
+        self.appending = False
+        page = int(geometry.block_table[b, int(t[0]) // layout.page_size])
+        return page * layout.page_size + t % layout.page_size
+
+
+class KeyIndexWrapsAt2To17(BlockwiseTwin):
+    """key_index_wraps_at_2_17: a key index held in 17 bits: key j >= 131,072 is read as key j - 131,072 (a step
+    at 2^17, as SDPA's efficient kernel had one at 2^16, pytorch issue 162588)."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        M = k.shape[2]
+        if M > 1 << 17:
+            wrapped = torch.arange(M, device=k.device) % (1 << 17)
+            k, v = k[:, :, wrapped], v[:, :, wrapped]
+        return super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+
+
+
+class GqaGradSumInInputDtype(BlockwiseTwin):
+    """gqa_grad_sum_in_input_dtype: K and V gathered to the query heads in the input dtype (before the cast), so
+    the backward rounds each query head's dK, dV to it and sums a KV group's G of them in it: the split-KV
+    partials' class (`split_partial_half`) in the backward's reduction over a group."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        heads = self.kv_heads(q.shape[1], k.shape[1], q.device)
+        return super().blockwise(q, k[:, heads], v[:, heads], mask=mask, causal=causal, scale=scale)
+
+
+GRID_INDEX_WRAP = 1 << 16
+
+
+class GridIndexWrapsAt2To16(BlockwiseTwin):
+    """grid_index_wraps_at_2_16: a launch grid over B * H programs indexed in 16 bits: program p >= 65,536 (batch
+    p // H, head p % H) computes the heads of program p - 65,536 and writes them as its own."""
+
+    def blockwise(self, q, k, v, *, mask, causal, scale):
+        out, lse = super().blockwise(q, k, v, mask=mask, causal=causal, scale=scale)
+        B, H = out.shape[:2]
+        if B * H <= GRID_INDEX_WRAP:
+            return out, lse
+        wrapped = torch.arange(B * H, device=out.device) % GRID_INDEX_WRAP
+        return out.flatten(0, 1)[wrapped].unflatten(0, (B, H)), lse.flatten(0, 1)[wrapped].unflatten(0, (B, H))
