@@ -160,6 +160,25 @@ def declared_capabilities(fn, caps: Capabilities, name: str) -> Capabilities:
     return caps.replace(**declared)
 
 
+# The documented limits of packages users name by module (a function's own `attnbench_capabilities` still
+# overrides them): FlashAttention 2 (`flash_attn`, README "fp16 and bf16", "all head dimensions up to 256", one
+# head dim for K and V) and 3/4 (`flash_attn_interface`, `flash_attn.cute`: fp16/bf16 here, head dims up to 256).
+# Without them `pytest conformance --backend flash_attn:flash_attn_func` asked for float32 problems, on which
+# FlashAttention raises: a failure of a kernel used within its limits is a false alarm.
+KNOWN_LIMITS = {
+    "flash_attn": dict(dtypes=("float16", "bfloat16"), head_dims=(1, 256), dv_differs=False, devices=("cuda",)),
+    "flash_attn.cute": dict(dtypes=("float16", "bfloat16"), head_dims=(1, 256), devices=("cuda",)),
+    "flash_attn_interface": dict(dtypes=("float16", "bfloat16"), head_dims=(1, 256), devices=("cuda",)),
+}
+
+
+def known_limits(module: str) -> dict:
+    """KNOWN_LIMITS of the longest package prefix of `module` that has them ({} for none)."""
+    parts = module.split(".")
+    return next((KNOWN_LIMITS[".".join(parts[:n])] for n in range(len(parts), 0, -1)
+                 if ".".join(parts[:n]) in KNOWN_LIMITS), {})
+
+
 # What the adapter passes only through a keyword of the signature: a declaration may narrow these, never widen them.
 SIGNATURE_FIELDS = ("causal", "masks", "mods", "kv_layouts")
 
@@ -272,7 +291,9 @@ class FunctionBackend(TorchBackend):
         self.caps = capabilities_of(self.params, self.layout)
         if self.module_convention:
             self.caps = Capabilities(grad=True, empty_rows=False)
-        self.caps = declared_capabilities(self.fn, self.caps, name)
+        limits = dict(known_limits(module))
+        self.devices = limits.pop("devices", self.devices)
+        self.caps = declared_capabilities(self.fn, self.caps.replace(**limits), name)
         if self.caps.lse and (self.module_convention or convention_of(self.params) == "kvcache"):
             raise AttentionInputError(f"backend {name!r}: lse is read from a dense or varlen call's (out, lse) only")
         self.scale_keyword = "scaling" if self.module_convention else _keyword(self.params, "scale", "softmax_scale")

@@ -186,3 +186,29 @@ def test_a_module_class_is_made_once_and_a_kernel_beside_the_user_loads_from_the
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))] + [str(ROOT)])
     monkeypatch.setenv("PYTHONPATH", "")
     assert evaluate(get_backend("beside_the_user_7f3a:attn@bnhd"), problem).passed
+
+
+def test_flashattention_named_by_package_gets_its_documented_limits(monkeypatch):
+    """`flash_attn:flash_attn_func` (FlashAttention 2: fp16/bf16, head dims up to 256, one head dim for K and V,
+    CUDA) is never asked for a float32 problem it raises on: each is a skip naming the limit. A function's own
+    attnbench_capabilities still has the last word."""
+    import types
+
+    from attnbench.implementations._function import function_backend
+    from attnbench.problem import Problem
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1)):
+        raise AssertionError("never called here")
+
+    fake = types.ModuleType("flash_attn")
+    fake.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, "flash_attn", fake)
+    backend = get_backend("flash_attn:flash_attn_func@bnhd")
+    assert backend.caps.why_not(Problem.parse("B=1,H=2,N=8,D=64,dtype=float16")) is None
+    for spec, words in [("D=64,dtype=float32", "dtype float32 not supported"),
+                        ("D=288,dtype=float16", "outside supported 1..256"), ("D=64,Dv=32,dtype=float16", "Dv != D")]:
+        assert words in backend.caps.why_not(Problem.parse(f"B=1,H=2,N=8,{spec}")), spec
+    assert "device cpu not supported" in backend.why_not(Problem.parse("B=1,H=2,N=8,D=64,dtype=float16"), "cpu")
+    flash_attn_func.attnbench_capabilities = dict(dtypes=("float16", "bfloat16", "float32"))
+    assert function_backend("flash_attn:flash_attn_func@bnhd").caps.why_not(       # a new one, not the registry's
+        Problem.parse("B=1,H=2,N=8,D=64,dtype=float32")) is None
