@@ -36,7 +36,8 @@ def backend_row(backend, device: str, source: str = "") -> dict:
     if reason is not None and backend.caps is Backend.caps:
         return row
     caps = backend.capabilities(device)
-    row.update(dtypes=list(caps.dtypes), causal=list(caps.causal), masks=list(caps.masks),
+    row.update(dtypes=list(caps.dtypes), causal=list(caps.causal), non_causal=caps.non_causal,
+               masks=list(caps.masks),
                mask_with_causal=caps.mask_with_causal, cross=caps.cross, gqa=caps.gqa, dv_differs=caps.dv_differs,
                head_dims=list(caps.head_dims), grad=caps.grad, deterministic=caps.deterministic, lse=caps.lse,
                strided=caps.strided, max_seq=caps.max_seq, kv=kv_route(caps))
@@ -68,10 +69,16 @@ def _cells(row: dict) -> dict:
     short = lambda items: ",".join(ABBREVIATIONS.get(x, x) for x in items) or "-"   # noqa: E731
     return {"backend": row["backend"], "device": row["device"],
             "status": "simulated" if row.get("simulated") else "available" if row["available"] else "unavailable",
-            "dtypes": short(row["dtypes"]), "causal": short(row["causal"]), "masks": short(row["masks"]),
+            "dtypes": short(row["dtypes"]), "causal": causal_cell(row, short), "masks": short(row["masks"]),
             "kv": row.get("kv", "-"), "gqa": _yes_no(row["gqa"]), "grad": _yes_no(row["grad"]),
             "det": _yes_no(row["deterministic"]),
             "lse": _yes_no(row["lse"]), "source": row["source"]}
+
+
+def causal_cell(row: dict, short) -> str:
+    """The alignments it takes, "(only)" after them for a causal-only backend (no problem without causal): one word,
+    as every cell is."""
+    return short(row["causal"]) + ("" if row.get("non_causal", True) else "(only)")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -88,7 +95,8 @@ def format_table(rows: list[dict]) -> str:
     available = sum(r["available"] for r in rows)
     simulated = sum(bool(r.get("simulated")) for r in rows)
     lines.append(f"{available} of {len(rows)} backend/device pairs available ({simulated} simulated); "
-                 "det = deterministic, lse = returns the log-sum-exp; an unavailable row shows what it declares")
+                 'det = deterministic, lse = returns the log-sum-exp; causal "(only)": no non-causal problems; '
+                 "an unavailable row shows what it declares")
     return "\n".join(lines)
 
 

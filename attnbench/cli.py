@@ -81,9 +81,14 @@ def _row_list(text: str) -> tuple[int, ...]:
 
 def _cmd_backends(args) -> int:
     from attnbench.backends_table import backend_rows, format_json, format_table
-    from attnbench.implementations import all_backends, load_errors, origin
+    from attnbench.implementations import all_backends, get_backend, load_errors, origin
 
-    rows = backend_rows(all_backends(), load_errors(), origin)
+    if args.names:                                   # named ones only: functions ("module:function") included
+        registered = {b.name for b in all_backends()}
+        rows = backend_rows([get_backend(n) for n in args.names], {},
+                            lambda name: origin(name) if name in registered else "function")
+    else:
+        rows = backend_rows(all_backends(), load_errors(), origin)
     print(format_json(rows) if args.json else format_table(rows))
     return 0
 
@@ -189,6 +194,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                        "--backend, --plugin, --device, --long and any pytest option "
                                        "(`attnbench conformance --help` lists them)")
     backends = sub.add_parser("backends", help="list known backends, their availability and capabilities")
+    backends.add_argument("names", nargs="*", help="only these backends (a function as 'package.module:function' "
+                                                   "too); default: every registered one")
     backends.add_argument("--json", action="store_true", help="print the rows as JSON")
     backends.set_defaults(func=_cmd_backends)
     return parser

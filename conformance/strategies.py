@@ -4,7 +4,8 @@
                         of 16), D and Dv (odd sizes included), causal alignment, mask kind, scale,
                         dtype, layout, input distribution, seed and KV layout (`kv_layouts`); within the
                         shape constraints
-                        the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima);
+                        the capabilities declare (multiples, head dim choices, N = M, per-dtype maxima;
+                        causal always where `non_causal` is False);
                         and a list of the modifications the capabilities declare (`modification_lists`)
 
 Drawing within a backend's declared `Capabilities` keeps rejections rare (a
@@ -93,16 +94,18 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     Dv = draw(st.one_of(st.just(D), head_dims(lo, hi, caps.head_dim_choices))) if caps.dv_differs else D
     kv, append = draw(kv_layouts(caps, M))
     dense = kv == "dense" and not append                   # a layout is its own mask, causal per sequence
-    alignments = caps.causal if dense else tuple(c for c in caps.causal if c != "top_left")
-    causal = draw(st.sampled_from((None, *alignments)))
+    alignments = layout_alignments(caps, dense)
+    causal = draw(st.sampled_from((None,) * caps.non_causal + alignments))
+    maskable = caps.non_causal or caps.mask_with_causal               # a mask drops causal without mask_with_causal
     kinds = [m for m in (masks if masks is not None else (None, *MASK_FORMS))
-             if m is None or MASK_FORMS[m] in caps.masks]
+             if m is None or (MASK_FORMS[m] in caps.masks and maskable)]
     mask = draw(st.sampled_from(kinds)) if dense else None
     if mask is not None and causal is not None and not caps.mask_with_causal:
         causal = None
-    # Modifications that count keys from the sequence's start (documents, a prefix) need the dense view's indices.
-    mods = draw(modification_lists(caps.mods if dense else tuple(k for k in caps.mods
-                                                                   if k not in ("document", "prefix_lm")), M))
+    # Modifications that count keys from the sequence's start (documents, a prefix) need the dense view's indices;
+    # a prefix-LM drops causal (below), which a causal-only backend does not run.
+    mods = draw(modification_lists(tuple(k for k in caps.mods if (dense or k not in ("document", "prefix_lm"))
+                                         and (caps.non_causal or k != "prefix_lm")), M))
     if any(m.key == "prefix_lm" for m in mods):
         causal = None                                             # a prefix-LM is causal past its prefix already
     return Problem(
@@ -114,10 +117,17 @@ def problems(draw, caps: Capabilities | None = None, *, max_len: int = 200, max_
     )
 
 
+def layout_alignments(caps: Capabilities, dense: bool) -> tuple[str, ...]:
+    """The causal alignments to draw: a ragged or paged layout is causal per sequence, bottom_right only."""
+    return caps.causal if dense else tuple(c for c in caps.causal if c != "top_left")
+
+
 def kv_layouts(caps: Capabilities, M: int) -> st.SearchStrategy[tuple[str, int]]:
     """(kv, append): a quarter of the time a ragged or paged layout (page sizes 1, 16, 256), some with appended
-    keys, where the backend reads layouts natively or through pad-and-mask (bool masks); else dense."""
-    if caps.kv_layouts == ("dense",) and "bool" not in caps.masks:
+    keys, where the backend reads layouts natively or through pad-and-mask (bool masks); else dense (always for a
+    causal-only backend without the one alignment a layout takes)."""
+    if (caps.kv_layouts == ("dense",) and "bool" not in caps.masks) or not (caps.non_causal
+                                                                             or layout_alignments(caps, False)):
         return st.just(("dense", 0))
     layout = st.sampled_from(("ragged", "paged:1", "paged:16", "paged:256"))
     return st.one_of(st.just(("dense", 0)), st.just(("dense", 0)), st.just(("dense", 0)),

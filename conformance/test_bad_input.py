@@ -137,9 +137,11 @@ def test_backend_call_rejects_a_device_it_does_not_run_on(backend, device):
 
 
 def _problem_for(backend, device) -> Problem:
-    """The bad calls' shapes as a Problem the backend declares."""
-    shape = shape_for(backend.capabilities(device))
-    return Problem(**{key: shape[key] for key in ("B", "H", "Hkv", "N", "M", "D", "Dv", "dtype")})
+    """The bad calls' shapes as a Problem the backend declares (causal for a causal-only backend)."""
+    caps = backend.capabilities(device)
+    shape = shape_for(caps)
+    causal = None if caps.non_causal or not caps.causal else caps.causal[0]
+    return Problem(**{key: shape[key] for key in ("B", "H", "Hkv", "N", "M", "D", "Dv", "dtype")}, causal=causal)
 
 
 def test_prepare_rejects_inputs_that_do_not_match_the_problem(backend, device):

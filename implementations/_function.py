@@ -57,6 +57,7 @@ What the signature cannot say (D in {64, 128} only, half types only, no GQA, N a
 the function declares itself, with no attnbench import, as `Capabilities` fields over the signature's:
 
     attn.attnbench_capabilities = dict(dtypes=("float16", "bfloat16"), head_dim_choices=(64, 128), gqa=False)
+    prefill.attnbench_capabilities = dict(non_causal=False)     # causal only: a problem without causal is a skip
 
 (a `Capabilities` is taken whole; on a torch.nn.Module, a class attribute). Every suite then skips, with the
 reason, each problem outside it.
@@ -157,7 +158,11 @@ def declared_capabilities(fn, caps: Capabilities, name: str) -> Capabilities:
     if widened:
         raise AttentionInputError(f"backend {name!r}: attnbench_capabilities declares {', '.join(widened)} beyond what "
                                   f"its signature takes ({'; '.join(f'{k}: {getattr(caps, k)}' for k in widened)})")
-    return caps.replace(**declared)
+    result = caps.replace(**declared)
+    if not result.non_causal and not result.causal:
+        raise AttentionInputError(f"backend {name!r}: attnbench_capabilities declares non_causal=False (causal only) "
+                                  "but no causal alignment (its signature takes neither is_causal= nor causal=)")
+    return result
 
 
 # The documented limits of packages users name by module (a function's own `attnbench_capabilities` still

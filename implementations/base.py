@@ -57,6 +57,8 @@ class Capabilities:
     """What a backend computes correctly on one device. Anything not declared is skipped, not failed.
 
     dtypes: input/output dtypes.         causal: supported causal alignments.
+    non_causal: problems without causal (False: a causal-only kernel, as many prefill kernels are; every
+        problem with causal unset is then a skip, prefix-LM included, whose causal part is its own).
     masks: "bool" (True = attend) and/or "bias" (additive float).
     mask_with_causal: a mask and causal in the same call.
     cross: N != M.   gqa: Hkv < H.   dv_differs: Dv != D.   head_dims: inclusive (min, max) D and Dv.
@@ -84,6 +86,7 @@ class Capabilities:
 
     dtypes: tuple[str, ...] = DTYPES
     causal: tuple[str, ...] = ALL_CAUSAL
+    non_causal: bool = True
     masks: tuple[str, ...] = ALL_MASKS
     mask_with_causal: bool = True
     cross: bool = True
@@ -147,6 +150,8 @@ class Capabilities:
         checks = [
             (p.dtype not in self.dtypes, f"dtype {p.dtype} not supported (has {', '.join(self.dtypes)})"),
             (p.causal is not None and p.causal not in self.causal, f"causal alignment {p.causal} not supported"),
+            (p.causal is None and not self.non_causal,
+             f"non-causal problems not supported (causal only: {', '.join(self.causal) or 'none'})"),
             (p.mask_form is not None and p.mask_form not in self.masks, f"{p.mask_form} masks not supported"),
             (p.mask is not None and p.causal is not None and not self.mask_with_causal,
              "mask together with causal not supported"),

@@ -214,3 +214,15 @@ def widened(q, k, v, causal=False):
 
 
 widened.attnbench_capabilities = dict(masks=("bool",))
+
+
+def prefill_causal_only(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0):
+    """A prefill kernel that computes causal attention only (flash_style's bottom-right causal, window, softcap) and
+    raises on causal=False, as such kernels do: it declares so, and every non-causal problem is a skip, never a
+    failure."""
+    if not causal:
+        raise RuntimeError("prefill_causal_only: causal only")
+    return flash_style(q, k, v, softmax_scale, causal, window_size, softcap)
+
+
+prefill_causal_only.attnbench_capabilities = dict(non_causal=False)
