@@ -196,6 +196,10 @@ def _measure_remaining(plan, spec, run_dir, options, timeout_s, executor, log, b
     for case, reason in skipped:
         if case.key not in done:
             records.append(path, PointResult(**records.base_fields(case), status="skipped", message=reason))
+    if skipped and not cases:          # nothing to time: say why here, not only in the report (a causal-only kernel
+        reasons = sorted({f"{case.backend}: {reason}" for case, reason in skipped})    # under the default --causal none)
+        log(f"every point is a skip (not declared by the backend): {'; '.join(reasons[:3])}"
+            + (f"; {len(reasons) - 3} more reasons in the report" if len(reasons) > 3 else ""))
     todo = [c for c in cases if c.key not in done]
     if len(todo) < len(cases):
         log(f"resume: {len(cases) - len(todo)} of {len(cases)} points already in {path}")

@@ -8,7 +8,9 @@ from attnbench.cli import main
 from attnbench.evaluate import evaluate
 from attnbench.implementations import Capabilities, get_backend
 from attnbench.implementations.torch_eager import TorchEager
-from attnbench.perf.spec import SweepSpec, expand
+from attnbench.perf import records
+from attnbench.perf.runner import run_sweep
+from attnbench.perf.spec import MeasureOptions, SweepSpec, expand
 from attnbench.problem import Problem
 from attnbench.reference import AttentionInputError
 from attnbench.reference.mods import Softcap, Window
@@ -55,7 +57,7 @@ CAUSAL_ONLY = [Capabilities(non_causal=False), Capabilities(non_causal=False, ca
                                                             mask_with_causal=False, mods=("window", "prefix_lm"))]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(problems(CAUSAL_ONLY[0]), problems(CAUSAL_ONLY[1]))
 def test_drawn_problems_are_causal_for_a_causal_only_backend(wide, narrow):
     # narrow: top_left only (no layout problem can be causal) and no mask with causal: still always drawable
@@ -71,11 +73,15 @@ def test_fixed_and_long_cases_without_causal_are_skips_with_the_reason():
     assert all(caps.why_not(p) is None for p in fixed if p.causal is not None and Capabilities().why_not(p) is None)
 
 
-def test_perf_points_without_causal_are_skips_with_the_reason():
+def test_perf_points_without_causal_are_skips_with_the_reason(tmp_path):
     spec = SweepSpec(seq_lens=(64, 128), dtypes=("float32",), causal=(None, "bottom_right"), backends=(FUNCTION,))
     measured, skipped = expand(spec)
     assert [c.problem.causal for c in measured] == ["bottom_right"] * 2
     assert len(skipped) == 2 and all(REASON in reason and c.problem.causal is None for c, reason in skipped)
+    log = []          # perf's default (--causal none): nothing to time, and the console says why
+    path = run_sweep(SweepSpec(seq_lens=(64,), backends=(FUNCTION,)), tmp_path, MeasureOptions(), log=log.append)
+    assert any("every point is a skip" in line and REASON in line for line in log), log
+    assert [(r.status, r.message[:len(REASON)]) for r in records.read(path)] == [("skipped", REASON)]
 
 
 def test_check_says_skip_and_backends_shows_causal_only(capsys):
