@@ -58,7 +58,30 @@ def _half_backward(problem: Problem, backward: bool) -> bool:
     return backward and problem.dtype in HALF_DTYPES
 
 
+def _half_backward_one_binade_do(problem: Problem, backward: bool) -> bool:
+    return _half_backward(problem, backward) and problem.inputs == "one_binade_do"
+
+
+# First: `judge` takes the first entry whose class holds the problem, and this one is inside the next one's.
 KNOWN_DEVIATIONS: tuple[KnownDeviation, ...] = (
+    KnownDeviation(
+        name="sdpa_flash_cpu_half_backward_one_binade_do",
+        backend="torch_sdpa_flash",
+        device="cpu",
+        problem_class="backward, float16/bfloat16, dO positive in one binade (inputs=one_binade_do), up to "
+                      "L = max(N, M) 64",
+        applies=_half_backward_one_binade_do,
+        tensors=("dk", "dv"),
+        ratio_by_length=((64, 4.2),),
+        evidence=(
+            "torch 2.13 CPU flash backward on conformance/cases.py's float16 GQA_GRAD_SUM case (MQA 16:1, N 29, "
+            "M 51, D 40, inputs=one_binade_do), seeds 700-719: dV 2.21x to 4.10x the naive same-dtype error "
+            "(seed 700 the worst), dK 1.12x to 2.62x, dQ <= 0.74x. The same kernel on K/V heads repeated by hand "
+            "(seed 700): dV 0.83x, dK 0.46x. It is sdpa_flash_cpu_half_backward's grouped-path sum over a group's "
+            "heads (the class of the gqa_grad_sum_in_input_dtype mutant), which the one-binade dO shows at "
+            "1.5x the general entry's 2.7x for this length (standard-normal dO, same shape: within it)."),
+        witness="B=1,H=16,Hkv=1,N=29,M=51,D=40,dtype=float16,inputs=one_binade_do,seed=700",   # dV 4.10x
+    ),
     KnownDeviation(
         name="sdpa_flash_cpu_half_backward",
         backend="torch_sdpa_flash",

@@ -125,8 +125,34 @@ def _one_binade_v(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarr
     return 1.0 + offset + np.abs(rng.standard_normal(shape)) / 16
 
 
+def _one_binade_do(rng: np.random.Generator, shape: tuple, role: str) -> np.ndarray:
+    """q, k, v standard normal, as `normal`; what differs is the upstream gradient: dO positive in one binade
+    (`_one_binade_grad_out`), so every term of dV = P^T dO is positive and its sum of |terms| is |dV|."""
+    return rng.standard_normal(shape)
+
+
 INPUT_DISTRIBUTIONS.update(large_logits=_large_logits, near_ties=_near_ties, peaked=_peaked, tiny=_tiny,
-                           nonfinite=_nonfinite, one_binade_v=_one_binade_v)
+                           nonfinite=_nonfinite, one_binade_v=_one_binade_v, one_binade_do=_one_binade_do)
+
+
+def _one_binade_grad_out(rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """dO (B, H, N, Dv) positive in [1, 2): 1 + a per-column offset in [0, 1/8) + |N(0, 1)| / 16, as
+    `_one_binade_v` draws V. dV = P^T dO (summed over a KV group's query heads) is then a positive sum of positive
+    terms, sum P^T |dO| = |dV|, and its row m is key m's attention mass (over the group's query rows) times a
+    weighted mean of dO in [1, 1.4): within about one binade. A declared float32-internal bound on dV (`precision.backward_model_bound`), a
+    float32 share times the largest sum of |terms| plus u max|dV|, then shrinks to about an ulp of dV's top
+    binade, where with standard-normal dO the sums of |terms| were 3x max|dV| and hid a rounding in the half
+    dtype (conformance/cases.py, GQA_GRAD_SUM). dQ, dK get no such help: dS = P (dP - delta) sums to 0 over
+    each query row, so its terms have both signs whatever dO is. The column offsets spread dV over many ulps."""
+    offset = rng.uniform(0.0, 0.125, size=(*shape[:-2], 1, shape[-1]))
+    return 1.0 + offset + np.abs(rng.standard_normal(shape)) / 16
+
+
+# Upstream gradient distributions, by the problem's input distribution (`Problem.inputs`): f(rng, shape) -> dO.
+# Every other distribution draws dO standard normal (`make_grad_out`).
+GRAD_OUT_DISTRIBUTIONS: dict[str, Callable[[np.random.Generator, tuple], np.ndarray]] = {
+    "one_binade_do": _one_binade_grad_out,
+}
 
 
 @dataclass(frozen=True)
@@ -385,6 +411,9 @@ def _make_direct_inputs(p: Problem) -> Inputs:
 
 
 def make_grad_out(problem: Problem) -> np.ndarray:
-    """A standard-normal upstream gradient dO (B, H, N, Dv), rounded to the problem's dtype."""
+    """The upstream gradient dO (B, H, N, Dv), rounded to the problem's dtype: standard normal, or what
+    GRAD_OUT_DISTRIBUTIONS gives for the problem's input distribution."""
     rng = np.random.default_rng(problem.seed + 7919)
-    return round_to_dtype(rng.standard_normal((problem.B, problem.H, problem.N, problem.Dv)), problem.dtype)
+    shape = (problem.B, problem.H, problem.N, problem.Dv)
+    draw = GRAD_OUT_DISTRIBUTIONS.get(problem.inputs)
+    return round_to_dtype(rng.standard_normal(shape) if draw is None else draw(rng, shape), problem.dtype)

@@ -68,3 +68,19 @@ def test_bad_spec_is_refused():
         Problem.parse("B=2,heads=4")
     with pytest.raises(AttentionInputError, match="number"):
         Problem.parse("N=lots")
+
+
+def test_grad_out_is_standard_normal_except_where_the_inputs_choose_one_binade():
+    """make_grad_out stays the seed's standard normal for every distribution but one_binade_do (existing verdicts
+    read it), whose dO is positive in one binade, with q, k, v those of `normal` (conformance/cases.py, GQA_GRAD_SUM)."""
+    from attnbench.problem import make_grad_out, round_to_dtype
+
+    p = Problem(B=1, H=4, Hkv=2, N=9, M=7, D=8, Dv=6, dtype="float16", seed=5)
+    normal = round_to_dtype(np.random.default_rng(5 + 7919).standard_normal((1, 4, 9, 6)), "float16")
+    for inputs in ("normal", "peaked", "one_binade_v"):
+        assert np.array_equal(make_grad_out(p.replace(inputs=inputs)), normal)
+    binade = p.replace(inputs="one_binade_do")
+    g = make_grad_out(binade)
+    assert g.shape == normal.shape and np.all(g >= 1) and np.all(g < 2) and np.all(fits_in(g, "float16"))
+    ours, theirs = make_inputs(binade), make_inputs(p)
+    assert all(np.array_equal(getattr(ours, x), getattr(theirs, x)) for x in "qkv")
