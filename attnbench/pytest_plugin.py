@@ -77,7 +77,7 @@ class SuiteOptions:
         for name in names:
             try:
                 get_backend(name)
-            except KeyError as exc:
+            except (KeyError, AttentionInputError) as exc:   # AttentionInputError: a function that cannot load
                 raise pytest.UsageError(f"--backend: {exc.args[0]}") from None
         for device in devices:
             reason = device_unavailable_reason(device)

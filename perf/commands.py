@@ -297,6 +297,9 @@ def interrupted(exc) -> int:
 
     print(f"\ninterrupted: {exc.done} of {exc.total} points recorded in {exc.run_dir}", file=sys.stderr)
     try:
+        if not (exc.run_dir / "results.jsonl").exists():
+            # Ctrl-C during the first point: nothing to render (reading the missing file was a traceback).
+            raise AttentionInputError("no point was recorded yet")
         render(exc.run_dir)
         print(f"partial report written to {exc.run_dir / 'report.html'}", file=sys.stderr)
     except AttentionInputError as why:

@@ -275,10 +275,12 @@ def format_summary(results: list[PointResult]) -> str:
     """The console summary printed after a sweep."""
     fastest, bad = fastest_rows(results), problem_rows(results)
     parts = [text_table(fastest) if len(fastest) > 1 else "no accurate point was measured"]
-    noisy = sum(bool(r.noisy) for r in results if r.status == "ok")
+    measured = [r for r in results if r.status == "ok"]
+    noisy = sum(bool(r.noisy) for r in measured)
     if noisy:
-        parts.append(f"{noisy} of {len(results)} points flagged noisy (the evidence column): their ranking is a "
-                     "hint, not a measurement; re-run on a quiet machine or gate with `compare --interleaved`")
+        # Out of the measured points: skipped ones (outside a backend's capabilities) cannot be noisy.
+        parts.append(f"{noisy} of {len(measured)} measured points flagged noisy (the evidence column): their ranking "
+                     "is a hint, not a measurement; re-run on a quiet machine or gate with `compare --interleaved`")
     if len(bad) > 1:
         parts.append(f"{len(bad) - 1} points implausible, inaccurate, suspicious or failed:\n" + text_table(bad))
     else:

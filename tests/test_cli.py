@@ -124,15 +124,21 @@ def test_check_runs_triton_under_the_interpreter_and_its_repro_line_is_complete(
     assert again.returncode == 0 and "repro: " + repro in again.stdout
 
 
-def test_unknown_backend_in_pytest_is_one_line():
+@pytest.mark.parametrize("name, said", [
+    ("torch_eagr", ["unknown backend 'torch_eagr'", "torch_eager"]),
+    # a function backend whose package is missing (the README's flash_attn commands on a CPU machine): was an
+    # INTERNALERROR traceback
+    ("no_such_package_xyz:attention", ["cannot load no_such_package_xyz:attention", "No module named"]),
+])
+def test_unknown_backend_in_pytest_is_one_line(name, said):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--backend", "torch_eagr", "-q",
+    done = subprocess.run([sys.executable, "-m", "pytest", "conformance", "--backend", name, "-q",
                            "-p", "no:cacheprovider"], capture_output=True, text=True, timeout=300)
     output = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 4 and len(output) == 1, output[:20]
-    assert "unknown backend 'torch_eagr'" in output[0] and "torch_eager" in output[0]
+    assert all(words in output[0] for words in said), output[0]
 
 
 needs_no_cuda = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is present here")

@@ -211,7 +211,9 @@ def test_the_fastest_table_says_when_its_ranking_rests_on_noisy_points():
     assert fastest_rows([quiet])[1][-1] == "clean"
     assert fastest_rows([quiet, loud])[1][-1] == "noisy: next"
     assert fastest_rows([loud])[1][-1] == "noisy: fastest"
-    assert "1 of 2 points flagged noisy" in format_summary([quiet, loud])
+    assert "1 of 2 measured points flagged noisy" in format_summary([quiet, loud])
+    skipped = synthetic("narrow", 256, [1e-3], status="skipped", message="skipped: float32 not declared")
+    assert "1 of 2 measured points flagged noisy" in format_summary([quiet, loud, skipped])   # skips not counted
     assert "flagged noisy" not in format_summary([quiet])
 
 

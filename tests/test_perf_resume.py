@@ -184,3 +184,15 @@ def test_a_ctrl_c_the_kernel_hands_to_another_thread_still_stops_the_wait_for_a_
     finally:
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def test_ctrl_c_before_the_first_point_is_recorded_prints_the_resume_command(tmp_path, capsys):
+    """A sweep interrupted during its first point has a run directory without results.jsonl: a clean stop with
+    the resume command, not a traceback from rendering the missing file (found by the README review)."""
+    from attnbench.perf.commands import interrupted
+    from attnbench.perf.runner import Interrupted
+
+    assert interrupted(Interrupted(tmp_path, 0, 8)) == 130
+    err = capsys.readouterr().err
+    assert "no partial report: no point was recorded yet" in err
+    assert f"continue with: attnbench perf --resume {tmp_path}" in err
