@@ -29,16 +29,16 @@ from attnbench import reference
 from attnbench.budget import (ACCUMULATION_DTYPE, FLUSH_THRESHOLD, UNIT_ROUNDOFF, SinkGradTerms, Verdict,
                               backward_floor, compare, finite_max, forward_floor, score_magnitude, sink_grad_bound,
                               sink_grad_terms, stored_output_terms)
-from attnbench.precision import (HALF_SUBNORMAL, Precision, backward_before_rounding,
+from attnbench.precision import (HALF_SUBNORMAL, LeanTerms, Precision, backward_before_rounding,
                                  backward_lean_before_rounding, backward_model_bound, model_bounds)
 from attnbench.naive import naive_backward, naive_forward, naive_sink_grad
-from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, make_inputs, round_to_dtype
+from attnbench.problem import Inputs, Problem, drawn_in_dtype, make_grad_out, make_inputs
 from attnbench.reference import layouts as kv_layouts
 from attnbench.reference.mods.base import TILE_MAX, TILE_STEP, tile_edges as _tile_edges  # noqa: F401
 from attnbench.reference.rows import sdpa_rows_with_scores
-from attnbench.precision import LeanTerms
-from attnbench.row_bound import (DqLeanSums, RowStats, backward_row_scales, condition_one, lse_roundings, min_normal,
-                                 rounded_p_sums, row_stats, score_roundings)
+from attnbench.row_bound import (DqLeanSums, RowStats, backward_row_scales, condition_one, delta_accumulation,
+                                 lse_roundings, min_normal, rounded_p_sums, row_stats, score_roundings,
+                                 stored_output_squares)
 
 # Full check up to this many (query, key) pairs per head (512 x 512): every fixed and drawn small problem.
 FULL_CHECK_PAIRS = 512 * 512
@@ -423,10 +423,12 @@ def backward_reference(inputs: Inputs, problem: Problem, grad_out: np.ndarray, r
     if rows.full:
         *expected, dsink = reference.sdpa_backward(inputs.q, inputs.k, inputs.v, grad_out, return_sink_grad=True,
                                                    **kwargs)
-        forward = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, **kwargs)   # (O, P), once
+        out, weights, lse = reference.sdpa(inputs.q, inputs.k, inputs.v, return_weights=True, return_lse=True,
+                                           **kwargs)                                   # the forward, once
+        forward = (out, weights)
         terms = magnitude_terms(inputs, p, grad_out, forward)
         magnitudes = tuple(finite_max(m) for m in terms)
-        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward, terms=terms)
+        floors, scales = backward_floors(inputs, p, grad_out, expected, magnitudes, forward, lse, terms=terms)
         if p.mod("sinks") is not None:
             sink = sink_grad_reference(inputs, p, grad_out, forward, dsink)
             sink_naive = naive_sink_grad(inputs, p, grad_out)
@@ -515,8 +517,8 @@ def rounded_operand_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray
     return ((rq, M, scale * top(k)), (rk, N * group, scale * top(q)), (rv, N * group, top(grad_out)))
 
 
-def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
-                        forward) -> tuple[LeanTerms | None, LeanTerms | None]:
+def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray, forward,
+                        lse: np.ndarray) -> tuple[LeanTerms | None, LeanTerms | None]:
     """(dQ, dK) `LeanTerms`: each element's own pre-rounding error under a declared precision, for the lean test.
 
     Why: the declared model's bound (`precision.backward_before_rounding`) takes every score's error as the
@@ -566,8 +568,9 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
         rest: a one-sided interval (`budget.lean`) where the bound was a symmetric one of about a float16 ulp.
 
     None each where a modification multiplies dS by its derivative (softcap, `extra_roundings`): not derived here,
-    the declared model's own per-element share stands; and outside the lean test's dtypes (float16, bfloat16). Forms (B, H, N, M): full checks only. forward: (O, P);
-    dq: the reference dQ (B, H, N, D). Non-finite rows leave NaN (the other bound then stands).
+    the declared model's own per-element share stands; and outside the lean test's dtypes (float16, bfloat16).
+    Forms (B, H, N, M): full checks only. forward: (O, P) and lse (B, H, N) of the reference (one `sdpa` call).
+    Non-finite rows leave NaN (the other bound then stands).
     """
     from attnbench.budget import LAMBDA, LEAN_DTYPES
     from attnbench.reference import mods as modifications
@@ -600,7 +603,6 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
         return per_kv_head(x.swapaxes(-1, -2) @ operand)
 
     sink = next((np.abs(np.asarray(m.logits, dtype=np.float64)) for m in inputs.mods if m.key == "sinks"), None)
-    _, lse = reference.sdpa(q, k, v, return_lse=True, **inputs.reference_kwargs(p))
     gv = np.abs(grad_out) @ np.abs(vr).swapaxes(-1, -2)                       # sum_e |dO| |V| (B, H, N, M)
     sums = DqLeanSums()
     sums.add(w, t, d, gv, kr, vr, D=D, Dv=Dv)
@@ -613,13 +615,11 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
     r = lse_roundings(lse, M, sink=None if sink is None else sink[None, :, None])[..., None]   # (B, H, N, 1)
     scores_k = LAMBDA * scale * (np.sqrt(var_k) + np.sqrt(over_queries((r * w * (ad + np.abs(delta))) ** 2, q * q)))
     rho_w2 = ((np.sqrt(Dv) + 2) * gv * w) ** 2
-    kappa = ((np.sqrt(Dv) + 2) * rowsum(np.abs(grad_out) * np.abs(out))
-             + (np.sqrt(M) + 2) * rowsum(np.abs(grad_out) * sums.sums["mass"]))
+    kappa = delta_accumulation(out, grad_out, sums.sums["mass"], M=M, Dv=Dv)
     acc_k = (LAMBDA * scale * (np.sqrt(over_queries(w * w * rowsum(rho_w2) + rho_w2, q * q))
                                + np.sqrt(over_queries((kappa * w) ** 2, q * q)))
              + (LAMBDA * (np.sqrt(N * G) + 2) + 3) * scale * over_queries(np.abs(w * d), abs_q))
-    o2 = rowsum((grad_out * np.maximum(np.abs(out), min_normal(p.dtype))) ** 2)   # sum_e dO^2 O^2 (B, H, N, 1)
-    stored_k = LAMBDA * scale * np.sqrt(over_queries(w * w * o2, q * q))
+    stored_k = LAMBDA * scale * np.sqrt(over_queries(w * w * stored_output_squares(out, grad_out, p.dtype), q * q))
     e_hat, lo, hi = sums.stored_output_move(out, grad_out, dtype=p.dtype, M=M)    # (B, H, N, 1) each
     up, down = np.maximum(q, 0.0), np.minimum(q, 0.0)                         # -scale sum_n e_n P_nm Q_ne, e_n in
     base = over_queries(e_hat * w, q)                                          # e^_n + [lo_n, hi_n]
@@ -628,8 +628,8 @@ def lean_gradient_terms(inputs: Inputs, problem: Problem, grad_out: np.ndarray,
     return lean_q, LeanTerms(scores_k, acc_k, stored_k, low_k, high_k)
 
 
-def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward, *,
-                    terms=None) -> tuple:
+def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expected, magnitudes, forward,
+                    lse: np.ndarray, *, terms=None) -> tuple:
     """Budget floor (b) of dQ, dK, dV (`budget.backward_floor` + `budget.stored_output_floor`) and what a declared
     precision's bound needs (`GradientScale` each); full checks only (it forms (N, M)); a row-sampled check keeps
     floor (a) alone, never looser. terms: `magnitude_terms` if already formed (else formed here)."""
@@ -649,7 +649,7 @@ def backward_floors(inputs: Inputs, problem: Problem, grad_out: np.ndarray, expe
         return np.where(np.isfinite(x), x, 0.0)
 
     with np.errstate(invalid="ignore"):            # rows of non-finite inputs: NaN there, left out of the test
-        lean = lean_gradient_terms(inputs, p, grad_out, forward) + (None,)
+        lean = lean_gradient_terms(inputs, p, grad_out, forward, lse) + (None,)
     scales = tuple(GradientScale(m, finite_max(rms), count, operand, r, s, scores,
                                  elementwise=(finite(t), rms, finite(st)), lean=lt)
                    for (rms, count, operand), m, r, s, t, st, lt in zip(

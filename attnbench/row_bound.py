@@ -381,15 +381,26 @@ class DqLeanSums:
         delta = np.sum(grad_out * out, axis=-1, keepdims=True)
         r = lse_roundings(lse, M, sink)[..., None]
         scores = LAMBDA * scale * (np.sqrt(var) + r * (a + np.abs(delta) * b))
-        kappa = ((np.sqrt(Dv) + 2) * np.sum(np.abs(grad_out) * np.abs(out), axis=-1, keepdims=True)
-                 + (np.sqrt(M) + 2) * np.sum(np.abs(grad_out) * s["mass"], axis=-1, keepdims=True))
+        kappa = delta_accumulation(out, grad_out, s["mass"], M=M, Dv=Dv)
         accumulate = (LAMBDA * scale * (np.sqrt(s["rho_k2"] + 2 * b * s["rho_k"] + b * b * s["rho"]) + kappa * b)
                       + (LAMBDA * (np.sqrt(M) + 2) + 3) * scale * s["ds_k"])
-        o2 = np.sum((grad_out * np.maximum(np.abs(out), min_normal(dtype))) ** 2, axis=-1, keepdims=True)
-        stored = LAMBDA * scale * b * np.sqrt(o2)
+        stored = LAMBDA * scale * b * np.sqrt(stored_output_squares(out, grad_out, dtype))
         e_hat, lo, hi = self.stored_output_move(out, grad_out, dtype=dtype, M=M)
         ends = (-scale * (e_hat + lo) * s["pk"], -scale * (e_hat + hi) * s["pk"])
         return LeanTerms(scores, accumulate, stored, np.minimum(*ends), np.maximum(*ends))
+
+
+def delta_accumulation(out, grad_out, mass, *, M: int, Dv: int):
+    """kappa (.., R, 1): delta formed from O instead of P dP, its sum over Dv and O's over M, one per row
+    (`check.lean_gradient_terms`); mass: P |V| (.., R, Dv)."""
+    return ((np.sqrt(Dv) + 2) * np.sum(np.abs(grad_out) * np.abs(out), axis=-1, keepdims=True)
+            + (np.sqrt(M) + 2) * np.sum(np.abs(grad_out) * mass, axis=-1, keepdims=True))
+
+
+def stored_output_squares(out, grad_out, dtype: str):
+    """sum_e dO^2 O^2 (.., R, 1), O no smaller than the dtype's smallest normal: the stored O's roundings,
+    squared (`check.lean_gradient_terms`)."""
+    return np.sum((grad_out * np.maximum(np.abs(out), min_normal(dtype))) ** 2, axis=-1, keepdims=True)
 
 
 def stored_output_move(out, grad_out, mass, spread, flushed, *, dtype: str, M: int):
